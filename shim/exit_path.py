@@ -1,0 +1,225 @@
+"""The exit path, top to bottom: accept the host's state → apply the answer to the last
+request → deliver an interrupt → run the vCPU → classify the stop → serve it inside if we
+can → otherwise build the host's view from the table of allowed fields → hand the register
+state over in the level's form (plaintext, deterministic ciphertext, sealed) → trace.
+Policies are one-line calls into shim.policies; at levels below ``shim`` they are off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from shim import delivery, guest_calls, interrupts
+from shim.errors import BadOperand, BadState, Denied, IntegrityError
+from shim.views import View, host_fields
+from shim.vm import Pending, PendingKind, VcpuContext, Vm, VmState
+from tvmm.abi.messages import ExitRecord, Reply
+from tvmm.abi.types import ExitReason, Field, KillReason, Result
+from tvmm.hw.vcpu import RAX, RDI, RDX, REG_NAMES, RIP, RSI, Stop, StopKind
+from tvmm.hw.vmsa import pack_plain, unpack_plain
+from tvmm.trace.events import EventKind
+
+if TYPE_CHECKING:
+    from shim.platform import Tee
+
+HYPERCALL_LEN = 3
+
+
+@dataclass(slots=True)
+class Exit:
+    reason: ExitReason
+    fields: dict[Field, int] = field(default_factory=dict)
+    dead: str = ""  # why the VM ends here, if it does
+    inside: dict = field(default_factory=dict)
+
+
+def view_of(vm: Vm) -> View:
+    if vm.features.sanitise_exits:
+        return View.SANITISED
+    return View.RESTRICTED if vm.features.restricted_view else View.FULL
+
+
+def enter(tee: Tee, vm: Vm, ctx: VcpuContext, quantum: int, state: bytes) -> Reply:
+    if ctx.pending is not None and ctx.completion is None:
+        raise BadState("vcpu", "a guest request is waiting for COMPLETE_IO")
+    try:
+        accept_host_state(vm, ctx, state)
+    except IntegrityError:
+        return _hand_over(tee, vm, ctx, kill(vm, KillReason.SEALED_STATE, "sealed state"))
+    if vm.policies is not None:
+        refusal = vm.policies.before_entry(tee, vm, ctx)
+        if isinstance(refusal, Exit):
+            return _hand_over(tee, vm, ctx, refusal)
+    _apply_completion(tee, vm, ctx)
+    interrupts.deliver_pending(tee, vm, ctx)
+    budget = quantum if vm.policies is None else vm.policies.step_quantum(tee, vm, ctx, quantum)
+    ctx.entries += 1
+    while True:
+        stop = vm.vcpu.run(ctx.rip, budget)
+        ctx.rip = stop.rip
+        out = _serve(tee, vm, ctx, stop, budget)
+        if out is not None:
+            return _hand_over(tee, vm, ctx, out)
+
+
+def accept_host_state(vm: Vm, ctx: VcpuContext, state: bytes) -> None:
+    """What the host hands back: a plaintext register file it may edit (plain, sev), a
+    deterministic ciphertext it may replay (sev-es), a guest-owned VMSA it cannot touch
+    (snp), or a sealed blob that must authenticate for this VM, vCPU and exit (shim)."""
+    f = vm.features
+    if f.sealed_state:
+        if ctx.seq == 0 and not state:
+            return
+        regs = unpack_plain(vm.sealer.open(state, vm.id, ctx.index, ctx.seq - 1))
+    elif not state or state == ctx.handed_out:
+        return
+    elif ctx.seq == 0:
+        raise BadOperand("state", "there is no state before the first entry")
+    elif f.ownership:
+        raise Denied("state", "the VMSA is guest-owned")
+    elif f.encrypt_registers:
+        try:
+            regs = vm.vmsa_cipher.decrypt(state, ctx.index)
+        except ValueError as exc:
+            raise BadOperand("state", str(exc)) from None
+    else:
+        try:
+            regs = unpack_plain(state)
+        except ValueError as exc:
+            raise BadOperand("state", str(exc)) from None
+    vm.vcpu.write_regs(regs)
+    ctx.rip = regs[RIP]
+
+
+def _apply_completion(tee: Tee, vm: Vm, ctx: VcpuContext) -> None:
+    pending, value = ctx.pending, ctx.completion
+    if pending is None or value is None:
+        return
+    ctx.pending = ctx.completion = None
+    if pending.kind == PendingKind.PORT_IN:
+        mask = (1 << (8 * pending.size)) - 1
+        rax = vm.vcpu.read_reg(RAX)
+        vm.vcpu.write_reg(RAX, (rax & ~mask) | (value & mask))
+    elif pending.kind == PendingKind.DEVICE and pending.record is not None:
+        done = vm.bounce.complete(pending.record, value)
+        if not done.accepted:
+            vm.policies.note_violation("bounce", done.why, ctx)
+        tee.recorder.emit(
+            EventKind.IO, "complete" if done.accepted else "refused",
+            inside={"device": pending.record.device.name.lower(), "op": "complete",
+                    "len": done.guest_value, "data": done.data[:256], "why": done.why},
+            outside={"slot": pending.record.slot_gpa, "len": value}, vcpu=ctx.index,
+        )
+        value = done.guest_value
+    if pending.kind in (PendingKind.HYPERCALL, PendingKind.DEVICE):
+        vm.vcpu.write_reg(RAX, value)
+    ctx.rip += pending.advance
+    vm.vcpu.write_reg(RIP, ctx.rip)
+
+
+def _serve(tee: Tee, vm: Vm, ctx: VcpuContext, stop: Stop, budget: int) -> Exit | None:
+    kind = stop.kind
+    if kind == StopKind.TIMER:
+        ctx.retired += budget
+        return Exit(ExitReason.TIMER, {Field.RETIRED: budget, Field.RIP: stop.rip})
+    if kind == StopKind.HYPERCALL:
+        return _hypercall(tee, vm, ctx, stop)
+    if kind == StopKind.NPF:
+        fields = {Field.GPA: stop.addr, Field.GPA_PAGE: stop.addr >> 12,
+                  Field.ACCESS: int(stop.access), Field.RIP: stop.rip}
+        if vm.policies is not None:
+            return vm.policies.on_fault(tee, vm, ctx, stop, fields)
+        return Exit(ExitReason.NPF, fields, inside={"fault_gpa": stop.addr})
+    if kind == StopKind.HLT:
+        ctx.rip = stop.rip + 1
+        vm.vcpu.write_reg(RIP, ctx.rip)
+        return Exit(ExitReason.HLT, {Field.RIP: stop.rip})
+    if kind in (StopKind.PORT_IN, StopKind.PORT_OUT):
+        pk = PendingKind.PORT_IN if kind == StopKind.PORT_IN else PendingKind.PORT_OUT
+        ctx.pending = Pending(pk, 0, stop.size)
+        return Exit(ExitReason.IO_PORT, {Field.PORT: stop.port, Field.SIZE: stop.size,
+                                         Field.VALUE: stop.value, Field.RIP: stop.rip})
+    if kind == StopKind.SOFT_INT:
+        if delivery.deliver(vm.vcpu, vm.memory, stop.vector, return_rip=stop.rip):
+            ctx.rip = vm.vcpu.read_rip()
+            return None
+        return _guest_fault(vm, stop, f"int {stop.vector:#x} has no IDT gate")
+    if kind == StopKind.EXCEPTION:
+        return _guest_fault(vm, stop, stop.detail or f"exception {stop.vector}")
+    return _guest_fault(vm, stop, stop.detail or "fault")
+
+
+def _guest_fault(vm: Vm, stop: Stop, detail: str) -> Exit:
+    return Exit(ExitReason.FAULT, {Field.VECTOR: stop.vector, Field.RIP: stop.rip,
+                                   Field.GPA: stop.addr},
+                dead=f"guest fault at {stop.rip:#x}: {detail}")
+
+
+def _hypercall(tee: Tee, vm: Vm, ctx: VcpuContext, stop: Stop) -> Exit | None:
+    regs = vm.vcpu.read_regs()
+    nr, a0, a1, a2 = regs[RAX], regs[RDI], regs[RSI], regs[RDX]
+    outcome = guest_calls.handle(vm, vm.bounce, nr, a0, a1, a2)
+    if isinstance(outcome, guest_calls.Served):
+        tee.recorder.emit(EventKind.HYPERCALL, "served", inside={
+            "nr": nr, "args": [a0, a1, a2], "value": int(outcome.value), "note": outcome.note},
+            vcpu=ctx.index)
+        vm.vcpu.write_reg(RAX, int(outcome.value))
+        ctx.rip = stop.rip + HYPERCALL_LEN
+        vm.vcpu.write_reg(RIP, ctx.rip)
+        return None
+    if isinstance(outcome, guest_calls.Shutdown):
+        return Exit(ExitReason.SHUTDOWN, {Field.STATUS: outcome.status, Field.RIP: stop.rip},
+                    dead=f"guest exited with status {outcome.status}")
+    kind = PendingKind.DEVICE if outcome.record is not None else PendingKind.HYPERCALL
+    ctx.pending = Pending(kind, HYPERCALL_LEN, record=outcome.record)
+    fields = dict(outcome.fields)
+    fields[Field.RIP] = stop.rip
+    return Exit(ExitReason.HYPERCALL, fields)
+
+
+def kill(vm: Vm, reason: KillReason, detail: str) -> Exit:
+    vm.kill_reason = reason
+    return Exit(ExitReason.KILLED, {Field.KILL_REASON: int(reason)}, dead=f"killed: {detail}")
+
+
+def _hand_over(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit) -> Reply:
+    regs = vm.vcpu.read_regs()
+    f = vm.features
+    if out.reason == ExitReason.KILLED:
+        state = b""
+    elif f.sealed_state:
+        state = vm.sealer.seal_with_nonce(
+            pack_plain(regs, ctx.index), vm.id, ctx.index, ctx.seq, tee.random_bytes(12)
+        )
+    elif f.encrypt_registers:
+        state = vm.vmsa_cipher.encrypt(regs, ctx.index)
+    else:
+        state = pack_plain(regs, ctx.index)
+    record = ExitRecord(out.reason, ctx.seq, ctx.index,
+                        host_fields(view_of(vm), out.reason, out.fields), state)
+    ctx.handed_out = state
+    ctx.seq += 1
+    result = Result.OK
+    if out.dead:
+        vm.state = VmState.DEAD
+        vm.end_detail = out.dead
+        if out.reason == ExitReason.SHUTDOWN:
+            vm.exit_status = out.fields.get(Field.STATUS)
+        if out.reason == ExitReason.KILLED:
+            result = Result.VM_DEAD
+    if tee.recorder.enabled:
+        _trace_exit(tee, vm, ctx, out, record, regs)
+    return Reply(result, exit=record)
+
+
+def _trace_exit(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit, record: ExitRecord,
+                regs: tuple[int, ...]) -> None:
+    inside = {"rip": regs[RIP], "regs": dict(zip(REG_NAMES, regs, strict=True)),
+              "retired": ctx.retired, **out.inside}
+    if out.dead:
+        inside["end"] = out.dead
+    outside = {"reason": record.reason.name.lower(), "level": vm.level.value,
+               "fields": {k.name.lower(): v for k, v in record.fields}, "state": record.state}
+    tee.recorder.emit(EventKind.EXIT, record.reason.name.lower(), inside=inside,
+                      outside=outside, icount=ctx.retired, vcpu=ctx.index)

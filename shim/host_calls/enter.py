@@ -1,0 +1,31 @@
+"""ENTER(vm, vcpu, quantum, state) -> exit = the exit record.
+
+Runs the vCPU until an exit, or until ``quantum`` guest instructions retired (0: no
+timer).  ``state`` is what the host got at the last exit; what the TEE does with it
+depends on the level (see exit_path.accept_host_state).  Preconditions: state RUNNABLE;
+no guest request waiting for COMPLETE_IO.  Results: OK, MALFORMED, BAD_OPERAND,
+BAD_STATE, DENIED (snp: the VMSA is guest-owned), ENTRY_REFUSED (a shim policy waits
+for the host), VM_DEAD (with a KILLED exit record when this entry killed it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shim import exit_path
+from shim.host_calls import checks
+from shim.vm import Vm
+from tvmm.abi.messages import Enter, Reply
+
+if TYPE_CHECKING:
+    from shim.platform import Tee
+
+MAX_QUANTUM = 1 << 40
+MAX_STATE = 1 << 16
+
+
+def handle(tee: Tee, vm: Vm, req: Enter) -> Reply:
+    vcpu = checks.integer("vcpu", req.vcpu, 0, len(vm.vcpus) - 1)
+    quantum = checks.integer("quantum", req.quantum, 0, MAX_QUANTUM)
+    state = checks.raw("state", req.state, MAX_STATE)
+    return exit_path.enter(tee, vm, vm.vcpus[vcpu], quantum, state)

@@ -1,0 +1,139 @@
+"""The TEE's front door: one entry point for every host call, in-process or as bytes.
+
+``Platform.handle`` takes a frozen request, checks that it is one (types are checked again
+by each handler, once), finds the VM, checks the call is legal in the VM's state, and runs
+the handler; every refusal becomes an error reply naming the operand, and changes nothing.
+``Platform.handle_bytes`` is the same behind the ABI codec, for transports that carry bytes.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from shim.bounce import BounceBuffers
+from shim.errors import BadState, Malformed, NoVm, PlatformError, VmDead
+from shim.host_calls import create_vm
+from shim.host_calls.dispatch import HANDLERS, LEGAL_IN
+from shim.levels import Features
+from shim.sealing import StateSealer
+from shim.vm import Vm, VmState
+from tvmm.abi import codec
+from tvmm.abi.messages import REQUESTS, CreateVm, Reply
+from tvmm.abi.types import Call, Level, Result
+from tvmm.hw import cpuid
+from tvmm.hw.measurement import LaunchDigest
+from tvmm.hw.memory import GuestMemory
+from tvmm.hw.mee import MemoryEncryptionEngine
+from tvmm.hw.vcpu import PAGE, Vcpu
+from tvmm.hw.vmsa import DeterministicVmsaCipher
+from tvmm.trace.recorder import NullRecorder
+
+
+@dataclass
+class Tee:
+    """What the handlers may use of the TEE: its randomness, keys, recorder and VM table.
+
+    ``seed`` makes every random choice of the TEE (keys, nonces, policy draws) replayable;
+    a seeded TEE is for experiments, not for protecting anything."""
+
+    seed: int | None = None
+    recorder: object = field(default_factory=NullRecorder)
+    policy_config: object | None = None  # shim.policies.PolicyConfig for the shim level
+    vms: dict[int, Vm] = field(default_factory=dict)
+    next_id: int = 1
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed) if self.seed is not None else random.SystemRandom()
+        self.launch_key = ec.derive_private_key(
+            self.rng.getrandbits(383) | 1, ec.SECP384R1()
+        )
+
+    def random_bytes(self, n: int) -> bytes:
+        return self.rng.getrandbits(8 * n).to_bytes(n, "little")
+
+    def new_vm(
+        self, level: Level, features: Features, size: int, shared: range, policy: int
+    ) -> Vm:
+        vcpu = Vcpu(size, cpuid.serve)
+        xts_key = self.random_bytes(64)
+        mee = MemoryEncryptionEngine(xts_key) if features.encrypt_memory else None
+        memory = GuestMemory(vcpu, shared, mee, features.ownership)
+        vm = Vm(
+            id=self.next_id,
+            level=level,
+            features=features,
+            vcpu=vcpu,
+            memory=memory,
+            policy=policy,
+            rng=random.Random(self.rng.getrandbits(64)),
+            vmsa_cipher=DeterministicVmsaCipher(self.random_bytes(32)),
+            sealer=StateSealer(self.random_bytes(32)),
+            digest=LaunchDigest(),
+            added=bytearray(size // PAGE),
+        )
+        if features.step_policy or features.fault_policy or features.irq_filter:
+            from shim.policies import PolicySet  # only the shim level has policies
+
+            vm.policies = PolicySet(self.policy_config, vm.rng)
+        if features.shim_io:
+            vm.bounce = BounceBuffers(memory)
+        self.vms[vm.id] = vm
+        self.next_id += 1
+        return vm
+
+    def forget(self, vm_id: int) -> None:
+        self.vms.pop(vm_id, None)
+
+
+class Platform:
+    """The modeled TEE as the host reaches it."""
+
+    def __init__(self, seed: int | None = None, recorder: object | None = None,
+                 policy_config: object | None = None) -> None:
+        self.tee = Tee(seed, recorder or NullRecorder(), policy_config)
+
+    @property
+    def launch_public_key(self) -> ec.EllipticCurvePublicKey:
+        """The key owners wrap launch secrets to (tvmm.owner.launch_secret)."""
+        return self.tee.launch_key.public_key()
+
+    def handle(self, request: object) -> Reply:
+        try:
+            return self._dispatch(request)
+        except PlatformError as exc:
+            return Reply(exc.result, operand=exc.operand)
+
+    def handle_bytes(self, data: bytes) -> bytes:
+        try:
+            request = codec.decode(data)
+        except codec.DecodeError as exc:
+            return codec.encode(Reply(Result.MALFORMED, operand=exc.operand))
+        if type(request) not in REQUESTS.values():
+            return codec.encode(Reply(Result.MALFORMED, operand="tag"))
+        return codec.encode(self.handle(request))
+
+    def _dispatch(self, request: object) -> Reply:
+        call = getattr(type(request), "CALL", None)
+        if not isinstance(call, Call) or REQUESTS.get(call) is not type(request):
+            raise Malformed("request", f"not a platform request: {type(request).__name__}")
+        if call == Call.CREATE_VM:
+            assert isinstance(request, CreateVm)
+            return create_vm.handle(self.tee, request)
+        vm_id = request.vm  # type: ignore[attr-defined]
+        if not isinstance(vm_id, int) or isinstance(vm_id, bool):
+            raise Malformed("vm", "expected an integer")
+        vm = self.tee.vms.get(vm_id)
+        if vm is None:
+            raise NoVm("vm", f"no VM {vm_id}")
+        if vm.state not in LEGAL_IN[call]:
+            if vm.state == VmState.DEAD:
+                raise VmDead("vm", f"VM {vm_id} is dead: {vm.end_detail}")
+            raise BadState("vm", f"{call.name} is not legal in state {vm.state.name}")
+        return HANDLERS[call](self.tee, vm, request)
+
+    def vm(self, vm_id: int) -> Vm:
+        """Inside access for tests and the trace: never handed to host code."""
+        return self.tee.vms[vm_id]

@@ -1,0 +1,109 @@
+"""The shim's policies, switched on by the ``shim`` level: each a small module, joined
+here into the calls the exit path makes.  Every decision is a trace event and every
+violation is kept (``violations``) so the owner and the judge can read it."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from shim.errors import EntryRefused
+from shim.policies.config import PolicyConfig, Response
+from shim.policies.faults import FaultPolicy
+from shim.policies.irq import IrqFilter
+from shim.policies.step import StepPolicy
+from tvmm.abi.types import ExitReason, Field, KillReason
+from tvmm.hw.vcpu import PAGE
+from tvmm.trace.events import EventKind
+
+if TYPE_CHECKING:
+    from shim.exit_path import Exit
+    from shim.platform import Tee
+    from shim.vm import VcpuContext, Vm
+    from tvmm.hw.vcpu import Stop
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    exit_seq: int  # the number of the next exit record when it was found
+    policy: str
+    why: str
+    response: str
+
+
+class PolicySet:
+    def __init__(self, config: PolicyConfig | None, rng: random.Random) -> None:
+        self.config = config or PolicyConfig()
+        self.step = StepPolicy(self.config, rng)
+        self.faults = FaultPolicy(self.config)
+        self.irq = IrqFilter(self.config)
+        self.violations: list[Violation] = []
+        self._terminate: tuple[KillReason, str] | None = None
+
+    def note_violation(self, policy: str, why: str, ctx: VcpuContext,
+                       response: Response | str = "recorded") -> None:
+        self.violations.append(Violation(ctx.seq, policy, why, str(response)))
+
+    def _respond(self, tee: Tee, vm: Vm, ctx: VcpuContext, policy: str, why: str,
+                 response: Response, reason: KillReason) -> None:
+        self.note_violation(policy, why, ctx, response)
+        tee.recorder.emit(EventKind.POLICY, policy, inside={
+            "policy": policy, "reason": why, "response": response.value}, vcpu=ctx.index)
+        if response == Response.TERMINATE:
+            self._terminate = (reason, f"{policy}: {why}")
+        elif response == Response.NOTIFY and self.config.notify_vector in ctx.registered:
+            ctx.irqs.append(self.config.notify_vector)
+
+    # -- calls from the exit path ----------------------------------------------------------
+    def before_entry(self, tee: Tee, vm: Vm, ctx: VcpuContext) -> Exit | None:
+        from shim.exit_path import kill
+
+        if self._terminate is not None:
+            reason, why = self._terminate
+            return kill(vm, reason, why)
+        missing = vm.memory.unmapped_pages(sorted(self.faults.listed))
+        if missing:
+            tee.recorder.emit(EventKind.POLICY, "refuse_entry", inside={
+                "policy": "fault_rule", "reason": "listed pages unmapped",
+                "pages": missing[:32]}, vcpu=ctx.index)
+            raise EntryRefused("vm", f"{len(missing)} pages on the fault list must be mapped")
+        self.faults.listed.clear()
+        if self.config.pin_working_set:
+            pinned = [i * PAGE for i, added in enumerate(vm.added) if added]
+            missing = vm.memory.unmapped_pages(pinned)
+            if missing:
+                tee.recorder.emit(EventKind.POLICY, "refuse_entry", inside={
+                    "policy": "pinning", "reason": "pinned pages unmapped"}, vcpu=ctx.index)
+                raise EntryRefused("vm", f"{len(missing)} pinned pages must be mapped")
+        return None
+
+    def step_quantum(self, tee: Tee, vm: Vm, ctx: VcpuContext, quantum: int) -> int:
+        armed, short = self.step.quantum(quantum)
+        if short:
+            if armed != quantum:
+                tee.recorder.emit(EventKind.POLICY, "step_extend", inside={
+                    "policy": "step", "reason": f"quantum {quantum} < {self.config.min_progress}",
+                    "armed": armed}, vcpu=ctx.index)
+            if self.step.count_short(ctx.retired):
+                self._respond(tee, vm, ctx, "step_detect",
+                              f"more than {self.config.detect_short_entries} short entries in "
+                              f"{self.config.detect_window} instructions",
+                              self.config.step_response, KillReason.STEP_POLICY)
+        return armed
+
+    def on_fault(self, tee: Tee, vm: Vm, ctx: VcpuContext, stop: Stop,
+                 fields: dict[Field, int]) -> Exit:
+        from shim.exit_path import Exit
+
+        page = stop.addr & ~(PAGE - 1)
+        tripped, over_budget = self.faults.record(stop.rip, page, ctx.retired)
+        if tripped:
+            self._respond(tee, vm, ctx, "fault_rule",
+                          f"more than {self.config.fault_same_rip} faults at one RIP",
+                          self.config.fault_rule_response, KillReason.FAULT_POLICY)
+        if over_budget:
+            self._respond(tee, vm, ctx, "fault_budget",
+                          f"more than {self.config.fault_budget} faults in a window",
+                          self.config.fault_budget_response, KillReason.FAULT_POLICY)
+        return Exit(ExitReason.NPF, fields, inside={"fault_gpa": stop.addr})

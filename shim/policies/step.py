@@ -1,0 +1,41 @@
+"""Step policy: single-stepping is defeated by counting retired instructions, never time.
+
+(a) extend: when the host's quantum is below ``min_progress`` the shim runs the guest a
+random 1..``extend_max`` instructions further before the timer fires (the TDX module's
+prevention mode), so a quantum of 1 never stops the guest after exactly one instruction.
+(b) detect: short entries are counted in windows of retired instructions; more than
+``detect_short_entries`` in one window is a violation.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from shim.policies.config import PolicyConfig, StepMode
+
+
+@dataclass(slots=True)
+class StepPolicy:
+    config: PolicyConfig
+    rng: random.Random
+    window_start: int = 0
+    short_in_window: int = 0
+
+    def quantum(self, quantum: int) -> tuple[int, bool]:
+        """(the quantum to arm, whether this entry is short)."""
+        mode = self.config.step_mode
+        short = 0 < quantum < self.config.min_progress
+        if short and mode in (StepMode.EXTEND, StepMode.BOTH):
+            return quantum + self.rng.randint(1, self.config.extend_max), True
+        return quantum, short
+
+    def count_short(self, retired: int) -> bool:
+        """Count one short entry; True when the window's limit is exceeded."""
+        if self.config.step_mode not in (StepMode.DETECT, StepMode.BOTH):
+            return False
+        if retired - self.window_start >= self.config.detect_window:
+            self.window_start = retired
+            self.short_in_window = 0
+        self.short_in_window += 1
+        return self.short_in_window > self.config.detect_short_entries

@@ -1,0 +1,62 @@
+"""What the host learns at each exit: a table of allowed fields per view and exit reason.
+
+Everything not in the table is left out of the exit record.  docs/exits.md renders this
+table; a test checks every exit of the sample guests against it.
+
+- ``full`` (plain, sev): the host holds the register file in plaintext and sees every field.
+- ``restricted`` (sev-es, snp): registers stay encrypted; an exit shows only what the guest
+  exposes for it (the hypercall's number and arguments, the port access) plus what the
+  hardware reports (the full faulting GPA and access type of a nested page fault).
+- ``sanitised`` (shim): the minimum.  A timer or HLT exit shows nothing; a fault the shim
+  cannot serve shows the page number only; a hypercall never leaves the shim except as a
+  device request on a bounce-buffer slot.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from tvmm.abi.types import ExitReason, Field
+
+
+class View(StrEnum):
+    FULL = "full"
+    RESTRICTED = "restricted"
+    SANITISED = "sanitised"
+
+
+F = Field
+_ALL = frozenset(Field)
+
+ALLOWED: dict[View, dict[ExitReason, frozenset[Field]]] = {
+    View.FULL: {reason: _ALL for reason in ExitReason},
+    View.RESTRICTED: {
+        ExitReason.TIMER: frozenset({F.RETIRED}),
+        ExitReason.NPF: frozenset({F.GPA, F.GPA_PAGE, F.ACCESS}),
+        ExitReason.HYPERCALL: frozenset({F.NR, F.ARG0, F.ARG1, F.ARG2}),
+        ExitReason.IO_PORT: frozenset({F.PORT, F.SIZE, F.VALUE}),
+        ExitReason.HLT: frozenset(),
+        ExitReason.INTERRUPT_WINDOW: frozenset(),
+        ExitReason.SHUTDOWN: frozenset({F.STATUS}),
+        ExitReason.KILLED: frozenset({F.KILL_REASON}),
+        ExitReason.FAULT: frozenset({F.VECTOR}),
+    },
+    View.SANITISED: {
+        ExitReason.TIMER: frozenset({F.RETIRED}),
+        ExitReason.NPF: frozenset({F.GPA_PAGE}),
+        ExitReason.HYPERCALL: frozenset({F.DEVICE, F.SLOT, F.LENGTH, F.ARG0}),
+        ExitReason.IO_PORT: frozenset({F.PORT, F.SIZE, F.VALUE}),
+        ExitReason.HLT: frozenset(),
+        ExitReason.INTERRUPT_WINDOW: frozenset(),
+        ExitReason.SHUTDOWN: frozenset({F.STATUS}),
+        ExitReason.KILLED: frozenset({F.KILL_REASON}),
+        ExitReason.FAULT: frozenset(),
+    },
+}
+
+
+def host_fields(
+    view: View, reason: ExitReason, candidates: dict[Field, int]
+) -> tuple[tuple[Field, int], ...]:
+    allowed = ALLOWED[view][reason]
+    return tuple((name, value) for name, value in candidates.items() if name in allowed)

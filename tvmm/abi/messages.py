@@ -1,0 +1,175 @@
+"""Requests and replies of the platform ABI: frozen dataclasses, nothing else.
+
+Each request names the call it makes (``CALL``); ``REQUESTS`` maps a call to its type.
+Every field is a plain int, bytes, bool or one of the ABI enums, so that the codec can
+encode every message and a validator can check every field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from tvmm.abi.types import Call, ExitReason, Field, Level, PageType, Result
+
+
+@dataclass(frozen=True, slots=True)
+class CreateVm:
+    """Create a VM at a protection level with ``memory_size`` bytes of private memory,
+    of which [shared_base, shared_base + shared_size) is shared with the host."""
+
+    CALL: ClassVar[Call] = Call.CREATE_VM
+    level: Level
+    memory_size: int
+    shared_base: int
+    shared_size: int
+    policy: int = 0  # SNP guest policy bits (debug, migration, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class AddPages:
+    """Add ``count`` pages at ``gpa`` before finalize; NORMAL pages carry their contents,
+    other types carry none (their contents are zeros or filled by the TEE)."""
+
+    CALL: ClassVar[Call] = Call.ADD_PAGES
+    vm: int
+    gpa: int
+    page_type: PageType
+    count: int
+    data: bytes = b""
+    executable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Finalize:
+    CALL: ClassVar[Call] = Call.FINALIZE
+    vm: int
+    entry: int  # initial RIP, measured as part of the initial vCPU state
+
+
+@dataclass(frozen=True, slots=True)
+class Enter:
+    """Run ``vcpu`` until an exit, or until ``quantum`` guest instructions have retired
+    (0: no timer).  ``state`` is the register state the host was given at the last exit."""
+
+    CALL: ClassVar[Call] = Call.ENTER
+    vm: int
+    vcpu: int
+    quantum: int
+    state: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Map:
+    CALL: ClassVar[Call] = Call.MAP
+    vm: int
+    gpa: int
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Unmap:
+    CALL: ClassVar[Call] = Call.UNMAP
+    vm: int
+    gpa: int
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Remap:
+    """Point guest page ``gpa`` at the backing of page ``source`` (the host's nested page
+    table is its own): swapping pages works unless the ownership table forbids it."""
+
+    CALL: ClassVar[Call] = Call.REMAP
+    vm: int
+    gpa: int
+    source: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPage:
+    CALL: ClassVar[Call] = Call.READ_PAGE
+    vm: int
+    gpa: int
+
+
+@dataclass(frozen=True, slots=True)
+class WritePage:
+    CALL: ClassVar[Call] = Call.WRITE_PAGE
+    vm: int
+    gpa: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Inject:
+    """Ask for a virtual interrupt on ``vcpu`` (a doorbell at the shim level)."""
+
+    CALL: ClassVar[Call] = Call.INJECT
+    vm: int
+    vcpu: int
+    vector: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteIo:
+    """Answer the guest's pending request: ``value`` goes back as its result."""
+
+    CALL: ClassVar[Call] = Call.COMPLETE_IO
+    vm: int
+    vcpu: int
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class Destroy:
+    CALL: ClassVar[Call] = Call.DESTROY
+    vm: int
+
+
+Request = (
+    CreateVm | AddPages | Finalize | Enter | Map | Unmap | Remap | ReadPage | WritePage
+    | Inject | CompleteIo | Destroy
+)
+
+REQUESTS: dict[Call, type] = {
+    cls.CALL: cls
+    for cls in (
+        CreateVm, AddPages, Finalize, Enter, Map, Unmap, Remap, ReadPage, WritePage,
+        Inject, CompleteIo, Destroy,
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ExitRecord:
+    """What the host gets when the vCPU stops: the reason, the fields the level allows,
+    and the register state in the form the level gives it (plaintext, deterministic
+    ciphertext, or a sealed blob)."""
+
+    reason: ExitReason
+    seq: int
+    vcpu: int
+    fields: tuple[tuple[Field, int], ...] = ()
+    state: bytes = b""
+
+    def get(self, name: Field, default: int | None = None) -> int | None:
+        for key, value in self.fields:
+            if key == name:
+                return value
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to every request. ``operand`` names the refused field on an error."""
+
+    result: Result
+    operand: str = ""
+    value: int = 0
+    data: bytes = b""
+    exit: ExitRecord | None = field(default=None)
+
+    @property
+    def ok(self) -> bool:
+        return self.result == Result.OK

@@ -1,0 +1,5 @@
+"""UNTRUSTED: the host — the honest hypervisor and its devices.
+
+Written against the platform ABI alone (tvmm.abi): it never imports the trusted packages
+(tvmm.hw, shim), which the architecture contract in pyproject.toml checks in CI.  Attacks
+in tools/ are hosts too, and use the same client."""

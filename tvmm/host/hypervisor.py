@@ -1,0 +1,205 @@
+"""The honest hypervisor: launches a guest image and serves its exits, through the ABI only.
+
+It does what a well-behaved host does: maps every page up front (and on demand after a
+fault), serves console, block and input requests through the shared region, optionally
+arms a timer quantum and delivers timer ticks, and hands back the register state exactly
+as it got it.  Attacks subclass it and misbehave in one place.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tvmm.abi.guest import (
+    BOOT_INFO_GPA,
+    PAGE_SIZE,
+    SECRETS_GPA,
+    SHARED_BASE,
+    SHARED_SIZE,
+    Hypercall,
+)
+from tvmm.abi.messages import ExitRecord, Reply
+from tvmm.abi.types import Device, ExitReason, Field, Level, PageType, Result
+from tvmm.guestimage import GuestImage
+from tvmm.host.client import HostCallError, PlatformClient
+from tvmm.host.devices import BlockDevice, Console, InputDevice
+
+IO_REPLY = struct.Struct("<II")  # the naive runtime driver's reply header: len, status
+DEBUG_PORT = 0xE9
+E_NOSYS = -38
+E_INVAL = -22
+
+
+@dataclass
+class Devices:
+    console: Console = field(default_factory=Console)
+    block: BlockDevice = field(default_factory=lambda: BlockDevice(None))
+    input: InputDevice = field(default_factory=InputDevice)
+
+
+@dataclass
+class RunResult:
+    how: str  # "exit", "fault", "killed", "halted", "limit", "refused"
+    status: int | None
+    exits: Counter
+    wall_s: float
+    retired: int  # instructions counted by timer exits
+    entries: int
+    detail: str = ""
+    last: ExitRecord | None = None
+
+
+class HonestHypervisor:
+    def __init__(self, client: PlatformClient, devices: Devices | None = None, *,
+                 quantum: int = 0, tick_vector: int | None = None, tick_every: int = 1) -> None:
+        self.client = client
+        self.devices = devices or Devices()
+        self.quantum = quantum
+        self.tick_vector = tick_vector
+        self.tick_every = max(1, tick_every)
+        self.registered: set[int] = set()
+        self.state = b""
+        self.vm = 0
+        self.exits: Counter = Counter()
+        self.retired = 0
+        self.entries = 0
+
+    # -- launch ----------------------------------------------------------------------------
+    def launch(self, image: GuestImage, level: Level, memory_size: int, *,
+               secret_blob: bytes = b"", policy: int = 0) -> bytes:
+        """Create, add pages (boot info, secrets, image), finalize, map; the launch digest."""
+        c = self.client
+        self.vm = c.create_vm(level, memory_size, SHARED_BASE, SHARED_SIZE, policy)
+        c.add_pages(self.vm, BOOT_INFO_GPA, PageType.CPUID)
+        c.add_pages(self.vm, SECRETS_GPA, PageType.SECRETS, data=secret_blob)
+        for gpa, data, executable in image.runs():
+            c.add_pages(self.vm, gpa, PageType.NORMAL, len(data) // PAGE_SIZE, data, executable)
+        digest = c.finalize(self.vm, image.entry)
+        c.map(self.vm, 0, memory_size // PAGE_SIZE)
+        return digest
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self, max_exits: int | None = None) -> RunResult:
+        start = time.perf_counter()
+        how, status, detail, last = "limit", None, "", None
+        while max_exits is None or sum(self.exits.values()) < max_exits:
+            reply = self.enter()
+            if reply.exit is None:
+                how, detail = "refused", f"{reply.result.name} ({reply.operand})"
+                break
+            rec = last = reply.exit
+            self.exits[rec.reason.name.lower()] += 1
+            self.state = rec.state
+            if rec.reason == ExitReason.SHUTDOWN:
+                how, status = "exit", rec.get(Field.STATUS)
+                break
+            if rec.reason == ExitReason.FAULT:
+                how, detail = "fault", f"vector {rec.get(Field.VECTOR)}"
+                break
+            if rec.reason == ExitReason.KILLED:
+                how, detail = "killed", f"reason {rec.get(Field.KILL_REASON)}"
+                break
+            if not self.on_exit(rec):
+                how = "halted"
+                break
+        return RunResult(how, status, self.exits, time.perf_counter() - start, self.retired,
+                         self.entries, detail, last)
+
+    def enter(self) -> Reply:
+        self.entries += 1
+        return self.client.enter(self.vm, self.quantum, self.state)
+
+    def on_exit(self, rec: ExitRecord) -> bool:
+        """Serve one exit; False when there is nothing more to run."""
+        reason = rec.reason
+        if reason == ExitReason.TIMER:
+            self.retired += rec.get(Field.RETIRED, 0) or 0
+            if self.tick_vector is not None and self.exits["timer"] % self.tick_every == 0:
+                self.client.inject(self.vm, self.tick_vector)
+            return True
+        if reason == ExitReason.NPF:
+            gpa = rec.get(Field.GPA)
+            page = (gpa & ~0xFFF) if gpa is not None else (rec.get(Field.GPA_PAGE, 0) << 12)
+            self.client.map(self.vm, page)
+            return True
+        if reason == ExitReason.HYPERCALL:
+            self.client.complete_io(self.vm, self.serve_hypercall(rec))
+            return True
+        if reason == ExitReason.IO_PORT:
+            if rec.get(Field.PORT) == DEBUG_PORT and rec.get(Field.VALUE) is not None:
+                self.devices.console.write(bytes([rec.get(Field.VALUE) & 0xFF]))
+            self.client.complete_io(self.vm, 0xFFFFFFFF)
+            return True
+        if reason == ExitReason.HLT:
+            if self.tick_vector is not None and self.tick_vector in self.registered:
+                self.client.inject(self.vm, self.tick_vector)
+                return True
+            return False
+        return True
+
+    # -- devices ---------------------------------------------------------------------------
+    def serve_hypercall(self, rec: ExitRecord) -> int:
+        device = rec.get(Field.DEVICE)
+        if device is not None:
+            return self.serve_device(Device(device), rec.get(Field.SLOT, 0),
+                                     rec.get(Field.LENGTH, 0), rec.get(Field.ARG0, 0))
+        nr = rec.get(Field.NR)
+        a0, a1, a2 = (rec.get(Field.ARG0, 0), rec.get(Field.ARG1, 0), rec.get(Field.ARG2, 0))
+        return self.serve_guest_call(nr, a0, a1, a2)
+
+    def serve_device(self, device: Device, slot: int, length: int, sector: int) -> int:
+        """A shim-bounced request: data sits at ``slot``; the answer is a length."""
+        c, vm = self.client, self.vm
+        if device == Device.CONSOLE:
+            self.devices.console.write(c.read_shared(vm, slot, length))
+            return length
+        if device == Device.BLOCK_WRITE:
+            return self.devices.block.write(sector, c.read_shared(vm, slot, length))
+        if device == Device.BLOCK_READ:
+            data = self.devices.block.read(sector, length)
+        else:
+            data = self.devices.input.read_line(length)
+        if data:
+            c.write_shared(vm, slot, data)
+        return len(data)
+
+    def serve_guest_call(self, nr: int | None, a0: int, a1: int, a2: int) -> int:
+        """A hypercall below the shim: arguments are the guest's registers."""
+        c, vm = self.client, self.vm
+        if nr == Hypercall.CONSOLE_WRITE:
+            if not self._in_shared(a0, a1):
+                return E_INVAL
+            self.devices.console.write(c.read_shared(vm, a0, a1))
+            return a1
+        if nr in (Hypercall.INPUT_READ, Hypercall.BLOCK_READ):
+            capacity = a2
+            if not self._in_shared(a1, IO_REPLY.size + capacity):
+                return E_INVAL
+            if nr == Hypercall.INPUT_READ:
+                data = self.devices.input.read_line(capacity)
+            else:
+                data = self.devices.block.read(a0, capacity)
+            c.write_shared(vm, a1, IO_REPLY.pack(len(data), 0) + data)
+            return len(data)
+        if nr == Hypercall.BLOCK_WRITE:
+            if not self._in_shared(a1, a2):
+                return E_INVAL
+            return self.devices.block.write(a0, c.read_shared(vm, a1, a2))
+        if nr == Hypercall.IRQ_REGISTER:
+            self.registered.add(a0)
+            return 0
+        return E_NOSYS
+
+    @staticmethod
+    def _in_shared(gpa: int, size: int) -> bool:
+        return SHARED_BASE <= gpa and gpa + size <= SHARED_BASE + SHARED_SIZE
+
+    def destroy(self) -> None:
+        try:
+            self.client.destroy(self.vm)
+        except HostCallError as exc:
+            if exc.result != Result.NO_VM:
+                raise

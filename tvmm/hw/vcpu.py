@@ -1,0 +1,282 @@
+"""The vCPU: the only module that imports Unicorn.
+
+It runs guest code until something stops it and says what: the instruction timer, a
+hypercall (`vmcall`/`vmmcall`, which Unicorn reports as an invalid instruction with RIP
+still on it), port I/O, HLT, a nested page fault (a page whose protection the host removed)
+or a guest fault.  All hooks are installed before the first run and narrowed by address:
+Unicorn 2 may ignore hooks added after code was translated.  Nothing runs per instruction
+on the compute path; the timer is Unicorn's instruction count, armed only when asked.
+
+Registers are read and written in one batch through libunicorn's public C call
+``uc_reg_read_batch``: the Python binding's own batch read costs ~75 µs for 18 registers,
+the C call ~2 µs, and every exit needs them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+
+import unicorn as uc_mod
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
+
+PAGE = 0x1000
+NO_UNTIL = 0xFFFF_FFFF_FFFF_FFFF
+
+REG_NAMES: tuple[str, ...] = (
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags",
+)
+_REG_IDS = (
+    X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX,
+    X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_RBP, X.UC_X86_REG_RSP,
+    X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10, X.UC_X86_REG_R11,
+    X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15,
+    X.UC_X86_REG_RIP, X.UC_X86_REG_EFLAGS,
+)
+NREGS = len(REG_NAMES)
+RAX, RBX, RCX, RDX, RSI, RDI, RBP, RSP = range(8)
+RIP, RFLAGS = 16, 17
+IF_FLAG = 1 << 9
+
+_VMCALL = (b"\x0f\x01\xc1", b"\x0f\x01\xd9")  # vmcall, vmmcall
+
+
+class StopKind(IntEnum):
+    TIMER = 1
+    HYPERCALL = 2
+    PORT_OUT = 3
+    PORT_IN = 4
+    HLT = 5
+    NPF = 6
+    SOFT_INT = 7  # the guest's own `int n`: delivered through its IDT by the TEE
+    EXCEPTION = 8  # an exception raised by guest code (#DE, #UD, int3, ...)
+    FAULT = 9  # access outside guest memory or an unexecutable instruction
+
+
+class Access(IntEnum):
+    READ = 1
+    WRITE = 2
+    FETCH = 4
+
+
+@dataclass(slots=True)
+class Stop:
+    kind: StopKind
+    rip: int
+    addr: int = 0
+    access: Access = Access.READ
+    port: int = 0
+    size: int = 0
+    value: int = 0
+    vector: int = 0
+    detail: str = ""
+
+
+CpuidServer = Callable[[int, int], tuple[int, int, int, int]]
+
+
+class Vcpu:
+    """One x86-64 vCPU over guest-physical memory [0, ram_size), identity mapped."""
+
+    def __init__(self, ram_size: int, cpuid: CpuidServer) -> None:
+        if ram_size % PAGE or ram_size <= 0:
+            raise ValueError("ram_size must be a positive multiple of 4 KiB")
+        self.ram_size = ram_size
+        self._uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_64)
+        self._uc.mem_map(0, ram_size, uc_mod.UC_PROT_NONE)
+        self._cpuid = cpuid
+        self._stop: Stop | None = None
+        self._hook_error: BaseException | None = None
+        self._pending_in: Stop | None = None
+        self._traps_installed = False
+        self.tsc = 0  # virtual TSC: advanced by the platform, never by host time
+        self._ids = (ctypes.c_int * NREGS)(*_REG_IDS)
+        self._vals = (ctypes.c_uint64 * NREGS)()
+        base = ctypes.addressof(self._vals)
+        self._ptrs = (ctypes.c_void_p * NREGS)(*[base + 8 * i for i in range(NREGS)])
+        self._handle = getattr(self._uc, "_uch", None)
+        self._install_hooks()
+
+    # -- hooks -----------------------------------------------------------------------
+    def _install_hooks(self) -> None:
+        u = self._uc
+        u.hook_add(uc_mod.UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        u.hook_add(uc_mod.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        u.hook_add(uc_mod.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        u.hook_add(uc_mod.UC_HOOK_INTR, self._on_intr)
+        u.hook_add(
+            uc_mod.UC_HOOK_MEM_READ_PROT | uc_mod.UC_HOOK_MEM_WRITE_PROT
+            | uc_mod.UC_HOOK_MEM_FETCH_PROT,
+            self._on_prot,
+        )
+        u.hook_add(uc_mod.UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
+
+    def install_code_traps(self, hlt: Iterable[int], rdtsc: Iterable[int]) -> None:
+        """Trap HLT and RDTSC at the addresses a sweep of the executable pages found.
+
+        Unicorn cannot hook either instruction, and a HLT at the end of a timer quantum is
+        otherwise indistinguishable from the timer; RDTSC would leak host time into a
+        deterministic run.  Must be called once, before the first run."""
+        if self._traps_installed:
+            raise RuntimeError("code traps are installed once, before the first run")
+        for addr in hlt:
+            self._uc.hook_add(uc_mod.UC_HOOK_CODE, self._on_hlt, None, addr, addr)
+        for addr in rdtsc:
+            self._uc.hook_add(uc_mod.UC_HOOK_CODE, self._on_rdtsc, None, addr, addr)
+        self._traps_installed = True
+
+    def _halt(self, stop: Stop) -> None:
+        self._stop = stop
+        self._uc.emu_stop()
+
+    def _on_in(self, uc, port: int, size: int, _data) -> int:
+        self._halt(Stop(StopKind.PORT_IN, uc.reg_read(X.UC_X86_REG_RIP), port=port, size=size))
+        return 0
+
+    def _on_out(self, uc, port: int, size: int, value: int, _data) -> None:
+        self._halt(
+            Stop(StopKind.PORT_OUT, uc.reg_read(X.UC_X86_REG_RIP), port=port, size=size,
+                 value=value)
+        )
+
+    def _on_cpuid(self, uc, _data) -> int:
+        try:
+            leaf = uc.reg_read(X.UC_X86_REG_EAX)
+            sub = uc.reg_read(X.UC_X86_REG_ECX)
+            a, b, c, d = self._cpuid(leaf, sub)
+            uc.reg_write(X.UC_X86_REG_RAX, a)
+            uc.reg_write(X.UC_X86_REG_RBX, b)
+            uc.reg_write(X.UC_X86_REG_RCX, c)
+            uc.reg_write(X.UC_X86_REG_RDX, d)
+        except BaseException as exc:  # re-raised after emu_start
+            self._hook_error = exc
+            uc.emu_stop()
+        return 1  # skip Unicorn's own CPUID
+
+    def _on_intr(self, uc, intno: int, _data) -> None:
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        kind = StopKind.SOFT_INT if intno >= 32 else StopKind.EXCEPTION
+        self._halt(Stop(kind, rip, vector=intno))
+
+    def _on_prot(self, uc, access: int, address: int, size: int, value: int, _data) -> bool:
+        kind = {
+            uc_mod.UC_MEM_WRITE_PROT: Access.WRITE,
+            uc_mod.UC_MEM_FETCH_PROT: Access.FETCH,
+        }.get(access, Access.READ)
+        self._stop = Stop(StopKind.NPF, 0, addr=address, access=kind, size=size)
+        return False
+
+    def _on_unmapped(self, uc, access: int, address: int, size: int, value: int, _d) -> bool:
+        self._stop = Stop(StopKind.FAULT, 0, addr=address, detail="access outside guest memory")
+        return False
+
+    def _on_hlt(self, uc, address: int, size: int, _data) -> None:
+        self._halt(Stop(StopKind.HLT, address))
+
+    def _on_rdtsc(self, uc, address: int, size: int, _data) -> None:
+        self.tsc += 1
+        uc.reg_write(X.UC_X86_REG_RAX, self.tsc & 0xFFFFFFFF)
+        uc.reg_write(X.UC_X86_REG_RDX, self.tsc >> 32)
+        uc.reg_write(X.UC_X86_REG_RIP, address + 2)
+
+    # -- running ---------------------------------------------------------------------
+    def run(self, rip: int, quantum: int) -> Stop:
+        """Run from ``rip`` until a stop; ``quantum`` > 0 arms the instruction timer."""
+        self._stop = None
+        self._hook_error = None
+        error: uc_mod.UcError | None = None
+        try:
+            self._uc.emu_start(rip, NO_UNTIL, 0, quantum)
+        except uc_mod.UcError as exc:
+            error = exc
+        if self._hook_error is not None:
+            raise self._hook_error
+        stop = self._stop
+        if stop is not None and stop.kind in (StopKind.NPF, StopKind.FAULT):
+            stop.rip = self.read_rip()
+            return stop
+        if error is not None:
+            return self._classify_error(error)
+        if stop is not None:
+            return stop
+        return Stop(StopKind.TIMER if quantum else StopKind.HLT, self.read_rip())
+
+    def _classify_error(self, error: uc_mod.UcError) -> Stop:
+        rip = self.read_rip()
+        if error.errno == uc_mod.UC_ERR_INSN_INVALID:
+            try:
+                insn = bytes(self._uc.mem_read(rip, 3))
+            except uc_mod.UcError:
+                insn = b""
+            if insn in _VMCALL:
+                return Stop(StopKind.HYPERCALL, rip)
+            return Stop(StopKind.EXCEPTION, rip, vector=6, detail="invalid opcode")
+        return Stop(StopKind.FAULT, rip, detail=str(error))
+
+    # -- registers -------------------------------------------------------------------
+    def read_regs(self) -> tuple[int, ...]:
+        """All of REG_NAMES in one call."""
+        if self._handle is None:  # pragma: no cover - a binding without the handle
+            return tuple(self._uc.reg_read(r) for r in _REG_IDS)
+        status = uclib.uc_reg_read_batch(self._handle, self._ids, self._ptrs, NREGS)
+        if status != 0:  # pragma: no cover
+            raise uc_mod.UcError(status)
+        return tuple(self._vals)
+
+    def write_regs(self, values: Iterable[int]) -> None:
+        vals = list(values)
+        if len(vals) != NREGS:
+            raise ValueError(f"expected {NREGS} register values")
+        if self._handle is None:  # pragma: no cover
+            for reg, val in zip(_REG_IDS, vals, strict=True):
+                self._uc.reg_write(reg, val)
+            return
+        for i, val in enumerate(vals):
+            self._vals[i] = val & 0xFFFF_FFFF_FFFF_FFFF
+        status = uclib.uc_reg_write_batch(self._handle, self._ids, self._ptrs, NREGS)
+        if status != 0:  # pragma: no cover
+            raise uc_mod.UcError(status)
+
+    def read_rip(self) -> int:
+        return self._uc.reg_read(X.UC_X86_REG_RIP)
+
+    def write_reg(self, index: int, value: int) -> None:
+        self._uc.reg_write(_REG_IDS[index], value & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def read_reg(self, index: int) -> int:
+        return self._uc.reg_read(_REG_IDS[index])
+
+    def idt_base(self) -> tuple[int, int]:
+        """(base, limit) of the guest's IDT."""
+        _sel, base, limit, _flags = self._uc.reg_read(X.UC_X86_REG_IDTR)
+        return base, limit
+
+    def save(self) -> bytes:
+        """The whole vCPU (registers, descriptor tables, flags) as bytes."""
+        return bytes(self._uc.context_save())
+
+    def restore(self, blob: bytes) -> None:
+        ctx = self._uc.context_save()
+        if len(blob) != ctx.size:
+            raise ValueError("context blob has the wrong size")
+        ctypes.memmove(ctx.context, blob, len(blob))
+        self._uc.context_restore(ctx)
+
+    # -- memory ----------------------------------------------------------------------
+    def mem_read(self, gpa: int, size: int) -> bytes:
+        return bytes(self._uc.mem_read(gpa, size))
+
+    def mem_write(self, gpa: int, data: bytes) -> None:
+        self._uc.mem_write(gpa, bytes(data))
+
+    def set_mapped(self, gpa: int, count: int, mapped: bool) -> None:
+        prot = uc_mod.UC_PROT_ALL if mapped else uc_mod.UC_PROT_NONE
+        self._uc.mem_protect(gpa, count * PAGE, prot)
+
+    def flush_code(self, gpa: int, size: int) -> None:
+        """Drop translated code for a range the TEE or the host rewrote (unicorn #1148)."""
+        self._uc.ctl_remove_cache(gpa, gpa + size)

@@ -1,0 +1,59 @@
+"""The VMSA: the register save area, and its deterministic encryption at sev-es/snp.
+
+Layout: one 16-byte slot per register of ``vcpu.REG_NAMES`` (value u64 LE, then the slot's
+own address u64 LE).  At ``sev-es``/``snp`` the host holds the save area encrypted
+block by block under the VM's key, deterministically and bound to the slot address, as
+SEV-ES does with its address-tweaked memory encryption: the same register value in the
+same slot always gives the same 16 ciphertext bytes.  That is what the ciphertext
+dictionary attack (CipherLeaks) exploits; the shim's AEAD sealing is what stops it.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from tvmm.hw.vcpu import NREGS
+
+SLOT = 16
+VMSA_SIZE = NREGS * SLOT
+VMSA_GPA = 0xFFFF_FFFF_F000  # where SNP measures VMSA pages; also the slots' tweak base
+_SLOT = struct.Struct("<QQ")
+_MASK = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def pack_plain(regs: tuple[int, ...], vcpu: int = 0) -> bytes:
+    base = VMSA_GPA + vcpu * VMSA_SIZE
+    return b"".join(_SLOT.pack(v & _MASK, base + i * SLOT) for i, v in enumerate(regs))
+
+
+def unpack_plain(blob: bytes) -> tuple[int, ...]:
+    if len(blob) != VMSA_SIZE:
+        raise ValueError(f"a register file is {VMSA_SIZE} bytes, got {len(blob)}")
+    return tuple(_SLOT.unpack_from(blob, i * SLOT)[0] for i in range(NREGS))
+
+
+class DeterministicVmsaCipher:
+    """Address-bound, deterministic block encryption of the save area."""
+
+    def __init__(self, key: bytes) -> None:
+        cipher = Cipher(algorithms.AES(key), modes.ECB())
+        self._enc = cipher.encryptor()  # one stream, reused: ECB keeps no state
+        self._dec = cipher.decryptor()
+
+    def encrypt(self, regs: tuple[int, ...], vcpu: int = 0) -> bytes:
+        return self._enc.update(pack_plain(regs, vcpu))
+
+    def decrypt(self, blob: bytes, vcpu: int = 0) -> tuple[int, ...]:
+        """A block moved to another slot, or altered, decrypts to a garbage value."""
+        if len(blob) != VMSA_SIZE:
+            raise ValueError(f"a VMSA is {VMSA_SIZE} bytes, got {len(blob)}")
+        plain = self._dec.update(blob)
+        base = VMSA_GPA + vcpu * VMSA_SIZE
+        out = []
+        for i in range(NREGS):
+            value, addr = _SLOT.unpack_from(plain, i * SLOT)
+            expected = base + i * SLOT
+            out.append(value if addr == expected else value ^ addr ^ expected)
+        return tuple(out)

@@ -1,0 +1,1 @@
+"""The guest owner's side: verifies evidence and releases secrets."""
