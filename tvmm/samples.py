@@ -85,3 +85,34 @@ def resolve(guest: str) -> tuple[GuestImage, Sample | None]:
     if path.suffix in (".c", ".S", ".s"):
         return load_elf(guestbuild.build([path]), path.stem), None
     return load_elf(path), None
+
+
+MODEXP_MODULUS = 0xFFFFFFFFFFFFFFC5
+MODEXP_BASE = 0x5DEECE66D
+
+
+def modexp_expected(secret: bytes) -> int:
+    exponent = int.from_bytes(secret[:8].ljust(8, b"\0"), "little") | (1 << 63)
+    return pow(MODEXP_BASE, exponent, MODEXP_MODULUS)
+
+
+def expected_console_ok(guest: str, secret: bytes, console: str,
+                        inputs: list[bytes] | None = None) -> bool:
+    """Whether a run's console shows the result an honest run would give.
+
+    password: "granted" only if the password itself was among the inputs;
+    counter: count=1, 2, ... without a gap, repeat or step back."""
+    if guest == "hello":
+        return "hello from a tvmm guest" in console
+    if guest in ("modexp", "modexp-ct"):
+        return f"result={modexp_expected(secret):#018x}" in console
+    if guest == "password":
+        if "granted" not in console:
+            return True
+        return any(line.rstrip(b"\r\n") == secret for line in (inputs or []))
+    if guest == "counter":
+        counts = [int(line[6:]) for line in console.splitlines() if line.startswith("count=")]
+        return counts == list(range(1, len(counts) + 1))
+    if guest == "kvstore":
+        return "verified=40 ok" in console
+    return True

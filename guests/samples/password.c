@@ -17,17 +17,25 @@ __attribute__((noinline)) int check_password(const u8 *guess, u64 len, const u8 
     return 1;
 }
 
+/* The input buffer sits right before the session flag: a driver that copies more than it
+ * checked (the double fetch of the naive runtime driver) overwrites the flag. */
+static struct {
+    u8 guess[64];
+    volatile u64 authenticated;
+} session;
+
 int main(void)
 {
     const struct secrets_page *s = secrets();
     u64 pwlen = s->len > MAX_PW ? MAX_PW : s->len;
-    static u8 guess[64];
     for (int attempt = 0; attempt < 4096; attempt++) {
-        i64 n = input_read(guess, sizeof guess);
+        i64 n = input_read(session.guess, sizeof session.guess);
         if (n <= 0) break;
-        while (n > 0 && (guess[n - 1] == '\n' || guess[n - 1] == '\r')) n--;
-        int ok = check_password(guess, (u64)n, s->data, pwlen);
-        if (ok) {
+        while (n > 0 && (session.guess[n - 1] == '\n' || session.guess[n - 1] == '\r')) n--;
+        int ok = check_password(session.guess, (u64)n, s->data, pwlen);
+        if (ok)
+            session.authenticated = 1;
+        if (session.authenticated) {
             puts("granted\n");
             return 0;
         }

@@ -70,6 +70,7 @@ class InputDevice:
 
     def __init__(self, lines: Iterable[str | bytes] = ()) -> None:
         self._lines: Iterator[str | bytes] = iter(lines)
+        self.served: list[bytes] = []  # every line handed to the guest, for the judge
 
     def read_line(self, capacity: int) -> bytes:
         line = next(self._lines, None)
@@ -78,4 +79,5 @@ class InputDevice:
         data = line.encode() if isinstance(line, str) else line
         if not data.endswith(b"\n"):
             data += b"\n"
+        self.served.append(data[:capacity])
         return data[:capacity]

@@ -66,6 +66,7 @@ class HonestHypervisor:
         self.exits: Counter = Counter()
         self.retired = 0
         self.entries = 0
+        self.run_result: RunResult | None = None
 
     # -- launch ----------------------------------------------------------------------------
     def launch(self, image: GuestImage, level: Level, memory_size: int, *,
@@ -105,8 +106,9 @@ class HonestHypervisor:
             if not self.on_exit(rec):
                 how = "halted"
                 break
-        return RunResult(how, status, self.exits, time.perf_counter() - start, self.retired,
-                         self.entries, detail, last)
+        self.run_result = RunResult(how, status, self.exits, time.perf_counter() - start,
+                                    self.retired, self.entries, detail, last)
+        return self.run_result
 
     def enter(self) -> Reply:
         self.entries += 1

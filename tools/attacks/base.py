@@ -1,0 +1,69 @@
+"""The attack API: a malicious host plus a decoder, run against a victim at a level.
+
+An attack gets an ``AttackContext``: the host side of the platform ABI (a
+``PlatformClient``), the victim's public image (with its symbols — the binary is public),
+a way to launch the victim with the owner's opaque secret blob, and a trace hook for its
+own actions.  It returns an ``Outcome``: its guess of the secret (confidentiality) and
+what it observed.  It never sees the secret; the judge (tvmm.judge) scores the outcome.
+
+Writing a new attack is one file: subclass ``Attack``, set the class attributes, implement
+``run``; ``tvmm attack --file my_attack.py`` runs it.  See docs/attacks.md.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from tvmm.abi.types import Level
+from tvmm.guestimage import GuestImage
+from tvmm.host.client import PlatformClient
+from tvmm.host.hypervisor import Devices, HonestHypervisor
+
+
+@dataclass
+class AttackContext:
+    client: PlatformClient  # the host side of the ABI: all an attack may touch
+    image: GuestImage  # the victim's public image
+    guest: str  # the victim's name
+    level: Level
+    seed: int
+    rng: random.Random
+    memory: int  # guest memory size the owner asked for
+    secret_blob: bytes  # the owner's wrapped secret: opaque, relayed at launch
+    record: Callable[..., None]  # record(action, **outside) traces an attack action
+    devices: Callable[[], Devices]  # fresh honest devices (console, disk, input)
+
+    def host(self, cls: type[HonestHypervisor] = HonestHypervisor, **kwargs: object
+             ) -> HonestHypervisor:
+        """A host of class ``cls`` on this context's client, with fresh devices."""
+        return cls(self.client, self.devices(), **kwargs)
+
+    def launch(self, host: HonestHypervisor, *, image: GuestImage | None = None) -> bytes:
+        """Launch the victim (or a tampered ``image``) on ``host``; the launch digest."""
+        return host.launch(image or self.image, self.level, self.memory,
+                           secret_blob=self.secret_blob)
+
+
+@dataclass
+class Outcome:
+    guess: bytes | None = None  # the attacker's guess of the victim's secret, if any
+    hosts: list[HonestHypervisor] = field(default_factory=list)  # hosts whose VMs it ran
+    exits: int = 0  # exits the attack took
+    stepping: dict[str, int] | None = None  # {"zero": z, "single": s, "multi": m}
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+class Attack(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    victims: ClassVar[tuple[str, ...]]  # sample guests it fits
+    kind: ClassVar[str]  # "confidentiality" or "integrity"
+    published: ClassVar[str] = ""  # the published figure to compare with, and its source
+
+    @abstractmethod
+    def run(self, ctx: AttackContext) -> Outcome:
+        """Drive the victim through ``ctx.client`` and return what was learned."""

@@ -1,0 +1,3 @@
+from tvmm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""tvmm boot: boot a guest under the honest host and show what happened."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.table import Table
+
+from shim.policies import config as policy_config
+from tvmm.abi.types import Level
+from tvmm.commands.output import console, emit_json, fail
+from tvmm.guestbuild import GuestBuildError
+from tvmm.guestimage import GuestImageError
+from tvmm.machine import DEFAULT_MEMORY, boot
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("boot", help="boot a guest (sample name, .c file or ELF)")
+    p.add_argument("guest")
+    add_run_options(p)
+    p.add_argument("--input", action="append", default=[], metavar="LINE",
+                   help="a line for the guest's input device (repeatable)")
+    p.add_argument("--disk", type=Path, help="file backing the block device")
+    p.add_argument("--tick", type=lambda s: int(s, 0), metavar="VECTOR",
+                   help="inject this vector at every timer exit (if the guest registered it)")
+    p.add_argument("--max-exits", type=int, help="stop after this many exits")
+    p.add_argument("--wire", action="store_true",
+                   help="send every ABI call through the bytes codec")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=run)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--level", choices=[lv.value for lv in Level], default="plain")
+    p.add_argument("--trace", type=Path, help="write a trace (JSON Lines) here")
+    p.add_argument("--quantum", type=int, default=0,
+                   help="arm the host's instruction timer (0: no timer)")
+    p.add_argument("--memory", type=lambda s: int(s, 0), default=DEFAULT_MEMORY,
+                   help="guest memory in bytes")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random choice")
+    p.add_argument("--policy", type=Path, help="TOML file of shim policy settings")
+
+
+def load_policy(args: argparse.Namespace) -> policy_config.PolicyConfig | None:
+    return policy_config.load(args.policy) if args.policy else None
+
+
+def run(args: argparse.Namespace) -> int:
+    live = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    try:
+        report = boot(
+            args.guest, Level(args.level), seed=args.seed, trace=args.trace,
+            quantum=args.quantum, memory=args.memory, policy_config=load_policy(args),
+            input_lines=args.input, disk=args.disk, on_console=live, wire=args.wire,
+            tick_vector=args.tick, max_exits=args.max_exits,
+        )
+    except (GuestBuildError, GuestImageError, KeyError, policy_config.PolicyConfigError,
+            OSError) as exc:
+        return fail(str(exc).strip("'\""))
+    if args.json:
+        emit_json({**asdict(report), "mips": report.mips})
+    else:
+        show(report, args)
+    if report.how != "exit":
+        return 3
+    return 0 if report.status == report.expected_status or report.expected_status is None \
+        else 1
+
+
+def show(report, args: argparse.Namespace) -> None:
+    table = Table(title=f"{report.guest} at {report.level}", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    ended = {"exit": f"exited with status {report.status}"}.get(report.how, report.how)
+    table.add_row("ended", ended + (f" ({report.detail})" if report.detail else ""))
+    if report.retired:
+        table.add_row("instructions retired", f"{report.retired:,} (counted by the timer)")
+        table.add_row("guest MIPS", f"{report.mips:.1f}")
+    else:
+        table.add_row("instructions retired", "not counted (no timer armed: use --quantum N)")
+    exits = ", ".join(f"{k} {v:,}" for k, v in sorted(report.exits.items()))
+    table.add_row("exits", f"{sum(report.exits.values()):,} ({exits})")
+    table.add_row("entries", f"{report.entries:,}")
+    table.add_row("wall time", f"{report.wall_s * 1000:.1f} ms")
+    table.add_row("launch digest", report.launch_digest[:32] + "…")
+    if report.violations:
+        table.add_row("policy violations", str(len(report.violations)))
+    if args.trace:
+        table.add_row("trace", str(args.trace))
+    console.print()
+    console.print(table)
