@@ -42,7 +42,8 @@ _PAGE_INFO = struct.Struct("<48s48sHBBBBBBQ")
 assert _PAGE_INFO.size == PAGE_INFO_SIZE, "PAGE_INFO must be 0x70 bytes"
 
 _ZERO_DIGEST = bytes(DIGEST_SIZE)
-_GPA_LIMIT = 1 << 64
+# Set bits of a GPA that is negative, at or above 2**64, or not page-aligned.
+_GPA_INVALID = ~((1 << 64) - PAGE_SIZE)
 _pack = _PAGE_INFO.pack
 _sha384 = hashlib.sha384
 
@@ -80,19 +81,18 @@ def page_info(previous: bytes, contents_digest: bytes, page_type: PageType, gpa:
 class LaunchDigest:
     """The running launch digest of one guest, extended page by page as the PSP does."""
 
-    __slots__ = ("_digest", "_gpas", "_types", "_contents", "_digests")
+    __slots__ = ("_digest", "_log", "_hashes")
 
     def __init__(self, initial: bytes = _ZERO_DIGEST) -> None:
         if not isinstance(initial, bytes | bytearray) or len(initial) != DIGEST_SIZE:
             raise ValueError(f"initial digest must be {DIGEST_SIZE} bytes")
         self._digest = bytes(initial)
-        # The page log is kept in flat arrays, not as MeasuredPage objects: one object per
-        # page costs about as much as the PAGE_INFO hash itself and feeds the cyclic GC,
-        # while most callers only ever want the final digest.
-        self._gpas = array("Q")
-        self._types = bytearray()
-        self._contents = bytearray()
-        self._digests = bytearray()
+        # The page log is flat, not MeasuredPage objects: one object per page costs about
+        # as much as the PAGE_INFO hash itself and feeds the cyclic GC, while most callers
+        # only want the final digest. _log holds gpa | page_type (GPAs are page-aligned);
+        # _hashes holds contents digest ‖ digest after, 96 bytes per page.
+        self._log = array("Q")
+        self._hashes = bytearray()
 
     @property
     def digest(self) -> bytes:
@@ -102,7 +102,7 @@ class LaunchDigest:
     @property
     def pages(self) -> tuple[MeasuredPage, ...]:
         """Every page hashed so far, in order."""
-        return tuple(self._page(index) for index in range(len(self._gpas)))
+        return tuple(self._page(index) for index in range(len(self._log)))
 
     def add_page(self, gpa: int, page_type: PageType, data: bytes | None) -> MeasuredPage:
         """Extend the digest with one page.
@@ -111,47 +111,8 @@ class LaunchDigest:
         the other types, whose contents the PSP does not measure. For VMSA pages the
         measured GPA is always VMSA_GPA, whatever ``gpa`` the page lives at.
         """
-        self._add(gpa, page_type, data)
-        return self._page(len(self._gpas) - 1)
-
-    def extend(self, pages: Iterable[tuple[int, PageType, bytes | None]]) -> bytes:
-        """Add many (gpa, type, data) pages, as add_page would; return the new digest.
-
-        The loop is inlined for well-formed NORMAL pages (the bulk of any image) so that
-        the chain costs little more than hashing the pages; anything else, including
-        every error, goes through add_page's checks.
-        """
-        digest = self._digest
-        gpas, types = self._gpas, self._types
-        contents_log, digests = self._contents, self._digests
-        for gpa, page_type, data in pages:
-            if (
-                page_type is _NORMAL
-                and type(gpa) is int
-                and 0 <= gpa < _GPA_LIMIT
-                and not gpa & _PAGE_MASK
-                and (len(data) if type(data) is bytes else _nbytes(data)) == PAGE_SIZE
-            ):
-                contents = _sha384(data).digest()
-                digest = _sha384(
-                    _pack(digest, contents, PAGE_INFO_SIZE, 1, 0, 0, 0, 0, 0, gpa)
-                ).digest()
-                gpas.append(gpa)
-                types.append(1)
-                contents_log += contents
-                digests += digest
-            else:
-                self._digest = digest
-                self._add(gpa, page_type, data)
-                digest = self._digest
-        self._digest = digest
-        return digest
-
-    def _add(self, gpa: int, page_type: PageType, data: bytes | None) -> None:
-        if type(gpa) is not int or gpa < 0 or gpa >= _GPA_LIMIT:
-            raise ValueError(f"gpa {gpa!r} is not an integer in [0, 2**64)")
-        if gpa % PAGE_SIZE:
-            raise ValueError(f"gpa {gpa:#x} is not page-aligned")
+        if type(gpa) is not int or gpa & _GPA_INVALID:
+            raise ValueError(f"gpa {gpa!r} is not a page-aligned integer in [0, 2**64)")
         if page_type.__class__ is not PageType:
             page_type = PageType(page_type)
         if page_type is PageType.NORMAL or page_type is PageType.VMSA:
@@ -166,18 +127,47 @@ class LaunchDigest:
             _pack(self._digest, contents, PAGE_INFO_SIZE, page_type, 0, 0, 0, 0, 0, gpa)
         ).digest()
         self._digest = digest
-        self._gpas.append(gpa)
-        self._types.append(page_type)
-        self._contents += contents
-        self._digests += digest
+        self._log.append(gpa | page_type)
+        self._hashes += contents
+        self._hashes += digest
+        return MeasuredPage(gpa, page_type, contents, digest)
+
+    def extend(self, pages: Iterable[tuple[int, PageType, bytes | None]]) -> bytes:
+        """Add many (gpa, type, data) pages, as add_page would; return the new digest.
+
+        The loop is inlined for well-formed NORMAL pages (the bulk of any image) so that
+        the chain costs little more than hashing the pages; anything else, including
+        every error, goes through add_page.
+        """
+        digest = self._digest
+        log, hashes = self._log, self._hashes
+        for gpa, page_type, data in pages:
+            if (
+                page_type is _NORMAL
+                and type(gpa) is int
+                and not gpa & _GPA_INVALID
+                and (len(data) if type(data) is bytes else _nbytes(data)) == PAGE_SIZE
+            ):
+                contents = _sha384(data).digest()
+                digest = _sha384(
+                    _pack(digest, contents, PAGE_INFO_SIZE, 1, 0, 0, 0, 0, 0, gpa)
+                ).digest()
+                log.append(gpa | 1)
+                hashes += contents
+                hashes += digest
+            else:
+                self._digest = digest
+                digest = self.add_page(gpa, page_type, data).digest_after
+        self._digest = digest
+        return digest
 
     def _page(self, index: int) -> MeasuredPage:
-        at = index * DIGEST_SIZE
+        entry, at = self._log[index], index * 2 * DIGEST_SIZE
         return MeasuredPage(
-            self._gpas[index],
-            PageType(self._types[index]),
-            bytes(self._contents[at : at + DIGEST_SIZE]),
-            bytes(self._digests[at : at + DIGEST_SIZE]),
+            entry & ~_PAGE_MASK,
+            PageType(entry & _PAGE_MASK),
+            bytes(self._hashes[at : at + DIGEST_SIZE]),
+            bytes(self._hashes[at + DIGEST_SIZE : at + 2 * DIGEST_SIZE]),
         )
 
 

@@ -1,0 +1,232 @@
+"""The shim's mechanisms on the sample guests: sealed state, sanitised exits, step and
+fault policies, the interrupt filter, bounce buffers, and the benign suite."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shim.policies.config import PolicyConfig, PolicyConfigError, Response, from_mapping, load
+from shim.views import ALLOWED, View
+from tvmm.abi.types import Device, ExitReason, Field, KillReason, Level, Result
+from tvmm.host.hypervisor import HonestHypervisor
+from tvmm.machine import boot
+
+
+def run_to_first(v, reason):
+    while True:
+        rec = v.client.enter(v.vm_id, state=v.host.state).exit
+        v.host.state = rec.state
+        if rec.reason == reason:
+            return rec
+        assert v.host.on_exit(rec)
+
+
+@pytest.mark.parametrize("mutate", ["flip", "replay", "other_vm", "empty"])
+def test_bad_sealed_state_kills_the_vm(launch, images, mutate):
+    v = launch("counter", "shim")
+    first = v.client.enter(v.vm_id).exit
+    v.host.on_exit(first)
+    second = v.client.enter(v.vm_id, state=first.state).exit
+    v.host.on_exit(second)
+    blob = {
+        "flip": second.state[:20] + bytes([second.state[20] ^ 0x04]) + second.state[21:],
+        "replay": first.state,
+        "other_vm": None,
+        "empty": b"",
+    }[mutate]
+    if mutate == "other_vm":
+        other = launch("counter", "shim", seed=0)
+        o_first = other.client.enter(other.vm_id).exit
+        blob = o_first.state  # a valid blob, of another VM with the same numbers
+    reply = v.client.enter(v.vm_id, state=blob)
+    assert reply.result == Result.VM_DEAD
+    assert reply.exit.reason == ExitReason.KILLED
+    assert reply.exit.get(Field.KILL_REASON) == KillReason.SEALED_STATE
+    assert v.vm.kill_reason == KillReason.SEALED_STATE
+    assert v.client.enter(v.vm_id, state=second.state).result == Result.VM_DEAD
+
+
+def test_exit_fields_match_the_documented_table(tmp_path):
+    for level, view in ((Level.PLAIN, View.FULL), (Level.SNP, View.RESTRICTED),
+                        (Level.SHIM, View.SANITISED)):
+        for guest in ("kvstore", "password", "counter"):
+            import json
+
+            trace = tmp_path / f"{guest}-{level.value}.jsonl"
+            boot(guest, level, trace=trace, quantum=5000)
+            for line in trace.read_text().splitlines()[1:]:
+                event = json.loads(line)
+                if event["kind"] != "exit":
+                    continue
+                reason = ExitReason[event["name"].upper()]
+                shown = {Field[name.upper()] for name in event["outside"]["fields"]}
+                assert shown <= ALLOWED[view][reason], (level, reason, shown)
+
+
+def test_quantum_one_cannot_single_step_at_shim(launch):
+    v = launch("modexp", "shim", policy_config=PolicyConfig(step_response=Response.NOTIFY))
+    retired = Counter()
+    for _ in range(200):
+        reply = v.client.enter(v.vm_id, quantum=1, state=v.host.state)
+        rec = reply.exit
+        v.host.state = rec.state
+        if rec.reason == ExitReason.TIMER:
+            retired[rec.get(Field.RETIRED)] += 1
+        elif not v.host.on_exit(rec) or rec.reason == ExitReason.SHUTDOWN:
+            break
+    assert retired and 1 not in retired  # never exactly one instruction
+    assert min(retired) >= 2 and max(retired) <= 33
+    assert v.vm.policies.violations  # and the short entries were noticed
+
+
+def test_single_stepping_is_detected_and_terminated_by_default(launch):
+    v = launch("modexp", "shim")
+    for exits in range(1, 500):
+        reply = v.client.enter(v.vm_id, quantum=1, state=v.host.state)
+        v.host.state = reply.exit.state
+        if reply.exit.reason == ExitReason.KILLED:
+            assert reply.exit.get(Field.KILL_REASON) == KillReason.STEP_POLICY
+            break
+        v.host.on_exit(reply.exit)
+    else:
+        pytest.fail("single-stepping went unnoticed")
+    assert exits <= 70
+
+
+def test_repeated_faults_at_one_rip_trip_the_tdx_rule(launch, images):
+    v = launch("modexp", "shim")
+    mul = images["modexp"].symbol("modexp_multiply") & ~0xFFF
+    faults = 0
+    refused = False
+    for _ in range(400):
+        v.client.unmap(v.vm_id, mul)
+        reply = v.client.enter(v.vm_id, state=v.host.state)
+        if reply.result == Result.ENTRY_REFUSED:
+            refused = True
+            v.client.map(v.vm_id, mul)  # the host must map the listed pages to go on
+            assert v.client.enter(v.vm_id, state=v.host.state).ok
+            break
+        rec = reply.exit
+        v.host.state = rec.state
+        if rec.reason == ExitReason.NPF:
+            faults += 1
+            assert rec.get(Field.GPA) is None and rec.get(Field.GPA_PAGE) == mul >> 12
+            v.client.map(v.vm_id, mul)
+        elif rec.reason == ExitReason.SHUTDOWN:
+            break
+        else:
+            v.host.on_exit(rec)
+    assert refused and faults == 7
+    assert [x.policy for x in v.vm.policies.violations][:1] == ["fault_rule"]
+
+
+@pytest.mark.parametrize("vector", [0, 3, 13, 14, 31, 0x80, 0x21])
+def test_host_vectors_the_guest_did_not_register_never_arrive(launch, vector):
+    v = launch("counter", "shim")
+    v.client.inject(v.vm_id, vector)
+    assert not v.vm.vcpus[0].irqs
+    if vector < 32:  # an exception vector from the host is a violation, not just refused
+        assert v.vm.policies.violations[-1].policy == "irq_filter"
+    result = v.host.run()
+    assert result.how == "exit" and result.status == 0
+
+
+def test_registered_vectors_arrive_when_the_guest_can_take_them(launch):
+    v = launch("counter", "shim", quantum=50)
+    v.host.tick_vector = 0x20
+    result = v.host.run()
+    assert result.how == "exit"
+    ticks = int(v.devices.console.text.split("ticks=")[1])
+    assert ticks > 0 and not v.vm.policies.violations
+
+
+class HostileLengths(HonestHypervisor):
+    """Answers every device read with a length larger than asked, or a changed slot."""
+
+    def __init__(self, *a, mode: str, **kw):
+        super().__init__(*a, **kw)
+        self.mode = mode
+
+    def serve_device(self, device, slot, length, sector):
+        if device != Device.INPUT:
+            return super().serve_device(device, slot, length, sector)
+        self.client.write_shared(self.vm, slot, b"A" * 64 + b"\x01" * 8)
+        return length + 8 if self.mode == "oversize" else -(1 << 40)
+
+
+@pytest.mark.parametrize("mode", ["oversize", "huge_negative"])
+def test_hostile_lengths_never_reach_guest_logic(launch, mode):
+    v = launch("password", "shim", host_cls=lambda *a, **k: HostileLengths(*a, mode=mode, **k))
+    result = v.host.run()
+    assert result.how == "exit" and "granted" not in v.devices.console.text
+    assert v.vm.bounce.in_use() == 0
+
+
+def test_bounce_exhaustion_is_back_pressure(launch):
+    v = launch("hello", "shim")
+    bounce = v.vm.bounce
+    held = [bounce.start(Device.CONSOLE, 0x300000, 2048) for _ in range(bounce.nslots)]
+    rec = v.client.enter(v.vm_id).exit
+    assert rec.reason == ExitReason.TIMER or v.vm.vcpus[0].pending is None
+    for r in held:
+        bounce.free(r)
+    result = v.host.run()
+    assert result.how == "exit" and v.devices.console.text.startswith("hello")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(value=st.integers(-(1 << 63), (1 << 63) - 1), garbage=st.binary(max_size=80))
+def test_any_host_answer_to_a_device_read_is_checked(launch, value, garbage):
+    v = launch("password", "shim", inputs=["x"])
+    rec = run_to_first(v, ExitReason.HYPERCALL)
+    if rec.get(Field.DEVICE) != Device.INPUT:
+        rec = run_to_first(v, ExitReason.HYPERCALL)
+    slot, length = rec.get(Field.SLOT), rec.get(Field.LENGTH)
+    v.client.write_shared(v.vm_id, slot, garbage)
+    v.client.complete_io(v.vm_id, value)
+    result = v.host.run()
+    assert result.how == "exit"
+    if not 0 <= value <= length:
+        assert "granted" not in v.devices.console.text
+    assert v.vm.bounce.in_use() == 0
+
+
+def test_benign_suite_has_zero_violations(tmp_path):
+    reports = [
+        boot("kvstore", Level.SHIM, disk=tmp_path / "kv.img"),
+        boot("counter", Level.SHIM, quantum=10_000, tick_vector=0x20),
+        boot("counter", Level.SHIM, quantum=500, tick_vector=0x20),
+        boot("password", Level.SHIM, input_lines=[f"try{i}" for i in range(300)]),
+        boot("modexp", Level.SHIM, quantum=64),
+    ]
+    for r in reports:
+        assert r.how == "exit" and r.violations == [], (r.guest, r.violations)
+
+
+def test_policy_file_and_errors(tmp_path):
+    good = tmp_path / "p.toml"
+    good.write_text('[policy]\nstep_mode = "detect"\nfault_budget = 8\n')
+    config = load(good)
+    assert config.step_mode == "detect" and config.fault_budget == 8
+    for text in ('[policy]\nnope = 1\n', '[policy]\nstep_mode = "sideways"\n',
+                 '[policy]\nfault_budget = -1\n', "not toml ["):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(PolicyConfigError):
+            load(bad)
+    assert from_mapping({"pin-working-set": True}).pin_working_set
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), st.one_of(st.integers(), st.text(max_size=5),
+                                                        st.booleans()), max_size=4))
+def test_policy_mappings_parse_or_fail_cleanly(values):
+    try:
+        from_mapping(values)
+    except PolicyConfigError:
+        pass

@@ -1,0 +1,477 @@
+"""A modeled manufacturer and its chips, endorsed by the SEV-SNP certificate chain shape.
+
+    ARK  RSA-4096, self-signed            (AMD Root Key)
+     └─ ASK  RSA-4096, signed by the ARK  (AMD SEV Key)
+         └─ VCEK  ECDSA P-384, signed by the ASK, one per chip and TCB
+
+Every signature is RSASSA-PSS with SHA-384, MGF1-SHA-384 and a 48-byte salt, exactly as
+AMD's certificates are, so one verifier handles AMD's chain and ours. The VCEK carries
+AMD's extensions (arc 1.3.6.1.4.1.3704.1) encoded the way AMD's key server encodes them:
+INTEGERs for the struct version and SPLs, an IA5String product name, and the raw 64-byte
+chip id as the extension value (hwID).
+
+Keys live as PEM files (mode 0600, unencrypted: this is a model) in a state directory,
+created on first use. Each directory is written under a temporary name and renamed into
+place, so a crash never leaves half a manufacturer and two racing processes agree on the
+one that won. The forms taking keys and ``now`` explicitly are pure apart from PSS salts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+from tvmm.hw.report import AttestationReport, TcbVersion, sign_report
+
+PRODUCT_NAME = "tvmm-Milan"
+RSA_BITS = 4096
+CHIP_ID_SIZE = 64
+
+_ARC = "1.3.6.1.4.1.3704.1"
+OID_STRUCT_VERSION = x509.ObjectIdentifier(f"{_ARC}.1")
+OID_PRODUCT_NAME = x509.ObjectIdentifier(f"{_ARC}.2")
+OID_BL_SPL = x509.ObjectIdentifier(f"{_ARC}.3.1")
+OID_TEE_SPL = x509.ObjectIdentifier(f"{_ARC}.3.2")
+OID_SNP_SPL = x509.ObjectIdentifier(f"{_ARC}.3.3")
+OID_UCODE_SPL = x509.ObjectIdentifier(f"{_ARC}.3.8")
+OID_HW_ID = x509.ObjectIdentifier(f"{_ARC}.4")
+# SPL slots AMD reserves (always 0 on Milan); written so our VCEK has AMD's shape.
+_OID_SPARE_SPLS = tuple(x509.ObjectIdentifier(f"{_ARC}.3.{n}") for n in (4, 5, 6, 7))
+
+PSS_SHA384 = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+"""The one signature scheme of the chain (RSASSA-PSS, SHA-384, MGF1-SHA-384, salt 48)."""
+
+DEFAULT_TCB = TcbVersion(boot_loader=3, tee=0, snp=8, microcode=115)
+"""The TCB of the Milan test report, so modeled chips look like that machine."""
+
+_ORG = "tvmm (modeled manufacturer)"
+_CHIP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
+def default_state_dir() -> Path:
+    """``$TVMM_STATE_DIR``, else ``~/.local/state/tvmm``."""
+    configured = os.environ.get("TVMM_STATE_DIR")
+    return Path(configured) if configured else Path.home() / ".local" / "state" / "tvmm"
+
+
+def chip_id_for(public_key: ec.EllipticCurvePublicKey) -> bytes:
+    """The 64-byte chip id: SHA-512 of the chip key's DER SubjectPublicKeyInfo."""
+    spki = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha512(spki).digest()
+
+
+def der_integer(value: int) -> bytes:
+    """DER INTEGER for a small non-negative value (AMD's SPL and version extensions)."""
+    if type(value) is not int or not 0 <= value < 1 << 64:
+        raise ValueError(f"{value!r} is not a small non-negative integer")
+    body = value.to_bytes(value.bit_length() // 8 + 1, "big")  # sign byte when bit 7 is set
+    return bytes((0x02, len(body))) + body
+
+
+def der_ia5string(text: str) -> bytes:
+    """DER IA5String (AMD's productName), short form only."""
+    body = text.encode("ascii")
+    if len(body) > 127:
+        raise ValueError("IA5String too long for the short form")
+    return bytes((0x16, len(body))) + body
+
+
+def _der_body(data: bytes, tag: int, what: str) -> bytes:
+    if len(data) < 2 or data[0] != tag or data[1] > 127 or data[1] != len(data) - 2:
+        raise ValueError(f"{what} is not a short-form DER value with tag {tag:#04x}")
+    return data[2:]
+
+
+def parse_der_integer(data: bytes) -> int:
+    """Strict inverse of der_integer: minimal encoding, non-negative."""
+    body = _der_body(data, 0x02, "INTEGER")
+    if not body or body[0] & 0x80 or (len(body) > 1 and body[0] == 0 and not body[1] & 0x80):
+        raise ValueError("INTEGER is empty, negative or not minimally encoded")
+    return int.from_bytes(body, "big")
+
+
+@dataclass(frozen=True)
+class VcekInfo:
+    """What a VCEK certifies about its chip, decoded from AMD's extensions."""
+
+    struct_version: int
+    product_name: str
+    tcb: TcbVersion
+    hw_id: bytes
+
+
+def vcek_info(cert: x509.Certificate) -> VcekInfo:
+    """Decode a VCEK's AMD extensions strictly; ValueError names what is wrong.
+
+    hwID is AMD's raw 64-byte chip id; a DER OCTET STRING wrapping it is accepted too.
+    """
+
+    def value(oid: x509.ObjectIdentifier) -> bytes:
+        try:
+            extension = cert.extensions.get_extension_for_oid(oid).value
+        except x509.ExtensionNotFound:
+            raise ValueError(f"VCEK lacks extension {oid.dotted_string}") from None
+        if not isinstance(extension, x509.UnrecognizedExtension):
+            raise ValueError(f"VCEK extension {oid.dotted_string} has an unexpected type")
+        return extension.value
+
+    def spl(oid: x509.ObjectIdentifier) -> int:
+        level = parse_der_integer(value(oid))
+        if level > 0xFF:
+            raise ValueError(f"VCEK SPL {oid.dotted_string} = {level} does not fit a byte")
+        return level
+
+    hw_id = value(OID_HW_ID)
+    if len(hw_id) == CHIP_ID_SIZE + 2:
+        hw_id = _der_body(hw_id, 0x04, "hwID")
+    if len(hw_id) != CHIP_ID_SIZE:
+        raise ValueError(f"VCEK hwID is {len(hw_id)} bytes, expected {CHIP_ID_SIZE}")
+    try:
+        product = _der_body(value(OID_PRODUCT_NAME), 0x16, "productName").decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError("VCEK productName is not ASCII") from None
+    return VcekInfo(
+        struct_version=parse_der_integer(value(OID_STRUCT_VERSION)),
+        product_name=product,
+        tcb=TcbVersion(
+            boot_loader=spl(OID_BL_SPL),
+            tee=spl(OID_TEE_SPL),
+            snp=spl(OID_SNP_SPL),
+            microcode=spl(OID_UCODE_SPL),
+        ),
+        hw_id=hw_id,
+    )
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Engineering"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _serial(public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> int:
+    """A positive serial derived from the key, so issuing needs no randomness."""
+    spki = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return int.from_bytes(hashlib.sha256(spki).digest()[:16], "big") | 1
+
+
+def _ca_builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: rsa.RSAPublicKey,
+    issuer_key: rsa.RSAPublicKey,
+    now: datetime.datetime,
+    path_length: int | None,
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(_serial(public_key))
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=25 * 365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key), critical=False
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Manufacturer:
+    """The modeled vendor: its root (ARK) and intermediate (ASK) keys and certificates."""
+
+    ark_key: rsa.RSAPrivateKey
+    ask_key: rsa.RSAPrivateKey
+    ark_cert: x509.Certificate
+    ask_cert: x509.Certificate
+
+    @classmethod
+    def create(
+        cls,
+        ark_key: rsa.RSAPrivateKey,
+        ask_key: rsa.RSAPrivateKey,
+        *,
+        now: datetime.datetime,
+        product: str = PRODUCT_NAME,
+    ) -> Manufacturer:
+        """Issue the ARK (self-signed) and ASK certificates for the given keys."""
+        ark_name, ask_name = _name(f"ARK-{product}"), _name(f"SEV-{product}")
+        ark_pub = ark_key.public_key()
+        ark_cert = _ca_builder(ark_name, ark_name, ark_pub, ark_pub, now, None).sign(
+            ark_key, hashes.SHA384(), rsa_padding=PSS_SHA384
+        )
+        ask_cert = _ca_builder(ask_name, ark_name, ask_key.public_key(), ark_pub, now, 0).sign(
+            ark_key, hashes.SHA384(), rsa_padding=PSS_SHA384
+        )
+        return cls(ark_key, ask_key, ark_cert, ask_cert)
+
+    @classmethod
+    def load_or_create(cls, state_dir: Path | str | None = None) -> Manufacturer:
+        """Load ``<state>/root_of_trust``, generating fresh RSA-4096 keys on first use."""
+        directory = _state(state_dir) / "root_of_trust"
+        if not directory.exists():
+
+            def populate(tmp: Path) -> None:
+                made = cls.create(_new_rsa(), _new_rsa(), now=_now())
+                _write_key(tmp / "ark_key.pem", made.ark_key)
+                _write_key(tmp / "ask_key.pem", made.ask_key)
+                _write_cert(tmp / "ark.pem", made.ark_cert)
+                _write_cert(tmp / "ask.pem", made.ask_cert)
+
+            _create_dir_atomically(directory, populate)
+        loaded = cls(
+            ark_key=_read_key(directory / "ark_key.pem", rsa.RSAPrivateKey),
+            ask_key=_read_key(directory / "ask_key.pem", rsa.RSAPrivateKey),
+            ark_cert=_read_cert(directory / "ark.pem"),
+            ask_cert=_read_cert(directory / "ask.pem"),
+        )
+        _check_pair(loaded.ark_cert, loaded.ark_key, directory / "ark.pem")
+        _check_pair(loaded.ask_cert, loaded.ask_key, directory / "ask.pem")
+        return loaded
+
+    def issue_vcek(
+        self,
+        chip_public_key: ec.EllipticCurvePublicKey,
+        tcb: TcbVersion,
+        *,
+        now: datetime.datetime,
+        product: str = PRODUCT_NAME,
+    ) -> x509.Certificate:
+        """Endorse a chip key for one TCB, with AMD's VCEK extensions, signed by the ASK."""
+        extensions = [
+            (OID_STRUCT_VERSION, der_integer(0)),
+            (OID_PRODUCT_NAME, der_ia5string(product)),
+            (OID_BL_SPL, der_integer(tcb.boot_loader)),
+            (OID_TEE_SPL, der_integer(tcb.tee)),
+            *((oid, der_integer(0)) for oid in _OID_SPARE_SPLS),
+            (OID_SNP_SPL, der_integer(tcb.snp)),
+            (OID_UCODE_SPL, der_integer(tcb.microcode)),
+            (OID_HW_ID, chip_id_for(chip_public_key)),
+        ]
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name("SEV-VCEK"))
+            .issuer_name(self.ask_cert.subject)
+            .public_key(chip_public_key)
+            .serial_number(_serial(chip_public_key))
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=7 * 365))
+        )
+        for oid, value in extensions:
+            builder = builder.add_extension(x509.UnrecognizedExtension(oid, value), critical=False)
+        return builder.sign(self.ask_key, hashes.SHA384(), rsa_padding=PSS_SHA384)
+
+
+@dataclass(frozen=True)
+class Chip:
+    """One modeled processor: its signing key (the VCEK) and the certificate endorsing it."""
+
+    name: str
+    key: ec.EllipticCurvePrivateKey
+    vcek_cert: x509.Certificate
+    manufacturer: Manufacturer
+    tcb: TcbVersion
+
+    @property
+    def chip_id(self) -> bytes:
+        return chip_id_for(self.key.public_key())
+
+    @classmethod
+    def create(
+        cls,
+        manufacturer: Manufacturer,
+        name: str,
+        key: ec.EllipticCurvePrivateKey,
+        tcb: TcbVersion = DEFAULT_TCB,
+        *,
+        now: datetime.datetime,
+    ) -> Chip:
+        """A chip with the given key, endorsed by ``manufacturer`` for ``tcb``."""
+        _check_chip_name(name)
+        cert = manufacturer.issue_vcek(key.public_key(), tcb, now=now)
+        return cls(name, key, cert, manufacturer, tcb)
+
+    @classmethod
+    def load_or_create(
+        cls,
+        state_dir: Path | str | None,
+        manufacturer: Manufacturer,
+        name: str,
+        *,
+        tcb: TcbVersion | None = None,
+    ) -> Chip:
+        """Load ``<state>/chips/<name>``, creating the chip on first use.
+
+        ``tcb`` (default: the stored one, or DEFAULT_TCB for a new chip) different from
+        the stored VCEK's makes the manufacturer issue a new VCEK certificate, as AMD's
+        key server does after a firmware update; the chip key stays the same.
+        """
+        _check_chip_name(name)
+        directory = _state(state_dir) / "chips" / name
+        if not directory.exists():
+            directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+            def populate(tmp: Path) -> None:
+                made = cls.create(manufacturer, name, _new_ec(), tcb or DEFAULT_TCB, now=_now())
+                _write_key(tmp / "vcek_key.pem", made.key)
+                _write_cert(tmp / "vcek.pem", made.vcek_cert)
+
+            _create_dir_atomically(directory, populate)
+        key = _read_key(directory / "vcek_key.pem", ec.EllipticCurvePrivateKey)
+        cert = _read_cert(directory / "vcek.pem")
+        _check_pair(cert, key, directory / "vcek.pem")
+        stored_tcb = vcek_info(cert).tcb
+        if cert.issuer != manufacturer.ask_cert.subject or not _signed_by(cert, manufacturer):
+            raise ValueError(f"{directory / 'vcek.pem'} was not issued by this manufacturer")
+        if tcb is not None and tcb != stored_tcb:
+            cert = manufacturer.issue_vcek(key.public_key(), tcb, now=_now())
+            _replace_file(directory / "vcek.pem", cert.public_bytes(serialization.Encoding.PEM))
+            stored_tcb = tcb
+        return cls(name, key, cert, manufacturer, stored_tcb)
+
+    def sign_report(self, report: AttestationReport, *, deterministic: bool = False) -> bytes:
+        """Sign ``report`` as this chip's PSP would: it stamps its own chip_id and
+        reported_tcb (the two fields its VCEK certifies) and signs the rest as given."""
+        stamped = replace(report, chip_id=self.chip_id, reported_tcb=self.tcb)
+        return sign_report(stamped, self.key, deterministic=deterministic)
+
+    def write_chain(self, directory: Path | str) -> Path:
+        """Write ark.pem, ask.pem and vcek.pem, the files an owner's verifier loads."""
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        for file_name, cert in (
+            ("ark.pem", self.manufacturer.ark_cert),
+            ("ask.pem", self.manufacturer.ask_cert),
+            ("vcek.pem", self.vcek_cert),
+        ):
+            _replace_file(target / file_name, cert.public_bytes(serialization.Encoding.PEM))
+        return target
+
+
+def _signed_by(cert: x509.Certificate, manufacturer: Manufacturer) -> bool:
+    try:
+        manufacturer.ask_cert.public_key().verify(  # type: ignore[call-arg]
+            cert.signature, cert.tbs_certificate_bytes, PSS_SHA384, hashes.SHA384()
+        )
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _check_chip_name(name: str) -> None:
+    if not isinstance(name, str) or not _CHIP_NAME.fullmatch(name):
+        raise ValueError(f"chip name {name!r} must match {_CHIP_NAME.pattern}")
+
+
+def _check_pair(cert: x509.Certificate, key: object, path: Path) -> None:
+    if cert.public_key() != key.public_key():  # type: ignore[attr-defined]
+        raise ValueError(f"{path} does not certify the key stored beside it")
+
+
+def _state(state_dir: Path | str | None) -> Path:
+    root = Path(state_dir) if state_dir is not None else default_state_dir()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return root
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+
+
+def _new_rsa() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+
+
+def _new_ec() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+def _create_dir_atomically(directory: Path, populate: Callable[[Path], None]) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        populate(tmp)
+        try:
+            os.rename(tmp, directory)
+        except OSError:
+            if not directory.is_dir():  # lost a race only if the winner's directory exists
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_key(path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> None:
+    _replace_file(
+        path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    _replace_file(path, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _read_key(path: Path, kind: type) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, kind):
+        raise ValueError(f"{path} does not hold a {kind.__name__}")
+    return key  # type: ignore[return-value]
+
+
+def _read_cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())

@@ -1,0 +1,83 @@
+"""The viewer App: opens the trace in a worker, then offers two modes — the timeline and
+the overview — plus help on top.  Everything else lives in the screens and widgets."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from pathlib import Path
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.screen import Screen
+
+from tvmm.trace.reader import TraceError, TraceErrorReason, TraceReader
+from tvmm.tui.guest_image import GuestImage
+from tvmm.tui.screens.error import ErrorScreen
+from tvmm.tui.screens.help import HelpScreen
+from tvmm.tui.screens.loading import LoadingScreen
+from tvmm.tui.screens.overview import OverviewScreen
+from tvmm.tui.screens.timeline import TimelineScreen
+
+
+class TraceViewerApp(App[None]):
+    """``TraceViewerApp(path).run()``; the return code is 1 if the trace could not be read."""
+
+    TITLE = "tvmm trace"
+    BINDINGS = [
+        Binding("q", "quit", "quit"),
+        Binding("question_mark", "help", "help"),
+        Binding("o", "overview", "overview"),
+    ]
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.reader: TraceReader | None = None
+        self.error: TraceError | None = None
+
+    def get_default_screen(self) -> Screen:
+        return LoadingScreen(self.path)
+
+    def on_mount(self) -> None:
+        self._open()
+
+    @work(thread=True, exclusive=True)
+    def _open(self) -> None:
+        """Open the trace (perhaps rebuilding its index) and load the guest image."""
+        try:
+            reader = TraceReader(self.path)
+            image = GuestImage.load(reader.header, self.path.parent)
+        except TraceError as exc:
+            self.call_from_thread(self._failed, exc)
+        except Exception as exc:  # noqa: BLE001 - the user gets a message, not a traceback
+            error = TraceError(TraceErrorReason.UNREADABLE, f"{type(exc).__name__}: {exc}")
+            self.call_from_thread(self._failed, error)
+        else:
+            self.call_from_thread(self._opened, reader, image)
+
+    def _opened(self, reader: TraceReader, image: GuestImage) -> None:
+        self.reader = reader
+        self.add_mode("timeline", lambda: TimelineScreen(reader, image))
+        self.add_mode("overview", lambda: OverviewScreen(reader))
+        self.switch_mode("timeline")
+
+    def _failed(self, error: TraceError) -> None:
+        self.error = error
+        self.push_screen(ErrorScreen(self.path, error))
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_overview(self) -> None:
+        if self.reader is not None:
+            self.switch_mode("timeline" if self.current_mode == "overview" else "overview")
+
+    async def action_quit(self) -> None:
+        self.exit(return_code=1 if self.error is not None else 0)
+
+    def on_unmount(self) -> None:
+        if self.reader is not None:
+            with suppress(BufferError):  # a worker still scanning keeps the map; the OS frees it
+                self.reader.close()

@@ -1,0 +1,1 @@
+"""The viewer's screens, one per module: loading, timeline, overview, help, error."""
