@@ -16,7 +16,8 @@ def post(tee: Tee, vm: Vm, ctx: VcpuContext, vector: int) -> None:
     if vm.policies is not None and vm.features.irq_filter:
         why = vm.policies.irq.refusal(ctx.registered, vector)
         if why:
-            vm.policies.note_violation("irq_filter", why, ctx)
+            if vector < 32:  # no honest host injects an exception; an early tick is benign
+                vm.policies.note_violation("irq_filter", why, ctx)
             tee.recorder.emit(
                 EventKind.INJECT, "refused", inside={"vector": vector, "delivered": False,
                                                       "why": why}, vcpu=ctx.index,
