@@ -60,3 +60,17 @@ def host_fields(
 ) -> tuple[tuple[Field, int], ...]:
     allowed = ALLOWED[view][reason]
     return tuple((name, value) for name, value in candidates.items() if name in allowed)
+
+
+def markdown_table() -> str:
+    """The table of docs/exits.md (a test keeps the two equal)."""
+    levels = {View.FULL: "plain, sev", View.RESTRICTED: "sev-es, snp", View.SANITISED: "shim"}
+    lines = ["| exit | " + " | ".join(levels.values()) + " |", "|---|---|---|---|"]
+    for reason in ExitReason:
+        cells = []
+        for view in View:
+            allowed = ALLOWED[view][reason]
+            cells.append("all" if allowed == _ALL else
+                         ", ".join(f.name for f in Field if f in allowed) or "—")
+        lines.append(f"| {reason.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

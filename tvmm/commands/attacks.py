@@ -1,0 +1,108 @@
+"""tvmm attacks | attack | matrix: the attack scenarios, one run, and the whole matrix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from tvmm.abi.types import Level
+from tvmm.commands.boot import load_policy
+from tvmm.commands.output import console, emit_json, fail
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("attacks", help="list the attack scenarios")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run_list)
+    a = sub.add_parser("attack", help="run one attack against a victim at a level")
+    a.add_argument("name", nargs="?", help="scenario name (see `tvmm attacks`)")
+    a.add_argument("--file", type=Path, help="run the attack defined in this Python file")
+    a.add_argument("--guest", required=True, help="victim: a sample name, .c file or ELF")
+    a.add_argument("--level", choices=[lv.value for lv in Level], default="snp")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--trace", type=Path)
+    a.add_argument("--policy", type=Path, help="TOML file of shim policy settings")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(run=run_one)
+    m = sub.add_parser("matrix", help="every attack against every level")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--json", type=Path, dest="json_out", metavar="FILE")
+    m.add_argument("--markdown", type=Path, metavar="FILE")
+    m.add_argument("--attack", action="append", help="only these attacks (repeatable)")
+    m.add_argument("--level", action="append", choices=[lv.value for lv in Level])
+    m.add_argument("--policy", type=Path)
+    m.set_defaults(run=run_matrix)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from tools.attacks import registry
+
+    rows = [{"name": c.name, "kind": c.kind, "victims": list(c.victims), "summary": c.summary}
+            for c in registry().values()]
+    if args.json:
+        emit_json(rows)
+        return 0
+    table = Table(title="attack scenarios")
+    for col in ("name", "kind", "victims", "summary"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["kind"], ", ".join(r["victims"]), escape(r["summary"]))
+    console.print(table)
+    return 0
+
+
+def run_one(args: argparse.Namespace) -> int:
+    from tools.attacks import load_file, registry
+    from tvmm.judge import run_attack
+
+    if args.file:
+        try:
+            classes = load_file(args.file)
+        except (ImportError, OSError, SyntaxError) as exc:
+            return fail(f"cannot load {args.file}: {exc}")
+        cls = next((c for c in classes if c.name == args.name), classes[0])
+    else:
+        attacks = registry()
+        if args.name not in attacks:
+            return fail(f"no attack {args.name!r}; try one of: {', '.join(attacks)}")
+        cls = attacks[args.name]
+    verdict = run_attack(cls(), args.guest, Level(args.level), seed=args.seed,
+                         trace=args.trace, policy_config=load_policy(args))
+    if args.json:
+        emit_json(verdict.to_dict())
+        return 0
+    table = Table(title=f"{verdict.attack} against {verdict.guest} at {verdict.level}",
+                  show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for key in ("cell", "n_bits", "bits_correct", "leaked_bits", "full_recovery", "detected",
+                "detected_after_exits", "integrity_violated", "blocked", "exits", "wall_s",
+                "stepping", "detail"):
+        value = verdict.cell if key == "cell" else getattr(verdict, key)
+        if key == "wall_s":
+            value = f"{value:.2f} s"
+        table.add_row(key.replace("_", " "), escape(str(value)))
+    console.print(table)
+    return 0
+
+
+def run_matrix(args: argparse.Namespace) -> int:
+    from tvmm import matrix
+
+    levels = [Level(lv) for lv in args.level] if args.level else None
+    with console.status("running the attack matrix…") as status:
+        def progress(done: int, total: int, label: str) -> None:
+            status.update(f"[{done}/{total}] {label}")
+
+        verdicts = matrix.run_matrix(seed=args.seed, attacks=args.attack, levels=levels,
+                                     policy_config=load_policy(args), progress=progress)
+    console.print(matrix.render_table(verdicts))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(matrix.to_json(verdicts), indent=2, default=str))
+    if args.markdown:
+        args.markdown.write_text(matrix.to_markdown(verdicts))
+    return 0
