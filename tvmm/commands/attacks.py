@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tvmm.abi.types import Level
-from tvmm.commands.boot import load_policy
+from tvmm.commands.boot import add_policy_options, load_policy
 from tvmm.commands.output import console, emit_json, fail
 
 
@@ -25,7 +25,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--level", choices=[lv.value for lv in Level], default="snp")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--trace", type=Path)
-    a.add_argument("--policy", type=Path, help="TOML file of shim policy settings")
+    add_policy_options(a)
     a.add_argument("--json", action="store_true")
     a.set_defaults(run=run_one)
     m = sub.add_parser("matrix", help="every attack against every level")
@@ -34,7 +34,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--markdown", type=Path, metavar="FILE")
     m.add_argument("--attack", action="append", help="only these attacks (repeatable)")
     m.add_argument("--level", action="append", choices=[lv.value for lv in Level])
-    m.add_argument("--policy", type=Path)
+    add_policy_options(m)
     m.set_defaults(run=run_matrix)
 
 

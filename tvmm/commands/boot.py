@@ -14,7 +14,7 @@ from tvmm.abi.types import Level
 from tvmm.commands.output import console, emit_json, fail
 from tvmm.guestbuild import GuestBuildError
 from tvmm.guestimage import GuestImageError
-from tvmm.machine import DEFAULT_MEMORY, boot
+from tvmm.machine import DEFAULT_MEMORY, SECRET_PATHS, boot
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-exits", type=int, help="stop after this many exits")
     p.add_argument("--wire", action="store_true",
                    help="send every ABI call through the bytes codec")
+    p.add_argument("--secret-path", choices=SECRET_PATHS, default="attested",
+                   help="attested: the owner's key broker releases the secret after "
+                   "verifying a report (default); launch: SEV-style launch secret, unverified")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=run)
 
@@ -41,11 +44,37 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", type=lambda s: int(s, 0), default=DEFAULT_MEMORY,
                    help="guest memory in bytes")
     p.add_argument("--seed", type=int, default=0, help="seed for every random choice")
+    add_policy_options(p)
+
+
+def add_policy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", type=Path, help="TOML file of shim policy settings")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="policy_set",
+                   help="one shim policy setting, over the file (repeatable), "
+                   "e.g. --set fault_budget=16 --set step_mode=detect")
 
 
 def load_policy(args: argparse.Namespace) -> policy_config.PolicyConfig | None:
-    return policy_config.load(args.policy) if args.policy else None
+    config = policy_config.load(args.policy) if getattr(args, "policy", None) else None
+    overrides = getattr(args, "policy_set", None) or []
+    if not overrides:
+        return config
+    values: dict[str, object] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise policy_config.PolicyConfigError(f"--set {item!r}: expected KEY=VALUE")
+        values[key.strip()] = _value(raw.strip())
+    return policy_config.from_mapping(values, config)
+
+
+def _value(raw: str) -> object:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    try:
+        return int(raw, 0)
+    except ValueError:
+        return raw
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,11 +84,12 @@ def run(args: argparse.Namespace) -> int:
             args.guest, Level(args.level), seed=args.seed, trace=args.trace,
             quantum=args.quantum, memory=args.memory, policy_config=load_policy(args),
             input_lines=args.input, disk=args.disk, on_console=live, wire=args.wire,
-            tick_vector=args.tick, max_exits=args.max_exits,
+            tick_vector=args.tick, max_exits=args.max_exits, secret_path=args.secret_path,
         )
-    except (GuestBuildError, GuestImageError, KeyError, policy_config.PolicyConfigError,
-            OSError) as exc:
-        return fail(str(exc).strip("'\""))
+    except KeyError as exc:
+        return fail(str(exc.args[0]))
+    except (GuestBuildError, GuestImageError, policy_config.PolicyConfigError, OSError) as exc:
+        return fail(str(exc))
     if args.json:
         emit_json({**asdict(report), "mips": report.mips})
     else:
@@ -86,6 +116,12 @@ def show(report, args: argparse.Namespace) -> None:
     table.add_row("entries", f"{report.entries:,}")
     table.add_row("wall time", f"{report.wall_s * 1000:.1f} ms")
     table.add_row("launch digest", report.launch_digest[:32] + "…")
+    release = report.key_release
+    if release is not None and release["attempts"]:
+        table.add_row("secret", "released by the owner's key broker after verifying the "
+                      "report" if release["released"] else f"refused: {release['refusal']}")
+    elif report.secret_path == "launch":
+        table.add_row("secret", "launch secret (unattested)")
     if report.violations:
         table.add_row("policy violations", str(len(report.violations)))
     if args.trace:

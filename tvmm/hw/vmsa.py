@@ -11,6 +11,7 @@ dictionary attack (CipherLeaks) exploits; the shim's AEAD sealing is what stops 
 from __future__ import annotations
 
 import struct
+from array import array
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -20,18 +21,31 @@ SLOT = 16
 VMSA_SIZE = NREGS * SLOT
 VMSA_GPA = 0xFFFF_FFFF_F000  # where SNP measures VMSA pages; also the slots' tweak base
 _SLOT = struct.Struct("<QQ")
-_MASK = 0xFFFF_FFFF_FFFF_FFFF
+
+
+_FILE = struct.Struct("<" + "QQ" * NREGS)
+_templates: dict[int, array] = {}
+
+
+def _template(vcpu: int) -> array:
+    """The save area with its slot addresses filled in and every value zero."""
+    if vcpu not in _templates:
+        base = VMSA_GPA + vcpu * VMSA_SIZE
+        _templates[vcpu] = array("Q", [w for i in range(NREGS) for w in (0, base + i * SLOT)])
+    return _templates[vcpu]
 
 
 def pack_plain(regs: tuple[int, ...], vcpu: int = 0) -> bytes:
-    base = VMSA_GPA + vcpu * VMSA_SIZE
-    return b"".join(_SLOT.pack(v & _MASK, base + i * SLOT) for i, v in enumerate(regs))
+    """Register values are u64 (as the vCPU reads them); anything else is refused."""
+    words = array("Q", _template(vcpu))
+    words[0::2] = array("Q", regs)
+    return words.tobytes()
 
 
 def unpack_plain(blob: bytes) -> tuple[int, ...]:
     if len(blob) != VMSA_SIZE:
         raise ValueError(f"a register file is {VMSA_SIZE} bytes, got {len(blob)}")
-    return tuple(_SLOT.unpack_from(blob, i * SLOT)[0] for i in range(NREGS))
+    return _FILE.unpack(blob)[0::2]
 
 
 class DeterministicVmsaCipher:

@@ -1,0 +1,60 @@
+"""The command line, as a user runs it: exit codes, --json, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tvmm.cli import main
+
+
+def run_json(capsys, *argv: str) -> tuple[int, object]:
+    code = main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_boot_json(capsys):
+    code, report = run_json(capsys, "boot", "hello", "--level", "shim")
+    assert code == 0 and report["how"] == "exit" and report["status"] == 0
+    assert report["console"] == "hello from a tvmm guest\n"
+
+
+def test_boot_with_timer_counts_instructions(capsys):
+    code, report = run_json(capsys, "boot", "modexp", "--level", "snp", "--quantum", "500")
+    assert code == 0 and report["retired"] > 0 and report["mips"] > 0
+
+
+def test_guests_json(capsys):
+    code, rows = run_json(capsys, "guests")
+    assert code == 0 and {r["name"] for r in rows} >= {"hello", "modexp", "password"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["boot", "nosuch"], "no sample guest"),
+    (["boot", "/etc/hostname"], "not a readable ELF"),
+    (["boot", "hello", "--set", "bogus=1"], "unknown policy setting"),
+    (["boot", "hello", "--set", "nokeyvalue"], "expected KEY=VALUE"),
+])
+def test_clear_errors(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_python_dash_m(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "tvmm", "boot", "hello", "--json"],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["status"] == 0
+
+
+def test_trace_round_trip_through_the_cli(tmp_path, capsys):
+    trace = tmp_path / "run.jsonl"
+    assert main(["boot", "password", "--level", "shim", "--trace", str(trace), "--json"]) == 1
+    capsys.readouterr()
+    code, stats = run_json(capsys, "trace", "stats", str(trace))
+    assert code == 0
+    out = tmp_path / "run.json"
+    code, info = run_json(capsys, "trace", "export", str(trace), "--perfetto", str(out))
+    assert code == 0 and info["events"] > 0 and json.loads(out.read_text())["traceEvents"]
