@@ -51,6 +51,8 @@ def enter(tee: Tee, vm: Vm, ctx: VcpuContext, quantum: int, state: bytes) -> Rep
         refusal = vm.policies.before_entry(tee, vm, ctx)
         if isinstance(refusal, Exit):
             return _hand_over(tee, vm, ctx, refusal)
+    if vm.writeback is not None:
+        vm.writeback.begin_entry()
     _apply_completion(tee, vm, ctx)
     interrupts.deliver_pending(tee, vm, ctx)
     budget = quantum if vm.policies is None else vm.policies.step_quantum(tee, vm, ctx, quantum)
@@ -159,7 +161,7 @@ def _guest_fault(vm: Vm, stop: Stop, detail: str) -> Exit:
 def _hypercall(tee: Tee, vm: Vm, ctx: VcpuContext, stop: Stop) -> Exit | None:
     regs = vm.vcpu.read_regs()
     nr, a0, a1, a2 = regs[RAX], regs[RDI], regs[RSI], regs[RDX]
-    outcome = guest_calls.handle(vm, vm.bounce, nr, a0, a1, a2)
+    outcome = guest_calls.handle(vm, vm.bounce, nr, a0, a1, a2, tee)
     if isinstance(outcome, guest_calls.Served):
         tee.recorder.emit(EventKind.HYPERCALL, "served", inside={
             "nr": nr, "args": [a0, a1, a2], "value": int(outcome.value), "note": outcome.note},
@@ -167,7 +169,9 @@ def _hypercall(tee: Tee, vm: Vm, ctx: VcpuContext, stop: Stop) -> Exit | None:
         vm.vcpu.write_reg(RAX, int(outcome.value))
         ctx.rip = stop.rip + HYPERCALL_LEN
         vm.vcpu.write_reg(RIP, ctx.rip)
-        return None
+        # Back-pressure waits on the host: give it the CPU (as a HLT: the guest is waiting),
+        # or a guest that retries would spin inside the TEE and the host never run again.
+        return Exit(ExitReason.HLT, {Field.RIP: stop.rip}) if outcome.yield_to_host else None
     if isinstance(outcome, guest_calls.Shutdown):
         return Exit(ExitReason.SHUTDOWN, {Field.STATUS: outcome.status, Field.RIP: stop.rip},
                     dead=f"guest exited with status {outcome.status}")
@@ -186,18 +190,18 @@ def kill(vm: Vm, reason: KillReason, detail: str) -> Exit:
 def _hand_over(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit) -> Reply:
     regs = vm.vcpu.read_regs()
     f = vm.features
+    if vm.writeback is not None and f.commit_writes:
+        vm.writeback.commit()  # written back before the host runs: INVD finds nothing
     if out.reason == ExitReason.KILLED:
         state = b""
     elif f.sealed_state:
-        state = vm.sealer.seal_with_nonce(
-            pack_plain(regs, ctx.index), vm.id, ctx.index, ctx.seq, tee.random_bytes(12)
-        )
+        state = vm.sealer.seal(pack_plain(regs, ctx.index), vm.id, ctx.index, ctx.seq)
     elif f.encrypt_registers:
         state = vm.vmsa_cipher.encrypt(regs, ctx.index)
     else:
         state = pack_plain(regs, ctx.index)
     record = ExitRecord(out.reason, ctx.seq, ctx.index,
-                        host_fields(view_of(vm), out.reason, out.fields), state)
+                        host_fields(vm.view, out.reason, out.fields), state)
     ctx.handed_out = state
     ctx.seq += 1
     result = Result.OK

@@ -1,12 +1,15 @@
 """Launch: adding measured pages, filling the boot-info and secrets pages, finalizing.
 
 The launch digest is SEV-SNP's PAGE_INFO chain (tvmm.hw.measurement), fed in the order the
-host adds pages, then the initial vCPU state as a VMSA page at finalize.
+host adds pages, then the initial vCPU state as a VMSA page at finalize.  ``predict`` runs
+a launch plan (tvmm.launch_plan) through the same chain without a VM: what ``tvmm
+measure`` prints, and what FINALIZE returns when the host follows the plan.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from shim.errors import BadOperand
@@ -15,15 +18,18 @@ from tvmm.abi.guest import BOOT_MAGIC, FEATURE_SHIM
 from tvmm.abi.types import LEVEL_CODES, PageType
 from tvmm.hw import measurement
 from tvmm.hw.code_traps import sweep
-from tvmm.hw.vcpu import NREGS, PAGE, RIP, RSP
+from tvmm.hw.vcpu import PAGE, REG_NAMES
 from tvmm.hw.vmsa import VMSA_GPA, pack_plain
+from tvmm.launch_plan import INITIAL_RFLAGS, LaunchPlan
+from tvmm.launch_plan import initial_registers as initial_register_values
 from tvmm.owner.launch_secret import LaunchSecretError, unwrap
 
 if TYPE_CHECKING:
     from shim.platform import Tee
 
 _BOOT_INFO = struct.Struct("<6Q")
-RFLAGS_RESET = 0x2
+RFLAGS_RESET = INITIAL_RFLAGS
+_NORMAL = measurement.PageType.NORMAL
 
 
 def check_unadded(vm: Vm, gpa: int, count: int) -> None:
@@ -42,17 +48,22 @@ def add_pages(
         vm.digest.add_page(gpa, measurement.PageType(page_type), None)
         vm.added[gpa // PAGE] = 1
         return
-    for i in range(count):
-        page_gpa = gpa + i * PAGE
-        if page_type == PageType.NORMAL:
-            page = data[i * PAGE : (i + 1) * PAGE]
-            vm.vcpu.mem_write(page_gpa, page)
-            vm.digest.add_page(page_gpa, measurement.PageType.NORMAL, page)
-        else:
+    if page_type == PageType.NORMAL:
+        # One write for the run, one batched extend: LaunchDigest.extend's inlined loop
+        # costs little more than hashing the pages (see docs/performance.md).
+        vm.vcpu.mem_write(gpa, data)
+        view = memoryview(data)
+        vm.digest.extend(
+            (gpa + i * PAGE, _NORMAL, view[i * PAGE : (i + 1) * PAGE]) for i in range(count)
+        )
+    else:
+        for i in range(count):
+            page_gpa = gpa + i * PAGE
             if page_type == PageType.CPUID:
                 vm.vcpu.mem_write(page_gpa, _boot_info(vm))
             vm.digest.add_page(page_gpa, measurement.PageType(page_type), None)
-        vm.added[page_gpa // PAGE] = 1
+    first = gpa // PAGE
+    vm.added[first : first + count] = b"\x01" * count
     if executable:
         vm.code_ranges.append((gpa, vm.vcpu.mem_read(gpa, count * PAGE)))
 
@@ -78,17 +89,35 @@ def _boot_info(vm: Vm) -> bytes:
 
 
 def initial_registers(entry: int, memory_size: int) -> tuple[int, ...]:
-    regs = [0] * NREGS
-    regs[RIP] = entry
-    regs[RSP] = memory_size
-    regs[-1] = RFLAGS_RESET
-    return tuple(regs)
+    """The launch ABI's initial vCPU (tvmm.launch_plan) as a register file."""
+    values = initial_register_values(entry, memory_size)
+    return tuple(values.get(name, 0) for name in REG_NAMES)
+
+
+def vmsa_page(entry: int, memory_size: int) -> bytes:
+    """The VMSA page FINALIZE measures: the initial register file, zero-padded to a page."""
+    return pack_plain(initial_registers(entry, memory_size)).ljust(PAGE, b"\0")
+
+
+def predicted_pages(plan: LaunchPlan) -> Iterator[tuple[int, measurement.PageType, object]]:
+    """Every page a launch that follows ``plan`` measures, VMSA last, as LaunchDigest
+    takes them."""
+    for gpa, page_type, data in plan.pages():
+        yield gpa, measurement.PageType(page_type), data
+    yield VMSA_GPA, measurement.PageType.VMSA, vmsa_page(plan.entry, plan.memory_size)
+
+
+def predict(plan: LaunchPlan) -> measurement.LaunchDigest:
+    """The launch digest FINALIZE will return for ``plan``, computed without a VM (the
+    chain's ``digest``; its ``pages`` are the exact list hashed)."""
+    chain = measurement.LaunchDigest()
+    chain.extend(predicted_pages(plan))  # type: ignore[arg-type]
+    return chain
 
 
 def finalize(tee: Tee, vm: Vm, entry: int) -> bytes:
     regs = initial_registers(entry, vm.memory.size)
-    vmsa_page = pack_plain(regs).ljust(PAGE, b"\0")
-    vm.digest.add_page(VMSA_GPA, measurement.PageType.VMSA, vmsa_page)
+    vm.digest.add_page(VMSA_GPA, measurement.PageType.VMSA, vmsa_page(entry, vm.memory.size))
     vm.vcpu.write_regs(regs)
     hlt, rdtsc = sweep(vm.code_ranges)
     vm.vcpu.install_code_traps(hlt, rdtsc)

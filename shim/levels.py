@@ -19,6 +19,7 @@ class Features:
     fault_policy: bool = False
     irq_filter: bool = False
     shim_io: bool = False  # the shim bounces I/O for the guest, checking every host value
+    commit_writes: bool = False  # dirty lines are written back at every exit (no CacheWarp)
 
 
 FEATURES: dict[Level, Features] = {
@@ -31,6 +32,6 @@ FEATURES: dict[Level, Features] = {
     Level.SHIM: Features(
         encrypt_memory=True, encrypt_registers=True, restricted_view=True, ownership=True,
         sealed_state=True, sanitise_exits=True, step_policy=True, fault_policy=True,
-        irq_filter=True, shim_io=True,
+        irq_filter=True, shim_io=True, commit_writes=True,
     ),
 }

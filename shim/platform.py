@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from shim.attestation import chip_for
 from shim.bounce import BounceBuffers
 from shim.errors import BadState, Malformed, NoVm, PlatformError, VmDead
+from shim.exit_path import view_of
 from shim.host_calls import create_vm
 from shim.host_calls.dispatch import HANDLERS, LEGAL_IN
 from shim.levels import Features
@@ -25,8 +28,8 @@ from tvmm.abi.messages import REQUESTS, CreateVm, Reply
 from tvmm.abi.types import Call, Level, Result
 from tvmm.hw import cpuid
 from tvmm.hw.measurement import LaunchDigest
-from tvmm.hw.memory import GuestMemory
 from tvmm.hw.mee import MemoryEncryptionEngine
+from tvmm.hw.memory import GuestMemory
 from tvmm.hw.vcpu import PAGE, Vcpu
 from tvmm.hw.vmsa import DeterministicVmsaCipher
 from tvmm.trace.recorder import NullRecorder
@@ -44,12 +47,24 @@ class Tee:
     policy_config: object | None = None  # shim.policies.PolicyConfig for the shim level
     vms: dict[int, Vm] = field(default_factory=dict)
     next_id: int = 1
+    state_dir: Path | str | None = None  # the chip's keys (None: $TVMM_STATE_DIR or ~)
+    chip_name: str = "chip-0"
+    attestation: dict[int, object] = field(default_factory=dict)  # shim.attestation per VM
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed) if self.seed is not None else random.SystemRandom()
         self.launch_key = ec.derive_private_key(
             self.rng.getrandbits(383) | 1, ec.SECP384R1()
         )
+        # Its own stream, so that attesting leaves every other seeded draw where it was.
+        self.attest_rng = (random.Random(self.seed ^ 0xA77E57) if self.seed is not None
+                           else random.SystemRandom())
+
+    @property
+    def chip(self):  # -> tvmm.hw.root_of_trust.Chip
+        """The chip whose VCEK key signs this TEE's reports (loaded on first use: the
+        manufacturer's RSA keys are made, once per state directory, only if needed)."""
+        return chip_for(self.state_dir, self.chip_name)
 
     def random_bytes(self, n: int) -> bytes:
         return self.rng.getrandbits(8 * n).to_bytes(n, "little")
@@ -70,7 +85,7 @@ class Tee:
             policy=policy,
             rng=random.Random(self.rng.getrandbits(64)),
             vmsa_cipher=DeterministicVmsaCipher(self.random_bytes(32)),
-            sealer=StateSealer(self.random_bytes(32)),
+            sealer=StateSealer(self.random_bytes(32), self.random_bytes(4)),
             digest=LaunchDigest(),
             added=bytearray(size // PAGE),
         )
@@ -80,20 +95,26 @@ class Tee:
             vm.policies = PolicySet(self.policy_config, vm.rng)
         if features.shim_io:
             vm.bounce = BounceBuffers(memory)
+        vm.view = view_of(vm)
         self.vms[vm.id] = vm
         self.next_id += 1
         return vm
 
     def forget(self, vm_id: int) -> None:
         self.vms.pop(vm_id, None)
+        self.attestation.pop(vm_id, None)
+
+
+_CALL_OF: dict[type, Call] = {cls: call for call, cls in REQUESTS.items()}
 
 
 class Platform:
     """The modeled TEE as the host reaches it."""
 
     def __init__(self, seed: int | None = None, recorder: object | None = None,
-                 policy_config: object | None = None) -> None:
-        self.tee = Tee(seed, recorder or NullRecorder(), policy_config)
+                 policy_config: object | None = None, *,
+                 state_dir: Path | str | None = None) -> None:
+        self.tee = Tee(seed, recorder or NullRecorder(), policy_config, state_dir=state_dir)
 
     @property
     def launch_public_key(self) -> ec.EllipticCurvePublicKey:
@@ -116,8 +137,8 @@ class Platform:
         return codec.encode(self.handle(request))
 
     def _dispatch(self, request: object) -> Reply:
-        call = getattr(type(request), "CALL", None)
-        if not isinstance(call, Call) or REQUESTS.get(call) is not type(request):
+        call = _CALL_OF.get(type(request))
+        if call is None:
             raise Malformed("request", f"not a platform request: {type(request).__name__}")
         if call == Call.CREATE_VM:
             assert isinstance(request, CreateVm)
@@ -137,3 +158,10 @@ class Platform:
     def vm(self, vm_id: int) -> Vm:
         """Inside access for tests and the trace: never handed to host code."""
         return self.tee.vms[vm_id]
+
+    @property
+    def chip(self):  # -> tvmm.hw.root_of_trust.Chip
+        """The chip that signs this platform's reports; its certificates (Chip.write_chain)
+        are public, as AMD's key server publishes a VCEK.  Inside access: never handed to
+        host code."""
+        return self.tee.chip

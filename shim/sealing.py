@@ -19,6 +19,7 @@ from shim.errors import IntegrityError
 NONCE = 12
 TAG = 16
 _AD = struct.Struct("<4sQQQ")
+_COUNTER = struct.Struct("<Q")
 
 
 def associated_data(vm: int, vcpu: int, seq: int) -> bytes:
@@ -26,11 +27,20 @@ def associated_data(vm: int, vcpu: int, seq: int) -> bytes:
 
 
 class StateSealer:
-    def __init__(self, key: bytes | None = None) -> None:
+    """Nonces follow NIST SP 800-38D's deterministic construction: a 32-bit field fixed per
+    sealer (random) and a 64-bit invocation counter, so no nonce repeats under one key and
+    no seal needs fresh random bytes on the exit path."""
+
+    def __init__(self, key: bytes | None = None, nonce_prefix: bytes | None = None) -> None:
         self._aead = AESGCM(key if key is not None else AESGCM.generate_key(bit_length=256))
+        self._prefix = nonce_prefix if nonce_prefix is not None else os.urandom(4)
+        if len(self._prefix) != 4:
+            raise ValueError("the fixed nonce field is 4 bytes")
+        self._count = 0
 
     def seal(self, state: bytes, vm: int, vcpu: int, seq: int) -> bytes:
-        return self.seal_with_nonce(state, vm, vcpu, seq, os.urandom(NONCE))
+        self._count += 1
+        return self.seal_with_nonce(state, vm, vcpu, seq, self._prefix + _COUNTER.pack(self._count))
 
     def seal_with_nonce(self, state: bytes, vm: int, vcpu: int, seq: int, nonce: bytes) -> bytes:
         if len(nonce) != NONCE:

@@ -59,7 +59,9 @@ def host_fields(
     view: View, reason: ExitReason, candidates: dict[Field, int]
 ) -> tuple[tuple[Field, int], ...]:
     allowed = ALLOWED[view][reason]
-    return tuple((name, value) for name, value in candidates.items() if name in allowed)
+    if allowed is _ALL:
+        return tuple(candidates.items())
+    return tuple([item for item in candidates.items() if item[0] in allowed])
 
 
 def markdown_table() -> str:

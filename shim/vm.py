@@ -14,6 +14,7 @@ from tvmm.hw.measurement import LaunchDigest
 from tvmm.hw.memory import GuestMemory
 from tvmm.hw.vcpu import Vcpu
 from tvmm.hw.vmsa import DeterministicVmsaCipher
+from tvmm.hw.writeback import WriteBackBuffer
 
 
 class VmState(IntEnum):
@@ -85,4 +86,6 @@ class Vm:
     end_detail: str = ""
     launch_digest: bytes = b""
     policies: object | None = None  # shim.policies.PolicySet at the shim level
+    view: object = None  # shim.views.View of this level, fixed at creation
     bounce: object | None = None  # shim.bounce.BounceBuffers at the shim level
+    writeback: WriteBackBuffer | None = None  # created by the first DROP_WRITES (CacheWarp)

@@ -24,7 +24,7 @@ from tools.attacks.base import Attack, AttackContext, Outcome
 from tvmm.abi.types import ExitReason, Level
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices
-from tvmm.machine import DEFAULT_MEMORY, make_machine, wrap_secret
+from tvmm.machine import DEFAULT_MEMORY, make_machine, owner_endpoint, wrap_secret
 from tvmm.samples import PASSWORD_ALPHABET, SAMPLES, expected_console_ok, resolve
 from tvmm.trace.events import EventKind
 
@@ -86,14 +86,21 @@ class Verdict:
 
     @property
     def cell(self) -> str:
-        """The matrix cell: leaked bits, or tampered / detected / blocked / ✗."""
+        """The matrix cell: leaked bits, or tampered / detected / blocked / ✗; for a
+        benign workload "ok", "false positive" or "wrong result"."""
+        if self.kind == "benign":
+            if self.detected:
+                return "false positive"
+            return "wrong result" if self.integrity_violated else "ok"
         if self.kind == "integrity":
             if self.integrity_violated:
                 return "tampered"
             return "detected" if self.detected else ("blocked" if self.blocked else "✗")
         if self.detected:
             return f"detected ({self.leaked_bits:.0f} b)" if self.leaked_bits >= 1 else "detected"
-        return f"{self.leaked_bits:.0f} b" if self.leaked_bits >= 1 else "✗"
+        if self.leaked_bits >= 1:
+            return f"{self.leaked_bits:.0f} b"
+        return "blocked" if self.blocked else "✗"  # as tvmm.matrix.outcome_class
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -121,6 +128,7 @@ def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
         client=machine.client, image=image, guest=guest, level=level, seed=seed,
         rng=random.Random(seed ^ 0x5EED), memory=memory,
         secret_blob=wrap_secret(machine, secret, seed), record=record, devices=devices,
+        owner=owner_endpoint(image, secret, seed, memory=memory),
     )
     start = time.perf_counter()
     try:
@@ -149,7 +157,7 @@ def _judge(attack: Attack, guest: str, level: Level, secret: bytes, outcome: Out
         if vm is not None and vm.kill_reason is not None and detected_at is None:
             detected_at = vm.vcpus[0].seq
     violated = False
-    if attack.kind == "integrity":
+    if attack.kind in ("integrity", "benign"):  # benign: an honest host's result must hold
         violated = any(
             not expected_console_ok(guest, secret, h.devices.console.text,
                                     h.devices.input.served)

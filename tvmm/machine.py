@@ -1,8 +1,14 @@
 """Assembly: one modeled TEE, one host, one guest owner — wired together for a run.
 
 This is the only place (with the CLI and tests) that holds both sides: it builds the
-platform, gives the host nothing but a transport to it, has the owner wrap the guest's
-secret to the platform's launch key, and returns what the run produced.
+platform, gives the host nothing but a transport to it and a link to the guest owner, and
+returns what the run produced.  The guest gets its secret one of two ways:
+
+- ``attested`` (the default): the secrets page starts empty; the guest asks its owner,
+  whose key broker releases the secret only to a report that verifies against the
+  measurement the owner predicted from the image (docs/attestation.md);
+- ``launch``: the SEV-style pre-attestation launch secret, wrapped to the platform's
+  launch key and relayed by the host at ADD_PAGES (what the attack judge uses).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import cryptography
 import unicorn
 
 import tvmm
+from shim.attestation import chip_for
+from shim.launch import predict
 from shim.platform import Platform
 from shim.policies.config import PolicyConfig
 from tvmm.abi.types import Level
@@ -25,12 +33,17 @@ from tvmm.guestimage import GuestImage
 from tvmm.host.client import PlatformClient, Transport, bytes_transport
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor, RunResult
+from tvmm.launch_plan import plan_launch
 from tvmm.owner import launch_secret
+from tvmm.owner.broker import ReleasePolicy
+from tvmm.owner.endpoint import OwnerEndpoint
+from tvmm.owner.verify import CertChain
 from tvmm.samples import Sample, resolve
 from tvmm.trace.events import EventKind, TraceHeader
 from tvmm.trace.recorder import NullRecorder, TraceRecorder
 
 DEFAULT_MEMORY = 4 << 20
+SECRET_PATHS = ("attested", "launch")
 
 
 def versions() -> dict[str, str]:
@@ -61,7 +74,8 @@ class Machine:
 def make_machine(*, seed: int | None = 0, trace: Path | str | None = None,
                  image: GuestImage | None = None, level: Level = Level.PLAIN,
                  policy_config: PolicyConfig | None = None, wire: bool = False,
-                 extra_header: dict | None = None) -> Machine:
+                 extra_header: dict | None = None,
+                 state_dir: Path | str | None = None) -> Machine:
     recorder: object = NullRecorder()
     if trace is not None:
         recorder = TraceRecorder(trace, TraceHeader(
@@ -70,7 +84,8 @@ def make_machine(*, seed: int | None = 0, trace: Path | str | None = None,
             elf=str(image.path) if image else None,
             elf_sha256=image.sha256 if image else None,
             symbols=list(image.symbols) if image else [], extra=extra_header or {}))
-    platform = Platform(seed=seed, recorder=recorder, policy_config=policy_config)
+    platform = Platform(seed=seed, recorder=recorder, policy_config=policy_config,
+                        state_dir=state_dir)
     transport: Transport = (bytes_transport(platform.handle_bytes) if wire else platform.handle)
     return Machine(platform, PlatformClient(transport), recorder, image)
 
@@ -85,6 +100,37 @@ def wrap_secret(machine: Machine, secret: bytes, seed: int | None) -> bytes:
     eph = ec.derive_private_key(rng.getrandbits(383) | 1, ec.SECP384R1())
     return launch_secret.wrap(secret, machine.platform.launch_public_key, ephemeral=eph,
                               nonce=rng.getrandbits(96).to_bytes(12, "little"))
+
+
+def expected_measurement(image: GuestImage, memory: int = DEFAULT_MEMORY) -> bytes:
+    """The owner's prediction of the launch digest: the launch plan through the pure
+    PAGE_INFO chain, without booting (what ``tvmm measure`` prints)."""
+    return predict(plan_launch(image, memory)).digest
+
+
+def chip_chain(state_dir: Path | str | None = None) -> CertChain:
+    """The modeled chip's certificates (ARK, ASK, VCEK): public, as the vendor's key
+    distribution service serves a VCEK; the chip of every Platform on ``state_dir``."""
+    chip = chip_for(state_dir)
+    return CertChain(chip.manufacturer.ark_cert, chip.manufacturer.ask_cert, chip.vcek_cert)
+
+
+def owner_endpoint(image: GuestImage, secret: bytes, seed: int | None, *,
+                   memory: int = DEFAULT_MEMORY, policy: ReleasePolicy | None = None,
+                   nonce: bytes | None = None,
+                   state_dir: Path | str | None = None) -> OwnerEndpoint:
+    """The guest owner's key broker for ``secret``: it releases only to ``image`` as the
+    owner predicts its measurement (or to what ``policy`` says), on a chip of the modeled
+    manufacturer, whose root (ARK) it pins."""
+    if policy is None:
+        policy = ReleasePolicy(measurement=expected_measurement(image, memory))
+    return OwnerEndpoint(
+        policy, secret,
+        trust_anchor=lambda: chip_chain(state_dir).ark,
+        chain=lambda: chip_chain(state_dir),
+        rng=random.Random(seed ^ 0x0_4E4E) if seed is not None else None,
+        nonce=nonce,
+    )
 
 
 @dataclass
@@ -102,6 +148,8 @@ class BootReport:
     launch_digest: str
     detail: str = ""
     violations: list[dict] = field(default_factory=list)
+    secret_path: str = "attested"
+    key_release: dict | None = None  # attested: what the owner's broker did
 
     @property
     def mips(self) -> float | None:
@@ -113,20 +161,35 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
          policy_config: PolicyConfig | None = None, secret: bytes | None = None,
          input_lines: Iterable[str] = (), disk: Path | None = None,
          on_console: Callable[[str], None] | None = None, wire: bool = False,
-         tick_vector: int | None = None, max_exits: int | None = None) -> BootReport:
-    """Boot ``guest`` (a sample name, a C file or an ELF) at ``level`` under the honest host."""
+         tick_vector: int | None = None, max_exits: int | None = None,
+         secret_path: str = "attested", owner: OwnerEndpoint | None = None,
+         release_policy: ReleasePolicy | None = None, nonce: bytes | None = None,
+         state_dir: Path | str | None = None, guest_policy: int | None = None) -> BootReport:
+    """Boot ``guest`` (a sample name, a C file or an ELF) at ``level`` under the honest host.
+
+    ``secret_path`` "attested" (default) releases the secret through ``owner`` (default: a
+    broker for the image's predicted measurement, or ``release_policy``); "launch" relays
+    the SEV-style launch secret at ADD_PAGES instead."""
+    if secret_path not in SECRET_PATHS:
+        raise ValueError(f"secret path {secret_path!r} is not one of {SECRET_PATHS}")
     image, sample = resolve(guest)
     if secret is None:
         secret = sample.make_secret(random.Random(seed)) if sample else b""
     machine = make_machine(seed=seed, trace=trace, image=image, level=level,
-                           policy_config=policy_config, wire=wire)
+                           policy_config=policy_config, wire=wire, state_dir=state_dir)
     if sample and sample.name == "password" and not input_lines:
         input_lines = ["guess", "letmein"]
-    devices = Devices(Console(on_console), BlockDevice(disk), InputDevice(input_lines))
+    if secret_path == "attested" and owner is None:
+        owner = owner_endpoint(image, secret, seed, memory=memory, policy=release_policy,
+                               nonce=nonce, state_dir=state_dir)
+    devices = Devices(Console(on_console), BlockDevice(disk), InputDevice(input_lines),
+                      owner=owner if secret_path == "attested" else None)
     host = HonestHypervisor(machine.client, devices, quantum=quantum, tick_vector=tick_vector)
+    blob = wrap_secret(machine, secret, seed) if secret_path == "launch" else b""
+    launch_options = {} if guest_policy is None else {"policy": guest_policy}
     try:
         start = time.perf_counter()
-        digest = host.launch(image, level, memory, secret_blob=wrap_secret(machine, secret, seed))
+        digest = host.launch(image, level, memory, secret_blob=blob, **launch_options)
         result: RunResult = host.run(max_exits=max_exits)
         wall = time.perf_counter() - start
         vm = machine.platform.tee.vms.get(host.vm)
@@ -145,5 +208,19 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
         expected_status=0 if sample else None, console=devices.console.text,
         exits=dict(result.exits), wall_s=result.wall_s, retired=result.retired,
         entries=result.entries, launch_digest=digest.hex(), detail=result.detail,
-        violations=violations,
+        violations=violations, secret_path=secret_path,
+        key_release=_key_release_summary(owner) if secret_path == "attested" else None,
     )
+
+
+def _key_release_summary(owner: OwnerEndpoint | None) -> dict | None:
+    if owner is None:
+        return None
+    last = owner.releases[-1] if owner.releases else None
+    return {
+        "expected_measurement": owner.policy.measurement.hex(),
+        "challenges": len(owner.challenges),
+        "attempts": len(owner.releases),
+        "released": bool(last and last.released),
+        "refusal": last.reason.value if last is not None and last.reason is not None else None,
+    }

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tvmm import guestbuild
-from tvmm.guestimage import GuestImage, load_elf
+from tvmm.guestimage import GuestImage, GuestImageError, load_elf
 
 SAMPLES_DIR = guestbuild.GUESTS_DIR / "samples"
 PASSWORD_ALPHABET = string.ascii_lowercase + string.digits
@@ -82,6 +82,10 @@ def resolve(guest: str) -> tuple[GuestImage, Sample | None]:
     if guest in SAMPLES:
         return build_sample(guest), SAMPLES[guest]
     path = Path(guest)
+    if not path.exists():
+        raise GuestImageError(
+            f"no sample guest {guest!r} (try one of: {', '.join(SAMPLES)}) and no such file"
+        )
     if path.suffix in (".c", ".S", ".s"):
         return load_elf(guestbuild.build([path]), path.stem), None
     return load_elf(path), None
@@ -111,7 +115,10 @@ def expected_console_ok(guest: str, secret: bytes, console: str,
             return True
         return any(line.rstrip(b"\r\n") == secret for line in (inputs or []))
     if guest == "counter":
-        counts = [int(line[6:]) for line in console.splitlines() if line.startswith("count=")]
+        lines = [line[6:] for line in console.splitlines() if line.startswith("count=")]
+        if not all(line.isdigit() for line in lines):
+            return False  # a garbled count line is not what an honest run prints
+        counts = [int(line) for line in lines]
         return counts == list(range(1, len(counts) + 1))
     if guest == "kvstore":
         return "verified=40 ok" in console

@@ -31,7 +31,13 @@ typedef unsigned long size_t;
 #define HC_INPUT_READ    4  /* rdi = gpa, rsi = capacity -> bytes read (a line of input) */
 #define HC_IRQ_REGISTER  5  /* rdi = vector: the guest accepts it from outside */
 #define HC_ATTEST        6  /* rdi = gpa of 64 bytes report data, rsi = gpa of 0x4A0 out */
-#define HC_SECRET_KEY    7  /* rdi = gpa of wrapped secret, rsi = len -> unwrapped len */
+#define HC_SECRET_KEY    7  /* rdi = gpa of wrapped secret, rsi = len -> unwrapped len
+                               (into the secrets page, with the HC_KEY_REQUEST key) */
+#define HC_KEY_REQUEST   8  /* rdi = gpa of the owner's 32-byte nonce, rsi = gpa of
+                               TVMM_KEY_EVIDENCE out: key pair made inside the TEE; writes
+                               its public key || a report binding nonce and key */
+#define HC_OWNER_EXCHANGE 9 /* rdi = gpa, rsi = message len, rdx = capacity -> answer len:
+                               a message to the guest owner, relayed by the host */
 
 #define SECTOR_SIZE 512
 
@@ -40,6 +46,14 @@ typedef unsigned long size_t;
 #define E_INVAL  (-22)
 #define E_NOSYS  (-38)
 #define E_IO     (-5)
+#define E_ACCES  (-13)  /* the guest owner refused to release the secret */
+
+/* Attestation and key release (docs/attestation.md). */
+#define TVMM_REPORT_SIZE   0x4A0  /* an SEV-SNP ATTESTATION_REPORT */
+#define TVMM_NONCE_SIZE    32
+#define TVMM_GUEST_KEY     97     /* P-384 public key, SEC1 uncompressed */
+#define TVMM_KEY_EVIDENCE  (TVMM_GUEST_KEY + TVMM_REPORT_SIZE)
+#define TVMM_OWNER_BUFFER  4352   /* the largest wrapped secret fits */
 
 /* Boot info written by the TEE; the guest reads it, the host never sees it. */
 struct boot_info {
@@ -82,8 +96,11 @@ void irq_register(u8 vector, irq_handler h);
 void irq_enable(void);
 void irq_disable(void);
 const struct boot_info *boot_info(void);
-const struct secrets_page *secrets(void);
+const struct secrets_page *secrets(void);  /* empty at launch: asks the owner (key_release) */
 u64 secret_u64(void);
+i64 attest(const void *report_data, void *report);  /* 64 bytes in, TVMM_REPORT_SIZE out */
+i64 owner_exchange(void *buf, size_t len, size_t cap);
+i64 key_release(void);  /* attested key release into the secrets page: its length, or <0 */
 
 void *memcpy(void *d, const void *s, size_t n);
 void *memset(void *d, int c, size_t n);

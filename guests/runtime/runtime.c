@@ -18,6 +18,8 @@ static irq_handler handlers[256];
 #define SLOT_INPUT   1
 #define SLOT_BLOCK   2  /* block I/O uses slots 2..5 (8 KiB) */
 #define BLOCK_SLOTS  4
+#define SLOT_OWNER   6  /* the owner channel uses slots 6..9 (8 KiB) */
+#define OWNER_SLOTS  4
 
 /* Reply header the naive driver reads from the shared slot after an input/block read. */
 struct io_reply { u32 len; u32 status; };
@@ -36,7 +38,20 @@ void tvmm_exit(int status)
 }
 
 const struct boot_info *boot_info(void) { return (const struct boot_info *)TVMM_BOOT_INFO; }
-const struct secrets_page *secrets(void) { return (const struct secrets_page *)TVMM_SECRETS; }
+
+/* The secrets page is filled at launch (the SEV-style launch secret) or, when it is empty
+ * the first time the guest looks, by attested key release from the guest owner. */
+static int key_release_tried;
+
+const struct secrets_page *secrets(void)
+{
+    const struct secrets_page *s = (const struct secrets_page *)TVMM_SECRETS;
+    if (s->len == 0 && !key_release_tried) {
+        key_release_tried = 1;
+        key_release();
+    }
+    return s;
+}
 
 u64 secret_u64(void)
 {
@@ -184,3 +199,55 @@ void irq_register(u8 vector, irq_handler h)
 
 void irq_enable(void) { __asm__ volatile("sti"); }
 void irq_disable(void) { __asm__ volatile("cli"); }
+
+/* Attestation and key release (docs/attestation.md).  The secure processor serves the
+ * report and keeps the guest's private key; the guest only moves public bytes. */
+i64 attest(const void *report_data, void *report)
+{
+    return hypercall(HC_ATTEST, (u64)report_data, (u64)report, 0);
+}
+
+/* Send `len` bytes of `buf` to the guest owner; its answer (at most `cap` bytes) replaces
+ * them.  Below the shim the runtime bounces through its own slots and reads the host's
+ * length once; at the shim the shim bounces and checks. */
+i64 owner_exchange(void *buf, size_t len, size_t cap)
+{
+    i64 r;
+    if (len > cap) return E_INVAL;
+    if (shim_present()) {
+        while ((r = hypercall(HC_OWNER_EXCHANGE, (u64)buf, len, cap)) == E_AGAIN) {}
+        return r;
+    }
+    volatile u8 *slot = SLOT(SLOT_OWNER);
+    if (cap > OWNER_SLOTS * TVMM_SLOT_SIZE - sizeof(struct io_reply)) return E_INVAL;
+    memcpy((void *)slot, buf, len);
+    r = hypercall(HC_OWNER_EXCHANGE, (u64)slot, len, cap);
+    if (r < 0) return r;
+    u32 n = ((volatile struct io_reply *)slot)->len;  /* fetched once, then checked */
+    if (n > cap) return E_IO;
+    memcpy(buf, (const void *)(slot + sizeof(struct io_reply)), n);
+    return n;
+}
+
+/* challenge -> nonce; HC_KEY_REQUEST(nonce) -> key || report; evidence -> wrapped secret;
+ * HC_SECRET_KEY(wrapped) -> the secrets page. */
+i64 key_release(void)
+{
+    u8 buf[TVMM_OWNER_BUFFER];
+    u8 nonce[TVMM_NONCE_SIZE];
+    i64 n, r;
+    memcpy(buf, "TVKC", 4);
+    n = owner_exchange(buf, 4, sizeof buf);
+    if (n != TVMM_NONCE_SIZE) return n < 0 ? n : E_IO;
+    memcpy(nonce, buf, sizeof nonce);
+    memcpy(buf, "TVKE", 4);
+    memcpy(buf + 4, nonce, sizeof nonce);
+    r = hypercall(HC_KEY_REQUEST, (u64)nonce, (u64)(buf + 4 + sizeof nonce), 0);
+    if (r < 0) return r;
+    n = owner_exchange(buf, 4 + sizeof nonce + TVMM_KEY_EVIDENCE, sizeof buf);
+    if (n < 0) return n;
+    if (n >= 4 && memcmp(buf, "TVKX", 4) == 0) return E_ACCES;
+    r = hypercall(HC_SECRET_KEY, (u64)buf, (u64)n, 0);
+    memset(buf, 0, sizeof buf);
+    return r;
+}

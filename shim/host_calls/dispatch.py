@@ -9,8 +9,11 @@ from shim.host_calls import (
     add_pages,
     complete_io,
     destroy,
+    drop_writes,
     enter,
+    export_vm,
     finalize,
+    import_vm,
     inject,
     map_pages,
     read_page,
@@ -34,6 +37,9 @@ HANDLERS: dict[Call, Callable] = {
     Call.INJECT: inject.handle,
     Call.COMPLETE_IO: complete_io.handle,
     Call.DESTROY: destroy.handle,
+    Call.DROP_WRITES: drop_writes.handle,
+    Call.EXPORT_VM: export_vm.handle,
+    Call.IMPORT_VM: import_vm.handle,
 }
 
 LEGAL_IN: dict[Call, frozenset[VmState]] = {
@@ -48,4 +54,7 @@ LEGAL_IN: dict[Call, frozenset[VmState]] = {
     Call.INJECT: frozenset({R}),
     Call.COMPLETE_IO: frozenset({R}),
     Call.DESTROY: frozenset({C, R, D}),
+    Call.DROP_WRITES: frozenset({R}),
+    Call.EXPORT_VM: frozenset({R, D}),  # DEAD only while frozen for its stream
+    Call.IMPORT_VM: frozenset({C, D}),  # DEAD: sealed off while its import runs
 }

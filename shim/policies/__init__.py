@@ -62,13 +62,14 @@ class PolicySet:
         if self._terminate is not None:
             reason, why = self._terminate
             return kill(vm, reason, why)
-        missing = vm.memory.unmapped_pages(sorted(self.faults.listed))
-        if missing:
-            tee.recorder.emit(EventKind.POLICY, "refuse_entry", inside={
-                "policy": "fault_rule", "reason": "listed pages unmapped",
-                "pages": missing[:32]}, vcpu=ctx.index)
-            raise EntryRefused("vm", f"{len(missing)} pages on the fault list must be mapped")
-        self.faults.listed.clear()
+        if self.faults.listed:
+            missing = vm.memory.unmapped_pages(sorted(self.faults.listed))
+            if missing:
+                tee.recorder.emit(EventKind.POLICY, "refuse_entry", inside={
+                    "policy": "fault_rule", "reason": "listed pages unmapped",
+                    "pages": missing[:32]}, vcpu=ctx.index)
+                raise EntryRefused("vm", f"{len(missing)} pages on the fault list must be mapped")
+            self.faults.listed.clear()
         if self.config.pin_working_set:
             pinned = [i * PAGE for i, added in enumerate(vm.added) if added]
             missing = vm.memory.unmapped_pages(pinned)

@@ -36,6 +36,10 @@ class AttackContext:
     secret_blob: bytes  # the owner's wrapped secret: opaque, relayed at launch
     record: Callable[..., None]  # record(action, **outside) traces an attack action
     devices: Callable[[], Devices]  # fresh honest devices (console, disk, input)
+    # The host's link to the victim owner's key broker (attested key release): message
+    # in, answer out.  Only attacks on that path use it (Devices(owner=...)); launching
+    # with an empty secret blob makes the guest ask for its secret through it.
+    owner: Callable[[bytes], bytes] | None = None
 
     def host(self, cls: type[HonestHypervisor] = HonestHypervisor, **kwargs: object
              ) -> HonestHypervisor:

@@ -25,6 +25,8 @@ class Hypercall(IntEnum):
     IRQ_REGISTER = 5
     ATTEST = 6
     SECRET_KEY = 7
+    KEY_REQUEST = 8  # the TEE makes the guest's key pair and a report binding it (key release)
+    OWNER_EXCHANGE = 9  # a message to the guest owner and its answer, relayed by the host
 
 
 class GuestError(IntEnum):
@@ -34,3 +36,17 @@ class GuestError(IntEnum):
     INVAL = -22
     NOSYS = -38
     IO = -5
+    ACCES = -13  # the guest owner refused (key release)
+
+
+# Attestation and key release (docs/attestation.md), mirrored in guests/include/tvmm.h.
+REPORT_SIZE = 0x4A0  # an SEV-SNP ATTESTATION_REPORT
+REPORT_DATA_SIZE = 64
+NONCE_SIZE = 32  # the key broker's challenge
+GUEST_KEY_SIZE = 97  # the guest's P-384 public key, SEC1 uncompressed
+KEY_EVIDENCE_SIZE = GUEST_KEY_SIZE + REPORT_SIZE  # what HC_KEY_REQUEST writes: key ‖ report
+# Messages on the owner channel (Device.OWNER / HC_OWNER_EXCHANGE), guest → owner:
+OWNER_CHALLENGE = b"TVKC"  # answer: the nonce (NONCE_SIZE bytes)
+OWNER_EVIDENCE = b"TVKE"  # ‖ nonce ‖ key ‖ report; answer: a wrapped secret ("TVKR...")
+OWNER_REFUSED = b"TVKX"  # an answer: the owner refused; ASCII reason follows
+OWNER_BUFFER = 4352  # the runtime's exchange buffer: the largest wrapped secret fits

@@ -127,16 +127,52 @@ class Destroy:
     vm: int
 
 
+@dataclass(frozen=True, slots=True)
+class DropWrites:
+    """Discard the guest's stores that are still in the cache (INVD on dirty lines, as
+    CacheWarp does): the model's write-back buffer reverts them.  The reply carries no
+    count, so it is no oracle on how much the guest wrote."""
+
+    CALL: ClassVar[Call] = Call.DROP_WRITES
+    vm: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExportVm:
+    """Management: the next bundle of the VM's checkpoint stream ``stream`` (a session the
+    node's trusted agent opened).  ``final`` freezes the VM and ends the stream; otherwise
+    one pre-copy round runs while the guest keeps running.  Reply: data = bundle (may be
+    empty), value = 1 while more follows in this round or stream, 0 when done."""
+
+    CALL: ClassVar[Call] = Call.EXPORT_VM
+    vm: int
+    stream: int
+    final: bool
+    max_pages: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ImportVm:
+    """Management: feed one bundle of stream ``stream`` into the empty VM ``vm``.  Reply:
+    value = vm when the stream ended (the VM then waits for the perimeter's commit), data =
+    the register state to hand back at the first ENTER."""
+
+    CALL: ClassVar[Call] = Call.IMPORT_VM
+    vm: int
+    stream: int
+    data: bytes
+
+
 Request = (
     CreateVm | AddPages | Finalize | Enter | Map | Unmap | Remap | ReadPage | WritePage
-    | Inject | CompleteIo | Destroy
+    | Inject | CompleteIo | Destroy | DropWrites | ExportVm | ImportVm
 )
 
 REQUESTS: dict[Call, type] = {
     cls.CALL: cls
     for cls in (
         CreateVm, AddPages, Finalize, Enter, Map, Unmap, Remap, ReadPage, WritePage,
-        Inject, CompleteIo, Destroy,
+        Inject, CompleteIo, Destroy, DropWrites, ExportVm, ImportVm,
     )
 }
 

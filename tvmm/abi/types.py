@@ -40,6 +40,9 @@ class Call(IntEnum):
     COMPLETE_IO = 10
     DESTROY = 11
     REMAP = 12
+    DROP_WRITES = 13  # CacheWarp's INVD: discard the guest's stores still in the cache
+    EXPORT_VM = 14  # management: the next bundle of the VM's encrypted checkpoint stream
+    IMPORT_VM = 15  # management: feed one bundle of a checkpoint stream into an empty VM
 
 
 class Result(IntEnum):
@@ -93,6 +96,7 @@ class Device(IntEnum):
     BLOCK_READ = 2
     BLOCK_WRITE = 3
     INPUT = 4
+    OWNER = 5  # the guest owner's key-release channel (docs/attestation.md), relayed by the host
 
 
 class KillReason(IntEnum):
@@ -104,3 +108,13 @@ class KillReason(IntEnum):
     GUEST_FAULT = 4
     IO_POLICY = 5
     INTERRUPT_POLICY = 6
+
+
+# Guest policy bits of CREATE_VM, in the SEV-SNP layout (tvmm.hw.report.GuestPolicy): the
+# attestation report carries them, and the owner's key broker refuses what it does not allow.
+POLICY_SMT = 1 << 16  # SMT allowed on the host
+POLICY_RESERVED_ONE = 1 << 17  # must be one in SNP (the TEE sets it in every report)
+POLICY_MIGRATE_MA = 1 << 18  # a migration agent may be associated
+POLICY_DEBUG = 1 << 19  # the debug path is allowed (the report tells the owner)
+POLICY_SINGLE_SOCKET = 1 << 20
+DEFAULT_POLICY = POLICY_SMT | POLICY_RESERVED_ONE  # 0x30000, what the honest host asks for

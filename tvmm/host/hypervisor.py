@@ -1,9 +1,11 @@
 """The honest hypervisor: launches a guest image and serves its exits, through the ABI only.
 
 It does what a well-behaved host does: maps every page up front (and on demand after a
-fault), serves console, block and input requests through the shared region, optionally
-arms a timer quantum and delivers timer ticks, and hands back the register state exactly
-as it got it.  Attacks subclass it and misbehave in one place.
+fault), serves console, block and input requests through the shared region, relays the
+guest's key-release messages to and from the guest owner (``Devices.owner``, its network
+link to the owner's key broker), optionally arms a timer quantum and delivers timer
+ticks, and hands back the register state exactly as it got it.  Attacks subclass it and
+misbehave in one place.
 """
 
 from __future__ import annotations
@@ -11,26 +13,22 @@ from __future__ import annotations
 import struct
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tvmm.abi.guest import (
-    BOOT_INFO_GPA,
-    PAGE_SIZE,
-    SECRETS_GPA,
-    SHARED_BASE,
-    SHARED_SIZE,
-    Hypercall,
-)
+from tvmm.abi.guest import PAGE_SIZE, SHARED_BASE, SHARED_SIZE, Hypercall
 from tvmm.abi.messages import ExitRecord, Reply
-from tvmm.abi.types import Device, ExitReason, Field, Level, PageType, Result
+from tvmm.abi.types import DEFAULT_POLICY, Device, ExitReason, Field, Level, Result
 from tvmm.guestimage import GuestImage
 from tvmm.host.client import HostCallError, PlatformClient
 from tvmm.host.devices import BlockDevice, Console, InputDevice
+from tvmm.launch_plan import plan_launch
 
 IO_REPLY = struct.Struct("<II")  # the naive runtime driver's reply header: len, status
 DEBUG_PORT = 0xE9
 E_NOSYS = -38
 E_INVAL = -22
+E_IO = -5
 
 
 @dataclass
@@ -38,6 +36,9 @@ class Devices:
     console: Console = field(default_factory=Console)
     block: BlockDevice = field(default_factory=lambda: BlockDevice(None))
     input: InputDevice = field(default_factory=InputDevice)
+    # The host's link to the guest owner's key broker: message in, answer out (bytes the
+    # host may read and change: the protocol is safe against it).  None: no link.
+    owner: Callable[[bytes], bytes] | None = None
 
 
 @dataclass
@@ -70,15 +71,17 @@ class HonestHypervisor:
 
     # -- launch ----------------------------------------------------------------------------
     def launch(self, image: GuestImage, level: Level, memory_size: int, *,
-               secret_blob: bytes = b"", policy: int = 0) -> bytes:
-        """Create, add pages (boot info, secrets, image), finalize, map; the launch digest."""
+               secret_blob: bytes = b"", policy: int = DEFAULT_POLICY) -> bytes:
+        """Create, add pages (boot info, secrets, image: tvmm.launch_plan), finalize, map;
+        the launch digest.  An empty ``secret_blob`` leaves the secrets page empty, and the
+        guest asks its owner for the secret (attested key release) when it needs it."""
         c = self.client
+        plan = plan_launch(image, memory_size, secret_blob=secret_blob)
         self.vm = c.create_vm(level, memory_size, SHARED_BASE, SHARED_SIZE, policy)
-        c.add_pages(self.vm, BOOT_INFO_GPA, PageType.CPUID)
-        c.add_pages(self.vm, SECRETS_GPA, PageType.SECRETS, data=secret_blob)
-        for gpa, data, executable in image.runs():
-            c.add_pages(self.vm, gpa, PageType.NORMAL, len(data) // PAGE_SIZE, data, executable)
-        digest = c.finalize(self.vm, image.entry)
+        for step in plan.steps:
+            c.add_pages(self.vm, step.gpa, step.page_type, step.count, step.data,
+                        step.executable)
+        digest = c.finalize(self.vm, plan.entry)
         c.map(self.vm, 0, memory_size // PAGE_SIZE)
         return digest
 
@@ -160,6 +163,14 @@ class HonestHypervisor:
             return length
         if device == Device.BLOCK_WRITE:
             return self.devices.block.write(sector, c.read_shared(vm, slot, length))
+        if device == Device.OWNER:  # ``sector`` carries the message length
+            answer = self.relay_owner(c.read_shared(vm, slot, min(sector, length)))
+            if answer is None:
+                return E_IO
+            answer = answer[:length]
+            if answer:
+                c.write_shared(vm, slot, answer)
+            return len(answer)
         if device == Device.BLOCK_READ:
             data = self.devices.block.read(sector, length)
         else:
@@ -193,7 +204,24 @@ class HonestHypervisor:
         if nr == Hypercall.IRQ_REGISTER:
             self.registered.add(a0)
             return 0
+        if nr == Hypercall.OWNER_EXCHANGE:  # a0 = slot, a1 = message length, a2 = capacity
+            if a1 > a2 or not self._in_shared(a0, IO_REPLY.size + a2):
+                return E_INVAL
+            answer = self.relay_owner(c.read_shared(vm, a0, a1))
+            if answer is None:
+                return E_IO
+            answer = answer[:a2]
+            c.write_shared(vm, a0, IO_REPLY.pack(len(answer), 0) + answer)
+            return len(answer)
         return E_NOSYS
+
+    def relay_owner(self, message: bytes) -> bytes | None:
+        """Carry a guest's message to its owner and bring back the answer (None: no link).
+        Everything here is public or sealed to the guest: the nonce, the guest's public
+        key, the signed report, the wrapped secret."""
+        if self.devices.owner is None:
+            return None
+        return self.devices.owner(message)
 
     @staticmethod
     def _in_shared(gpa: int, size: int) -> bool:

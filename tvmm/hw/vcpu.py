@@ -15,6 +15,7 @@ the C call ~2 µs, and every exit needs them.
 from __future__ import annotations
 
 import ctypes
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -38,6 +39,7 @@ _REG_IDS = (
     X.UC_X86_REG_RIP, X.UC_X86_REG_EFLAGS,
 )
 NREGS = len(REG_NAMES)
+_REGS = struct.Struct(f"<{NREGS}Q")
 RAX, RBX, RCX, RDX, RSI, RDI, RBP, RSP = range(8)
 RIP, RFLAGS = 16, 17
 IF_FLAG = 1 << 9
@@ -93,12 +95,16 @@ class Vcpu:
         self._hook_error: BaseException | None = None
         self._pending_in: Stop | None = None
         self._traps_installed = False
+        self._hlt: frozenset[int] = frozenset()
+        self._timed = False  # whether the last run had the instruction timer armed
         self.tsc = 0  # virtual TSC: advanced by the platform, never by host time
         self._ids = (ctypes.c_int * NREGS)(*_REG_IDS)
         self._vals = (ctypes.c_uint64 * NREGS)()
         base = ctypes.addressof(self._vals)
         self._ptrs = (ctypes.c_void_p * NREGS)(*[base + 8 * i for i in range(NREGS)])
         self._handle = getattr(self._uc, "_uch", None)
+        self._rip = ctypes.c_uint64()
+        self._rip_ptr = ctypes.cast(ctypes.byref(self._rip), ctypes.c_void_p)
         self._install_hooks()
 
     # -- hooks -----------------------------------------------------------------------
@@ -116,15 +122,17 @@ class Vcpu:
         u.hook_add(uc_mod.UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
 
     def install_code_traps(self, hlt: Iterable[int], rdtsc: Iterable[int]) -> None:
-        """Trap HLT and RDTSC at the addresses a sweep of the executable pages found.
+        """Know the HLTs and trap the RDTSCs that a sweep of the executable pages found.
 
-        Unicorn cannot hook either instruction, and a HLT at the end of a timer quantum is
-        otherwise indistinguishable from the timer; RDTSC would leak host time into a
-        deterministic run.  Must be called once, before the first run."""
+        Unicorn can hook neither.  HLT stops emulation by itself; a stop with no other
+        cause whose previous byte is a swept HLT is that HLT (linear-swept code has no
+        overlapping instructions), which tells it from the timer without a code hook: any
+        UC_HOOK_CODE makes every instruction pay in count mode.  RDTSC would leak host time
+        into a deterministic run, so it is trapped by address.  Called once, before the
+        first run."""
         if self._traps_installed:
             raise RuntimeError("code traps are installed once, before the first run")
-        for addr in hlt:
-            self._uc.hook_add(uc_mod.UC_HOOK_CODE, self._on_hlt, None, addr, addr)
+        self._hlt = frozenset(hlt)
         for addr in rdtsc:
             self._uc.hook_add(uc_mod.UC_HOOK_CODE, self._on_rdtsc, None, addr, addr)
         self._traps_installed = True
@@ -174,9 +182,6 @@ class Vcpu:
         self._stop = Stop(StopKind.FAULT, 0, addr=address, detail="access outside guest memory")
         return False
 
-    def _on_hlt(self, uc, address: int, size: int, _data) -> None:
-        self._halt(Stop(StopKind.HLT, address))
-
     def _on_rdtsc(self, uc, address: int, size: int, _data) -> None:
         self.tsc += 1
         uc.reg_write(X.UC_X86_REG_RAX, self.tsc & 0xFFFFFFFF)
@@ -189,6 +194,12 @@ class Vcpu:
         self._stop = None
         self._hook_error = None
         error: uc_mod.UcError | None = None
+        if quantum and not self._timed:
+            # Unicorn counts instructions with a code hook it adds when a timed run starts;
+            # blocks translated by untimed runs lack it and would run past the quantum
+            # (unicorn #2200): drop them once, when the timer is armed again.
+            self._uc.ctl_flush_tb()
+        self._timed = bool(quantum)
         try:
             self._uc.emu_start(rip, NO_UNTIL, 0, quantum)
         except uc_mod.UcError as exc:
@@ -203,7 +214,10 @@ class Vcpu:
             return self._classify_error(error)
         if stop is not None:
             return stop
-        return Stop(StopKind.TIMER if quantum else StopKind.HLT, self.read_rip())
+        rip = self.read_rip()
+        if rip - 1 in self._hlt or not quantum:
+            return Stop(StopKind.HLT, rip - 1)
+        return Stop(StopKind.TIMER, rip)
 
     def _classify_error(self, error: uc_mod.UcError) -> Stop:
         rip = self.read_rip()
@@ -225,24 +239,29 @@ class Vcpu:
         status = uclib.uc_reg_read_batch(self._handle, self._ids, self._ptrs, NREGS)
         if status != 0:  # pragma: no cover
             raise uc_mod.UcError(status)
-        return tuple(self._vals)
+        return _REGS.unpack(self._vals)
 
     def write_regs(self, values: Iterable[int]) -> None:
-        vals = list(values)
+        vals = values if isinstance(values, tuple | list) else list(values)
         if len(vals) != NREGS:
             raise ValueError(f"expected {NREGS} register values")
         if self._handle is None:  # pragma: no cover
             for reg, val in zip(_REG_IDS, vals, strict=True):
                 self._uc.reg_write(reg, val)
             return
-        for i, val in enumerate(vals):
-            self._vals[i] = val & 0xFFFF_FFFF_FFFF_FFFF
+        try:
+            _REGS.pack_into(self._vals, 0, *vals)
+        except struct.error:  # negative or wide values: keep the low 64 bits, as hardware
+            _REGS.pack_into(self._vals, 0, *[v & 0xFFFF_FFFF_FFFF_FFFF for v in vals])
         status = uclib.uc_reg_write_batch(self._handle, self._ids, self._ptrs, NREGS)
         if status != 0:  # pragma: no cover
             raise uc_mod.UcError(status)
 
     def read_rip(self) -> int:
-        return self._uc.reg_read(X.UC_X86_REG_RIP)
+        if self._handle is None:  # pragma: no cover
+            return self._uc.reg_read(X.UC_X86_REG_RIP)
+        uclib.uc_reg_read(self._handle, X.UC_X86_REG_RIP, self._rip_ptr)
+        return self._rip.value
 
     def write_reg(self, index: int, value: int) -> None:
         self._uc.reg_write(_REG_IDS[index], value & 0xFFFF_FFFF_FFFF_FFFF)
@@ -280,3 +299,20 @@ class Vcpu:
     def flush_code(self, gpa: int, size: int) -> None:
         """Drop translated code for a range the TEE or the host rewrote (unicorn #1148)."""
         self._uc.ctl_remove_cache(gpa, gpa + size)
+
+    def watch_stores(self, callback: Callable[[int, int], None]) -> None:
+        """From now on call ``callback(gpa, size)`` before every guest store.
+
+        Only the write-back buffer model (tvmm.hw.writeback) asks for this, and only once
+        a host has called DROP_WRITES: never on the normal path.  Added after the first
+        run, so translated code, compiled without the hook, is dropped (unicorn #2200)."""
+
+        def on_write(uc, access: int, address: int, size: int, value: int, _data) -> None:
+            try:
+                callback(address, size)
+            except BaseException as exc:  # re-raised after emu_start
+                self._hook_error = exc
+                uc.emu_stop()
+
+        self._uc.hook_add(uc_mod.UC_HOOK_MEM_WRITE, on_write)
+        self._uc.ctl_flush_tb()

@@ -1,0 +1,145 @@
+"""The migration page stream: AES-256-GCM bundles with per-stream counters and an end commit.
+
+A suspended checkpoint and a live migration are the same thing on the wire: a stream of
+bundles that the untrusted host carries (to a file, or over TCP to another node).  After
+TDX's migration design, every bundle has a clear header that is the associated data of
+its AEAD, so the host can route bundles but not forge, replay, reorder, drop or splice them:
+
+    header (32 bytes, little-endian)
+      0  4  magic  b"TVMB"
+      4  1  kind   1 HEAD (VM metadata), 2 PAGES, 3 STATE (vCPU), 4 END (commit)
+      5  1  version 1
+      6  2  reserved, zero
+      8  8  stream id   (chosen by the trusted agents; binds the bundle to one session)
+     16  8  counter     (0, 1, 2, ... per stream: replay and reorder are refused)
+     24  4  items       (pages in a PAGES bundle, 0 otherwise)
+     28  4  payload length (ciphertext without the tag)
+    32  ..  AES-256-GCM(key, nonce = counter (8 LE) ‖ b"TVMB", payload, AD = header) ‖ tag
+
+The nonce is derived from the counter: a session key encrypts one stream only, so a
+(key, nonce) pair never repeats.  ``parse_header`` is the one parser of untrusted bundle
+bytes; it checks everything it can without the key and raises ``StreamError`` naming the
+field.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MAGIC = b"TVMB"
+VERSION = 1
+HEADER = struct.Struct("<4sBBHQQII")
+TAG = 16
+MAX_ITEMS = 256  # pages per PAGES bundle: 1 MiB of guest memory
+MAX_PAYLOAD = 4 + MAX_ITEMS * (4 + 4096) + 1024
+PAGE_ITEM = struct.Struct("<I")
+assert HEADER.size == 32
+
+
+class Kind(IntEnum):
+    HEAD = 1
+    PAGES = 2
+    STATE = 3
+    END = 4
+
+
+class StreamError(ValueError):
+    """Bundle bytes are malformed; ``field`` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    kind: Kind
+    stream: int
+    counter: int
+    items: int
+    length: int
+
+    def pack(self) -> bytes:
+        return HEADER.pack(MAGIC, self.kind, VERSION, 0, self.stream, self.counter,
+                           self.items, self.length)
+
+
+def parse_header(data: bytes) -> Header:
+    """Decode and check the clear header of a bundle (not its authenticity)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise StreamError("bundle", "not bytes")
+    if len(data) < HEADER.size + TAG:
+        raise StreamError("bundle", f"{len(data)} bytes is shorter than header and tag")
+    magic, kind, version, reserved, stream, counter, items, length = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise StreamError("magic", "not a migration bundle")
+    if version != VERSION:
+        raise StreamError("version", f"unknown bundle version {version}")
+    if reserved:
+        raise StreamError("reserved", "reserved bytes are not zero")
+    try:
+        kind = Kind(kind)
+    except ValueError:
+        raise StreamError("kind", f"unknown bundle kind {kind}") from None
+    if length > MAX_PAYLOAD:
+        raise StreamError("length", f"payload of {length} bytes exceeds {MAX_PAYLOAD}")
+    if len(data) != HEADER.size + length + TAG:
+        raise StreamError("length", f"bundle is {len(data)} bytes, header says "
+                          f"{HEADER.size + length + TAG}")
+    if kind == Kind.PAGES and not 1 <= items <= MAX_ITEMS:
+        raise StreamError("items", f"{items} pages is outside [1, {MAX_ITEMS}]")
+    if kind != Kind.PAGES and items:
+        raise StreamError("items", f"a {kind.name} bundle carries no pages")
+    return Header(kind, stream, counter, items, length)
+
+
+def _nonce(counter: int) -> bytes:
+    return counter.to_bytes(8, "little") + MAGIC
+
+
+class StreamCipher:
+    """Seal and open bundles of one stream under its session key."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("a stream key is 32 bytes (AES-256)")
+        self._aead = AESGCM(key)
+
+    def seal(self, kind: Kind, stream: int, counter: int, payload: bytes, items: int = 0
+             ) -> bytes:
+        header = Header(kind, stream, counter, items, len(payload)).pack()
+        return header + self._aead.encrypt(_nonce(counter), payload, header)
+
+    def open(self, data: bytes) -> tuple[Header, bytes]:
+        """(header, payload); StreamError("tag") if the bundle does not authenticate."""
+        header = parse_header(data)
+        raw = bytes(data)
+        try:
+            payload = self._aead.decrypt(_nonce(header.counter), raw[HEADER.size:],
+                                         raw[:HEADER.size])
+        except InvalidTag:
+            raise StreamError("tag", "bundle does not authenticate") from None
+        return header, payload
+
+
+def pack_pages(pages: list[tuple[int, bytes]]) -> bytes:
+    return b"".join(PAGE_ITEM.pack(index) + data for index, data in pages)
+
+
+def unpack_pages(payload: bytes, items: int, npages: int) -> list[tuple[int, bytes]]:
+    if len(payload) != items * (4 + 4096):
+        raise StreamError("payload", f"{len(payload)} bytes do not hold {items} pages")
+    out = []
+    mv = memoryview(payload)
+    for i in range(items):
+        off = i * 4100
+        (index,) = PAGE_ITEM.unpack_from(payload, off)
+        if index >= npages:
+            raise StreamError("page", f"page index {index} is outside guest memory")
+        out.append((index, bytes(mv[off + 4 : off + 4100])))
+    return out

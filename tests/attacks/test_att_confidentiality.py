@@ -1,0 +1,178 @@
+"""The confidentiality attacks (ATTACKS.md §1–5): the outcome of every (attack, victim,
+level) cell, measured by running the attack through the judge, and the decoders alone.
+
+Outcome classes:
+  full      the secret is recovered in full and nothing is detected;
+  none      no bit leaks (the attack makes no guess) and nothing is detected;
+  detected  the shim detects the attack; ``max_leak`` bounds what leaked before it did.
+
+The constant-time twin modexp-ct is the control: a side-channel attack (single-step,
+page-fault) must get exactly nothing from it at every level.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.attacks import registry
+from tools.attacks._decode import (
+    STATE_SIZE,
+    Stepping,
+    bits_to_guess,
+    complete_bits,
+    decode_segments,
+    plain_registers,
+)
+from tools.attacks.cipher_dictionary import CipherDictionary
+from tools.attacks.memory_scan import MemoryScan
+from tools.attacks.page_fault import PageFault
+from tools.attacks.register_snoop import RegisterSnoop
+from tools.attacks.single_step import SingleStep
+from tools.tradeoff import model_rearms_faults
+from tvmm.abi.messages import ExitRecord
+from tvmm.abi.types import ExitReason, Field, Level
+from tvmm.judge import run_attack
+from tvmm.samples import MODEXP_BASE, MODEXP_MODULUS
+
+P, S, ES, SNP, SHIM = Level.PLAIN, Level.SEV, Level.SEV_ES, Level.SNP, Level.SHIM
+LEVELS = (P, S, ES, SNP, SHIM)
+
+
+def needs_refault(*values):
+    """A cell whose attack re-arms faults on pages the guest already ran."""
+    return pytest.param(*values, marks=pytest.mark.xfail(
+        not model_rearms_faults(), strict=True,
+        reason="model: UNMAP does not drop translated code, chained blocks run on"))
+
+
+FULL, NONE, DETECTED = "full", "none", "detected"
+
+CELLS = [
+    # memory scan: the secrets page is plaintext only at plain
+    *[(MemoryScan, v, lvl, FULL if lvl == P else NONE, 0)
+      for v in ("modexp", "modexp-ct", "password", "kvstore") for lvl in LEVELS],
+    # register snoop: plaintext registers at plain and sev
+    *[(RegisterSnoop, v, lvl, FULL if lvl in (P, S) else NONE, 0)
+      for v in ("modexp", "modexp-ct", "password") for lvl in LEVELS],
+    # ciphertext dictionary: deterministic state up to snp, fresh-nonce AEAD at shim
+    *[(CipherDictionary, v, lvl, NONE if lvl == SHIM else FULL, 0)
+      for v in ("modexp-ct", "modexp") for lvl in LEVELS],
+    # single-stepping and instruction counting
+    (SingleStep, "modexp", P, FULL, 0),
+    (SingleStep, "modexp", S, FULL, 0),
+    needs_refault(SingleStep, "modexp", ES, FULL, 0),
+    needs_refault(SingleStep, "modexp", SNP, FULL, 0),
+    (SingleStep, "modexp", SHIM, DETECTED, 16),
+    *[(SingleStep, "modexp-ct", lvl, DETECTED if lvl == SHIM else NONE, 0) for lvl in LEVELS],
+    # the password falls at shim too: counting with quanta the step policy does not
+    # call short (residual leakage, docs/tradeoff.md)
+    *[(SingleStep, "password", lvl, FULL, 0) for lvl in LEVELS],
+    # page-fault controlled channel
+    *[needs_refault(PageFault, "modexp", lvl, FULL, 0) for lvl in (P, S, ES, SNP)],
+    needs_refault(PageFault, "modexp", SHIM, DETECTED, 40),
+    *[(PageFault, "modexp-ct", lvl, NONE, 0) for lvl in LEVELS],
+]
+
+
+def _id(value: object) -> str:
+    return value.name if isinstance(value, type) else str(value)
+
+
+@pytest.mark.parametrize(("attack", "victim", "level", "expect", "max_leak"), CELLS, ids=_id)
+def test_att_conf_cell(attack, victim, level, expect, max_leak):
+    verdict = run_attack(attack(), victim, level, seed=0)
+    assert verdict.kind == "confidentiality"
+    if expect == FULL:
+        assert verdict.full_recovery, verdict.detail
+        assert verdict.leaked_bits == verdict.n_bits
+        assert not verdict.detected
+    elif expect == NONE:
+        assert verdict.leaked_bits == 0, verdict.detail
+        assert not verdict.detected
+    else:
+        assert verdict.detected, verdict.detail
+        assert not verdict.full_recovery
+        assert verdict.leaked_bits <= max_leak, verdict.detail
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_att_conf_password_falls_at_shim_without_detection(seed):
+    verdict = run_attack(SingleStep(), "password", SHIM, seed=seed)
+    assert verdict.full_recovery and not verdict.detected
+    assert verdict.notes["q_min"] == 32  # calibrated from RETIRED: the default min_progress
+    assert verdict.stepping["single"] == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_att_conf_dictionary_other_secrets(seed):
+    verdict = run_attack(CipherDictionary(), "modexp-ct", SNP, seed=seed)
+    assert verdict.full_recovery
+    assert verdict.notes["verified"]
+
+
+def test_att_conf_stepping_histogram_snp_single_shim_multi():
+    snp = run_attack(SingleStep(), "modexp", SNP, seed=0).stepping
+    shim = run_attack(SingleStep(), "modexp", SHIM, seed=0).stepping
+    assert snp["single"] > 1000 and snp["zero"] == 0 and snp["multi"] == 0
+    assert shim["single"] == 0 and shim["multi"] > 0
+
+
+def test_att_conf_attack_classes_describe_themselves():
+    found = registry()
+    for cls in (MemoryScan, RegisterSnoop, CipherDictionary, SingleStep, PageFault):
+        assert found[cls.name] is cls
+        assert cls.kind == "confidentiality"
+        assert cls.summary and cls.published and cls.victims
+
+
+# -- decoders alone ---------------------------------------------------------------------------
+def _loop_trace(bits: list[int]) -> list[tuple[int]]:
+    """A square-and-multiply RIP trace: a 1 bit takes a longer path than a 0 bit."""
+    trace = [(0x10,), (0x11,)]  # prologue
+    for bit in bits:
+        trace += [(0x20,), (0x21,), (0x22,)]
+        trace += [(0x30,), (0x31,), (0x32,)] if bit else [(0x40,)]
+    return trace + [(0x50,), (0x51,)]
+
+
+def test_att_conf_decode_segments_recovers_two_paths():
+    bits = [1] + [(i * 7 >> 2) & 1 for i in range(63)]
+    decoded = decode_segments(_loop_trace(bits), 0)
+    assert decoded is not None
+    assert decoded.bits[:63] == bits[:63]
+
+
+def test_att_conf_decode_segments_constant_time_gives_nothing():
+    trace = [(0x10,)] + [(a,) for _ in range(64) for a in (0x20, 0x21, 0x22)] + [(0x50,)]
+    assert decode_segments(trace, 0) is None
+
+
+def test_att_conf_complete_bits_uses_the_printed_result():
+    exponent = 0xDEADBEEF12345677 | 1 << 63
+    bits = [(exponent >> (63 - i)) & 1 for i in range(64)]
+    holes: list[int | None] = list(bits)
+    for i in (5, 17, 63):
+        holes[i] = None
+    filled, ok = complete_bits(holes, pow(MODEXP_BASE, exponent, MODEXP_MODULUS))
+    assert ok and filled == bits
+    assert int.from_bytes(bits_to_guess(filled), "little") == exponent
+
+
+def test_att_conf_plain_registers_rejects_ciphertext():
+    from tvmm.hw.vmsa import DeterministicVmsaCipher, pack_plain
+
+    regs = tuple(range(100, 118))
+    assert plain_registers(pack_plain(regs))["rip"] == 116
+    assert plain_registers(DeterministicVmsaCipher(bytes(32)).encrypt(regs)) is None
+    assert plain_registers(bytes(STATE_SIZE + 16)) is None
+
+
+def test_att_conf_stepping_counts_timer_exits_only():
+    steps = Stepping()
+    timer = ExitRecord(ExitReason.TIMER, 0, 0, ((Field.RETIRED, 1),))
+    steps.note(1, timer)
+    steps.note(1, ExitRecord(ExitReason.TIMER, 1, 0, ((Field.RETIRED, 7),)))
+    steps.note(1, ExitRecord(ExitReason.NPF, 2, 0, ((Field.GPA_PAGE, 3),)))
+    steps.note(40, timer)  # not armed as a single step
+    assert steps.histogram() == {"zero": 0, "single": 1, "multi": 1}
+    assert steps.cut == 1

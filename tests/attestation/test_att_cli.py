@@ -1,0 +1,100 @@
+"""tvmm measure / attest / verify, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tvmm.abi.types import Level
+from tvmm.cli import main
+from tvmm.machine import boot
+
+NONCE = "5a" * 32
+
+
+def _json(capsys, argv: list[str]) -> tuple[int, dict]:
+    code = main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_measure_predicts_finalize(capsys):
+    code, measured = _json(capsys, ["measure", "modexp", "--pages"])
+    assert code == 0
+    booted = boot("modexp", Level.SHIM, seed=0)
+    assert measured["measurement"] == booted.launch_digest
+    pages = measured["pages"]
+    assert [p["type"] for p in pages[:2]] == ["CPUID", "SECRETS"] and pages[-1]["type"] == "VMSA"
+    assert pages[-1]["gpa"] == 0xFFFFFFFFF000 and pages[-1]["digest_after"] == booted.launch_digest
+    assert len(pages) == measured["page_count"]
+
+
+def test_measure_writes_a_release_policy(tmp_path, capsys):
+    policy = tmp_path / "policy.toml"
+    code, measured = _json(capsys, ["measure", "password", "--policy-out", str(policy)])
+    assert code == 0 and f'measurement = "{measured["measurement"]}"' in policy.read_text()
+    evidence = tmp_path / "ev"
+    assert main(["attest", "password", "--out", str(evidence), "--release-policy",
+                 str(policy)]) == 0
+    capsys.readouterr()
+    code, result = _json(capsys, ["verify", str(evidence / "report.bin"), "--chain",
+                                  str(evidence), "--policy", str(policy)])
+    assert code == 0 and result["verified"]
+
+
+@pytest.mark.parametrize("level", ["sev", "shim"])
+def test_attest_then_verify(tmp_path, capsys, level):
+    out = tmp_path / "evidence"
+    code, attested = _json(capsys, ["attest", "modexp", "--out", str(out), "--nonce", NONCE,
+                                    "--level", level])
+    assert code == 0 and attested["released"] and attested["nonce"] == NONCE
+    assert {"report.bin", "guest_key.bin", "ark.pem", "ask.pem", "vcek.pem",
+            "evidence.json"} <= set(attested["files"])
+    measurement = attested["expected_measurement"]
+    assert attested["measurement"] == measurement
+    argv = ["verify", str(out / "report.bin"), "--chain", str(out), "--measurement",
+            measurement, "--nonce", NONCE]
+    code, verified = _json(capsys, argv)
+    assert code == 0 and verified["verified"] and not verified["ark_pinned"]
+    assert verified["fields"]["measurement"] == measurement
+    code, pinned = _json(capsys, [*argv, "--ark", str(out / "ark.pem")])
+    assert code == 0 and pinned["ark_pinned"]
+    code, refused = _json(capsys, [*argv[:-1], "ab" * 32])
+    assert code == 1 and refused["reason"] == "report_data"
+    code, refused = _json(capsys, [*argv[:4], "--measurement", "00" * 48])
+    assert code == 1 and refused["reason"] == "measurement"
+
+
+def test_attest_with_debug_policy_is_refused(tmp_path, capsys):
+    code, attested = _json(capsys, ["attest", "modexp", "--out", str(tmp_path),
+                                    "--debug-policy"])
+    assert code == 1 and not attested["released"] and attested["refusal"] == "policy_debug"
+    code, verified = _json(capsys, ["verify", "--chain", str(tmp_path)])
+    assert code == 1 and verified["reason"] == "policy_debug"
+    code, verified = _json(capsys, ["verify", "--chain", str(tmp_path), "--allow-debug"])
+    assert code == 0
+
+
+def test_attest_needs_a_guest_that_asks(tmp_path, capsys):
+    assert main(["attest", "hello", "--out", str(tmp_path / "ev")]) == 2
+    assert "never asked" in capsys.readouterr().err
+
+
+def test_verify_real_milan_evidence(milan_dir, capsys):
+    measurement = ("7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d"
+                   "3e1a0dc39b2c60bd95b9c480cd81841f")
+    code, verified = _json(capsys, ["verify", "--chain", str(milan_dir), "--measurement",
+                                    measurement, "--ark", str(milan_dir / "ark.pem")])
+    assert code == 0 and verified["verified"] and verified["ark_pinned"]
+    assert verified["report"].endswith("report_milan.hex")
+    code, refused = _json(capsys, ["verify", str(milan_dir / "report_milan.hex"), "--chain",
+                                   str(milan_dir), "--measurement", "11" * 48])
+    assert code == 1 and refused["reason"] == "measurement"
+
+
+def test_verify_usage_errors(tmp_path, capsys, milan_dir):
+    assert main(["verify", "--chain", str(tmp_path)]) == 2  # no certificates
+    assert main(["verify", "--chain", str(milan_dir), "--nonce", NONCE]) == 2  # no guest key
+    with pytest.raises(SystemExit):
+        main(["verify", "--chain", str(milan_dir), "--measurement", "abc"])
+    capsys.readouterr()

@@ -1,0 +1,109 @@
+"""Every parser of untrusted perimeter bytes fails with its own clear error, never another."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shim.management.stream import HEADER, Kind, StreamCipher, StreamError, parse_header
+from tvmm.perimeter import wire
+from tvmm.perimeter.coordinator import checkpoint_meta
+from tvmm.perimeter.host_side import Checkpoint, CheckpointFormatError
+
+FAST = settings(max_examples=300, deadline=None)
+
+
+@FAST
+@given(st.binary(max_size=512))
+def test_wire_random_bytes(data: bytes) -> None:
+    try:
+        wire.decode(data)
+    except wire.WireError as exc:
+        assert exc.field
+
+
+def _valid_frames() -> list[bytes]:
+    return [wire.encode(m) for m in (
+        wire.Message("migrate", {"vm": "c-1", "to": "n2", "live": True, "relay": ""}),
+        wire.Message("stream_begin", {"stream": 1, "vm": "c", "level": "shim",
+                                      "memory": 4096, "policy": 0}),
+        wire.Message("bundle", {}, b"\x01" * 40),
+        wire.reply(True, b"xyz", key="00"),
+    )]
+
+
+@FAST
+@given(st.sampled_from(_valid_frames()), st.data())
+def test_wire_truncated_and_mutated(frame: bytes, data) -> None:
+    assert wire.decode_frame(frame).op
+    cut = data.draw(st.integers(0, len(frame) - 1))
+    with pytest.raises(wire.WireError):
+        wire.decode_frame(frame[:cut])
+    pos = data.draw(st.integers(0, len(frame) - 1))
+    mutated = bytearray(frame)
+    mutated[pos] ^= data.draw(st.integers(1, 255))
+    try:
+        wire.decode_frame(bytes(mutated))
+    except wire.WireError:
+        pass
+
+
+@pytest.mark.parametrize("fields", [{"vm": 1, "to": "n", "live": True, "relay": ""},
+                                    {"vm": "x", "to": "n", "live": 1, "relay": ""},
+                                    {"vm": "x", "to": "n", "live": True},
+                                    {"vm": "x", "to": "n", "live": True, "relay": "", "z": 1}])
+def test_wire_schema_is_exact(fields: dict) -> None:
+    with pytest.raises(wire.WireError):
+        wire.check("migrate", fields)
+
+
+@FAST
+@given(st.binary(max_size=300))
+def test_bundle_header_random(data: bytes) -> None:
+    try:
+        parse_header(data)
+    except StreamError as exc:
+        assert exc.field
+
+
+@FAST
+@given(st.data())
+def test_bundle_truncated_or_flipped_never_opens(data) -> None:
+    cipher = StreamCipher(bytes(32))
+    bundle = cipher.seal(Kind.PAGES, 5, 3, bytes(4) + os.urandom(4096), items=1)
+    cut = data.draw(st.integers(0, len(bundle) - 1))
+    with pytest.raises(StreamError):
+        cipher.open(bundle[:cut])
+    pos = data.draw(st.integers(0, len(bundle) - 1))
+    flipped = bytearray(bundle)
+    flipped[pos] ^= 0x80
+    with pytest.raises(StreamError):
+        cipher.open(bytes(flipped))
+    assert len(bundle) > HEADER.size
+
+
+@FAST
+@given(st.binary(max_size=400))
+def test_checkpoint_file_random(data: bytes) -> None:
+    for parse, error in ((Checkpoint.from_bytes, CheckpointFormatError),
+                         (checkpoint_meta, wire.WireError)):
+        try:
+            parse(b"TVCK" + data)
+        except error:
+            pass
+
+
+@FAST
+@given(st.data())
+def test_checkpoint_truncated(data) -> None:
+    ck = Checkpoint({"vm": "c-1", "epoch": 2, "level": "shim", "memory": 4096},
+                    [b"a" * 50, b"b" * 60]).to_bytes()
+    assert Checkpoint.from_bytes(ck).bundles == [b"a" * 50, b"b" * 60]
+    cut = data.draw(st.integers(0, len(ck) - 1))
+    try:
+        Checkpoint.from_bytes(ck[:cut])
+    except CheckpointFormatError:
+        pass

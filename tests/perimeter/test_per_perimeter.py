@@ -1,0 +1,130 @@
+"""The perimeter end to end: coordinator and nodes in-process (real TLS on loopback, one
+test), and as separate processes through the CLI (one test)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tvmm.cli import main as cli
+from tvmm.perimeter import measure
+from tvmm.perimeter.client import OperatorClient, PerimeterError
+from tvmm.perimeter.coordinator import Coordinator
+from tvmm.perimeter.identity import Identity, PeerRefused, pinned_ark
+from tvmm.perimeter.node import Node
+from tvmm.perimeter.store import Store
+from tvmm.samples import build_sample
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("perimeter-state")
+
+
+def _counts(text: str) -> list[int]:
+    return [int(x) for x in re.findall(r"count=(\d+)", text)]
+
+
+def test_measurement_covers_the_shim(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    for tree in ("tvmm/hw", "shim", "tvmm/abi", "tvmm/perimeter", "tvmm/owner"):
+        shutil.copytree(measure.ROOT / tree, root / tree,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    before = measure.measure_tree(root)
+    assert before == measure.measurement()
+    path = root / "shim" / "exit_path.py"
+    path.write_text(path.read_text().replace("HYPERCALL_LEN = 3", "HYPERCALL_LEN = 3  # x"))
+    assert measure.measure_tree(root) != before
+    (root / "tvmm" / "perimeter" / "host_side.py").write_text("# untrusted: not measured\n")
+    path.write_text(path.read_text().replace("  # x", ""))
+    assert measure.measure_tree(root) == before
+
+
+def test_in_process_perimeter(state: Path, tmp_path: Path) -> None:
+    ark = pinned_ark(state)
+    coord = Coordinator(tmp_path / "c.db", Identity.create("c", "coordinator", state), ark)
+    coord.start()
+    nodes = [Node(f"n{i}", Identity.create(f"n{i}", "node", state), ark).start()
+             for i in (1, 2, 3)]
+    rogue = Node("rogue", Identity.create("rogue", "node", state, patch=b"#x"), ark).start()
+    try:
+        for n in nodes:
+            n.register(coord.address)
+        with pytest.raises(PeerRefused) as refused:
+            rogue.register(coord.address)
+        assert refused.value.reason == "measurement"
+        op = OperatorClient(coord.address, state)
+        image = build_sample("counter").path.read_bytes()
+        vm = op.launch(image, "counter", "n1", "shim", 4 << 20, (2000).to_bytes(8, "little"))
+        ckpt = op.suspend(vm)
+        assert op.resume(ckpt, "n2")["version"] == 2
+        stats = op.migrate(vm, "n3", live=True)
+        assert stats["node"] == "n3" and stats["rounds"] >= 2
+        with pytest.raises(PerimeterError) as exc:
+            op.resume(ckpt, "n1")
+        assert exc.value.reason == "rollback"
+        with pytest.raises(PerimeterError) as exc:
+            op.migrate(vm, "rogue", live=False)
+        assert exc.value.reason == "not_in_perimeter"
+        hosted = nodes[2].vms[vm]
+        assert hosted.runner.done.wait(60)
+        text = hosted.host.devices.console.text
+        assert _counts(text) == list(range(1, 2001))  # no gap, no repeat
+        assert not nodes[0].vms and not nodes[1].vms  # the sources are gone
+        audit = op.audit()
+        assert audit["problems"] == []
+        events = [r["event"] for r in audit["records"]]
+        for e in ("attestation_refused", "suspended", "resumed", "migrate_commit",
+                  "resume_refused", "migrate_refused"):
+            assert e in events
+    finally:
+        for n in (*nodes, rogue):
+            n.close()
+        coord.close()
+    store = Store(tmp_path / "c.db")  # reopened from disk: the chain still verifies
+    assert store.check() == [] and len(store.audit_records()) >= 10
+    store.close()
+
+
+def test_cli_processes(state: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    common = ["--state-dir", str(state), "--json"]
+
+    def run(*argv: str) -> dict:
+        code = cli([*argv, *common])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        return json.loads(out)
+
+    up = run("perimeter", "up", "--nodes", "3")
+    pids = [p["pid"] for p in up["processes"]]
+    assert len(set(pids)) == 4
+    try:
+        vm = run("vm", "launch", "counter", "--node", "n1", "--count", "100000000")["vm"]
+        ck = tmp_path / "ckpt.bin"
+        run("vm", "suspend", vm, "--out", str(ck))
+        assert run("vm", "resume", str(ck), "--node", "n2")["node"] == "n2"
+        moved = run("vm", "migrate", vm, "--to", "n3", "--live")
+        assert moved["node"] == "n3" and moved["downtime_ms"] >= 0
+        listed = run("vm", "list")["vms"]
+        assert [(v["name"], v["node"], v["version"]) for v in listed] == [(vm, "n3", 3)]
+        assert cli(["vm", "resume", str(ck), "--node", "n1", *common]) == 1
+        assert json.loads(capsys.readouterr().out)["reason"] == "rollback"
+    finally:
+        assert cli(["perimeter", "down", *common]) == 0
+        capsys.readouterr()
+    # the processes are this test's children: each must exit (reaped, not leaked)
+    import os
+    import threading
+
+    def reap() -> None:
+        for pid in pids:
+            os.waitpid(pid, 0)
+
+    reaper = threading.Thread(target=reap, daemon=True)
+    reaper.start()
+    reaper.join(timeout=30)
+    assert not reaper.is_alive(), "a perimeter process did not exit"

@@ -1,0 +1,137 @@
+"""TEE side of suspend/resume/migrate: EXPORT_VM / IMPORT_VM at every level."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from shim import management
+from shim.management.stream import HEADER, Kind, parse_header
+from shim.platform import Platform
+from tvmm.abi.messages import AddPages, Enter, ExportVm, ImportVm
+from tvmm.abi.types import Level, PageType, Result
+from tvmm.host.client import HostCallError, PlatformClient
+from tvmm.host.hypervisor import Devices
+from tvmm.owner import launch_secret
+from tvmm.perimeter.host_side import PausableHost, export_round, import_stream
+from tvmm.samples import build_sample
+
+MEM = 4 << 20
+
+
+@pytest.fixture(scope="module")
+def image():
+    return build_sample("counter")
+
+
+def _launched(image, level: Level, count: int = 200, seed: int = 1):
+    platform = Platform(seed=seed)
+    client = PlatformClient(platform.handle)
+    host = PausableHost(client, Devices())
+    blob = launch_secret.wrap(count.to_bytes(8, "little"), platform.launch_public_key)
+    host.launch(image, level, MEM, secret_blob=blob)
+    return platform, client, host
+
+
+def _counts(text: str) -> list[int]:
+    return [int(x) for x in re.findall(r"count=(\d+)", text)]
+
+
+@pytest.mark.parametrize("level", list(Level))
+def test_live_export_import_keeps_counting(image, level: Level) -> None:
+    a, ca, host = _launched(image, level)
+    host.run(max_exits=150)
+    key = os.urandom(32)
+    management.open_export(a.tee, host.vm, key, 7, "c-1", 2)
+    bundles = list(export_round(ca, host.vm, 7, False))
+    host.run(max_exits=300)  # the guest runs between pre-copy rounds
+    bundles += list(export_round(ca, host.vm, 7, False))
+    bundles += list(export_round(ca, host.vm, 7, True))
+    kinds = [parse_header(b).kind for b in bundles]
+    assert kinds[0] == Kind.HEAD and kinds[-2:] == [Kind.STATE, Kind.END]
+    assert kinds.count(Kind.PAGES) >= 2
+    # the frozen source cannot run
+    assert ca.call(Enter(host.vm, 0, 0, host.state)).result == Result.VM_DEAD
+    b = Platform(seed=2)
+    cb = PlatformClient(b.handle)
+    management.open_import(b.tee, key, 7, "c-1", 2)
+    vm2, state = import_stream(cb, 7, level, MEM, bundles, a.tee.vms[host.vm].policy)
+    assert cb.call(Enter(vm2, 0, 0, state)).result == Result.VM_DEAD  # before the commit
+    assert management.activate(b.tee, vm2)
+    management.destroy_frozen(a.tee, host.vm)
+    h2 = PausableHost(cb, Devices())
+    h2.vm, h2.state = vm2, state
+    result = h2.run()
+    assert result.how == "exit" and result.status == 0
+    assert _counts(host.devices.console.text + h2.devices.console.text) == list(range(1, 201))
+
+
+def _stream(image, level=Level.SHIM):
+    a, ca, host = _launched(image, level)
+    host.run(max_exits=100)
+    key = os.urandom(32)
+    management.open_export(a.tee, host.vm, key, 9, "c-9", 3)
+    bundles = list(export_round(ca, host.vm, 9, True))
+    return key, bundles, a.tee.vms[host.vm].policy
+
+
+def _dest(key: bytes, policy: int, level=Level.SHIM):
+    b = Platform(seed=3)
+    cb = PlatformClient(b.handle)
+    management.open_import(b.tee, key, 9, "c-9", 3)
+    vm = cb.create_vm(level, MEM, 0x100000, 0x40000, policy)
+    return b, cb, vm
+
+
+@pytest.mark.parametrize("tamper", ["replay", "reorder", "drop", "flip", "wrong_epoch"])
+def test_tampered_streams_are_refused_and_reported(image, tamper: str) -> None:
+    key, bundles, policy = _stream(image)
+    seq = list(bundles)
+    if tamper == "replay":
+        seq.insert(2, seq[1])
+    elif tamper == "reorder":
+        seq[1], seq[2] = seq[2], seq[1]
+    elif tamper == "drop":
+        del seq[1]
+    elif tamper == "flip":
+        raw = bytearray(seq[1])
+        raw[HEADER.size + 5] ^= 1
+        seq[1] = bytes(raw)
+    b, cb, vm = _dest(key, policy)
+    if tamper == "wrong_epoch":
+        management.close(b.tee, 9)
+        management.open_import(b.tee, key, 9, "c-9", 4)
+    results = [cb.call(ImportVm(vm, 9, bundle)).result for bundle in seq]
+    assert Result.DENIED in results
+    after = results[results.index(Result.DENIED) + 1:]
+    assert all(r == Result.DENIED for r in after)  # a refused stream stays refused
+    events = management.drain_events(b.tee)
+    assert events and events[0]["event"] == "stream_refused"
+    assert not b.tee.vms[vm].state == 2  # never runnable
+
+
+def test_importing_vm_is_sealed_off(image) -> None:
+    key, bundles, policy = _stream(image)
+    b, cb, vm = _dest(key, policy)
+    assert cb.call(ImportVm(vm, 9, bundles[0])).result == Result.OK
+    # the host cannot add pages to (or finalize, or enter) a VM being imported
+    reply = cb.call(AddPages(vm, 0x300000, PageType.NORMAL, 1, bytes(4096)))
+    assert reply.result == Result.VM_DEAD
+    assert cb.call(ImportVm(vm, 9, b"garbage")).result == Result.BAD_OPERAND
+
+
+def test_unanswered_request_blocks_the_freeze(image) -> None:
+    a, ca, host = _launched(image, Level.SHIM)
+    reply = ca.enter(host.vm)  # the first exit: a console request waits for COMPLETE_IO
+    assert reply.exit is not None
+    management.open_export(a.tee, host.vm, os.urandom(32), 5, "x", 2)
+    with pytest.raises(HostCallError) as exc:
+        list(export_round(ca, host.vm, 5, True))
+    assert exc.value.result == Result.BAD_STATE
+
+
+def test_export_needs_an_agent_session(image) -> None:
+    _a, ca, host = _launched(image, Level.SNP)
+    assert ca.call(ExportVm(host.vm, 1234, True)).result == Result.BAD_OPERAND

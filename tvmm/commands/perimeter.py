@@ -1,0 +1,268 @@
+"""tvmm perimeter up|down|status and tvmm vm launch|suspend|resume|migrate|list.
+
+`perimeter up` starts a coordinator and N nodes as separate processes (TCP on loopback by
+default; --bind/--advertise for other machines) and records them in the state directory;
+`vm ...` commands talk to the coordinator (its address from that record, or
+--coordinator host:port when it runs elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tvmm.commands.output import console, emit_json, fail
+from tvmm.perimeter import launcher
+from tvmm.perimeter.client import OperatorClient, PerimeterError
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("perimeter", help="the trusted perimeter: coordinator and nodes")
+    psub = p.add_subparsers(dest="perimeter_cmd", required=True)
+    up = psub.add_parser("up", help="start a coordinator and N nodes as local processes")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--rogue", action="append", default=[], metavar="NAME",
+                    help="also start a node running modified trusted code (refused)")
+    _common(up)
+    up.set_defaults(run=run_up)
+    down = psub.add_parser("down", help="stop the perimeter's processes")
+    _common(down)
+    down.set_defaults(run=run_down)
+    status = psub.add_parser("status", help="nodes of the perimeter and the audit log")
+    status.add_argument("--audit", type=int, default=10, help="last N audit records")
+    _common(status)
+    status.set_defaults(run=run_status)
+
+    v = sub.add_parser("vm", help="launch, suspend, resume, migrate VMs in the perimeter")
+    vsub = v.add_subparsers(dest="vm_cmd", required=True)
+    la = vsub.add_parser("launch", help="launch a guest on a perimeter node")
+    la.add_argument("guest")
+    la.add_argument("--node", required=True)
+    la.add_argument("--level", default="shim")
+    la.add_argument("--memory", type=lambda s: int(s, 0), default=4 << 20)
+    la.add_argument("--count", type=int, default=100000,
+                    help="counter guest: count to this (its secret)")
+    _common(la)
+    la.set_defaults(run=run_launch)
+    su = vsub.add_parser("suspend", help="suspend a VM to a sealed checkpoint file")
+    su.add_argument("vm")
+    su.add_argument("--out", type=Path, required=True)
+    _common(su)
+    su.set_defaults(run=run_suspend)
+    re = vsub.add_parser("resume", help="resume a checkpoint on a perimeter node")
+    re.add_argument("checkpoint", type=Path)
+    re.add_argument("--node", required=True)
+    _common(re)
+    re.set_defaults(run=run_resume)
+    mi = vsub.add_parser("migrate", help="migrate a VM to another perimeter node")
+    mi.add_argument("vm")
+    mi.add_argument("--to", required=True)
+    mi.add_argument("--live", action="store_true", help="pre-copy live migration")
+    mi.add_argument("--relay", default="", help=argparse.SUPPRESS)
+    _common(mi)
+    mi.set_defaults(run=run_migrate)
+    ls = vsub.add_parser("list", help="VMs, where they run and their versions")
+    _common(ls)
+    ls.set_defaults(run=run_list)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", type=Path, default=None)
+    p.add_argument("--coordinator", default=None, help="host:port (default: from `up`)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _state(args: argparse.Namespace) -> Path:
+    return args.state_dir or launcher.default_state_dir()
+
+
+def _client(args: argparse.Namespace) -> OperatorClient:
+    if args.coordinator:
+        host, port = args.coordinator.rsplit(":", 1)
+        return OperatorClient((host, int(port)), _state(args))
+    info = launcher.saved(_state(args))["coordinator"]
+    return OperatorClient((info["host"], info["port"]), _state(args))
+
+
+def _guarded(fn):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except PerimeterError as exc:
+            if args.json:
+                emit_json({"ok": False, "reason": exc.reason, "error": str(exc)})
+                return 1
+            return fail(f"refused ({exc.reason}): {exc}", 1)
+        except (launcher.LaunchError, OSError, KeyError) as exc:
+            return fail(str(exc))
+    return run
+
+
+@_guarded
+def run_up(args: argparse.Namespace) -> int:
+    state = _state(args)
+    state.mkdir(parents=True, exist_ok=True)
+    per = launcher.Perimeter(state, die_with_parent=False)
+    with console.status("starting the coordinator (first run: creating the manufacturer)"):
+        per.start_coordinator()
+    names = [f"n{i}" for i in range(1, args.nodes + 1)]
+    threads = []
+    for name in names:
+        t = threading.Thread(target=per.start_node, args=(name,))
+        t.start()
+        threads.append(t)
+    for name in args.rogue:
+        t = threading.Thread(target=per.start_node, args=(name,), kwargs={"rogue": True})
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    path = per.save()
+    rows = [{"name": "coordinator", "pid": per.coordinator.popen.pid,
+             "address": f"{per.address[0]}:{per.address[1]}", "registered": "-"}]
+    for name, proc in per.nodes.items():
+        rows.append({"name": name, "pid": proc.popen.pid,
+                     "address": f"{proc.info['host']}:{proc.info['port']}",
+                     "registered": "yes" if proc.info.get("registered")
+                     else f"refused: {proc.info.get('error', '?')[:60]}"})
+    if args.json:
+        emit_json({"processes": rows, "record": str(path)})
+    else:
+        table = Table(title="perimeter up")
+        for col in ("name", "pid", "address", "registered"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(*(str(r[c]) for c in ("name", "pid", "address", "registered")))
+        console.print(table)
+    return 0
+
+
+@_guarded
+def run_down(args: argparse.Namespace) -> int:
+    stopped = launcher.stop_saved(_state(args))
+    if args.json:
+        emit_json({"stopped": stopped})
+    else:
+        console.print(f"stopped {', '.join(stopped) or 'nothing'}")
+    return 0
+
+
+@_guarded
+def run_status(args: argparse.Namespace) -> int:
+    c = _client(args)
+    nodes, audit = c.nodes(), c.audit(args.audit)
+    if args.json:
+        emit_json({"nodes": nodes, **audit})
+        return 0
+    t = Table(title="perimeter nodes")
+    for col in ("name", "address", "chip", "measurement"):
+        t.add_column(col)
+    for n in nodes:
+        t.add_row(n["name"], f"{n['host']}:{n['port']}", n["chip_id"][:16],
+                  n["measurement"][:16] + "…")
+    console.print(t)
+    a = Table(title="audit log (hash-chained)")
+    for col in ("seq", "event", "detail"):
+        a.add_column(col)
+    for r in audit["records"]:
+        a.add_row(str(r["seq"]), r["event"], ", ".join(f"{k}={v}" for k, v in
+                                                       r["detail"].items())[:100])
+    console.print(a)
+    console.print("chain and invariants: " + ("ok" if not audit["problems"]
+                                              else "; ".join(audit["problems"])))
+    return 0
+
+
+@_guarded
+def run_launch(args: argparse.Namespace) -> int:
+    from tvmm.samples import SAMPLES, resolve
+
+    image, sample = resolve(args.guest)
+    secret = args.count.to_bytes(8, "little") if args.guest == "counter" else (
+        sample.make_secret(__import__("random").Random(0)) if sample else b"")
+    vm = _client(args).launch(image.path.read_bytes(), image.name if sample is None else
+                              SAMPLES[args.guest].name, args.node, args.level, args.memory,
+                              secret)
+    if args.json:
+        emit_json({"vm": vm, "node": args.node})
+    else:
+        console.print(f"launched [bold]{vm}[/] on {args.node} at {args.level}")
+    return 0
+
+
+@_guarded
+def run_suspend(args: argparse.Namespace) -> int:
+    data = _client(args).suspend(args.vm)
+    args.out.write_bytes(data)
+    if args.json:
+        emit_json({"vm": args.vm, "checkpoint": str(args.out), "bytes": len(data)})
+    else:
+        console.print(f"suspended {args.vm}: sealed checkpoint {args.out} ({len(data):,} bytes)")
+    return 0
+
+
+@_guarded
+def run_resume(args: argparse.Namespace) -> int:
+    out = _client(args).resume(args.checkpoint.read_bytes(), args.node)
+    if args.json:
+        emit_json(out)
+    else:
+        console.print(f"resumed {out['vm']} version {out['version']} on {out['node']}")
+    return 0
+
+
+@_guarded
+def run_migrate(args: argparse.Namespace) -> int:
+    client = _client(args)
+    result: dict = {}
+    error: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result.update(client.migrate(args.vm, args.to, args.live, args.relay))
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+            error.append(exc)
+
+    t = threading.Thread(target=work)
+    t.start()
+    if args.json:
+        t.join()
+    else:
+        with Progress(TextColumn(f"migrating {args.vm} → {args.to}"), BarColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as progress:
+            task = progress.add_task("migrate", total=None)
+            while t.is_alive():
+                t.join(0.1)
+                progress.advance(task)
+    if error:
+        raise error[0]
+    if args.json:
+        emit_json(result)
+        return 0
+    mib = result.get("bytes", 0) / (1 << 20)
+    secs = result.get("seconds", 0) or 1e-9
+    console.print(f"migrated {args.vm} to {result['node']} (version {result['version']}): "
+                  f"{result.get('pages', 0):,} pages, {mib:.1f} MiB in {secs * 1000:.0f} ms "
+                  f"({mib / secs:.1f} MiB/s), {result.get('rounds', 0)} rounds, "
+                  f"downtime {result.get('downtime_ms', 0):.1f} ms")
+    return 0
+
+
+@_guarded
+def run_list(args: argparse.Namespace) -> int:
+    vms = _client(args).vms()
+    if args.json:
+        emit_json({"vms": vms})
+        return 0
+    t = Table(title="VMs in the perimeter")
+    for col in ("vm", "guest", "level", "node", "state", "version"):
+        t.add_column(col)
+    for v in vms:
+        t.add_row(v["name"], v["guest"], v["level"], v["node"] or "—", v["state"],
+                  str(v["version"]))
+    console.print(t)
+    return 0

@@ -1,0 +1,83 @@
+"""The launch plan: the ADD_PAGES calls that launch a guest image, in order, and the
+initial vCPU state FINALIZE measures.
+
+One plan serves both sides, so they cannot drift: the honest host
+(tvmm.host.hypervisor.HonestHypervisor.launch) issues exactly these calls, and the
+owner's ``tvmm measure`` runs the same pages through the pure launch digest
+(shim.launch.predict) without booting anything.  This module is neutral: it imports only
+the ABI and the public image, never the TEE, so the host may use it (architecture
+contract in pyproject.toml).
+
+The plan, for a memory of M bytes:
+
+    1. CPUID   at BOOT_INFO_GPA (0x1000): the TEE writes the boot info; measured as zeros
+    2. SECRETS at SECRETS_GPA (0x2000): the owner's opaque launch blob, or nothing; zeros
+    3. NORMAL  the image pages, in address order, one ADD_PAGES per contiguous run
+    4. VMSA    at FINALIZE: the initial registers (RIP = entry, RSP = M, RFLAGS = 0x2,
+               everything else 0), measured at GPA 0xFFFFFFFFF000
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tvmm.abi.guest import BOOT_INFO_GPA, PAGE_SIZE, SECRETS_GPA
+from tvmm.abi.types import PageType
+from tvmm.guestimage import GuestImage
+
+INITIAL_RFLAGS = 0x2  # only the always-one bit: interrupts off, as at reset
+
+
+@dataclass(frozen=True, slots=True)
+class AddStep:
+    """One ADD_PAGES call."""
+
+    gpa: int
+    page_type: PageType
+    count: int
+    data: bytes = b""
+    executable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchPlan:
+    steps: tuple[AddStep, ...]
+    entry: int
+    memory_size: int
+
+    def pages(self) -> Iterator[tuple[int, PageType, memoryview | None]]:
+        """Every page the TEE measures before FINALIZE, as (gpa, type, contents), in order.
+
+        Contents are given for NORMAL pages only: the PSP hashes zeros for the others
+        (the TEE fills the CPUID and SECRETS pages, but their contents are not measured).
+        """
+        for step in self.steps:
+            view = memoryview(step.data) if step.page_type == PageType.NORMAL else None
+            for i in range(step.count):
+                page = view[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] if view is not None else None
+                yield step.gpa + i * PAGE_SIZE, step.page_type, page
+
+    def initial_registers(self) -> dict[str, int]:
+        """The registers FINALIZE sets and measures; every register not named is 0."""
+        return initial_registers(self.entry, self.memory_size)
+
+
+def initial_registers(entry: int, memory_size: int) -> dict[str, int]:
+    """The launch ABI's initial vCPU: RIP at the entry, the stack at the top of memory."""
+    return {"rip": entry, "rsp": memory_size, "rflags": INITIAL_RFLAGS}
+
+
+def plan_launch(image: GuestImage, memory_size: int, *, secret_blob: bytes = b"") -> LaunchPlan:
+    """The plan an honest host follows for ``image`` in ``memory_size`` bytes of memory.
+
+    ``secret_blob`` (the SEV-style launch secret, opaque to the host) rides on the SECRETS
+    page; it changes nothing in the measurement.
+    """
+    steps = [
+        AddStep(BOOT_INFO_GPA, PageType.CPUID, 1),
+        AddStep(SECRETS_GPA, PageType.SECRETS, 1, secret_blob),
+    ]
+    for gpa, data, executable in image.runs():
+        steps.append(AddStep(gpa, PageType.NORMAL, len(data) // PAGE_SIZE, data, executable))
+    return LaunchPlan(tuple(steps), image.entry, memory_size)

@@ -1,0 +1,368 @@
+"""The trusted coordinator: the perimeter's registry, version counters and audit log.
+
+It admits a node only after verifying its attestation (channel/identity), authorises
+every management operation against its SQLite state (store.py), and is the only party
+that decides a migration's outcome: commit (the destination runs, the frozen source is
+destroyed) or abort (the source thaws).  Operators (the CLI, the host operator, attacks)
+may ask for anything; what they get is decided here and written to the audit log, with
+every refusal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import ssl
+import struct
+import threading
+from pathlib import Path
+
+from tvmm.perimeter import wire
+from tvmm.perimeter.channel import Server, connect
+from tvmm.perimeter.identity import Identity, Peer, PeerRefused
+from tvmm.perimeter.store import Store
+
+CKPT_MAGIC = b"TVCK"
+
+
+def checkpoint_meta(data: bytes) -> dict:
+    """The routing metadata of a checkpoint file (unauthenticated; the TEE rechecks it)."""
+    if len(data) < 8 or data[:4] != CKPT_MAGIC:
+        raise wire.WireError("checkpoint", "not a tvmm checkpoint")
+    (n,) = struct.unpack_from("<I", data, 4)
+    if n > 1 << 16 or 8 + n > len(data):
+        raise wire.WireError("checkpoint", "metadata length out of range")
+    try:
+        meta = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise wire.WireError("checkpoint", "metadata is not JSON") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("vm"), str) \
+            or type(meta.get("epoch")) is not int:
+        raise wire.WireError("checkpoint", "metadata lacks vm or epoch")
+    return meta
+
+
+class Refused(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Coordinator:
+    def __init__(self, db_path: Path | str, identity: Identity, ark_pem: bytes,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        self.store = Store(db_path)
+        self.identity = identity
+        self.ark = ark_pem
+        self.measurement = identity.measurement
+        self.server = Server(identity, self.handle, ark_pem, self.measurement, host, port,
+                             on_refused=self._attestation_refused)
+        self.address = self.server.address
+        self.ops_lock = threading.Lock()  # one management operation at a time
+        self.fault: str = os.environ.get("TVMM_FAULT_COORDINATOR", "")
+
+    def start(self) -> Coordinator:
+        self.server.start()
+        return self
+
+    def close(self) -> None:
+        self.server.close()
+        self.store.close()
+
+    def crash_point(self, name: str) -> None:
+        """Fault injection: die here (SIGKILL) when TVMM_FAULT_COORDINATOR names the point."""
+        if self.fault == name:
+            os.kill(os.getpid(), 9)
+
+    def _attestation_refused(self, name: str, reason: str, message: str) -> None:
+        self.store.log("attestation_refused", node=name, reason=reason, message=message)
+
+    # -- talking to nodes --------------------------------------------------------------------------
+    def node_call(self, node: str, msg: wire.Message, timeout: float = 300.0) -> wire.Message:
+        row = self.store.query("SELECT host, port, binding FROM nodes WHERE name=?", node)
+        if not row:
+            raise Refused("not_in_perimeter", f"{node} is not in the perimeter")
+        host, port, binding = row[0]
+        conn, peer = connect(self.identity, host, port, self.ark, self.measurement, timeout)
+        with conn:
+            if peer.binding != binding or peer.name != node:
+                raise Refused("identity", f"{node} now presents another TLS identity")
+            return wire.call(conn, msg)
+
+    # -- dispatch -----------------------------------------------------------------------------------
+    def handle(self, peer: Peer | None, msg: wire.Message, conn: ssl.SSLSocket
+               ) -> wire.Message:
+        op = msg.op
+        try:
+            if op == "register":
+                return self.register(peer, msg)
+            if op == "nodes":
+                rows = self.store.query("SELECT name, host, port, host_port, measurement, "
+                                        "chip_id FROM nodes ORDER BY name")
+                return wire.reply(nodes=[dict(zip(("name", "host", "port", "host_port",
+                                                   "measurement", "chip_id"), r, strict=True))
+                                         for r in rows])
+            if op == "vms":
+                rows = self.store.query("SELECT name, guest, level, node, state, version "
+                                        "FROM vms ORDER BY name")
+                return wire.reply(vms=[dict(zip(("name", "guest", "level", "node", "state",
+                                                 "version"), r, strict=True)) for r in rows])
+            if op == "audit":
+                return wire.reply(records=self.store.audit_records(msg["limit"]),
+                                  problems=self.store.check())
+            with self.ops_lock:
+                if op == "launch":
+                    return self.launch(msg)
+                if op == "suspend":
+                    return self.suspend(msg["vm"])
+                if op == "resume":
+                    return self.resume(msg["node"], msg.blob)
+                if op == "migrate":
+                    return self.migrate(msg["vm"], msg["to"], msg["live"], msg["relay"])
+            return wire.reply(False, error=f"{op} is not a coordinator request",
+                              reason="unknown")
+        except Refused as exc:
+            return wire.reply(False, error=str(exc), reason=exc.reason)
+        except (PeerRefused, OSError, wire.WireError) as exc:
+            return wire.reply(False, error=f"{type(exc).__name__}: {exc}", reason="node")
+
+    def register(self, peer: Peer | None, msg: wire.Message) -> wire.Message:
+        if peer is None or peer.role != "node" or peer.name != msg["name"]:
+            self.store.log("register_refused", node=msg["name"], reason="not_attested")
+            raise Refused("not_attested", "only an attested node registers itself")
+        with self.store.txn() as db:
+            old = db.execute("SELECT binding FROM nodes WHERE name=?", (peer.name,)).fetchone()
+            if old and old[0] != peer.binding:
+                # a restarted node: its TEE is new, every VM it held is gone
+                for (vm,) in db.execute("SELECT name FROM vms WHERE node=? AND state IN "
+                                        "('running','resuming')", (peer.name,)).fetchall():
+                    db.execute("UPDATE vms SET state='lost' WHERE name=?", (vm,))
+                    self.store.audit(db, "vm_lost", vm=vm, node=peer.name)
+            db.execute("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,julianday('now'))",
+                       (peer.name, msg["host"], msg["port"], msg["host_port"], peer.binding,
+                        peer.chip_id, peer.measurement))
+            self.store.audit(db, "node_registered", node=peer.name, chip=peer.chip_id,
+                             measurement=peer.measurement[:24])
+        return wire.reply()
+
+    def _refuse(self, event: str, reason: str, message: str, **detail: object) -> None:
+        self.store.log(event, reason=reason, message=message, **detail)
+        raise Refused(reason, message)
+
+    def _node_known(self, node: str) -> bool:
+        return bool(self.store.query("SELECT 1 FROM nodes WHERE name=?", node))
+
+    def launch(self, msg: wire.Message) -> wire.Message:
+        node, guest = msg["node"], msg["guest"]
+        if not self._node_known(node):
+            self._refuse("launch_refused", "not_in_perimeter",
+                         f"{node} is not an attested node of the perimeter", node=node)
+        n = self.store.query("SELECT COUNT(*) FROM vms")[0][0] + 1
+        name = f"{guest}-{n}"
+        with self.store.txn() as db:
+            db.execute("INSERT INTO vms VALUES (?,?,?,?,?,?,?)",
+                       (name, guest, msg["level"], msg["memory"], node, "launching", 1))
+            self.store.audit(db, "launch", vm=name, node=node, level=msg["level"])
+        answer = self.node_call(node, wire.Message("node_launch", {
+            "vm": name, "level": msg["level"], "memory": msg["memory"],
+            "secret": msg["secret"], "policy": 0}, msg.blob))
+        with self.store.txn() as db:
+            state = "running" if answer["ok"] else "failed"
+            db.execute("UPDATE vms SET state=? WHERE name=?", (state, name))
+            self.store.audit(db, "launched" if answer["ok"] else "launch_failed", vm=name,
+                             node=node, error=answer.fields.get("error", ""))
+        if not answer["ok"]:
+            raise Refused("node", answer.fields.get("error", "launch failed"))
+        return wire.reply(vm=name, **answer.fields.get("data", {}))
+
+    def _vm(self, vm: str) -> tuple:
+        row = self.store.query("SELECT node, state, version, level, memory FROM vms "
+                               "WHERE name=?", vm)
+        if not row:
+            raise Refused("no_vm", f"no VM {vm}")
+        return row[0]
+
+    def suspend(self, vm: str) -> wire.Message:
+        node, state, version, level, memory = self._vm(vm)
+        if state != "running":
+            self._refuse("suspend_refused", "state", f"{vm} is {state}", vm=vm)
+        epoch, stream = version + 1, secrets.randbits(62)
+        self.store.log("suspend_prepare", vm=vm, node=node, epoch=epoch)
+        answer = self.node_call(node, wire.Message("node_suspend",
+                                                   {"vm": vm, "epoch": epoch, "stream": stream}))
+        if not answer["ok"]:
+            self.store.log("suspend_failed", vm=vm, error=answer.fields.get("error", ""))
+            raise Refused("node", answer.fields.get("error", "suspend failed"))
+        self.crash_point("suspend_before_commit")
+        key = answer["data"]["key"]
+        with self.store.txn() as db:
+            db.execute("INSERT INTO checkpoints VALUES (?,?,?,?,0)", (vm, epoch, key, stream))
+            db.execute("UPDATE vms SET state='suspended', node=NULL, version=? WHERE name=?",
+                       (epoch, vm))
+            self.store.audit(db, "suspended", vm=vm, node=node, version=epoch,
+                             bytes=len(answer.blob))
+        self.crash_point("suspend_after_commit")
+        self.node_call(node, wire.Message("node_finish", {"vm": vm, "commit": True}))
+        return wire.reply(True, answer.blob, vm=vm, version=epoch)
+
+    def resume(self, node: str, ckpt: bytes) -> wire.Message:
+        meta = checkpoint_meta(ckpt)
+        vm, epoch = meta["vm"], meta["epoch"]
+        if not self._node_known(node):
+            self._refuse("resume_refused", "not_in_perimeter", f"{node} is not in the "
+                         "perimeter", vm=vm, node=node)
+        with self.store.txn() as db:
+            row = db.execute("SELECT state, version, level, memory FROM vms WHERE name=?",
+                             (vm,)).fetchone()
+            ck = db.execute("SELECT key, consumed, stream FROM checkpoints WHERE vm=? AND version=?",
+                            (vm, epoch)).fetchone()
+            reason = ""
+            if row is None or ck is None:
+                reason, message = "unknown", f"no checkpoint {vm} version {epoch}"
+            elif epoch < row[1]:
+                reason, message = "rollback", (f"{vm} version {epoch} is older than the "
+                                               f"newest version {row[1]}")
+            elif ck[1] or row[0] != "suspended":
+                reason, message = "clone", (f"{vm} version {epoch} was already resumed "
+                                            f"(the VM is {row[0]})")
+            if reason:
+                self.store.audit(db, "resume_refused", vm=vm, node=node, version=epoch,
+                                 reason=reason, message=message)
+            else:
+                db.execute("UPDATE checkpoints SET consumed=1 WHERE vm=? AND version=?",
+                           (vm, epoch))
+                db.execute("UPDATE vms SET state='resuming', node=? WHERE name=?", (node, vm))
+                self.store.audit(db, "resume_authorized", vm=vm, node=node, version=epoch)
+        if reason:
+            raise Refused(reason, message)
+        self.crash_point("resume_after_authorize")
+        stream = ck[2]
+        answer = self.node_call(node, wire.Message("node_resume", {
+            "vm": vm, "epoch": epoch, "stream": stream, "key": ck[0], "level": row[2],
+            "memory": row[3]}, ckpt))
+        with self.store.txn() as db:
+            if answer["ok"]:
+                db.execute("UPDATE vms SET state='running' WHERE name=?", (vm,))
+                self.store.audit(db, "resumed", vm=vm, node=node, version=epoch)
+            else:
+                db.execute("UPDATE checkpoints SET consumed=0 WHERE vm=? AND version=?",
+                           (vm, epoch))
+                db.execute("UPDATE vms SET state='suspended', node=NULL WHERE name=?", (vm,))
+                self.store.audit(db, "resume_failed", vm=vm, node=node, version=epoch,
+                                 error=answer.fields.get("error", ""),
+                                 tee=answer.fields.get("data", {}).get("events", []))
+        if not answer["ok"]:
+            raise Refused("tee", answer.fields.get("error", "resume failed"))
+        return wire.reply(vm=vm, version=epoch, node=node)
+
+    def migrate(self, vm: str, to: str, live: bool, relay: str) -> wire.Message:
+        src, state, version, level, memory = self._vm(vm)
+        if state != "running":
+            self._refuse("migrate_refused", "state", f"{vm} is {state}", vm=vm, to=to)
+        dst = self.store.query("SELECT host, port, host_port, binding FROM nodes WHERE name=?",
+                               to)
+        if not dst:
+            self._refuse("migrate_refused", "not_in_perimeter",
+                         f"{to} is not an attested node of the perimeter", vm=vm, to=to)
+        if to == src:
+            self._refuse("migrate_refused", "same_node", f"{vm} already runs on {to}", vm=vm)
+        host, port, host_port, binding = dst[0]
+        epoch, stream = version + 1, secrets.randbits(62)
+        with self.store.txn() as db:
+            cur = db.execute("INSERT INTO migrations (vm, src, dst, epoch, stream, state, "
+                             "started) VALUES (?,?,?,?,?, 'prepare', julianday('now'))",
+                             (vm, src, to, epoch, stream))
+            mid = cur.lastrowid
+            db.execute("UPDATE vms SET state='migrating' WHERE name=?", (vm,))
+            self.store.audit(db, "migrate_prepare", vm=vm, src=src, dst=to, epoch=epoch,
+                             live=live, relay=relay or "")
+        self.crash_point("migrate_after_prepare")
+        out = self.node_call(src, wire.Message("node_migrate_out", {
+            "vm": vm, "epoch": epoch, "stream": stream, "dst": to, "dst_host": host,
+            "dst_port": port, "dst_host_port": host_port, "dst_binding": binding,
+            "live": live, "relay": relay}))
+        self.crash_point("migrate_after_stream")
+        return self.decide(mid, vm, src, to, epoch, stream, out)
+
+    def decide(self, mid: int, vm: str, src: str, dst: str, epoch: int, stream: int,
+               out: wire.Message | None) -> wire.Message:
+        """Commit if the destination holds the complete VM, else abort: the one decision."""
+        events: list = []
+        try:
+            ready = self.node_call(dst, wire.Message("node_ready", {"vm": vm, "stream": stream}))
+            events = ready.fields.get("data", {}).get("events", [])
+            ok = bool(ready["ok"])
+            why = ready.fields.get("error", "")
+        except (Refused, PeerRefused, OSError, wire.WireError) as exc:
+            ok, why = False, f"destination unreachable: {exc}"
+        if out is not None and not out["ok"] and not why:
+            why = out.fields.get("error", "")
+        with self.store.txn() as db:
+            for ev in events:
+                self.store.audit(db, "tee_refused" if ev.get("event") == "stream_refused"
+                                 else "tee_event", node=dst, tee=ev)
+            if ok:
+                db.execute("UPDATE migrations SET state='committed' WHERE id=?", (mid,))
+                db.execute("UPDATE vms SET state='running', node=?, version=? WHERE name=?",
+                           (dst, epoch, vm))
+                self.store.audit(db, "migrate_commit", vm=vm, src=src, dst=dst, epoch=epoch)
+            else:
+                db.execute("UPDATE migrations SET state='aborted' WHERE id=?", (mid,))
+                db.execute("UPDATE vms SET state='running' WHERE name=?", (vm,))
+                self.store.audit(db, "migrate_abort", vm=vm, src=src, dst=dst, epoch=epoch,
+                                 reason=why)
+        self.crash_point("migrate_after_decision")
+        for node in (dst, src):
+            try:
+                self.node_call(node, wire.Message("node_finish", {"vm": vm, "commit": ok}))
+            except (Refused, PeerRefused, OSError, wire.WireError):
+                pass
+        stats = out.fields.get("data", {}) if out is not None else {}
+        if not ok:
+            raise Refused("aborted", f"migration aborted: {why}")
+        return wire.reply(vm=vm, node=dst, version=epoch, **stats)
+
+    def recover(self) -> list[str]:
+        """After a restart: decide every migration left in prepare (commit or abort),
+        re-send the last decision of every decided migration (nodes treat it
+        idempotently: the coordinator may have died before telling them), and settle
+        every resume it authorised but never saw finish."""
+        done = []
+        for _mid, vm, src, dst, state in self.store.query(
+                "SELECT id, vm, src, dst, state FROM migrations WHERE id IN "
+                "(SELECT MAX(id) FROM migrations GROUP BY vm) AND state != 'prepare'"):
+            for node in (dst, src):
+                try:
+                    self.node_call(node, wire.Message("node_finish", {
+                        "vm": vm, "commit": state == "committed"}))
+                except (Refused, PeerRefused, OSError, wire.WireError):
+                    pass
+        for vm, node, version in self.store.query(
+                "SELECT name, node, version FROM vms WHERE state='resuming'"):
+            try:
+                listed = self.node_call(node, wire.Message("node_list", {}))
+                runs = any(v["vm"] == vm for v in listed["data"]["vms"])
+            except (Refused, PeerRefused, OSError, wire.WireError):
+                runs = False
+            with self.store.txn() as db:
+                if runs:
+                    db.execute("UPDATE vms SET state='running' WHERE name=?", (vm,))
+                    self.store.audit(db, "resumed", vm=vm, node=node, version=version,
+                                     recovered=True)
+                else:
+                    db.execute("UPDATE checkpoints SET consumed=0 WHERE vm=? AND version=?",
+                               (vm, version))
+                    db.execute("UPDATE vms SET state='suspended', node=NULL WHERE name=?",
+                               (vm,))
+                    self.store.audit(db, "resume_failed", vm=vm, node=node, version=version,
+                                     error="coordinator restarted before the resume finished")
+            done.append(f"{vm}: resume {'kept' if runs else 'rolled back to suspended'}")
+        for mid, vm, src, dst, epoch, stream in self.store.query(
+                "SELECT id, vm, src, dst, epoch, stream FROM migrations WHERE state='prepare'"):
+            try:
+                self.decide(mid, vm, src, dst, epoch, stream, None)
+                done.append(f"{vm}: committed")
+            except Refused as exc:
+                done.append(f"{vm}: {exc}")
+        return done

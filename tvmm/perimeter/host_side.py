@@ -1,0 +1,207 @@
+"""UNTRUSTED: the node's honest host — it runs VMs, pumps checkpoint streams, stores them.
+
+Nothing here can open a bundle or choose a key: it moves opaque bytes between the
+platform ABI (EXPORT_VM / IMPORT_VM), files and sockets.  The architecture contract forbids
+it to import tvmm.hw or shim (pyproject.toml), like every other piece of host code.
+
+* ``VmRunner``: the honest hypervisor on a thread that can be paused between two entries
+  (never with a guest request half served), so the VM can be frozen for export.
+* ``export_stream`` / ``import_stream``: the pump loops.
+* checkpoint files: ``b"TVCK"`` ‖ u32 length ‖ JSON metadata (vm, epoch, level, memory,
+  stream — unauthenticated: only routing hints, every claim is re-checked by the TEE) ‖
+  bundles, each u32 length ‖ bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from tvmm.abi.guest import SHARED_BASE, SHARED_SIZE
+from tvmm.abi.messages import ExportVm, ImportVm, Reply
+from tvmm.abi.types import ExitReason, Level, Result
+from tvmm.host.client import HostCallError, PlatformClient
+from tvmm.host.hypervisor import Devices, HonestHypervisor
+
+CKPT_MAGIC = b"TVCK"
+_U32 = struct.Struct("<I")
+MAX_BUNDLE = 8 << 20
+MAX_META = 1 << 16
+
+
+class CheckpointFormatError(ValueError):
+    """The checkpoint file is not well-formed; the message names where."""
+
+
+# -- pumps ------------------------------------------------------------------------------------------
+def export_round(client: PlatformClient, vm: int, stream: int, final: bool,
+                 max_pages: int = 256) -> Iterator[bytes]:
+    """One pre-copy round (or, with ``final``, the rest of the stream), bundle by bundle."""
+    while True:
+        reply = client.call(ExportVm(vm, stream, final, max_pages))
+        if reply.result != Result.OK:
+            raise HostCallError("EXPORT_VM", reply)
+        if reply.data:
+            yield reply.data
+        if reply.value == 0:
+            return
+
+
+def import_bundle(client: PlatformClient, vm: int, stream: int, bundle: bytes) -> Reply:
+    reply = client.call(ImportVm(vm, stream, bundle))
+    if reply.result != Result.OK:
+        raise HostCallError("IMPORT_VM", reply)
+    return reply
+
+
+def import_stream(client: PlatformClient, stream: int, level: Level, memory: int,
+                  bundles: Iterable[bytes], policy: int = 0) -> tuple[int, bytes]:
+    """Create the empty VM and feed the stream: (vm id, state blob for the first ENTER)."""
+    vm = client.create_vm(level, memory, SHARED_BASE, SHARED_SIZE, policy)
+    try:
+        for bundle in bundles:
+            reply = import_bundle(client, vm, stream, bundle)
+            if reply.value:
+                return vm, reply.data
+    except BaseException:
+        try:
+            client.destroy(vm)
+        except HostCallError:
+            pass
+        raise
+    client.destroy(vm)
+    raise HostCallError("IMPORT_VM", Reply(Result.BAD_STATE, operand="stream (no END)"))
+
+
+# -- checkpoint files -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Checkpoint:
+    meta: dict
+    bundles: list[bytes]
+
+    def to_bytes(self) -> bytes:
+        raw = json.dumps(self.meta, sort_keys=True).encode()
+        out = [CKPT_MAGIC, _U32.pack(len(raw)), raw]
+        for b in self.bundles:
+            out += [_U32.pack(len(b)), b]
+        return b"".join(out)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Checkpoint:
+        if not isinstance(data, bytes | bytearray) or data[:4] != CKPT_MAGIC:
+            raise CheckpointFormatError("magic: not a tvmm checkpoint")
+        pos = 4
+
+        def take(n: int, what: str) -> bytes:
+            nonlocal pos
+            if pos + n > len(data):
+                raise CheckpointFormatError(f"{what}: truncated at offset {pos}")
+            chunk = bytes(data[pos : pos + n])
+            pos += n
+            return chunk
+
+        (n,) = _U32.unpack(take(4, "meta length"))
+        if n > MAX_META:
+            raise CheckpointFormatError(f"meta length: {n} exceeds {MAX_META}")
+        try:
+            meta = json.loads(take(n, "meta"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointFormatError(f"meta: not JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise CheckpointFormatError("meta: not an object")
+        for key, kind in (("vm", str), ("epoch", int), ("level", str), ("memory", int)):
+            if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+                raise CheckpointFormatError(f"meta.{key}: missing or not {kind.__name__}")
+        bundles = []
+        while pos < len(data):
+            (n,) = _U32.unpack(take(4, "bundle length"))
+            if n > MAX_BUNDLE:
+                raise CheckpointFormatError(f"bundle length: {n} exceeds {MAX_BUNDLE}")
+            bundles.append(take(n, "bundle"))
+        if not bundles:
+            raise CheckpointFormatError("bundles: none")
+        return cls(meta, bundles)
+
+
+# -- the runner -------------------------------------------------------------------------------------
+class PausableHost(HonestHypervisor):
+    """The honest hypervisor, pausable between entries (no request half served)."""
+
+    def __init__(self, client: PlatformClient, devices: Devices | None = None, **kw) -> None:
+        super().__init__(client, devices, **kw)
+        self._cv = threading.Condition()
+        self._pause = 0
+        self._paused = False
+        self._stop = False
+
+    def enter(self) -> Reply:
+        with self._cv:
+            while self._pause and not self._stop:
+                self._paused = True
+                self._cv.notify_all()
+                self._cv.wait()
+            self._paused = False
+            if self._stop:
+                return Reply(Result.BAD_STATE, operand="host stopped")
+        return super().enter()
+
+    def pause(self, timeout: float = 10.0) -> bool:
+        """Hold the VM before its next entry; True once it is held (or not running)."""
+        with self._cv:
+            self._pause += 1
+            return self._cv.wait_for(lambda: self._paused or not self.running, timeout)
+
+    def resume(self) -> None:
+        with self._cv:
+            self._pause = max(0, self._pause - 1)
+            self._cv.notify_all()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+
+    running = False
+
+
+class VmRunner:
+    """Runs one VM's honest host on a thread; ``on_end`` is called when the run ends."""
+
+    def __init__(self, host: PausableHost, on_end: Callable[[VmRunner], None] | None = None
+                 ) -> None:
+        self.host = host
+        self.on_end = on_end
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.result = None
+        self.done = threading.Event()
+
+    def start(self) -> VmRunner:
+        self.host.running = True
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.result = self.host.run()
+        finally:
+            with self.host._cv:
+                self.host.running = False
+                self.host._cv.notify_all()
+            self.done.set()
+            if self.on_end is not None:
+                self.on_end(self)
+
+    @property
+    def ended(self) -> str | None:
+        """How the guest ended ("exit", "killed", ...), or None while it may still run."""
+        r = self.result
+        if r is None:
+            return None
+        if r.how == "refused" and r.last is None:
+            return "stopped"
+        if r.how == "refused" and r.last is not None and r.last.reason != ExitReason.SHUTDOWN:
+            return "frozen"
+        return r.how

@@ -1,0 +1,150 @@
+"""UNTRUSTED: start and stop perimeter processes (coordinator and nodes) on this machine.
+
+Each process is ``python -m tvmm.perimeter.service``; the launcher waits for its one
+"ready" JSON line (with a timeout, no sleeps).  Children started with ``die_with_parent``
+get PR_SET_PDEATHSIG so a test or attack that dies cannot leak them.  ``Perimeter``
+records the processes in ``<state>/perimeter/perimeter.json`` for ``tvmm perimeter down``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def _pdeathsig() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    info: dict
+
+
+def spawn(args: list[str], state_dir: Path, *, die_with_parent: bool, timeout: float = 120,
+          env: dict | None = None, log: Path | None = None) -> Proc:
+    cmd = [sys.executable, "-m", "tvmm.perimeter.service", *args, "--state-dir", str(state_dir)]
+    stderr = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr,
+                             env={**os.environ, **(env or {})},
+                             preexec_fn=_pdeathsig if die_with_parent else None,
+                             start_new_session=not die_with_parent)
+    sel = selectors.DefaultSelector()
+    sel.register(popen.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not sel.select(left):
+            popen.kill()
+            raise LaunchError(f"{args[0]} did not become ready in {timeout} s")
+        chunk = os.read(popen.stdout.fileno(), 4096)
+        if not chunk:
+            raise LaunchError(f"{args[0]} exited with {popen.wait()}")
+        line += chunk
+    sel.close()
+    return Proc(args[args.index("--name") + 1] if "--name" in args else args[0], popen,
+                json.loads(line))
+
+
+@dataclass
+class Perimeter:
+    state_dir: Path
+    coordinator: Proc | None = None
+    nodes: dict[str, Proc] = field(default_factory=dict)
+    die_with_parent: bool = True
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.coordinator is not None
+        return self.coordinator.info["host"], self.coordinator.info["port"]
+
+    def start_coordinator(self, db: Path | None = None, env: dict | None = None) -> Proc:
+        args = ["coordinator", "--name", "coordinator"]
+        if db:
+            args += ["--db", str(db)]
+        self.coordinator = spawn(args, self.state_dir, die_with_parent=self.die_with_parent,
+                                 env=env, log=self.state_dir / "coordinator.log")
+        return self.coordinator
+
+    def start_node(self, name: str, *, rogue: bool = False, env: dict | None = None) -> Proc:
+        host, port = self.address
+        args = ["node", "--name", name, "--coordinator", f"{host}:{port}",
+                "--storage", str(self.state_dir / "storage" / name)]
+        if rogue:
+            args.append("--rogue")
+        (self.state_dir / "storage" / name).mkdir(parents=True, exist_ok=True)
+        proc = spawn(args, self.state_dir, die_with_parent=self.die_with_parent, env=env,
+                     log=self.state_dir / f"{name}.log")
+        self.nodes[name] = proc
+        return proc
+
+    def save(self) -> Path:
+        path = self.state_dir / "perimeter" / "perimeter.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        procs = {"coordinator": self.coordinator, **self.nodes}
+        path.write_text(json.dumps({n: {"pid": p.popen.pid, **p.info}
+                                    for n, p in procs.items() if p is not None}, indent=1))
+        return path
+
+    def stop(self) -> None:
+        procs = [p for p in (*self.nodes.values(), self.coordinator) if p is not None]
+        for p in procs:
+            if p.popen.poll() is None:
+                p.popen.terminate()
+        for p in procs:
+            try:
+                p.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+                p.popen.wait()
+            if p.popen.stdout:
+                p.popen.stdout.close()
+
+    def __enter__(self) -> Perimeter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def saved(state_dir: Path) -> dict:
+    path = state_dir / "perimeter" / "perimeter.json"
+    if not path.exists():
+        raise LaunchError(f"no perimeter is up (no {path}); run `tvmm perimeter up`")
+    return json.loads(path.read_text())
+
+
+def stop_saved(state_dir: Path) -> list[str]:
+    stopped = []
+    for name, info in saved(state_dir).items():
+        try:
+            os.kill(int(info["pid"]), signal.SIGTERM)
+            stopped.append(name)
+        except ProcessLookupError:
+            pass
+    (state_dir / "perimeter" / "perimeter.json").unlink()
+    return stopped
+
+
+def default_state_dir() -> Path:
+    """``$TVMM_STATE_DIR``, else ``~/.local/state/tvmm`` (as tvmm.hw.root_of_trust)."""
+    configured = os.environ.get("TVMM_STATE_DIR")
+    return Path(configured) if configured else Path.home() / ".local" / "state" / "tvmm"

@@ -1,0 +1,79 @@
+"""Process entry points: ``python -m tvmm.perimeter.service coordinator|node ...``.
+
+Each process prints one JSON line ``{"ready": true, ...addresses}`` on stdout once it
+serves (the launcher waits for it), then serves until SIGTERM/SIGINT.  Addresses are
+configuration: bind and advertise any host; the default is loopback with ephemeral ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from tvmm.hw.root_of_trust import default_state_dir
+from tvmm.perimeter.coordinator import Coordinator
+from tvmm.perimeter.identity import Identity, pinned_ark
+from tvmm.perimeter.node import Node
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, port = text.rsplit(":", 1)
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tvmm.perimeter.service")
+    p.add_argument("role", choices=["coordinator", "node"])
+    p.add_argument("--name", default="coordinator")
+    p.add_argument("--state-dir", type=Path, default=None)
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--advertise", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--host-port", type=int, default=0)
+    p.add_argument("--db", type=Path, help="coordinator database (SQLite)")
+    p.add_argument("--coordinator", type=_address, help="host:port of the coordinator")
+    p.add_argument("--storage", type=Path, help="the node host's checkpoint storage")
+    p.add_argument("--rogue", action="store_true",
+                   help="model a node running modified trusted code (changed measurement)")
+    args = p.parse_args(argv)
+    state = args.state_dir or default_state_dir()
+    ark = pinned_ark(state)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.role == "coordinator":
+        ident = Identity.create(args.name, "coordinator", state)
+        db = args.db or state / "perimeter" / "coordinator.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        service = Coordinator(db, ident, ark, args.bind, args.port).start()
+        recovered = service.recover()
+        info = {"ready": True, "role": "coordinator", "port": service.address[1],
+                "host": args.advertise, "recovered": recovered}
+    else:
+        patch = b"\n# rogue: modified trusted code\n" if args.rogue else b""
+        ident = Identity.create(args.name, "node", state, patch=patch)
+        service = Node(args.name, ident, ark, host=args.bind, port=args.port,
+                       host_port=args.host_port, storage=args.storage)
+        service.start()
+        info = {"ready": True, "role": "node", "name": args.name, "port": service.address[1],
+                "host_port": service.host_address[1], "host": args.advertise,
+                "registered": False}
+        if args.coordinator:
+            try:
+                service.register(args.coordinator, args.advertise)
+                info["registered"] = True
+            except Exception as exc:  # noqa: BLE001 - reported, the process still serves
+                info["error"] = f"{type(exc).__name__}: {exc}"
+    sys.stdout.write(json.dumps(info) + "\n")
+    sys.stdout.flush()
+    stop.wait()
+    service.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

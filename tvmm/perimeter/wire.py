@@ -1,0 +1,171 @@
+"""The perimeter's one message format (coordinator, nodes, operator, host stream).
+
+Frame = u32 total length (LE, ≤ MAX_FRAME) ‖ u32 JSON length ‖ JSON object ‖ blob.
+The JSON object has an "op" naming the message and the fields of that op's schema,
+nothing else; a field's type is checked exactly (bool is not an int).  The blob carries
+bulk bytes (images, bundles, checkpoints) without base64.  ``decode`` is the one parser
+of untrusted frames: anything but an exact, valid frame raises ``WireError`` naming the
+field.  Data only: this module imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from dataclasses import dataclass, field
+
+MAX_FRAME = 64 << 20
+MAX_JSON = 1 << 20
+_U32 = struct.Struct("<I")
+
+S, N, B, D = str, int, bool, dict
+SCHEMAS: dict[str, dict[str, type]] = {
+    # attestation handshake, both directions
+    "attest": {"name": S, "role": S, "report": S, "ark": S, "ask": S, "vcek": S},
+    # operator → coordinator
+    "register": {"name": S, "host": S, "port": N, "host_port": N},
+    "nodes": {}, "vms": {}, "audit": {"limit": N},
+    "launch": {"guest": S, "node": S, "level": S, "memory": N, "secret": S},
+    "suspend": {"vm": S},
+    "resume": {"node": S},
+    "migrate": {"vm": S, "to": S, "live": B, "relay": S},
+    "shutdown": {},
+    # coordinator → node
+    "node_launch": {"vm": S, "level": S, "memory": N, "secret": S, "policy": N},
+    "node_suspend": {"vm": S, "epoch": N, "stream": N},
+    "node_resume": {"vm": S, "epoch": N, "stream": N, "key": S, "level": S, "memory": N},
+    "node_migrate_out": {"vm": S, "epoch": N, "stream": N, "dst": S, "dst_host": S,
+                         "dst_port": N, "dst_host_port": N, "dst_binding": S, "live": B,
+                         "relay": S},
+    "node_ready": {"vm": S, "stream": N},
+    "node_finish": {"vm": S, "commit": B},
+    "node_list": {},
+    # node → node (attested)
+    "peer_migrate_in": {"vm": S, "epoch": N, "stream": N, "pub": S},
+    # node host → node host (untrusted stream)
+    "stream_begin": {"stream": N, "vm": S, "level": S, "memory": N, "policy": N},
+    "bundle": {},
+    "stream_end": {"console": S},
+    # replies and reports
+    "reply": {"ok": B},
+    "event": {"node": S, "event": S, "detail": D},
+}
+OPTIONAL_REPLY = {"error": S, "reason": S, "data": D}
+
+
+class WireError(ValueError):
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class Message:
+    op: str
+    fields: dict = field(default_factory=dict)
+    blob: bytes = b""
+
+    def __getitem__(self, key: str):
+        return self.fields[key]
+
+
+def reply(ok: bool = True, blob: bytes = b"", *, error: str = "", reason: str = "",
+          **data: object) -> Message:
+    fields: dict = {"ok": ok}
+    if error:
+        fields["error"] = error
+    if reason:
+        fields["reason"] = reason
+    if data:
+        fields["data"] = data
+    return Message("reply", fields, blob)
+
+
+def encode(msg: Message) -> bytes:
+    check(msg.op, msg.fields)
+    raw = json.dumps({"op": msg.op, **msg.fields}, separators=(",", ":")).encode()
+    body = _U32.pack(len(raw)) + raw + bytes(msg.blob)
+    if len(body) > MAX_FRAME:
+        raise WireError("frame", f"{len(body)} bytes exceed {MAX_FRAME}")
+    return _U32.pack(len(body)) + body
+
+
+def check(op: object, fields: dict) -> None:
+    if not isinstance(op, str) or op not in SCHEMAS:
+        raise WireError("op", f"unknown message {op!r}")
+    schema = SCHEMAS[op]
+    optional = OPTIONAL_REPLY if op == "reply" else {}
+    for name, value in fields.items():
+        kind = schema.get(name) or optional.get(name)
+        if kind is None:
+            raise WireError(name, f"not a field of {op}")
+        if type(value) is not kind:
+            raise WireError(name, f"expected {kind.__name__}, got {type(value).__name__}")
+    for name in schema:
+        if name not in fields:
+            raise WireError(name, f"missing from {op}")
+
+
+def decode(body: bytes) -> Message:
+    """Decode a frame body (without the outer length)."""
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise WireError("frame", "not bytes")
+    body = bytes(body)
+    if len(body) < 4:
+        raise WireError("frame", "truncated before the JSON length")
+    (n,) = _U32.unpack_from(body)
+    if n > MAX_JSON or 4 + n > len(body):
+        raise WireError("json", f"length {n} is larger than the frame or {MAX_JSON}")
+    try:
+        obj = json.loads(body[4 : 4 + n].decode())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise WireError("json", f"not JSON: {exc.__class__.__name__}") from None
+    if not isinstance(obj, dict):
+        raise WireError("json", "not an object")
+    op = obj.pop("op", None)
+    check(op, obj)
+    return Message(op, obj, body[4 + n :])
+
+
+def decode_frame(data: bytes) -> Message:
+    """Decode a whole frame, outer length included (for tests and files)."""
+    if len(data) < 4:
+        raise WireError("frame", "truncated before the length")
+    (n,) = _U32.unpack_from(data)
+    if n > MAX_FRAME:
+        raise WireError("frame", f"length {n} exceeds {MAX_FRAME}")
+    if len(data) != 4 + n:
+        raise WireError("frame", f"{len(data) - 4} bytes after the length, expected {n}")
+    return decode(data[4:])
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if not k:
+            raise ConnectionError("peer closed the connection")
+        got += k
+    return bytes(buf)
+
+
+def send(sock: socket.socket, msg: Message) -> None:
+    sock.sendall(encode(msg))
+
+
+def recv(sock: socket.socket) -> Message:
+    (n,) = _U32.unpack(_read_exact(sock, 4))
+    if n > MAX_FRAME:
+        raise WireError("frame", f"length {n} exceeds {MAX_FRAME}")
+    return decode(_read_exact(sock, n))
+
+
+def call(sock: socket.socket, msg: Message) -> Message:
+    send(sock, msg)
+    answer = recv(sock)
+    if answer.op != "reply":
+        raise WireError("op", f"expected a reply, got {answer.op}")
+    return answer
