@@ -123,7 +123,8 @@ def step_settings() -> list[Setting]:
             Setting("detect only (64 short / 100k)", "", None,
                     replace(base, step_mode=StepMode.DETECT)),
             Setting("extend only (min 32, +1..32)", "", None,
-                    replace(base, step_mode=StepMode.EXTEND))]
+                    replace(base, step_mode=StepMode.EXTEND)),
+            Setting("no jitter of longer quanta", "", None, replace(base, jitter=False))]
     for mp in (8, 16, 32, 64, 96, 128, 256):
         tag = " (default)" if mp == 32 else ""
         rows.append(Setting(f"min_progress {mp}{tag}", "min_progress", mp,

@@ -345,13 +345,17 @@ def to_markdown(verdicts: list[Verdict], *, seed: int | None = None,
             line += f"  Published: {cls}"
             seen.add(a)
         out.append(line)
-    out += ["", "## Residual leakage where a defence is on", ""]
-    residual = [v for v in verdicts if v.level in (Level.SNP.value, Level.SHIM.value)
+    out += ["", "## Residual leakage at `shim`", ""]
+    residual = [v for v in verdicts if v.level == Level.SHIM.value
                 and v.kind == "confidentiality" and v.leaked_bits >= 1]
     if not residual:
-        out.append("None: no confidentiality attack leaked a bit at `snp` or `shim`.")
+        out.append("None: no confidentiality attack leaked a bit at `shim`.")
+    else:
+        out += ["Bits that still leak with every defence on (before detection, where it "
+                "comes); why each one gets through is explained in "
+                "[attacks.md](attacks.md#residual-leakage-where-the-defence-is-on).", ""]
     for v in residual:
-        out.append(f"- {v.attack} on {v.guest} at `{v.level}`: {v.cell} — {v.detail or '—'}")
+        out.append(f"- {v.attack} on {v.guest}: {cell_text(v)} — {v.detail or '—'}")
     out += ["", "## Every cell", "", "<details><summary>detail of each run</summary>", "",
             "| attack | victim | level | cell | exits | wall s | detail |",
             "|---|---|---|---|---|---|---|"]

@@ -69,7 +69,6 @@ class PolicySet:
                     "policy": "fault_rule", "reason": "listed pages unmapped",
                     "pages": missing[:32]}, vcpu=ctx.index)
                 raise EntryRefused("vm", f"{len(missing)} pages on the fault list must be mapped")
-            self.faults.listed.clear()
         if self.config.pin_working_set:
             pinned = [i * PAGE for i, added in enumerate(vm.added) if added]
             missing = vm.memory.unmapped_pages(pinned)

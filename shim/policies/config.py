@@ -30,6 +30,7 @@ class PolicyConfig:
     detect_window: int = 100_000  # retired instructions per detection window
     detect_short_entries: int = 64  # more short entries in a window is a violation
     step_response: Response = Response.TERMINATE
+    jitter: bool = True  # longer quanta get a random 0..extend_max more, too
     fault_same_rip: int = 6  # more faults than this at one RIP trip the TDX rule
     fault_list_max: int = 32
     fault_rule_response: Response = Response.REFUSE

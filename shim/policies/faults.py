@@ -1,7 +1,9 @@
 """Page-fault policy: the TDX rule, a fault budget, and optional pinning.
 
 - TDX rule: more than ``fault_same_rip`` faults at the same RIP put the faulting pages on a
-  list (at most ``fault_list_max``); entry is refused until the host maps them all.
+  list (at most ``fault_list_max``); entry is refused while any of them is unmapped, for the
+  rest of the window — clearing the list at the next entry would cost a host that unmaps
+  and maps in turn (the controlled channel) nothing.
 - Budget: more than ``fault_budget`` faults in a window of retired instructions.
 - Pinning: the pages added at launch must stay mapped; entry is refused otherwise.
 """
@@ -33,5 +35,6 @@ class FaultPolicy:
         if retired - self.window_start >= self.config.fault_window:
             self.window_start = retired
             self.in_window = 0
+            self.listed.clear()  # listed pages stay required for the whole window
         self.in_window += 1
         return tripped, self.in_window > self.config.fault_budget

@@ -4,7 +4,9 @@
 random 1..``extend_max`` instructions further before the timer fires (the TDX module's
 prevention mode), so a quantum of 1 never stops the guest after exactly one instruction.
 (b) detect: short entries are counted in windows of retired instructions; more than
-``detect_short_entries`` in one window is a violation.
+``detect_short_entries`` in one window is a violation.  With ``jitter``, every other timed
+entry also runs a random 0..``extend_max`` further instructions, so that threshold tests at
+quanta above the minimum do not count instructions exactly either.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ class StepPolicy:
         short = 0 < quantum < self.config.min_progress
         if short and mode in (StepMode.EXTEND, StepMode.BOTH):
             return quantum + self.rng.randint(1, self.config.extend_max), True
+        if quantum and self.config.jitter:
+            # Longer quanta are jittered too: else a host counts instructions with threshold
+            # tests at quanta just above the minimum (an early-exit compare falls that way).
+            return quantum + self.rng.randint(0, self.config.extend_max), short
         return quantum, short
 
     def count_short(self, retired: int) -> bool:

@@ -36,15 +36,6 @@ from tvmm.samples import MODEXP_BASE, MODEXP_MODULUS
 
 P, S, ES, SNP, SHIM = Level.PLAIN, Level.SEV, Level.SEV_ES, Level.SNP, Level.SHIM
 LEVELS = (P, S, ES, SNP, SHIM)
-
-
-def needs_refault(*values):
-    """A cell whose attack re-arms faults on pages the guest already ran."""
-    return pytest.param(*values, marks=pytest.mark.xfail(
-        not model_rearms_faults(), strict=True,
-        reason="model: UNMAP does not drop translated code, chained blocks run on"))
-
-
 FULL, NONE, DETECTED = "full", "none", "detected"
 
 CELLS = [
@@ -60,22 +51,28 @@ CELLS = [
     # single-stepping and instruction counting
     (SingleStep, "modexp", P, FULL, 0),
     (SingleStep, "modexp", S, FULL, 0),
-    needs_refault(SingleStep, "modexp", ES, FULL, 0),
-    needs_refault(SingleStep, "modexp", SNP, FULL, 0),
+    (SingleStep, "modexp", ES, FULL, 0),
+    (SingleStep, "modexp", SNP, FULL, 0),
     (SingleStep, "modexp", SHIM, DETECTED, 16),
     *[(SingleStep, "modexp-ct", lvl, DETECTED if lvl == SHIM else NONE, 0) for lvl in LEVELS],
-    # the password falls at shim too: counting with quanta the step policy does not
-    # call short (residual leakage, docs/tradeoff.md)
-    *[(SingleStep, "password", lvl, FULL, 0) for lvl in LEVELS],
+    # the password falls at every level below shim; at shim every timed entry is
+    # jittered, so threshold tests at quanta above the minimum count nothing exactly
+    *[(SingleStep, "password", lvl, FULL if lvl != SHIM else NONE, 0) for lvl in LEVELS],
     # page-fault controlled channel
-    *[needs_refault(PageFault, "modexp", lvl, FULL, 0) for lvl in (P, S, ES, SNP)],
-    needs_refault(PageFault, "modexp", SHIM, DETECTED, 40),
+    *[(PageFault, "modexp", lvl, FULL, 0) for lvl in (P, S, ES, SNP)],
+    (PageFault, "modexp", SHIM, DETECTED, 40),
     *[(PageFault, "modexp-ct", lvl, NONE, 0) for lvl in LEVELS],
 ]
 
 
 def _id(value: object) -> str:
     return value.name if isinstance(value, type) else str(value)
+
+
+def test_att_conf_model_rearms_faults():
+    """The controlled channel needs a code page that faults again after it ran: Unicorn
+    keeps running chained translated blocks unless UNMAP drops them."""
+    assert model_rearms_faults()
 
 
 @pytest.mark.parametrize(("attack", "victim", "level", "expect", "max_leak"), CELLS, ids=_id)
@@ -96,11 +93,22 @@ def test_att_conf_cell(attack, victim, level, expect, max_leak):
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_att_conf_password_falls_at_shim_without_detection(seed):
-    verdict = run_attack(SingleStep(), "password", SHIM, seed=seed)
+def test_att_conf_password_falls_at_shim_without_jitter(seed):
+    """The control for the step policy's jitter: with only short entries extended, counting
+    with quanta at the minimum recovers the early-exit password undetected."""
+    from shim.policies.config import PolicyConfig
+
+    verdict = run_attack(SingleStep(), "password", SHIM, seed=seed,
+                         policy_config=PolicyConfig(jitter=False))
     assert verdict.full_recovery and not verdict.detected
     assert verdict.notes["q_min"] == 32  # calibrated from RETIRED: the default min_progress
     assert verdict.stepping["single"] == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_att_conf_password_holds_at_shim_with_jitter(seed):
+    verdict = run_attack(SingleStep(), "password", SHIM, seed=seed)
+    assert verdict.leaked_bits == 0 and not verdict.full_recovery
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -10,7 +10,7 @@ import pytest
 from tools import fault_injection
 
 
-@pytest.mark.parametrize("trials", [int(os.environ.get("TVMM_FAULT_TRIALS", "3"))])
+@pytest.mark.parametrize("trials", [int(os.environ.get("TVMM_FAULT_TRIALS", "5"))])
 def test_fault_injection_sample(trials: int, tmp_path, capsys) -> None:
     state = os.environ.get("TVMM_STATE_DIR")
     argv = ["--trials", str(trials), "--seed", "7"] + (["--state-dir", state] if state else [])

@@ -11,12 +11,11 @@ never handed to the judge.
 
 from __future__ import annotations
 
+from tools.attacks.base import AttackContext
 from tvmm.abi.guest import Hypercall
 from tvmm.abi.messages import ExitRecord
 from tvmm.abi.types import Device, ExitReason, Field, Level
 from tvmm.host.hypervisor import HonestHypervisor
-
-from tools.attacks.base import AttackContext
 
 MAX_STEPS = 5_000  # a calibration that single-steps longer than this has lost its way
 

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import struct
 
+from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.calibrate import MAX_STEPS, finish, is_console_request, launch_own_copy
 from tvmm.abi.guest import PAGE_SIZE
 from tvmm.abi.messages import DropWrites, ExitRecord
 from tvmm.abi.types import ExitReason, Result
 from tvmm.host.client import HostCallError, PlatformClient
 from tvmm.host.hypervisor import HonestHypervisor
-
-from tools.attacks.base import Attack, AttackContext, Outcome
-from tools.attacks.calibrate import MAX_STEPS, finish, is_console_request, launch_own_copy
 
 CALIBRATE_AT = 3  # single-step after the newline that ends this count on the own copy
 DROP_AT = 10  # drop the increment after this count at the victim

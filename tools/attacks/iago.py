@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import struct
 
+from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.calibrate import finish, is_input_request, launch_own_copy
 from tvmm.abi.guest import SLOT_SIZE
 from tvmm.abi.messages import ExitRecord
 from tvmm.abi.types import Field
 from tvmm.host.hypervisor import Devices, HonestHypervisor
-
-from tools.attacks.base import Attack, AttackContext, Outcome
-from tools.attacks.calibrate import finish, is_input_request, launch_own_copy
 
 HEADER = struct.Struct("<II")  # the naive driver's reply header: len, status
 BUFFER = 64  # sizeof session.guess

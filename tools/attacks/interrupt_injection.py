@@ -21,11 +21,6 @@ attacker's second try with an exception vector (13) is refused too.
 
 from __future__ import annotations
 
-from tvmm.abi.messages import ExitRecord
-from tvmm.abi.types import ExitReason, Field
-from tvmm.host.devices import InputDevice
-from tvmm.host.hypervisor import Devices, HonestHypervisor
-
 from tools.attacks.base import Attack, AttackContext, Outcome
 from tools.attacks.calibrate import (
     MAX_STEPS,
@@ -34,6 +29,10 @@ from tools.attacks.calibrate import (
     launch_own_copy,
     symbol_range,
 )
+from tvmm.abi.messages import ExitRecord
+from tvmm.abi.types import ExitReason, Field
+from tvmm.host.devices import InputDevice
+from tvmm.host.hypervisor import Devices, HonestHypervisor
 
 PROBE = b"\x01"  # mismatches every password at its length test
 SYSCALL_GATE = 0x80

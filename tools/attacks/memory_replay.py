@@ -19,14 +19,13 @@ refuses host writes to and remaps of private pages (DENIED).
 
 from __future__ import annotations
 
+from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.calibrate import is_console_request
 from tvmm.abi.guest import PAGE_SIZE
 from tvmm.abi.messages import ExitRecord
 from tvmm.abi.types import Result
 from tvmm.host.client import HostCallError
 from tvmm.host.hypervisor import HonestHypervisor
-
-from tools.attacks.base import Attack, AttackContext, Outcome
-from tools.attacks.calibrate import is_console_request
 
 SNAPSHOT_AT = 10  # copy the counter's page once the guest has printed this value
 ROLLBACK_AT = 20  # and put it back (or remap) once it has printed this one

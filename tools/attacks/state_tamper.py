@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import capstone
 
+from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.calibrate import is_input_request, symbol_range
 from tvmm.abi.messages import ExitRecord, Reply
 from tvmm.abi.types import Field, KillReason, Result
 from tvmm.host.devices import InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor
-
-from tools.attacks.base import Attack, AttackContext, Outcome
-from tools.attacks.calibrate import is_input_request, symbol_range
 
 # The register save area's public layout: one 16-byte slot per register, in this order.
 REG_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",

@@ -29,7 +29,8 @@ import struct
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import IntEnum
+
+from tvmm.abi.types import PageType  # SNP_LAUNCH_UPDATE page types, as PAGE_INFO hashes them
 
 MEASUREMENT_VERSION = 1
 
@@ -46,17 +47,6 @@ _ZERO_DIGEST = bytes(DIGEST_SIZE)
 _GPA_INVALID = ~((1 << 64) - PAGE_SIZE)
 _pack = _PAGE_INFO.pack
 _sha384 = hashlib.sha384
-
-
-class PageType(IntEnum):
-    """SNP_LAUNCH_UPDATE page types, with the values the PSP hashes into PAGE_INFO."""
-
-    NORMAL = 1
-    VMSA = 2
-    ZERO = 3
-    UNMEASURED = 4
-    SECRETS = 5
-    CPUID = 6
 
 
 _NORMAL = PageType.NORMAL

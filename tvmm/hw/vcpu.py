@@ -295,6 +295,10 @@ class Vcpu:
     def set_mapped(self, gpa: int, count: int, mapped: bool) -> None:
         prot = uc_mod.UC_PROT_ALL if mapped else uc_mod.UC_PROT_NONE
         self._uc.mem_protect(gpa, count * PAGE, prot)
+        if not mapped:
+            # Translated blocks of the range would still run without a fetch check: an
+            # unmapped code page must fault on its next execution (the controlled channel).
+            self._uc.ctl_remove_cache(gpa, gpa + count * PAGE)
 
     def flush_code(self, gpa: int, size: int) -> None:
         """Drop translated code for a range the TEE or the host rewrote (unicorn #1148)."""

@@ -135,10 +135,19 @@ class Coordinator:
             old = db.execute("SELECT binding FROM nodes WHERE name=?", (peer.name,)).fetchone()
             if old and old[0] != peer.binding:
                 # a restarted node: its TEE is new, every VM it held is gone
-                for (vm,) in db.execute("SELECT name FROM vms WHERE node=? AND state IN "
-                                        "('running','resuming')", (peer.name,)).fetchall():
+                for (vm,) in db.execute("SELECT name FROM vms WHERE node=? AND state="
+                                        "'running'", (peer.name,)).fetchall():
                     db.execute("UPDATE vms SET state='lost' WHERE name=?", (vm,))
                     self.store.audit(db, "vm_lost", vm=vm, node=peer.name)
+                for vm, version in db.execute("SELECT name, version FROM vms WHERE node=? "
+                                              "AND state='resuming'", (peer.name,)).fetchall():
+                    # the TEE that was resuming it is gone: the checkpoint is the copy
+                    db.execute("UPDATE checkpoints SET consumed=0 WHERE vm=? AND version=?",
+                               (vm, version))
+                    db.execute("UPDATE vms SET state='suspended', node=NULL WHERE name=?",
+                               (vm,))
+                    self.store.audit(db, "resume_failed", vm=vm, node=peer.name,
+                                     version=version, error="the node restarted")
             db.execute("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,julianday('now'))",
                        (peer.name, msg["host"], msg["port"], msg["host_port"], peer.binding,
                         peer.chip_id, peer.measurement))
@@ -278,10 +287,14 @@ class Coordinator:
             self.store.audit(db, "migrate_prepare", vm=vm, src=src, dst=to, epoch=epoch,
                              live=live, relay=relay or "")
         self.crash_point("migrate_after_prepare")
-        out = self.node_call(src, wire.Message("node_migrate_out", {
-            "vm": vm, "epoch": epoch, "stream": stream, "dst": to, "dst_host": host,
-            "dst_port": port, "dst_host_port": host_port, "dst_binding": binding,
-            "live": live, "relay": relay}))
+        try:
+            out = self.node_call(src, wire.Message("node_migrate_out", {
+                "vm": vm, "epoch": epoch, "stream": stream, "dst": to, "dst_host": host,
+                "dst_port": port, "dst_host_port": host_port, "dst_binding": binding,
+                "live": live, "relay": relay}))
+        except (PeerRefused, OSError, wire.WireError) as exc:
+            # the source is gone or silent: the destination may still hold the whole VM
+            out = wire.reply(False, error=f"source: {exc}", reason="source")
         self.crash_point("migrate_after_stream")
         return self.decide(mid, vm, src, to, epoch, stream, out)
 
@@ -338,6 +351,19 @@ class Coordinator:
                         "vm": vm, "commit": state == "committed"}))
                 except (Refused, PeerRefused, OSError, wire.WireError):
                     pass
+        nodes = [n for (n,) in self.store.query("SELECT name FROM nodes")]
+        for (vm,) in self.store.query("SELECT name FROM vms WHERE state='suspended'"):
+            for node in nodes:  # the checkpoint is committed: drop any frozen copy
+                try:
+                    self.node_call(node, wire.Message("node_finish", {"vm": vm,
+                                                                      "commit": True}))
+                except (Refused, PeerRefused, OSError, wire.WireError):
+                    pass
+        for vm, node in self.store.query("SELECT name, node FROM vms WHERE state='running'"):
+            try:  # a suspend that never committed: its key is unknown, thawing is safe
+                self.node_call(node, wire.Message("node_finish", {"vm": vm, "commit": False}))
+            except (Refused, PeerRefused, OSError, wire.WireError):
+                pass
         for vm, node, version in self.store.query(
                 "SELECT name, node, version FROM vms WHERE state='resuming'"):
             try:

@@ -332,6 +332,7 @@ class Node:
         for name, hosted in self.vms.items():
             text = hosted.host.devices.console.text
             out.append({"vm": name, "platform_vm": hosted.vm,
+                        "frozen": hosted.frozen_stream is not None,
                         "ended": hosted.runner.ended if hosted.runner else None,
                         "console_tail": text[-60:], "console": text})
         return wire.reply(vms=out)
@@ -360,7 +361,12 @@ class Node:
                                                host_side.SHARED_BASE, host_side.SHARED_SIZE,
                                                begin["policy"])
                 while True:
-                    msg = wire.recv(conn)
+                    try:
+                        msg = wire.recv(conn)
+                    except ConnectionError:
+                        if inc is not None and inc.vm and not error:
+                            inc.done.set()  # END arrived: the VM is complete here
+                        raise
                     if msg.op == "stream_end":
                         if inc is not None:
                             inc.console = msg["console"]
