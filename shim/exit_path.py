@@ -16,7 +16,7 @@ from shim.views import View, host_fields
 from shim.vm import Pending, PendingKind, VcpuContext, Vm, VmState
 from tvmm.abi.messages import ExitRecord, Reply
 from tvmm.abi.types import ExitReason, Field, KillReason, Result
-from tvmm.hw.vcpu import RAX, RDI, RDX, REG_NAMES, RIP, RSI, Stop, StopKind
+from tvmm.hw.vcpu import RAX, RDI, RDX, REG_NAMES, RIP, RSI, Access, Stop, StopKind
 from tvmm.hw.vmsa import pack_plain, unpack_plain
 from tvmm.trace.events import EventKind
 
@@ -128,6 +128,8 @@ def _serve(tee: Tee, vm: Vm, ctx: VcpuContext, stop: Stop, budget: int) -> Exit 
     if kind == StopKind.HYPERCALL:
         return _hypercall(tee, vm, ctx, stop)
     if kind == StopKind.NPF:
+        if stop.access == Access.WRITE and vm.vcpu.serve_dirty_fault(stop.addr, stop.size):
+            return None  # a page the TEE protected to track migration's dirty pages
         fields = {Field.GPA: stop.addr, Field.GPA_PAGE: stop.addr >> 12,
                   Field.ACCESS: int(stop.access), Field.RIP: stop.rip}
         if vm.policies is not None:

@@ -392,14 +392,15 @@ mapped up front; each page mapped on its first fault).
   judge scores what it read of the top bits before the kill at {pf_default:.0f} b (mean).  Pinning the working set is
   the only setting here that blocks it outright (entry refused while a launch page is
   unmapped) — and it rules out demand paging for every guest.
-- The step policy acts only on entries *shorter* than `min_progress`.  An attacker that
-  counts instructions with quanta of at least `min_progress` is neither stretched nor
-  counted, and the exit's RETIRED field tells it which quanta are honoured.  The password's
-  compare region (input completion to the `denied` write) is {region} instructions at
-  `shim`, so every `min_progress` up to {region} leaves the whole password to threshold
-  tests — undetected — while a larger one makes the region invisible and turns the
-  fine-tick host into a false positive.  Single-stepping modexp, whose events are only 6
-  or 14 instructions apart, is caught by the short-entry count at every `min_progress`.
+- Extending and counting act only on entries *shorter* than `min_progress`.  Without the
+  jitter of longer quanta (row "no jitter of longer quanta"), an attacker that counts
+  instructions with quanta of at least `min_progress` is neither stretched nor counted,
+  and the exit's RETIRED field tells it which quanta are honoured: the password's compare
+  region (input completion to the `denied` write, {region} instructions at `shim` without
+  jitter) then falls to threshold tests, whole and undetected.  With every timed quantum
+  jittered by 0..`extend_max`, the threshold tests no longer count exactly and the attack
+  recovers nothing, at no measurable cost.  Single-stepping modexp, whose events are only
+  6 or 14 instructions apart, is caught by the short-entry count at every `min_progress`.
 - The default rows compare the default policy with itself: their time ratios show the
   measurement noise.  Outside the false positives no setting costs a benign guest more
   than that noise: in this model an extended quantum is just a longer run, and detection
@@ -433,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     step_rows = sweep(step_settings(), STEP_ATTACKS, STEP_BENIGN, args.seeds, args.reps, print)
     fault_rows = sweep(fault_settings(), FAULT_ATTACKS, FAULT_BENIGN, args.seeds, args.reps,
                        print)
-    probe = run_attack(SingleStep(), "password", Level.SHIM, seed=0)
+    probe = run_attack(SingleStep(), "password", Level.SHIM, seed=0,
+                       policy_config=PolicyConfig(jitter=False))
     region = (probe.notes.get("length_counts") or ["?"])[0]
     wall = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ int main(void)
 {
     u64 x = 0x9e3779b97f4a7c15UL, acc = 0;
     for (int i = 0; i < 512; i++) table[i] = x = x * 6364136223846793005UL + 1442695040888963407UL;
-    for (u64 round = 0; round < 400000; round++) {
+    for (u64 round = 0; round < 2000000; round++) {
         x ^= x << 13; x ^= x >> 7; x ^= x << 17;
         u64 *slot = &table[x & 511];
         *slot = (*slot + x) * 0x100000001b3UL;

@@ -82,7 +82,11 @@ def open_import(tee: Tee, key: bytes, stream: int, vm_name: str, epoch: int) -> 
 
 
 def close(tee: Tee, stream: int) -> None:
-    state(tee).sessions.pop(stream, None)
+    session = state(tee).sessions.pop(stream, None)
+    vm = tee.vms.get(session.vm) if session is not None and session.direction == "out" \
+        else None
+    if vm is not None:
+        vm.vcpu.stop_dirty(vm.memory.mapped)  # an unfinished export: writable again
 
 
 def thaw(tee: Tee, vm_id: int) -> bool:
@@ -92,6 +96,7 @@ def thaw(tee: Tee, vm_id: int) -> bool:
     if vm is None or vm_id not in ms.frozen:
         return False
     del ms.frozen[vm_id]
+    vm.vcpu.stop_dirty(vm.memory.mapped)  # the export's write protection ends
     vm.state = VmState.RUNNABLE
     vm.end_detail = ""
     return True

@@ -1,21 +1,25 @@
 """Export, TEE side: turn a VM into a bundle stream, live (pre-copy rounds) or frozen.
 
-Dirty-page tracking compares memory against the last content sent, chunk by chunk.  The
-exporter keeps, inside the TEE, a copy of every page as it was sent (chunks never sent
-stay ``None`` and compare against zeros).  A round reads guest memory in 1 MiB chunks and
-compares each with its copy (one ``memcmp``); only chunks that differ are split into
-pages.  Why not write-protect pages and catch the NPF?  That needs a hook in the exit path
-for every first write of every page in every round, a fault rate the shim's own fault
-policy would count against the host, and a per-level special case; the chunk compare is
-exact (not probabilistic as hashes would be), has no per-instruction or per-fault cost
-while the guest runs, and costs one memory pass per round (measured in
-docs/performance.md, "Migration").  The price is one extra copy of guest memory in the TEE
-for the length of the migration.
+Dirty pages are tracked by write protection, inside the TEE.  The first round sends every
+page that is not zero (the destination starts from zeros: a 1 MiB-chunk compare with
+zeros finds them) after ``Vcpu.track_dirty`` has removed the write permission from every
+mapped page.  The guest's first store to such a page stops the vCPU with a write fault
+that the exit path serves inside the TEE (``Vcpu.serve_dirty_fault``: the page is marked
+and writable again, the guest runs on) — it never reaches the host nor the fault policy,
+because the page is mapped as far as the host is concerned.  Writes by the TEE or the host
+(``Vcpu.mem_write``) and pages the host maps during the migration count as dirty too.
+Each later round takes the pages written since the previous one and protects again, so
+the final round, with the VM frozen, costs only its dirty pages instead of a pass over
+all memory (docs/performance.md, "Migration").  Costs: one guest stop per first write of
+a page per round while the migration runs, and, as for any guest stop served inside,
+the instruction timer restarts after it.
 
-A round's dirty pages are found at its start and read again when sent, so a page written
-after detection goes out with its newest content and is found again in the next round
-only if it changed after it was sent.  ``final`` freezes the VM first (a guest request
-the host has not answered yet blocks it; an answered one travels along), so the last round is exact: after it, STATE and END close the stream.
+A round's pages are read when sent, so a page written after detection goes out with its
+newest content and is found again in the next round.  Pages are read in runs of
+consecutive pages (one ``mem_read`` a run) and a bundle carries up to 256 pages.
+``final`` freezes the VM first (a guest request the host has not answered yet blocks it;
+an answered one travels along), so the last round is exact: after it, STATE and END close
+the stream.
 """
 
 from __future__ import annotations
@@ -37,55 +41,67 @@ if TYPE_CHECKING:
 CHUNK_PAGES = 256
 CHUNK = CHUNK_PAGES * PAGE
 _ZERO = bytes(CHUNK)
+_ZERO_PAGE = bytes(PAGE)
 _LEN = struct.Struct("<I")
 
 
 class Exporter:
     def __init__(self, vm: Vm) -> None:
         self.vm = vm
-        self.nchunks = (vm.memory.size + CHUNK - 1) // CHUNK
-        self.sent: list[bytearray | None] = [None] * self.nchunks
         self.pending: deque[int] = deque()
         self.phase = "head"  # head → rounds → state → end → done
         self.rounds = 0
         self.pages_sent = 0
+        self.frozen_chunks: dict[int, bytes] = {}  # read by the scan of a frozen VM
 
     # -- dirty tracking ---------------------------------------------------------------------
-    def dirty_pages(self) -> list[int]:
+    def dirty_pages(self, final: bool = False) -> list[int]:
+        vcpu, mapped = self.vm.vcpu, self.vm.memory.mapped
+        if final and not self.rounds:  # frozen before any live round: no tracking
+            return self._nonzero_pages(keep=True)
+        # Frozen, it stays protected (cheap): it is destroyed, or thaw() restores it.
+        written = vcpu.track_dirty(mapped)
+        if self.rounds:
+            return sorted(written.union(self.pending))
+        return self._nonzero_pages()
+
+    def _nonzero_pages(self, keep: bool = False) -> list[int]:
+        """Pages that are not zero; ``keep``: the VM is frozen, keep what was read."""
         vcpu, size = self.vm.vcpu, self.vm.memory.size
         out: list[int] = []
-        for i in range(self.nchunks):
-            base = i * CHUNK
-            n = min(CHUNK, size - base)
-            data = vcpu.mem_read(base, n)
-            old = self.sent[i]
-            if (data == _ZERO[:n]) if old is None else (data == old):
+        for base in range(0, size, CHUNK):
+            data = vcpu.mem_read(base, min(CHUNK, size - base))
+            if data == (_ZERO if len(data) == CHUNK else bytes(len(data))):
                 continue
-            first = base // PAGE
-            for p in range(n // PAGE):
-                lo = p * PAGE
-                page = data[lo : lo + PAGE]
-                if old is None:
-                    if page != _ZERO[:PAGE]:
-                        out.append(first + p)
-                elif page != old[lo : lo + PAGE]:
-                    out.append(first + p)
+            if keep:
+                self.frozen_chunks[base // CHUNK] = data
+            out.extend(base // PAGE + p for p in range(len(data) // PAGE)
+                       if not data.startswith(_ZERO_PAGE, p * PAGE))  # no slice copy
         return out
 
-    def _take_pages(self, max_pages: int) -> list[tuple[int, bytes]]:
-        vcpu = self.vm.vcpu
-        out = []
-        while self.pending and len(out) < max_pages:
-            index = self.pending.popleft()
-            data = vcpu.mem_read(index * PAGE, PAGE)
-            chunk = index // CHUNK_PAGES
-            if self.sent[chunk] is None:
-                self.sent[chunk] = bytearray(min(CHUNK, self.vm.memory.size - chunk * CHUNK))
-            off = (index % CHUNK_PAGES) * PAGE
-            self.sent[chunk][off : off + PAGE] = data  # type: ignore[index]
-            out.append((index, data))
-        self.pages_sent += len(out)
-        return out
+    def _take_pages(self, max_pages: int) -> tuple[list[int], list[bytes | memoryview]]:
+        """Up to ``max_pages`` pending pages, read in runs of consecutive pages."""
+        pending = self.pending
+        indices = [pending.popleft() for _ in range(min(max_pages, len(pending)))]
+        runs, start = [], 0
+        for i in range(1, len(indices) + 1):
+            if i == len(indices) or indices[i] != indices[i - 1] + 1 \
+                    or not indices[i] % CHUNK_PAGES:  # a run stays in one chunk
+                runs.append(self._read(indices[start] * PAGE, (i - start) * PAGE))
+                start = i
+        self.pages_sent += len(indices)
+        return indices, runs
+
+    def _read(self, gpa: int, size: int) -> bytes | memoryview:
+        chunk = self.frozen_chunks.get(gpa // CHUNK)
+        off = gpa % CHUNK
+        if chunk is not None and off + size <= len(chunk):
+            return memoryview(chunk)[off : off + size]
+        return self.vm.vcpu.mem_read(gpa, size)
+
+    def _pages(self, session: Session, max_pages: int) -> bytes:
+        indices, runs = self._take_pages(max_pages)
+        return self._seal(session, Kind.PAGES, pack_pages(indices, runs), len(indices))
 
     # -- one call of EXPORT_VM --------------------------------------------------------------
     def next(self, tee: Tee, session: Session, final: bool, max_pages: int) -> tuple[bytes, int]:
@@ -97,7 +113,7 @@ class Exporter:
             return self._seal(session, Kind.HEAD, json.dumps(head_of(vm, session)).encode()), 1
         if final and vm.id not in state(tee).frozen:
             freeze(tee, vm, session)
-            self.pending = deque(self.dirty_pages())
+            self.pending = deque(self.dirty_pages(final=True))
             self.rounds += 1
             self.phase = "final"
         if self.phase == "rounds":
@@ -106,14 +122,12 @@ class Exporter:
                 self.rounds += 1
                 if not self.pending:
                     return b"", 0
-            pages = self._take_pages(max_pages)
-            return self._seal(session, Kind.PAGES, pack_pages(pages), len(pages)), \
-                int(bool(self.pending))
+            return self._pages(session, max_pages), int(bool(self.pending))
         if self.phase == "final":
             if self.pending:
-                pages = self._take_pages(max_pages)
-                return self._seal(session, Kind.PAGES, pack_pages(pages), len(pages)), 1
+                return self._pages(session, max_pages), 1
             self.phase = "end"
+            self.frozen_chunks.clear()
             return self._seal(session, Kind.STATE, state_of(vm)), 1
         if self.phase == "end":
             self.phase = "done"

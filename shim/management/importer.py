@@ -82,9 +82,9 @@ class Importer:
             vm.entry = int(head["entry"])
             vm.code_ranges = [(int(g), bytes.fromhex(c)) for g, c in head["code"]]
         elif kind == Kind.PAGES:
-            for index, data in unpack_pages(payload, items, vm.memory.npages):
-                vm.vcpu.mem_write(index * PAGE, data)
-                self.pages += 1
+            for first, data in unpack_pages(payload, items, vm.memory.npages):
+                vm.vcpu.mem_write(first * PAGE, data)  # a run of pages, one write
+            self.pages += items
         elif kind == Kind.STATE:
             self._restore(payload)
         else:

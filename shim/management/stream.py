@@ -37,7 +37,6 @@ HEADER = struct.Struct("<4sBBHQQII")
 TAG = 16
 MAX_ITEMS = 256  # pages per PAGES bundle: 1 MiB of guest memory
 MAX_PAYLOAD = 4 + MAX_ITEMS * (4 + 4096) + 1024
-PAGE_ITEM = struct.Struct("<I")
 assert HEADER.size == 32
 
 
@@ -118,7 +117,7 @@ class StreamCipher:
     def open(self, data: bytes) -> tuple[Header, bytes]:
         """(header, payload); StreamError("tag") if the bundle does not authenticate."""
         header = parse_header(data)
-        raw = bytes(data)
+        raw = memoryview(data)
         try:
             payload = self._aead.decrypt(_nonce(header.counter), raw[HEADER.size:],
                                          raw[:HEADER.size])
@@ -127,19 +126,23 @@ class StreamCipher:
         return header, payload
 
 
-def pack_pages(pages: list[tuple[int, bytes]]) -> bytes:
-    return b"".join(PAGE_ITEM.pack(index) + data for index, data in pages)
+def pack_pages(indices: list[int], data: list[bytes | memoryview]) -> bytes:
+    """PAGES payload: ``items`` u32 page indices, then the pages' contents in that order
+    (``data`` is runs of whole pages, their total one page per index)."""
+    return struct.pack(f"<{len(indices)}I", *indices) + b"".join(data)
 
 
-def unpack_pages(payload: bytes, items: int, npages: int) -> list[tuple[int, bytes]]:
+def unpack_pages(payload: bytes, items: int, npages: int) -> list[tuple[int, memoryview]]:
+    """Runs of consecutive pages: (first index, their contents), for one write each."""
     if len(payload) != items * (4 + 4096):
         raise StreamError("payload", f"{len(payload)} bytes do not hold {items} pages")
-    out = []
-    mv = memoryview(payload)
-    for i in range(items):
-        off = i * 4100
-        (index,) = PAGE_ITEM.unpack_from(payload, off)
-        if index >= npages:
-            raise StreamError("page", f"page index {index} is outside guest memory")
-        out.append((index, bytes(mv[off + 4 : off + 4100])))
+    indices = struct.unpack_from(f"<{items}I", payload)
+    if max(indices) >= npages:
+        raise StreamError("page", f"page index {max(indices)} is outside guest memory")
+    mv = memoryview(payload)[items * 4 :]
+    out, start = [], 0
+    for i in range(1, items + 1):
+        if i == items or indices[i] != indices[i - 1] + 1:
+            out.append((indices[start], mv[start * 4096 : i * 4096]))
+            start = i
     return out

@@ -30,7 +30,7 @@ class StepPolicy:
         short = 0 < quantum < self.config.min_progress
         if short and mode in (StepMode.EXTEND, StepMode.BOTH):
             return quantum + self.rng.randint(1, self.config.extend_max), True
-        if quantum and self.config.jitter:
+        if quantum and self.config.jitter and mode != StepMode.OFF:
             # Longer quanta are jittered too: else a host counts instructions with threshold
             # tests at quanta just above the minimum (an early-exit compare falls that way).
             return quantum + self.rng.randint(0, self.config.extend_max), short

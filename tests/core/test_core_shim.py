@@ -85,7 +85,9 @@ def test_quantum_one_cannot_single_step_at_shim(launch):
 
 def test_single_stepping_is_detected_and_terminated_by_default(launch):
     v = launch("modexp", "shim")
-    for exits in range(1, 500):
+    exits = 0
+    while exits < 500:
+        exits += 1
         reply = v.client.enter(v.vm_id, quantum=1, state=v.host.state)
         v.host.state = reply.exit.state
         if reply.exit.reason == ExitReason.KILLED:

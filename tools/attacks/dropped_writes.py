@@ -32,7 +32,7 @@ import struct
 from tools.attacks.base import Attack, AttackContext, Outcome
 from tools.attacks.calibrate import MAX_STEPS, finish, is_console_request, launch_own_copy
 from tvmm.abi.guest import PAGE_SIZE
-from tvmm.abi.messages import DropWrites, ExitRecord
+from tvmm.abi.messages import ExitRecord
 from tvmm.abi.types import ExitReason, Result
 from tvmm.host.client import HostCallError, PlatformClient
 from tvmm.host.hypervisor import HonestHypervisor
@@ -43,7 +43,7 @@ DROP_AT = 10  # drop the increment after this count at the victim
 
 def drop_writes(client: PlatformClient, vm: int) -> None:
     client.calls += 1
-    reply = client.call(DropWrites(vm))
+    reply = client.drop_writes(vm)
     if reply.result != Result.OK:
         raise HostCallError("DROP_WRITES", reply)
 

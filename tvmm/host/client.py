@@ -15,6 +15,7 @@ from tvmm.abi.messages import (
     CompleteIo,
     CreateVm,
     Destroy,
+    DropWrites,
     Enter,
     Finalize,
     Inject,
@@ -99,6 +100,11 @@ class PlatformClient:
 
     def complete_io(self, vm: int, value: int, vcpu: int = 0) -> None:
         self._ok("COMPLETE_IO", CompleteIo(vm, vcpu, value))
+
+    def drop_writes(self, vm: int) -> Reply:
+        """INVD: discard the guest's stores still in the write-back buffer (CacheWarp)."""
+        self.calls += 1
+        return self.call(DropWrites(vm))
 
     def destroy(self, vm: int) -> None:
         self._ok("DESTROY", Destroy(vm))

@@ -25,6 +25,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 PAGE = 0x1000
+REGION = 0x200000  # Unicorn mapping granule
 NO_UNTIL = 0xFFFF_FFFF_FFFF_FFFF
 
 REG_NAMES: tuple[str, ...] = (
@@ -89,7 +90,10 @@ class Vcpu:
             raise ValueError("ram_size must be a positive multiple of 4 KiB")
         self.ram_size = ram_size
         self._uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_64)
-        self._uc.mem_map(0, ram_size, uc_mod.UC_PROT_NONE)
+        for base in range(0, ram_size, REGION):
+            # Unicorn copies a whole region to change the protection of part of it
+            # (set_mapped, dirty tracking): 2 MiB regions keep that cheap.
+            self._uc.mem_map(base, min(REGION, ram_size - base), uc_mod.UC_PROT_NONE)
         self._cpuid = cpuid
         self._stop: Stop | None = None
         self._hook_error: BaseException | None = None
@@ -105,6 +109,8 @@ class Vcpu:
         self._handle = getattr(self._uc, "_uch", None)
         self._rip = ctypes.c_uint64()
         self._rip_ptr = ctypes.cast(ctypes.byref(self._rip), ctypes.c_void_p)
+        self._dirty: set[int] | None = None  # pages written while migration tracks them
+        self._wp: set[int] = set()  # pages write-protected by that tracking only
         self._install_hooks()
 
     # -- hooks -----------------------------------------------------------------------
@@ -287,18 +293,65 @@ class Vcpu:
 
     # -- memory ----------------------------------------------------------------------
     def mem_read(self, gpa: int, size: int) -> bytes:
-        return bytes(self._uc.mem_read(gpa, size))
+        if self._handle is None:  # pragma: no cover - a binding without the handle
+            return bytes(self._uc.mem_read(gpa, size))
+        buf = ctypes.create_string_buffer(size)  # one copy fewer than the binding's
+        status = uclib.uc_mem_read(self._handle, gpa, buf, size)
+        if status != uc_mod.UC_ERR_OK:
+            raise uc_mod.UcError(status)
+        return buf.raw
 
     def mem_write(self, gpa: int, data: bytes) -> None:
+        if self._dirty is not None and data:
+            self._dirty.update(range(gpa // PAGE, (gpa + len(data) - 1) // PAGE + 1))
         self._uc.mem_write(gpa, bytes(data))
 
     def set_mapped(self, gpa: int, count: int, mapped: bool) -> None:
+        if self._dirty is not None:  # the host's mapping wins over dirty tracking
+            pages = range(gpa // PAGE, gpa // PAGE + count)
+            self._wp.difference_update(pages)
+            if mapped:
+                self._dirty.update(pages)
         prot = uc_mod.UC_PROT_ALL if mapped else uc_mod.UC_PROT_NONE
         self._uc.mem_protect(gpa, count * PAGE, prot)
         if not mapped:
             # Translated blocks of the range would still run without a fetch check: an
             # unmapped code page must fault on its next execution (the controlled channel).
             self._uc.ctl_remove_cache(gpa, gpa + count * PAGE)
+
+    # -- dirty-page tracking for live migration (inside the TEE; the host never sees it) --
+    def track_dirty(self, mapped: bytes) -> set[int]:
+        """Pages written since the last call (empty at the first), then write-protect every
+        page mapped in ``mapped`` (one byte a page) again: the guest's next store to one
+        faults and ``serve_dirty_fault`` marks it; writes through ``mem_write`` (TEE and
+        host) and pages the host maps meanwhile count as written too."""
+        written, self._dirty, self._wp = self._dirty or set(), set(), set()
+        for first, stop in _runs(mapped):
+            self._wp.update(range(first, stop))
+            self._uc.mem_protect(first * PAGE, (stop - first) * PAGE,
+                                 uc_mod.UC_PROT_READ | uc_mod.UC_PROT_EXEC)
+        return written
+
+    def stop_dirty(self, mapped: bytes) -> set[int]:
+        """End tracking: the pages written since the last ``track_dirty``; every page
+        mapped in ``mapped`` is writable again, as the host mapped it."""
+        if self._dirty is None:
+            return set()
+        written, self._dirty, self._wp = self._dirty, None, set()
+        for first, stop in _runs(mapped):
+            self._uc.mem_protect(first * PAGE, (stop - first) * PAGE, uc_mod.UC_PROT_ALL)
+        return written
+
+    def serve_dirty_fault(self, gpa: int, size: int) -> bool:
+        """A guest write fault on pages that only dirty tracking protected: mark them dirty
+        and writable, and tell the exit path to run the guest again (no host exit).
+        (Unicorn drops the store if a protection hook lets it continue: so a stop.)"""
+        pages = self._wp.intersection(range(gpa // PAGE, (gpa + max(size, 1) - 1) // PAGE + 1))
+        for page in pages:
+            self._wp.discard(page)
+            self._dirty.add(page)  # type: ignore[union-attr]
+            self._uc.mem_protect(page * PAGE, PAGE, uc_mod.UC_PROT_ALL)
+        return bool(pages)
 
     def flush_code(self, gpa: int, size: int) -> None:
         """Drop translated code for a range the TEE or the host rewrote (unicorn #1148)."""
@@ -320,3 +373,14 @@ class Vcpu:
 
         self._uc.hook_add(uc_mod.UC_HOOK_MEM_WRITE, on_write)
         self._uc.ctl_flush_tb()
+
+
+def _runs(mapped: bytes) -> list[tuple[int, int]]:
+    """[first, stop) runs of the pages whose byte in ``mapped`` is not zero."""
+    out, i, n = [], 0, len(mapped)
+    while (i := mapped.find(1, i)) >= 0:  # set_mapped stores 1
+        end = mapped.find(0, i)
+        end = n if end < 0 else end
+        out.append((i, end))
+        i = end
+    return out

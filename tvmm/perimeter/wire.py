@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 from dataclasses import dataclass, field
 
@@ -85,10 +86,10 @@ def reply(ok: bool = True, blob: bytes = b"", *, error: str = "", reason: str = 
 def encode(msg: Message) -> bytes:
     check(msg.op, msg.fields)
     raw = json.dumps({"op": msg.op, **msg.fields}, separators=(",", ":")).encode()
-    body = _U32.pack(len(raw)) + raw + bytes(msg.blob)
-    if len(body) > MAX_FRAME:
-        raise WireError("frame", f"{len(body)} bytes exceed {MAX_FRAME}")
-    return _U32.pack(len(body)) + body
+    size = 4 + len(raw) + len(msg.blob)
+    if size > MAX_FRAME:
+        raise WireError("frame", f"{size} bytes exceed {MAX_FRAME}")
+    return b"".join((_U32.pack(size), _U32.pack(len(raw)), raw, msg.blob))  # one copy
 
 
 def check(op: object, fields: dict) -> None:
@@ -141,9 +142,15 @@ def decode_frame(data: bytes) -> Message:
 
 
 def _read_exact(sock: socket.socket, n: int) -> bytes:
+    first = b""
+    if not isinstance(sock, ssl.SSLSocket):  # TLS takes no flags
+        first = sock.recv(n, socket.MSG_WAITALL)  # usually all of it, without a copy
+        if len(first) == n:
+            return first
     buf = bytearray(n)
+    buf[: len(first)] = first
     view = memoryview(buf)
-    got = 0
+    got = len(first)
     while got < n:
         k = sock.recv_into(view[got:], n - got)
         if not k:
