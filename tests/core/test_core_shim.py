@@ -252,3 +252,18 @@ def test_sealing_known_answer_and_nonce_uniqueness():
     for vm, vcpu, seq in ((8, 0, 42), (7, 1, 42), (7, 0, 41)):
         with pytest.raises(IntegrityError):
             sealer.open(blob, vm, vcpu, seq)
+
+
+@pytest.mark.parametrize("level", ["snp", "shim"])
+def test_dirty_tracking_faults_are_served_inside(launch, images, level):
+    """Live migration write-protects pages to find dirty ones: the guest's write faults are
+    served inside the TEE (the host sees no NPF) and the written pages are reported."""
+    v = launch("counter", level)
+    vcpu, mapped = v.vm.vcpu, bytes(v.vm.memory.mapped)
+    assert vcpu.track_dirty(mapped) == set()
+    result = v.host.run()
+    assert result.how == "exit" and result.exits.get("npf", 0) == 0
+    dirty = vcpu.stop_dirty(bytes(v.vm.memory.mapped))
+    assert images["counter"].symbol("counter") // 0x1000 in dirty
+    assert images["counter"].entry // 0x1000 not in dirty  # code is never written
+    assert "count=100" in v.devices.console.text
