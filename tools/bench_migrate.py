@@ -4,20 +4,28 @@ the same data in the same run, and live-migration downtime of a 256 MiB guest.
     python -m tools.bench_migrate [--mib 64] [--downtime-mib 256]
 
 Prints one JSON line: throughput_mib_s, aesgcm_mib_s, ratio (target ≥ 0.5), downtime_ms
-(target ≤ 50), rounds, pages.  The stream path is the real one: EXPORT_VM on the source
-TEE, bundles over a TCP socket, IMPORT_VM on the destination TEE, in two threads.
+(target ≤ 50), rounds, pages, and the same throughput figures prefixed ``xproc_`` (with
+the wall and each process's CPU milliseconds).  The stream path is the real one:
+EXPORT_VM on the source TEE, bundles over a TCP socket, IMPORT_VM on the destination TEE.
+Two throughput variants on the same data: both TEEs in this process, two threads
+(unprefixed figures; export and import take turns on the GIL), and the destination TEE
+in a separate process, as perimeter nodes are (``xproc_``: export/seal/send here can
+overlap receive/open/import there).  Downtime is measured in-process.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import multiprocessing
 import os
 import socket
 import threading
 import time
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from rich.console import Console
 from rich.progress import Progress
 
 from shim import management
@@ -68,8 +76,39 @@ def _receiver(sock: socket.socket, stream: int, level: Level, memory: int, polic
         wire.send(conn, wire.reply())
 
 
+def _send_stream(s: socket.socket, client: PlatformClient, host: PausableHost, stream: int,
+                 memory: int, live: bool, progress: Progress | None) -> dict:
+    """Source side: pre-copy rounds (if live), pause, final round, stream_end."""
+    sent = rounds = 0
+    task = progress.add_task("migrating", total=memory) if progress else None
+
+    def pump(final: bool) -> int:
+        nonlocal sent, rounds
+        n = 0
+        for bundle in export_round(client, host.vm, stream, final):
+            wire.send(s, wire.Message("bundle", {}, bundle))
+            sent += len(bundle)
+            n += 1
+            if progress:
+                progress.update(task, completed=min(sent, memory))
+        rounds += 1
+        return n
+
+    t0 = time.perf_counter()
+    if live:
+        for _ in range(8):
+            if pump(False) <= 1 and rounds > 1:
+                break
+    paused = time.perf_counter()
+    host.pause()
+    pump(True)
+    wire.send(s, wire.Message("stream_end", {"console": ""}))
+    return {"t0": t0, "paused": paused, "bytes": sent, "rounds": rounds}
+
+
 def migrate(src: Platform, client: PlatformClient, host: PausableHost, memory: int, *,
             live: bool, progress: Progress | None = None) -> dict:
+    """Both TEEs in this process: the destination imports in a thread."""
     key, stream = os.urandom(32), 77
     management.open_export(src.tee, host.vm, key, stream, "bench", 2)
     vm = src.tee.vms[host.vm]
@@ -78,56 +117,137 @@ def migrate(src: Platform, client: PlatformClient, host: PausableHost, memory: i
     rx = threading.Thread(target=_receiver, args=(server, stream, vm.level, memory, vm.policy,
                                                   out))
     rx.start()
-    sent = rounds = 0
-    task = progress.add_task("migrating", total=memory) if progress else None
     with socket.create_connection(server.getsockname()) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def pump(final: bool) -> int:
-            nonlocal sent, rounds
-            n = 0
-            for bundle in export_round(client, host.vm, stream, final):
-                wire.send(s, wire.Message("bundle", {}, bundle))
-                sent += len(bundle)
-                n += 1
-                if progress:
-                    progress.update(task, completed=min(sent, memory))
-            rounds += 1
-            return n
-
-        t0 = time.perf_counter()
-        if live:
-            for _ in range(8):
-                if pump(False) <= 1 and rounds > 1:
-                    break
-        paused = time.perf_counter()
-        host.pause()
-        pump(True)
-        wire.send(s, wire.Message("stream_end", {"console": ""}))
+        sent = _send_stream(s, client, host, stream, memory, live, progress)
         wire.recv(s)
     rx.join()
     server.close()
     exporter = management.state(src.tee).sessions[stream].worker
-    return {"seconds": out["end"] - t0, "downtime_ms": (out["end"] - paused) * 1000,
-            "bytes": sent, "pages": exporter.pages_sent, "rounds": rounds}
+    return {"seconds": out["end"] - sent["t0"], "downtime_ms": (out["end"] - sent["paused"]) * 1000,
+            "bytes": sent["bytes"], "pages": exporter.pages_sent, "rounds": sent["rounds"]}
 
 
-def throughput(mib: int) -> dict:
-    memory = (mib + 8) << 20
-    src, client, host = _launch(memory, 10**9)
-    payload = os.urandom(mib << 20)
-    src.tee.vms[host.vm].vcpu.mem_write(8 << 20, payload)  # data the stream must carry
-    host.run(max_exits=50)
-    with Progress(transient=True) as progress:
-        stats = migrate(src, client, host, memory, live=False, progress=progress)
+# -- destination TEE in its own process --------------------------------------------------------
+def _dst_node(ready, key: bytes, stream: int, level: Level, memory: int, policy: int,
+              check: tuple[int, int], timeout: float) -> None:
+    """Entry point of the destination process: its own TEE, a listening socket on an
+    ephemeral loopback port (sent to the parent through ``ready``), the same import path as
+    a node's host.  Replies ok once the VM is complete (after END and stream_end), then
+    the SHA-256 of guest memory ``check`` = (gpa, size), so the parent can verify the data,
+    and the CPU seconds this process spent receiving and importing.
+    Every blocking call has ``timeout``: the process ends even if the parent vanishes."""
+    dst = Platform(seed=2)
+    client = PlatformClient(dst.handle)
+    management.open_import(dst.tee, key, stream, "bench", 2)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(timeout)
+        ready.send(server.getsockname()[1])
+        ready.close()
+        conn, _ = server.accept()
+    cpu = time.process_time()
+    with conn:
+        conn.settimeout(timeout)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def bundles():
+            while True:
+                msg = wire.recv(conn)
+                if msg.op != "bundle":
+                    raise wire.WireError("op", f"stream ended before END ({msg.op})")
+                yield msg.blob
+
+        vm, _state = import_stream(client, stream, level, memory, bundles(), policy)
+        if wire.recv(conn).op != "stream_end":
+            raise wire.WireError("op", "expected stream_end")
+        wire.send(conn, wire.reply())  # the end of the timed stream
+        cpu = time.process_time() - cpu
+        digest = hashlib.sha256(dst.tee.vms[vm].vcpu.mem_read(*check)).hexdigest()
+        wire.send(conn, wire.reply(sha256=digest, cpu_s=cpu))
+
+
+def migrate_to_process(src: Platform, client: PlatformClient, host: PausableHost, memory: int,
+                       *, check: tuple[int, int], progress: Progress | None = None,
+                       timeout: float = 120.0) -> dict:
+    """Stop-and-copy to a destination TEE in a separate process (spawned), as between two
+    perimeter nodes.  The timed span starts with the first export and ends when the
+    destination replies that the VM is complete; process start-up is not timed."""
+    key, stream = os.urandom(32), 78
+    management.open_export(src.tee, host.vm, key, stream, "bench", 2)
+    vm = src.tee.vms[host.vm]
+    ctx = multiprocessing.get_context("spawn")
+    ready, child_end = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_dst_node, name="bench-migrate-dst", daemon=True,
+                       args=(child_end, key, stream, vm.level, memory, vm.policy, check, timeout))
+    proc.start()
+    child_end.close()
+    try:
+        if not ready.poll(timeout):
+            raise TimeoutError("destination process did not start")
+        port = ready.recv()
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            cpu = time.process_time()
+            sent = _send_stream(s, client, host, stream, memory, False, progress)
+            done = wire.recv(s)
+            end = time.perf_counter()
+            cpu = time.process_time() - cpu
+            verdict = wire.recv(s)
+        if not (done.op == verdict.op == "reply" and done["ok"] and verdict["ok"]):
+            raise RuntimeError(f"destination refused the stream: {done} {verdict}")
+        proc.join(timeout)
+    finally:
+        ready.close()
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+    if proc.exitcode != 0:
+        raise RuntimeError(f"destination process exited with {proc.exitcode}")
+    exporter = management.state(src.tee).sessions[stream].worker
+    return {"seconds": end - sent["t0"], "bytes": sent["bytes"], "pages": exporter.pages_sent,
+            "rounds": sent["rounds"], "sha256": verdict.fields["data"]["sha256"],
+            "src_cpu_s": cpu, "dst_cpu_s": verdict.fields["data"]["cpu_s"]}
+
+
+def _aesgcm_seconds(payload: bytes) -> float:
     aead = AESGCM(os.urandom(32))
     t = time.perf_counter()
     for off in range(0, len(payload), 1 << 20):
         aead.encrypt(os.urandom(12), payload[off : off + (1 << 20)], b"")
-    raw = time.perf_counter() - t
-    mibs = stats["bytes"] / (1 << 20) / stats["seconds"]
-    return {"throughput_mib_s": round(mibs, 1), "aesgcm_mib_s": round(mib / raw, 1),
-            "ratio": round(mibs / (mib / raw), 3), "stream_mib": round(stats["bytes"] / 2**20, 1)}
+    return time.perf_counter() - t
+
+
+def throughput(mib: int) -> dict:
+    """Both variants on the same random guest memory, each followed by its raw AES-256-GCM
+    baseline on that data (the machine's speed drifts)."""
+    memory = (mib + 8) << 20
+    payload = os.urandom(mib << 20)
+    check = (8 << 20, len(payload))
+    result: dict = {}
+    for prefix in ("", "xproc_"):
+        src, client, host = _launch(memory, 10**9)
+        src.tee.vms[host.vm].vcpu.mem_write(check[0], payload)  # data the stream must carry
+        host.run(max_exits=50)
+        with Progress(transient=True, console=Console(stderr=True)) as progress:  # stdout: JSON
+            if prefix:
+                stats = migrate_to_process(src, client, host, memory, check=check,
+                                           progress=progress)
+                frozen = src.tee.vms[host.vm].vcpu.mem_read(*check)  # the guest's stack
+                if stats["sha256"] != hashlib.sha256(frozen).hexdigest():  # is in there too
+                    raise RuntimeError("destination memory differs from the source's")
+            else:
+                stats = migrate(src, client, host, memory, live=False, progress=progress)
+        raw = _aesgcm_seconds(payload)
+        mibs = stats["bytes"] / (1 << 20) / stats["seconds"]
+        result |= {f"{prefix}throughput_mib_s": round(mibs, 1),
+                   f"{prefix}aesgcm_mib_s": round(mib / raw, 1),
+                   f"{prefix}ratio": round(mibs / (mib / raw), 3),
+                   f"{prefix}stream_mib": round(stats["bytes"] / 2**20, 1)}
+        if prefix:  # overlap: the wall time against each process's CPU time
+            result |= {f"{prefix}{k}_ms": round(stats[v] * 1000, 1) for k, v in
+                       (("wall", "seconds"), ("src_cpu", "src_cpu_s"), ("dst_cpu", "dst_cpu_s"))}
+        del src, client, host
+    return result
 
 
 def downtime(mib: int) -> dict:

@@ -1,0 +1,47 @@
+"""Migration benchmark (pytest -m bench); smoke runs keep the separate-process variant working
+and check that its destination process always ends."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import pytest
+
+from tools import bench_migrate
+from tvmm.abi.types import Level
+
+
+def test_separate_process_throughput_smoke():
+    result = bench_migrate.throughput(1)  # both variants; the data is checked end to end
+    for prefix in ("", "xproc_"):
+        assert result[f"{prefix}throughput_mib_s"] > 0
+        assert result[f"{prefix}stream_mib"] >= 1
+    assert not multiprocessing.active_children()
+
+
+def test_destination_process_ends_without_a_source():
+    ctx = multiprocessing.get_context("spawn")
+    ready, child_end = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=bench_migrate._dst_node, daemon=True,
+                       args=(child_end, bytes(32), 1, Level.SHIM, 4 << 20, 0, (0, 4096), 0.5))
+    proc.start()
+    child_end.close()
+    try:
+        assert ready.poll(10) and ready.recv() > 0  # listening, but nobody connects
+        t = time.monotonic()
+        proc.join(10)
+        assert not proc.is_alive() and proc.exitcode != 0  # accept timed out
+        assert time.monotonic() - t < 5
+    finally:
+        ready.close()
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+
+@pytest.mark.bench
+def test_migration_benchmark():
+    result = bench_migrate.throughput(64)
+    assert result["xproc_stream_mib"] >= 64
+    print(result)
