@@ -138,8 +138,7 @@ def _serve(tee: Tee, vm: Vm, ctx: VcpuContext, stop: Stop, budget: int) -> Exit 
             return vm.policies.on_fault(tee, vm, ctx, stop, fields)
         return Exit(ExitReason.NPF, fields, inside={"fault_gpa": stop.addr})
     if kind == StopKind.HLT:
-        ctx.rip = stop.rip + 1
-        vm.vcpu.write_reg(RIP, ctx.rip)
+        ctx.rip = stop.rip + 1  # the vCPU already stands past the HLT
         return Exit(ExitReason.HLT, {Field.RIP: stop.rip})
     if kind in (StopKind.PORT_IN, StopKind.PORT_OUT):
         pk = PendingKind.PORT_IN if kind == StopKind.PORT_IN else PendingKind.PORT_OUT

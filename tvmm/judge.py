@@ -21,11 +21,11 @@ from pathlib import Path
 
 from shim.policies.config import PolicyConfig
 from tools.attacks.base import Attack, AttackContext, Outcome
-from tvmm.abi.types import ExitReason, Level
+from tvmm.abi.types import Level
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices
 from tvmm.machine import DEFAULT_MEMORY, make_machine, owner_endpoint, wrap_secret
-from tvmm.samples import PASSWORD_ALPHABET, SAMPLES, expected_console_ok, resolve
+from tvmm.samples import PASSWORD_ALPHABET, expected_console_ok, resolve
 from tvmm.trace.events import EventKind
 
 
@@ -179,6 +179,3 @@ def _judge(attack: Attack, guest: str, level: Level, secret: bytes, outcome: Out
 def _ran_to_end(host) -> bool:
     result = host.run_result
     return result is not None and result.how == "exit"
-
-
-__all__ = ["Verdict", "run_attack", "score", "secret_spec", "SAMPLES", "ExitReason"]

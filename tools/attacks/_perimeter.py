@@ -10,11 +10,12 @@ trusted code (architecture contract).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 from tools.attacks.base import AttackContext
-from tvmm.perimeter.client import OperatorClient
+from tvmm.perimeter.client import OperatorClient, PerimeterError
 from tvmm.perimeter.launcher import Perimeter, default_state_dir
 
 COUNT = 10**9  # the counter keeps running for the whole attack
@@ -51,3 +52,13 @@ def audit_has(op: OperatorClient, event: str, **match: object) -> bool:
 
 def vm_row(op: OperatorClient, vm: str) -> dict:
     return next(v for v in op.vms() if v["name"] == vm)
+
+
+def refusal(call: Callable[[], object]) -> str:
+    """Run one management operation the attack expects the perimeter to refuse: the
+    refusal's reason, or "" when it went through."""
+    try:
+        call()
+    except PerimeterError as exc:
+        return exc.reason
+    return ""

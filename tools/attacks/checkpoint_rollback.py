@@ -6,9 +6,8 @@ refused the old version and the refusal is in the audit log."""
 
 from __future__ import annotations
 
-from tools.attacks._perimeter import audit_has, launch_counter, perimeter
+from tools.attacks._perimeter import audit_has, launch_counter, perimeter, refusal
 from tools.attacks.base import Attack, AttackContext, Outcome
-from tvmm.perimeter.client import PerimeterError
 
 
 class CheckpointRollback(Attack):
@@ -25,11 +24,7 @@ class CheckpointRollback(Attack):
             op.resume(old, "n2")
             newer = op.suspend(vm)
             ctx.record("resume", version="old")
-            try:
-                op.resume(old, "n1")
-                refused = ""
-            except PerimeterError as exc:
-                refused = exc.reason
+            refused = refusal(lambda: op.resume(old, "n1"))
             logged = audit_has(op, "resume_refused", vm=vm, reason="rollback")
             op.resume(newer, "n1")  # the newest one still works
         blocked = refused == "rollback" and logged

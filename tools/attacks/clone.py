@@ -6,9 +6,8 @@ runs."""
 
 from __future__ import annotations
 
-from tools.attacks._perimeter import audit_has, launch_counter, perimeter, vm_row
+from tools.attacks._perimeter import audit_has, launch_counter, perimeter, refusal, vm_row
 from tools.attacks.base import Attack, AttackContext, Outcome
-from tvmm.perimeter.client import PerimeterError
 
 
 class CloneResume(Attack):
@@ -25,11 +24,7 @@ class CloneResume(Attack):
             ckpt = op.suspend(vm)
             op.resume(ckpt, "n2")
             ctx.record("resume", again="n3")
-            try:
-                op.resume(ckpt, "n3")
-                refused = ""
-            except PerimeterError as exc:
-                refused = exc.reason
+            refused = refusal(lambda: op.resume(ckpt, "n3"))
             logged = audit_has(op, "resume_refused", vm=vm, reason="clone")
             row = vm_row(op, vm)
         blocked = refused == "clone" and logged and row["node"] == "n2"

@@ -7,9 +7,8 @@ the audit log, and the VM still runs on its node."""
 
 from __future__ import annotations
 
-from tools.attacks._perimeter import audit_has, launch_counter, perimeter, vm_row
+from tools.attacks._perimeter import audit_has, launch_counter, perimeter, refusal, vm_row
 from tools.attacks.base import Attack, AttackContext, Outcome
-from tvmm.perimeter.client import PerimeterError
 
 
 class RogueMigration(Attack):
@@ -24,11 +23,7 @@ class RogueMigration(Attack):
         with perimeter(("n1",), rogue=("rogue",)) as (_per, op):
             vm = launch_counter(ctx, op)
             ctx.record("migrate", vm=vm, to="rogue")
-            try:
-                op.migrate(vm, "rogue", live=True)
-                refused = ""
-            except PerimeterError as exc:
-                refused = exc.reason
+            refused = refusal(lambda: op.migrate(vm, "rogue", live=True))
             registered = audit_has(op, "attestation_refused", node="rogue")
             logged = audit_has(op, "migrate_refused", vm=vm, to="rogue")
             row = vm_row(op, vm)
