@@ -17,13 +17,17 @@ from shim.vm import Pending, PendingKind, VcpuContext, Vm, VmState
 from tvmm.abi.messages import ExitRecord, Reply
 from tvmm.abi.types import ExitReason, Field, KillReason, Result
 from tvmm.hw.vcpu import RAX, RDI, RDX, REG_NAMES, RIP, RSI, Access, Stop, StopKind
-from tvmm.hw.vmsa import pack_plain, unpack_plain
+from tvmm.hw.vmsa import slot_tags, unpack_plain
 from tvmm.trace.events import EventKind
 
 if TYPE_CHECKING:
     from shim.platform import Tee
 
 HYPERCALL_LEN = 3
+# Bound once: on Python 3.11 an Enum class attribute costs ~160 ns (EnumType.__getattr__
+# sends every lookup down the slow path), and the timer exit reads these every time.
+_STOP_TIMER, _TIMER, _KILLED = StopKind.TIMER, ExitReason.TIMER, ExitReason.KILLED
+_RETIRED, _RIP, _OK = Field.RETIRED, Field.RIP, Result.OK
 
 
 @dataclass(slots=True)
@@ -43,19 +47,23 @@ def view_of(vm: Vm) -> View:
 def enter(tee: Tee, vm: Vm, ctx: VcpuContext, quantum: int, state: bytes) -> Reply:
     if ctx.pending is not None and ctx.completion is None:
         raise BadState("vcpu", "a guest request is waiting for COMPLETE_IO")
-    try:
-        accept_host_state(vm, ctx, state)
-    except IntegrityError:
-        return _hand_over(tee, vm, ctx, kill(vm, KillReason.SEALED_STATE, "sealed state"))
-    if vm.policies is not None:
-        refusal = vm.policies.before_entry(tee, vm, ctx)
-        if isinstance(refusal, Exit):
+    if state != ctx.handed_out:  # the same bytes back: the vCPU already holds that state
+        try:
+            accept_host_state(vm, ctx, state)
+        except IntegrityError:
+            return _hand_over(tee, vm, ctx, kill(vm, KillReason.SEALED_STATE, "sealed state"))
+    policies = vm.policies
+    if policies is not None:
+        refusal = policies.before_entry(tee, vm, ctx)
+        if refusal is not None:
             return _hand_over(tee, vm, ctx, refusal)
     if vm.writeback is not None:
         vm.writeback.begin_entry()
-    _apply_completion(tee, vm, ctx)
-    interrupts.deliver_pending(tee, vm, ctx)
-    budget = quantum if vm.policies is None else vm.policies.step_quantum(tee, vm, ctx, quantum)
+    if ctx.pending is not None:
+        _apply_completion(tee, vm, ctx)
+    if ctx.irqs:
+        interrupts.deliver_pending(tee, vm, ctx)
+    budget = quantum if policies is None else policies.step_quantum(tee, vm, ctx, quantum)
     ctx.entries += 1
     while True:
         stop = vm.vcpu.run(ctx.rip, budget)
@@ -70,16 +78,14 @@ def accept_host_state(vm: Vm, ctx: VcpuContext, state: bytes) -> None:
     deterministic ciphertext it may replay (sev-es), a guest-owned VMSA it cannot touch
     (snp), or a sealed blob that must authenticate for this VM, vCPU and exit (shim)."""
     f = vm.features
-    if f.sealed_state:
-        if ctx.seq == 0 and not state:
-            return
-        if ctx.seq and state == ctx.handed_out:
-            return  # exactly the blob sealed at the last exit: the vCPU already holds it
-        regs = unpack_plain(vm.sealer.open(state, vm.id, ctx.index, ctx.seq - 1))
-    elif not state or state == ctx.handed_out:
-        return
-    elif ctx.seq == 0:
+    if state == ctx.handed_out:
+        return  # exactly what the host got at the last exit (or nothing before the first)
+    if not state and not f.sealed_state:
+        return  # keep the registers as they are
+    if ctx.seq == 0:
         raise BadOperand("state", "there is no state before the first entry")
+    if f.sealed_state:
+        regs = unpack_plain(vm.sealer.open(state, vm.id, ctx.index, ctx.seq - 1))
     elif f.ownership:
         raise Denied("state", "the VMSA is guest-owned")
     elif f.encrypt_registers:
@@ -124,9 +130,9 @@ def _apply_completion(tee: Tee, vm: Vm, ctx: VcpuContext) -> None:
 
 def _serve(tee: Tee, vm: Vm, ctx: VcpuContext, stop: Stop, budget: int) -> Exit | None:
     kind = stop.kind
-    if kind == StopKind.TIMER:
+    if kind == _STOP_TIMER:
         ctx.retired += budget
-        return Exit(ExitReason.TIMER, {Field.RETIRED: budget, Field.RIP: stop.rip})
+        return Exit(_TIMER, {_RETIRED: budget, _RIP: stop.rip})
     if kind == StopKind.HYPERCALL:
         return _hypercall(tee, vm, ctx, stop)
     if kind == StopKind.NPF:
@@ -190,24 +196,27 @@ def kill(vm: Vm, reason: KillReason, detail: str) -> Exit:
     return Exit(ExitReason.KILLED, {Field.KILL_REASON: int(reason)}, dead=f"killed: {detail}")
 
 
-def _hand_over(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit) -> Reply:
-    regs = vm.vcpu.read_regs()
+def host_state(vm: Vm, ctx: VcpuContext, seq: int) -> bytes:
+    """The vCPU's registers in the form the level hands the host at exit ``seq``: the
+    plaintext save area, its deterministic encryption, or a blob sealed for that exit."""
     f = vm.features
-    if vm.writeback is not None and f.commit_writes:
+    plain = vm.vcpu.save_area(slot_tags(ctx.index))
+    if f.sealed_state:
+        return vm.sealer.seal(plain, vm.id, ctx.index, seq)
+    if f.encrypt_registers:
+        return vm.vmsa_cipher.encrypt(plain)
+    return plain
+
+
+def _hand_over(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit) -> Reply:
+    if vm.writeback is not None and vm.features.commit_writes:
         vm.writeback.commit()  # written back before the host runs: INVD finds nothing
-    if out.reason == ExitReason.KILLED:
-        state = b""
-    elif f.sealed_state:
-        state = vm.sealer.seal(pack_plain(regs, ctx.index), vm.id, ctx.index, ctx.seq)
-    elif f.encrypt_registers:
-        state = vm.vmsa_cipher.encrypt(regs, ctx.index)
-    else:
-        state = pack_plain(regs, ctx.index)
+    state = b"" if out.reason == _KILLED else host_state(vm, ctx, ctx.seq)
     record = ExitRecord(out.reason, ctx.seq, ctx.index,
                         host_fields(vm.view, out.reason, out.fields), state)
     ctx.handed_out = state
     ctx.seq += 1
-    result = Result.OK
+    result = _OK
     if out.dead:
         vm.state = VmState.DEAD
         vm.end_detail = out.dead
@@ -216,12 +225,12 @@ def _hand_over(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit) -> Reply:
         if out.reason == ExitReason.KILLED:
             result = Result.VM_DEAD
     if tee.recorder.enabled:
-        _trace_exit(tee, vm, ctx, out, record, regs)
+        _trace_exit(tee, vm, ctx, out, record)
     return Reply(result, exit=record)
 
 
-def _trace_exit(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit, record: ExitRecord,
-                regs: tuple[int, ...]) -> None:
+def _trace_exit(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit, record: ExitRecord) -> None:
+    regs = vm.vcpu.read_regs()
     inside = {"rip": regs[RIP], "regs": dict(zip(REG_NAMES, regs, strict=True)),
               "retired": ctx.retired, **out.inside}
     if out.dead:

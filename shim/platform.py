@@ -9,6 +9,7 @@ the handler; every refusal becomes an error reply naming the operand, and change
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,7 +106,11 @@ class Tee:
         self.attestation.pop(vm_id, None)
 
 
-_CALL_OF: dict[type, Call] = {cls: call for call, cls in REQUESTS.items()}
+# One lookup per request: its call, its handler and the states it is legal in.
+_ROUTES: dict[type, tuple[Call, Callable, frozenset[VmState]]] = {
+    cls: (call, HANDLERS.get(call), LEGAL_IN.get(call, frozenset()))
+    for call, cls in REQUESTS.items()
+}
 
 
 class Platform:
@@ -137,23 +142,23 @@ class Platform:
         return codec.encode(self.handle(request))
 
     def _dispatch(self, request: object) -> Reply:
-        call = _CALL_OF.get(type(request))
-        if call is None:
+        route = _ROUTES.get(type(request))
+        if route is None:
             raise Malformed("request", f"not a platform request: {type(request).__name__}")
-        if call == Call.CREATE_VM:
-            assert isinstance(request, CreateVm)
+        call, handler, legal = route
+        if type(request) is CreateVm:
             return create_vm.handle(self.tee, request)
         vm_id = request.vm  # type: ignore[attr-defined]
-        if not isinstance(vm_id, int) or isinstance(vm_id, bool):
+        if type(vm_id) is not int:  # bool and other int subclasses too
             raise Malformed("vm", "expected an integer")
         vm = self.tee.vms.get(vm_id)
         if vm is None:
             raise NoVm("vm", f"no VM {vm_id}")
-        if vm.state not in LEGAL_IN[call]:
+        if vm.state not in legal:
             if vm.state == VmState.DEAD:
                 raise VmDead("vm", f"VM {vm_id} is dead: {vm.end_detail}")
             raise BadState("vm", f"{call.name} is not legal in state {vm.state.name}")
-        return HANDLERS[call](self.tee, vm, request)
+        return handler(self.tee, vm, request)
 
     def vm(self, vm_id: int) -> Vm:
         """Inside access for tests and the trace: never handed to host code."""

@@ -40,7 +40,8 @@ class StateSealer:
 
     def seal(self, state: bytes, vm: int, vcpu: int, seq: int) -> bytes:
         self._count += 1
-        return self.seal_with_nonce(state, vm, vcpu, seq, self._prefix + _COUNTER.pack(self._count))
+        nonce = self._prefix + _COUNTER.pack(self._count)
+        return nonce + self._aead.encrypt(nonce, state, _AD.pack(b"TVMS", vm, vcpu, seq))
 
     def seal_with_nonce(self, state: bytes, vm: int, vcpu: int, seq: int, nonce: bytes) -> bytes:
         if len(nonce) != NONCE:

@@ -12,6 +12,8 @@ U63 = (1 << 63) - 1
 
 
 def integer(name: str, value: object, lo: int = 0, hi: int = U63) -> int:
+    if type(value) is int and lo <= value <= hi:
+        return value
     if not isinstance(value, int) or isinstance(value, bool):
         raise Malformed(name, f"expected an integer, got {type(value).__name__}")
     if not lo <= value <= hi:

@@ -19,13 +19,13 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from shim.errors import BadOperand, Denied
+from shim.exit_path import host_state
 from shim.management import Session, refuse, state
 from shim.management.stream import Kind, StreamError, parse_header, unpack_pages
 from shim.vm import BounceRecord, Pending, PendingKind, Vm
 from tvmm.abi.types import Device, Level
 from tvmm.hw.code_traps import sweep
-from tvmm.hw.vcpu import PAGE, RIP
-from tvmm.hw.vmsa import pack_plain
+from tvmm.hw.vcpu import PAGE
 
 if TYPE_CHECKING:
     from shim.platform import Tee
@@ -138,17 +138,11 @@ class Importer:
         session.done = True
         state(tee).awaiting_commit.add(vm.id)
         ctx = vm.vcpus[0]
-        regs = vm.vcpu.read_regs()
-        assert regs[RIP] == ctx.rip
-        f = vm.features
-        if f.sealed_state:
-            blob = vm.sealer.seal_with_nonce(pack_plain(regs, ctx.index), vm.id, ctx.index,
-                                             ctx.seq - 1, tee.random_bytes(12)) \
-                if ctx.seq else b""
-        elif f.encrypt_registers:
-            blob = vm.vmsa_cipher.encrypt(regs, ctx.index)
-        else:
-            blob = pack_plain(regs, ctx.index)
+        assert vm.vcpu.read_rip() == ctx.rip
+        # What the source handed its host at the last exit, in this TEE's form (a fresh
+        # sealer: its own key and nonce counter).
+        blob = (b"" if vm.features.sealed_state and not ctx.seq
+                else host_state(vm, ctx, ctx.seq - 1))
         ctx.handed_out = blob
         state(tee).events.append({"event": "stream_complete", "stream": session.stream,
                                   "vm": session.vm_name, "epoch": session.epoch,

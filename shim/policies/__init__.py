@@ -57,9 +57,9 @@ class PolicySet:
 
     # -- calls from the exit path ----------------------------------------------------------
     def before_entry(self, tee: Tee, vm: Vm, ctx: VcpuContext) -> Exit | None:
-        from shim.exit_path import kill
-
         if self._terminate is not None:
+            from shim.exit_path import kill
+
             reason, why = self._terminate
             return kill(vm, reason, why)
         if self.faults.listed:

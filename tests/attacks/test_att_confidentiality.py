@@ -171,7 +171,7 @@ def test_att_conf_plain_registers_rejects_ciphertext():
 
     regs = tuple(range(100, 118))
     assert plain_registers(pack_plain(regs))["rip"] == 116
-    assert plain_registers(DeterministicVmsaCipher(bytes(32)).encrypt(regs)) is None
+    assert plain_registers(DeterministicVmsaCipher(bytes(32)).encrypt(pack_plain(regs))) is None
     assert plain_registers(bytes(STATE_SIZE + 16)) is None
 
 

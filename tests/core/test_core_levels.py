@@ -7,7 +7,7 @@ import pytest
 from tvmm.abi.guest import SECRETS_GPA, SHARED_BASE
 from tvmm.abi.types import ExitReason, Field, Level, Result
 from tvmm.hw.vcpu import NREGS, RIP
-from tvmm.hw.vmsa import VMSA_SIZE, unpack_plain
+from tvmm.hw.vmsa import VMSA_SIZE, pack_plain, unpack_plain
 
 LEVELS = [lv.value for lv in Level]
 
@@ -57,13 +57,13 @@ def test_deterministic_encryption_repeats_and_sealing_never_does(launch):
     for level, should_repeat in (("sev-es", True), ("shim", False)):
         v = launch("hello", level)
         vm, ctx = v.vm, v.vm.vcpus[0]
-        regs = vm.vcpu.read_regs()
+        plain = pack_plain(vm.vcpu.read_regs(), ctx.index)
         if vm.features.sealed_state:
-            a = vm.sealer.seal(bytes(regs[0].to_bytes(8, "little")), vm.id, 0, 0)
-            b = vm.sealer.seal(bytes(regs[0].to_bytes(8, "little")), vm.id, 0, 0)
+            a = vm.sealer.seal(plain, vm.id, 0, 0)
+            b = vm.sealer.seal(plain, vm.id, 0, 0)
         else:
-            a = vm.vmsa_cipher.encrypt(regs, ctx.index)
-            b = vm.vmsa_cipher.encrypt(regs, ctx.index)
+            a = vm.vmsa_cipher.encrypt(plain)
+            b = vm.vmsa_cipher.encrypt(plain)
         assert (a == b) == should_repeat
 
 
@@ -109,3 +109,17 @@ def test_enter_with_a_changed_register_state(launch, level, refused):
         assert reply.result == Result.DENIED and reply.operand == "state"
     else:
         assert reply.result == Result.VM_DEAD and reply.exit.reason == ExitReason.KILLED
+
+
+def test_core_levels_save_area_is_the_packed_register_file(launch):
+    """The vCPU's save area (read straight into VMSA slots) equals pack_plain of its
+    registers for every vCPU index, and a register write is seen by the next read."""
+    from tvmm.hw.vcpu import RAX
+    from tvmm.hw.vmsa import slot_tags
+
+    vcpu = launch("hello", "plain").vm.vcpu
+    for index in (0, 1, 0):
+        assert vcpu.save_area(slot_tags(index)) == pack_plain(vcpu.read_regs(), index)
+    vcpu.write_reg(RAX, 0x1234)
+    assert vcpu.read_regs()[RAX] == 0x1234
+    assert unpack_plain(vcpu.save_area(slot_tags(0)))[RAX] == 0x1234

@@ -1,4 +1,10 @@
-"""Requests and replies of the platform ABI: frozen dataclasses, nothing else.
+"""Requests and replies of the platform ABI: dataclasses, nothing else.
+
+Requests are frozen: the TEE checks a request once and then uses it, so the host must not
+be able to change it in between.  Replies and exit records are the TEE's answer and it
+keeps nothing of them (the state bytes it compares later are its own copy), so they are
+plain slotted dataclasses: a frozen one costs four times as much to build, and every exit
+builds two.
 
 Each request names the call it makes (``CALL``); ``REQUESTS`` maps a call to its type.
 Every field is a plain int, bytes, bool or one of the ABI enums, so that the codec can
@@ -177,7 +183,7 @@ REQUESTS: dict[Call, type] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ExitRecord:
     """What the host gets when the vCPU stops: the reason, the fields the level allows,
     and the register state in the form the level gives it (plaintext, deterministic
@@ -196,7 +202,7 @@ class ExitRecord:
         return default
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     """The answer to every request. ``operand`` names the refused field on an error."""
 

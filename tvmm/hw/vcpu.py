@@ -9,7 +9,9 @@ on the compute path; the timer is Unicorn's instruction count, armed only when a
 
 Registers are read and written in one batch through libunicorn's public C call
 ``uc_reg_read_batch``: the Python binding's own batch read costs ~75 µs for 18 registers,
-the C call ~2 µs, and every exit needs them.
+the C call ~2 µs, and every exit needs them.  The batch read at a stop is kept until the
+registers change (a run, a write, a restore): the stop's RIP, the exit path's hand-over and
+a hypercall's arguments then share one read.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ _REG_IDS = (
 )
 NREGS = len(REG_NAMES)
 _REGS = struct.Struct(f"<{NREGS}Q")
+SLOT = 16  # the save area: each register's value, then a tag word its reader owns
+_SLOTTED = struct.Struct("<" + "Q8x" * NREGS)
 RAX, RBX, RCX, RDX, RSI, RDI, RBP, RSP = range(8)
 RIP, RFLAGS = 16, 17
 IF_FLAG = 1 << 9
@@ -58,6 +62,9 @@ class StopKind(IntEnum):
     SOFT_INT = 7  # the guest's own `int n`: delivered through its IDT by the TEE
     EXCEPTION = 8  # an exception raised by guest code (#DE, #UD, int3, ...)
     FAULT = 9  # access outside guest memory or an unexecutable instruction
+
+
+_TIMER = StopKind.TIMER  # bound once: an Enum class attribute costs ~160 ns on Python 3.11
 
 
 class Access(IntEnum):
@@ -103,12 +110,18 @@ class Vcpu:
         self._timed = False  # whether the last run had the instruction timer armed
         self.tsc = 0  # virtual TSC: advanced by the platform, never by host time
         self._ids = (ctypes.c_int * NREGS)(*_REG_IDS)
-        self._vals = (ctypes.c_uint64 * NREGS)()
+        self._vals = (ctypes.c_uint64 * NREGS)()  # what write_regs hands libunicorn
         base = ctypes.addressof(self._vals)
         self._ptrs = (ctypes.c_void_p * NREGS)(*[base + 8 * i for i in range(NREGS)])
+        # Reads land in the save area's slots, so that handing the state over is one copy.
+        self._area = (ctypes.c_uint64 * (2 * NREGS))()
+        base = ctypes.addressof(self._area)
+        self._area_ptrs = (ctypes.c_void_p * NREGS)(*[base + SLOT * i for i in range(NREGS)])
+        self._tags: tuple[int, ...] | None = None
         self._handle = getattr(self._uc, "_uch", None)
         self._one = ctypes.c_uint64()  # one register, for read_reg / write_reg
         self._one_ptr = ctypes.cast(ctypes.byref(self._one), ctypes.c_void_p)
+        self._regs: tuple[int, ...] | None = None  # the last batch read, while still true
         self._dirty: set[int] | None = None  # pages written while migration tracks them
         self._wp: set[int] = set()  # pages write-protected by that tracking only
         self._install_hooks()
@@ -199,13 +212,14 @@ class Vcpu:
         """Run from ``rip`` until a stop; ``quantum`` > 0 arms the instruction timer."""
         self._stop = None
         self._hook_error = None
+        self._regs = None
         error: uc_mod.UcError | None = None
         if quantum and not self._timed:
             # Unicorn counts instructions with a code hook it adds when a timed run starts;
             # blocks translated by untimed runs lack it and would run past the quantum
             # (unicorn #2200): drop them once, when the timer is armed again.
             self._uc.ctl_flush_tb()
-        self._timed = bool(quantum)
+        self._timed = quantum > 0
         try:
             self._uc.emu_start(rip, NO_UNTIL, 0, quantum)
         except uc_mod.UcError as exc:
@@ -220,10 +234,10 @@ class Vcpu:
             return self._classify_error(error)
         if stop is not None:
             return stop
-        rip = self.read_rip()
+        rip = self.read_regs()[RIP]
         if rip - 1 in self._hlt or not quantum:
             return Stop(StopKind.HLT, rip - 1)
-        return Stop(StopKind.TIMER, rip)
+        return Stop(_TIMER, rip)
 
     def _classify_error(self, error: uc_mod.UcError) -> Stop:
         rip = self.read_rip()
@@ -239,18 +253,34 @@ class Vcpu:
 
     # -- registers -------------------------------------------------------------------
     def read_regs(self) -> tuple[int, ...]:
-        """All of REG_NAMES in one call."""
+        """All of REG_NAMES in one call (none while the last read still holds)."""
+        if self._regs is not None:
+            return self._regs
         if self._handle is None:  # pragma: no cover - a binding without the handle
-            return tuple(self._uc.reg_read(r) for r in _REG_IDS)
-        status = uclib.uc_reg_read_batch(self._handle, self._ids, self._ptrs, NREGS)
+            self._regs = tuple(self._uc.reg_read(r) for r in _REG_IDS)
+            return self._regs
+        status = uclib.uc_reg_read_batch(self._handle, self._ids, self._area_ptrs, NREGS)
         if status != 0:  # pragma: no cover
             raise uc_mod.UcError(status)
-        return _REGS.unpack(self._vals)
+        self._regs = _SLOTTED.unpack(self._area)
+        return self._regs
+
+    def save_area(self, tags: tuple[int, ...]) -> bytes:
+        """The registers as NREGS 16-byte slots: value, then ``tags[i]`` (tvmm.hw.vmsa
+        passes the VMSA's slot addresses, so this is the save area's plaintext)."""
+        self.read_regs()
+        if self._handle is None:  # pragma: no cover
+            self._area[0::2] = self._regs
+        if tags is not self._tags:
+            self._area[1::2] = tags
+            self._tags = tags
+        return bytes(self._area)
 
     def write_regs(self, values: Iterable[int]) -> None:
         vals = values if isinstance(values, tuple | list) else list(values)
         if len(vals) != NREGS:
             raise ValueError(f"expected {NREGS} register values")
+        self._regs = None
         if self._handle is None:  # pragma: no cover
             for reg, val in zip(_REG_IDS, vals, strict=True):
                 self._uc.reg_write(reg, val)
@@ -269,6 +299,7 @@ class Vcpu:
     def write_reg(self, index: int, value: int) -> None:
         """One register through libunicorn's C call: the binding's costs ~4 µs, and the
         exit path writes rax and rip at every hypercall."""
+        self._regs = None
         if self._handle is None:  # pragma: no cover
             self._uc.reg_write(_REG_IDS[index], value & 0xFFFF_FFFF_FFFF_FFFF)
             return
@@ -278,6 +309,8 @@ class Vcpu:
             raise uc_mod.UcError(status)
 
     def read_reg(self, index: int) -> int:
+        if self._regs is not None:
+            return self._regs[index]
         if self._handle is None:  # pragma: no cover
             return self._uc.reg_read(_REG_IDS[index])
         uclib.uc_reg_read(self._handle, _REG_IDS[index], self._one_ptr)
@@ -298,6 +331,7 @@ class Vcpu:
             raise ValueError("context blob has the wrong size")
         ctypes.memmove(ctx.context, blob, len(blob))
         self._uc.context_restore(ctx)
+        self._regs = None
 
     # -- memory ----------------------------------------------------------------------
     def mem_read(self, gpa: int, size: int) -> bytes:

@@ -15,9 +15,8 @@ from array import array
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from tvmm.hw.vcpu import NREGS
+from tvmm.hw.vcpu import NREGS, SLOT
 
-SLOT = 16
 VMSA_SIZE = NREGS * SLOT
 VMSA_GPA = 0xFFFF_FFFF_F000  # where SNP measures VMSA pages; also the slots' tweak base
 _SLOT = struct.Struct("<QQ")
@@ -33,6 +32,18 @@ def _template(vcpu: int) -> array:
         base = VMSA_GPA + vcpu * VMSA_SIZE
         _templates[vcpu] = array("Q", [w for i in range(NREGS) for w in (0, base + i * SLOT)])
     return _templates[vcpu]
+
+
+_tags: dict[int, tuple[int, ...]] = {}
+
+
+def slot_tags(vcpu: int) -> tuple[int, ...]:
+    """The slot addresses of a vCPU's save area (Vcpu.save_area writes them beside the
+    values); one tuple per vCPU, so the vCPU rewrites them only when the vCPU changes."""
+    tags = _tags.get(vcpu)
+    if tags is None:
+        tags = _tags[vcpu] = tuple(_template(vcpu)[1::2])
+    return tags
 
 
 def pack_plain(regs: tuple[int, ...], vcpu: int = 0) -> bytes:
@@ -56,8 +67,11 @@ class DeterministicVmsaCipher:
         self._enc = cipher.encryptor()  # one stream, reused: ECB keeps no state
         self._dec = cipher.decryptor()
 
-    def encrypt(self, regs: tuple[int, ...], vcpu: int = 0) -> bytes:
-        return self._enc.update(pack_plain(regs, vcpu))
+    def encrypt(self, plain: bytes) -> bytes:
+        """``plain``: a save area (pack_plain, Vcpu.save_area)."""
+        if len(plain) != VMSA_SIZE:
+            raise ValueError(f"a VMSA is {VMSA_SIZE} bytes, got {len(plain)}")
+        return self._enc.update(plain)
 
     def decrypt(self, blob: bytes, vcpu: int = 0) -> tuple[int, ...]:
         """A block moved to another slot, or altered, decrypts to a garbage value."""
