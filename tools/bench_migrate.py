@@ -210,11 +210,16 @@ def migrate_to_process(src: Platform, client: PlatformClient, host: PausableHost
 
 
 def _aesgcm_seconds(payload: bytes) -> float:
-    aead = AESGCM(os.urandom(32))
-    t = time.perf_counter()
-    for off in range(0, len(payload), 1 << 20):
-        aead.encrypt(os.urandom(12), payload[off : off + (1 << 20)], b"")
-    return time.perf_counter() - t
+    """AES-256-GCM encryption of ``payload`` in 1 MiB chunks (views: no slice copies),
+    the best of three passes."""
+    view, best = memoryview(payload), float("inf")
+    for _ in range(3):
+        aead = AESGCM(os.urandom(32))  # a key per pass, a counter nonce per chunk
+        t = time.perf_counter()
+        for i, off in enumerate(range(0, len(payload), 1 << 20)):
+            aead.encrypt(i.to_bytes(12, "little"), view[off : off + (1 << 20)], b"")
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def throughput(mib: int) -> dict:

@@ -15,8 +15,10 @@ a page per round while the migration runs, and, as for any guest stop served ins
 the instruction timer restarts after it.
 
 A round's pages are read when sent, so a page written after detection goes out with its
-newest content and is found again in the next round.  Pages are read in runs of
-consecutive pages (one ``mem_read`` a run) and a bundle carries up to 256 pages.
+newest content and is found again in the next round; the first round's scan, too, runs
+along with the stream (no pass over all memory before the first bundle).  Pages are read
+straight out of guest RAM (``Vcpu.ram``: no copy) in runs of consecutive pages, joined
+once into a bundle's payload, which carries up to 256 pages.
 ``final`` freezes the VM first (a guest request the host has not answered yet blocks it;
 an answered one travels along), so the last round is exact: after it, STATE and END close
 the stream.
@@ -48,59 +50,68 @@ _LEN = struct.Struct("<I")
 class Exporter:
     def __init__(self, vm: Vm) -> None:
         self.vm = vm
-        self.pending: deque[int] = deque()
+        self.pending: deque[int] = deque()  # dirty pages still to send in this round
+        self.scan = -1  # next page of a first round's scan of all memory (-1: none)
         self.phase = "head"  # head → rounds → state → end → done
         self.rounds = 0
         self.pages_sent = 0
-        self.frozen_chunks: dict[int, bytes] = {}  # read by the scan of a frozen VM
 
     # -- dirty tracking ---------------------------------------------------------------------
-    def dirty_pages(self, final: bool = False) -> list[int]:
+    def start_round(self, final: bool = False) -> None:
+        """Queue the round's pages: the first round scans all memory as it goes (only pages
+        that are not zero leave: the destination starts from zeros); a later one takes the
+        pages written since the previous round."""
         vcpu, mapped = self.vm.vcpu, self.vm.memory.mapped
-        if final and not self.rounds:  # frozen before any live round: no tracking
-            return self._nonzero_pages(keep=True)
-        # Frozen, it stays protected (cheap): it is destroyed, or thaw() restores it.
-        written = vcpu.track_dirty(mapped)
-        if self.rounds:
-            return sorted(written.union(self.pending))
-        return self._nonzero_pages()
+        if not (final and not self.rounds):  # frozen before any live round: no tracking
+            # Frozen, it stays protected (cheap): it is destroyed, or thaw() restores it.
+            written = vcpu.track_dirty(mapped)
+            if self.rounds:
+                self.pending = deque(sorted(written.union(self.pending)))
+                self.rounds += 1
+                return
+        self.scan = 0
+        self.rounds += 1
 
-    def _nonzero_pages(self, keep: bool = False) -> list[int]:
-        """Pages that are not zero; ``keep``: the VM is frozen, keep what was read."""
-        vcpu, size = self.vm.vcpu, self.vm.memory.size
-        out: list[int] = []
-        for base in range(0, size, CHUNK):
-            data = vcpu.mem_read(base, min(CHUNK, size - base))
-            if data == (_ZERO if len(data) == CHUNK else bytes(len(data))):
-                continue
-            if keep:
-                self.frozen_chunks[base // CHUNK] = data
-            out.extend(base // PAGE + p for p in range(len(data) // PAGE)
-                       if not data.startswith(_ZERO_PAGE, p * PAGE))  # no slice copy
-        return out
+    def more(self) -> bool:
+        return bool(self.pending) or 0 <= self.scan < self.vm.memory.npages
 
-    def _take_pages(self, max_pages: int) -> tuple[list[int], list[bytes | memoryview]]:
-        """Up to ``max_pages`` pending pages, read in runs of consecutive pages."""
-        pending = self.pending
-        indices = [pending.popleft() for _ in range(min(max_pages, len(pending)))]
-        runs, start = [], 0
+    def _take_pages(self, max_pages: int) -> tuple[list[int], list[memoryview]]:
+        """Up to ``max_pages`` pages of the round as (indices, runs of their contents);
+        each run is guest memory itself, read when sent: a page written after it was
+        found goes out with its newest content (and is found again next round)."""
+        if self.pending:
+            pending = self.pending
+            indices = [pending.popleft() for _ in range(min(max_pages, len(pending)))]
+        else:
+            indices = self._scan(max_pages)
+        ram, runs, start = self.vm.vcpu.ram, [], 0
         for i in range(1, len(indices) + 1):
-            if i == len(indices) or indices[i] != indices[i - 1] + 1 \
-                    or not indices[i] % CHUNK_PAGES:  # a run stays in one chunk
-                runs.append(self._read(indices[start] * PAGE, (i - start) * PAGE))
+            if i == len(indices) or indices[i] != indices[i - 1] + 1:
+                runs.append(ram(indices[start] * PAGE, (i - start) * PAGE))
                 start = i
         self.pages_sent += len(indices)
         return indices, runs
 
-    def _read(self, gpa: int, size: int) -> bytes | memoryview:
-        chunk = self.frozen_chunks.get(gpa // CHUNK)
-        off = gpa % CHUNK
-        if chunk is not None and off + size <= len(chunk):
-            return memoryview(chunk)[off : off + size]
-        return self.vm.vcpu.mem_read(gpa, size)
+    def _scan(self, max_pages: int) -> list[int]:
+        """The next up to ``max_pages`` pages that are not zero (a chunk compare with
+        zeros skips empty memory fast)."""
+        ram, npages, out = self.vm.vcpu.ram, self.vm.memory.npages, []
+        while self.scan < npages and len(out) < max_pages:
+            first = self.scan
+            count = min(max_pages - len(out), npages - first, CHUNK_PAGES)
+            self.scan = first + count
+            data = ram(first * PAGE, count * PAGE)
+            if _ZERO.startswith(data):  # memcmp; a memoryview's == compares item by item
+                continue
+            out.extend(first + p for p in range(count)
+                       if not _ZERO_PAGE.startswith(data[p * PAGE : (p + 1) * PAGE]))
+        return out
 
     def _pages(self, session: Session, max_pages: int) -> bytes:
+        """A PAGES bundle, or b"" when the rest of the round's scan found only zeros."""
         indices, runs = self._take_pages(max_pages)
+        if not indices:
+            return b""
         return self._seal(session, Kind.PAGES, pack_pages(indices, runs), len(indices))
 
     # -- one call of EXPORT_VM --------------------------------------------------------------
@@ -113,21 +124,22 @@ class Exporter:
             return self._seal(session, Kind.HEAD, json.dumps(head_of(vm, session)).encode()), 1
         if final and vm.id not in state(tee).frozen:
             freeze(tee, vm, session)
-            self.pending = deque(self.dirty_pages(final=True))
-            self.rounds += 1
+            self.start_round(final=True)
             self.phase = "final"
         if self.phase == "rounds":
-            if not self.pending:
-                self.pending = deque(self.dirty_pages())
-                self.rounds += 1
-                if not self.pending:
-                    return b"", 0
-            return self._pages(session, max_pages), int(bool(self.pending))
+            if not self.more():
+                self.start_round()
+            if self.more():
+                bundle = self._pages(session, max_pages)
+                if bundle:
+                    return bundle, int(self.more())
+            return b"", 0
         if self.phase == "final":
-            if self.pending:
-                return self._pages(session, max_pages), 1
+            if self.more():
+                bundle = self._pages(session, max_pages)
+                if bundle:
+                    return bundle, 1
             self.phase = "end"
-            self.frozen_chunks.clear()
             return self._seal(session, Kind.STATE, state_of(vm)), 1
         if self.phase == "end":
             self.phase = "done"

@@ -129,7 +129,7 @@ class StreamCipher:
 def pack_pages(indices: list[int], data: list[bytes | memoryview]) -> bytes:
     """PAGES payload: ``items`` u32 page indices, then the pages' contents in that order
     (``data`` is runs of whole pages, their total one page per index)."""
-    return struct.pack(f"<{len(indices)}I", *indices) + b"".join(data)
+    return b"".join([struct.pack(f"<{len(indices)}I", *indices), *data])  # one copy
 
 
 def unpack_pages(payload: bytes, items: int, npages: int) -> list[tuple[int, memoryview]]:

@@ -17,6 +17,7 @@ a hypercall's arguments then share one read.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -96,11 +97,16 @@ class Vcpu:
         if ram_size % PAGE or ram_size <= 0:
             raise ValueError("ram_size must be a positive multiple of 4 KiB")
         self.ram_size = ram_size
+        # Guest RAM is a buffer the TEE owns, lent to Unicorn (mem_map_ptr): bulk reads and
+        # writes (migration's page streams) are plain memory copies, not Unicorn's per-page
+        # walk.  Anonymous memory: pages cost nothing until touched.
+        self._ram = mmap.mmap(-1, ram_size)
+        ram_base = ctypes.addressof(ctypes.c_char.from_buffer(self._ram))
         self._uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_64)
         for base in range(0, ram_size, REGION):
-            # Unicorn copies a whole region to change the protection of part of it
-            # (set_mapped, dirty tracking): 2 MiB regions keep that cheap.
-            self._uc.mem_map(base, min(REGION, ram_size - base), uc_mod.UC_PROT_NONE)
+            # Separate regions keep a protection change (set_mapped, dirty tracking) local.
+            self._uc.mem_map_ptr(base, min(REGION, ram_size - base), uc_mod.UC_PROT_NONE,
+                                 ram_base + base)
         self._cpuid = cpuid
         self._stop: Stop | None = None
         self._hook_error: BaseException | None = None
@@ -334,19 +340,32 @@ class Vcpu:
         self._regs = None
 
     # -- memory ----------------------------------------------------------------------
-    def mem_read(self, gpa: int, size: int) -> bytes:
-        if self._handle is None:  # pragma: no cover - a binding without the handle
-            return bytes(self._uc.mem_read(gpa, size))
-        buf = ctypes.create_string_buffer(size)  # one copy fewer than the binding's
-        status = uclib.uc_mem_read(self._handle, gpa, buf, size)
-        if status != uc_mod.UC_ERR_OK:
-            raise uc_mod.UcError(status)
-        return buf.raw
+    def _check_range(self, gpa: int, size: int, error: int) -> None:
+        if gpa < 0 or size < 0 or gpa + size > self.ram_size:
+            raise uc_mod.UcError(error)  # what Unicorn says for memory it does not map
 
-    def mem_write(self, gpa: int, data: bytes) -> None:
-        if self._dirty is not None and data:
-            self._dirty.update(range(gpa // PAGE, (gpa + len(data) - 1) // PAGE + 1))
-        self._uc.mem_write(gpa, bytes(data))
+    def mem_read(self, gpa: int, size: int) -> bytes:
+        """A copy of guest memory (regardless of the host's mappings, as the TEE sees it)."""
+        self._check_range(gpa, size, uc_mod.UC_ERR_READ_UNMAPPED)
+        return self._ram[gpa : gpa + size]
+
+    def ram(self, gpa: int, size: int) -> memoryview:
+        """Guest memory itself, read-only and without a copy: for bulk readers inside the
+        TEE (migration's exporter), never for anything handed to the host."""
+        self._check_range(gpa, size, uc_mod.UC_ERR_READ_UNMAPPED)
+        return memoryview(self._ram)[gpa : gpa + size].toreadonly()
+
+    def mem_write(self, gpa: int, data: bytes | memoryview) -> None:
+        """Write guest memory (regardless of the host's mappings) and drop any code
+        Unicorn translated from the range, which would otherwise run stale."""
+        size = len(data)
+        self._check_range(gpa, size, uc_mod.UC_ERR_WRITE_UNMAPPED)
+        if not size:
+            return
+        if self._dirty is not None:
+            self._dirty.update(range(gpa // PAGE, (gpa + size - 1) // PAGE + 1))
+        self._ram[gpa : gpa + size] = data
+        self._uc.ctl_remove_cache(gpa, gpa + size)
 
     def set_mapped(self, gpa: int, count: int, mapped: bool) -> None:
         if self._dirty is not None:  # the host's mapping wins over dirty tracking

@@ -83,13 +83,18 @@ def reply(ok: bool = True, blob: bytes = b"", *, error: str = "", reason: str = 
     return Message("reply", fields, blob)
 
 
-def encode(msg: Message) -> bytes:
+def _head(msg: Message) -> bytes:
+    """The frame up to the blob: both lengths and the JSON object."""
     check(msg.op, msg.fields)
     raw = json.dumps({"op": msg.op, **msg.fields}, separators=(",", ":")).encode()
     size = 4 + len(raw) + len(msg.blob)
     if size > MAX_FRAME:
         raise WireError("frame", f"{size} bytes exceed {MAX_FRAME}")
-    return b"".join((_U32.pack(size), _U32.pack(len(raw)), raw, msg.blob))  # one copy
+    return _U32.pack(size) + _U32.pack(len(raw)) + raw
+
+
+def encode(msg: Message) -> bytes:
+    return _head(msg) + msg.blob
 
 
 def check(op: object, fields: dict) -> None:
@@ -113,20 +118,29 @@ def decode(body: bytes) -> Message:
     if not isinstance(body, bytes | bytearray | memoryview):
         raise WireError("frame", "not bytes")
     body = bytes(body)
-    if len(body) < 4:
+    n = _json_length(body[:4], len(body))
+    return _message(body[4 : 4 + n], body[4 + n :])
+
+
+def _json_length(raw: bytes, frame: int) -> int:
+    if len(raw) < 4:
         raise WireError("frame", "truncated before the JSON length")
-    (n,) = _U32.unpack_from(body)
-    if n > MAX_JSON or 4 + n > len(body):
+    (n,) = _U32.unpack(raw)
+    if n > MAX_JSON or 4 + n > frame:
         raise WireError("json", f"length {n} is larger than the frame or {MAX_JSON}")
+    return n
+
+
+def _message(raw: bytes, blob: bytes) -> Message:
     try:
-        obj = json.loads(body[4 : 4 + n].decode())
+        obj = json.loads(raw.decode())
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise WireError("json", f"not JSON: {exc.__class__.__name__}") from None
     if not isinstance(obj, dict):
         raise WireError("json", "not an object")
     op = obj.pop("op", None)
     check(op, obj)
-    return Message(op, obj, body[4 + n :])
+    return Message(op, obj, blob)
 
 
 def decode_frame(data: bytes) -> Message:
@@ -159,15 +173,25 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+_JOIN_BELOW = 1 << 16  # a smaller blob goes out with its head in one write
+
+
 def send(sock: socket.socket, msg: Message) -> None:
-    sock.sendall(encode(msg))
+    head = _head(msg)
+    if len(msg.blob) < _JOIN_BELOW:
+        sock.sendall(head + msg.blob)
+    else:  # a bundle: two writes rather than a copy of a megabyte
+        sock.sendall(head)
+        sock.sendall(msg.blob)
 
 
 def recv(sock: socket.socket) -> Message:
-    (n,) = _U32.unpack(_read_exact(sock, 4))
-    if n > MAX_FRAME:
-        raise WireError("frame", f"length {n} exceeds {MAX_FRAME}")
-    return decode(_read_exact(sock, n))
+    """One frame; the blob is read into its own bytes object (no slice copy)."""
+    (size,) = _U32.unpack(_read_exact(sock, 4))
+    if size > MAX_FRAME:
+        raise WireError("frame", f"length {size} exceeds {MAX_FRAME}")
+    n = _json_length(_read_exact(sock, min(size, 4)), size)
+    return _message(_read_exact(sock, n), _read_exact(sock, size - 4 - n))
 
 
 def call(sock: socket.socket, msg: Message) -> Message:
