@@ -76,10 +76,9 @@ def enter(tee: Tee, vm: Vm, ctx: VcpuContext, quantum: int, state: bytes) -> Rep
 def accept_host_state(vm: Vm, ctx: VcpuContext, state: bytes) -> None:
     """What the host hands back: a plaintext register file it may edit (plain, sev), a
     deterministic ciphertext it may replay (sev-es), a guest-owned VMSA it cannot touch
-    (snp), or a sealed blob that must authenticate for this VM, vCPU and exit (shim)."""
+    (snp), or a sealed blob that must authenticate for this VM, vCPU and exit (shim).
+    Called only when ``state`` differs from what the host got at the last exit."""
     f = vm.features
-    if state == ctx.handed_out:
-        return  # exactly what the host got at the last exit (or nothing before the first)
     if not state and not f.sealed_state:
         return  # keep the registers as they are
     if ctx.seq == 0:

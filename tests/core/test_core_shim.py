@@ -25,6 +25,17 @@ def run_to_first(v, reason):
         assert v.host.on_exit(rec)
 
 
+@pytest.mark.parametrize("level", list(Level))
+@pytest.mark.parametrize("size", [1, 28, 288, 316])
+def test_state_before_the_first_entry_is_refused_and_changes_nothing(launch, level, size):
+    """There is no state before the first exit: any bytes there are a bad operand at
+    every level (at shim, too: not a crash, not a kill), and the VM then runs normally."""
+    v = launch("hello", level)
+    reply = v.client.enter(v.vm_id, state=bytes(size))
+    assert (reply.result, reply.operand) == (Result.BAD_OPERAND, "state")
+    assert v.client.enter(v.vm_id).exit.reason != ExitReason.KILLED
+
+
 @pytest.mark.parametrize("mutate", ["flip", "replay", "other_vm", "empty"])
 def test_bad_sealed_state_kills_the_vm(launch, images, mutate):
     v = launch("counter", "shim")
