@@ -108,7 +108,8 @@ class Exporter:
         return out
 
     def _pages(self, session: Session, max_pages: int) -> bytes:
-        """A PAGES bundle, or b"" when the rest of the round's scan found only zeros."""
+        """A PAGES bundle, or b"" when the round has nothing left (no pending page, and
+        the rest of its scan, if any, found only zeros)."""
         indices, runs = self._take_pages(max_pages)
         if not indices:
             return b""
@@ -129,16 +130,12 @@ class Exporter:
         if self.phase == "rounds":
             if not self.more():
                 self.start_round()
-            if self.more():
-                bundle = self._pages(session, max_pages)
-                if bundle:
-                    return bundle, int(self.more())
-            return b"", 0
+            bundle = self._pages(session, max_pages)  # b"": the round is complete
+            return bundle, int(bool(bundle) and self.more())
         if self.phase == "final":
-            if self.more():
-                bundle = self._pages(session, max_pages)
-                if bundle:
-                    return bundle, 1
+            bundle = self._pages(session, max_pages)
+            if bundle:
+                return bundle, 1
             self.phase = "end"
             return self._seal(session, Kind.STATE, state_of(vm)), 1
         if self.phase == "end":
