@@ -16,9 +16,10 @@ the instruction timer restarts after it.
 
 A round's pages are read when sent, so a page written after detection goes out with its
 newest content and is found again in the next round; the first round's scan, too, runs
-along with the stream (no pass over all memory before the first bundle).  Pages are read
-straight out of guest RAM (``Vcpu.ram``: no copy) in runs of consecutive pages, joined
-once into a bundle's payload, which carries up to 256 pages.
+along with the stream (no pass over all memory before the first bundle).  A bundle carries
+up to 256 pages, copied once (a run of consecutive pages at a time) out of guest RAM
+(``Vcpu.ram``, a view) into the exporter's payload buffer; zero pages are found there by a
+substring search; the payload is encrypted straight into the bundle.
 ``final`` freezes the VM first (a guest request the host has not answered yet blocks it;
 an answered one travels along), so the last round is exact: after it, STATE and END close
 the stream.
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from shim.errors import BadState
 from shim.management import Session, state
-from shim.management.stream import Kind, pack_pages
+from shim.management.stream import MAX_PAYLOAD, Kind
 from shim.vm import Pending, Vm, VmState
 from tvmm.hw.vcpu import PAGE
 
@@ -55,6 +56,7 @@ class Exporter:
         self.phase = "head"  # head → rounds → state → end → done
         self.rounds = 0
         self.pages_sent = 0
+        self._payload = bytearray(MAX_PAYLOAD)  # a PAGES payload is assembled here
 
     # -- dirty tracking ---------------------------------------------------------------------
     def start_round(self, final: bool = False) -> None:
@@ -75,45 +77,62 @@ class Exporter:
     def more(self) -> bool:
         return bool(self.pending) or 0 <= self.scan < self.vm.memory.npages
 
-    def _take_pages(self, max_pages: int) -> tuple[list[int], list[memoryview]]:
-        """Up to ``max_pages`` pages of the round as (indices, runs of their contents);
-        each run is guest memory itself, read when sent: a page written after it was
-        found goes out with its newest content (and is found again next round)."""
+    def _pages(self, session: Session, max_pages: int) -> bytes | bytearray:
+        """A PAGES bundle, or b"" when the round has nothing left (no pending page, and
+        the rest of its scan, if any, found only zeros).  Pages are copied once, out of
+        guest RAM into the payload buffer, which is encrypted straight into the bundle."""
         if self.pending:
             pending = self.pending
             indices = [pending.popleft() for _ in range(min(max_pages, len(pending)))]
+            end = self._copy(indices, 0)
         else:
-            indices = self._scan(max_pages)
-        ram, runs, start = self.vm.vcpu.ram, [], 0
+            indices, end = self._scan(max_pages)
+        if not indices:
+            return b""
+        n = len(indices)
+        struct.pack_into(f"<{n}I", self._payload, end, *indices)
+        self.pages_sent += n
+        return self._seal(session, Kind.PAGES, memoryview(self._payload)[: end + 4 * n], n)
+
+    def _copy(self, indices: list[int], pos: int) -> int:
+        """Copy the pages into the payload buffer from ``pos`` on (one copy per run of
+        consecutive pages); returns where they end.  Each is read now: a page written
+        after it was found goes out with its newest content (and is found again)."""
+        ram, out, start = self.vm.vcpu.ram, memoryview(self._payload), 0
         for i in range(1, len(indices) + 1):
             if i == len(indices) or indices[i] != indices[i - 1] + 1:
-                runs.append(ram(indices[start] * PAGE, (i - start) * PAGE))
+                size = (i - start) * PAGE
+                out[pos : pos + size] = ram(indices[start] * PAGE, size)
+                pos += size
                 start = i
-        self.pages_sent += len(indices)
-        return indices, runs
+        return pos
 
-    def _scan(self, max_pages: int) -> list[int]:
-        """The next up to ``max_pages`` pages that are not zero (a chunk compare with
-        zeros skips empty memory fast)."""
-        ram, npages, out = self.vm.vcpu.ram, self.vm.memory.npages, []
-        while self.scan < npages and len(out) < max_pages:
+    def _scan(self, max_pages: int) -> tuple[list[int], int]:
+        """The next up to ``max_pages`` pages that are not zero, copied into the payload
+        buffer: (their indices, where they end).  A chunk of zeros is skipped with one
+        compare; any other is copied whole and searched for zero pages, which are then
+        left out (a substring search skips dense memory fast)."""
+        ram, npages = self.vm.vcpu.ram, self.vm.memory.npages
+        out = memoryview(self._payload)
+        indices: list[int] = []
+        pos = 0
+        while self.scan < npages and len(indices) < max_pages:
             first = self.scan
-            count = min(max_pages - len(out), npages - first, CHUNK_PAGES)
+            count = min(max_pages - len(indices), npages - first, CHUNK_PAGES)
             self.scan = first + count
             data = ram(first * PAGE, count * PAGE)
             if _ZERO.startswith(data):  # memcmp; a memoryview's == compares item by item
                 continue
-            out.extend(first + p for p in range(count)
-                       if not _ZERO_PAGE.startswith(data[p * PAGE : (p + 1) * PAGE]))
-        return out
-
-    def _pages(self, session: Session, max_pages: int) -> bytes:
-        """A PAGES bundle, or b"" when the round has nothing left (no pending page, and
-        the rest of its scan, if any, found only zeros)."""
-        indices, runs = self._take_pages(max_pages)
-        if not indices:
-            return b""
-        return self._seal(session, Kind.PAGES, pack_pages(indices, runs), len(indices))
+            out[pos : pos + count * PAGE] = data
+            zero = _zero_pages(self._payload, pos, pos + count * PAGE)
+            if zero:
+                keep = [first + p for p in range(count) if p not in zero]
+                pos = self._copy(keep, pos)
+                indices += keep
+            else:
+                indices += range(first, first + count)
+                pos += count * PAGE
+        return indices, pos
 
     # -- one call of EXPORT_VM --------------------------------------------------------------
     def next(self, tee: Tee, session: Session, final: bool, max_pages: int) -> tuple[bytes, int]:
@@ -146,10 +165,29 @@ class Exporter:
             return self._seal(session, Kind.END, end), 0
         raise BadState("session", "the stream has ended")
 
-    def _seal(self, session: Session, kind: Kind, payload: bytes, items: int = 0) -> bytes:
+    def _seal(self, session: Session, kind: Kind, payload: bytes | memoryview, items: int = 0
+              ) -> bytearray:
         bundle = session.cipher.seal(kind, session.stream, session.counter, payload, items)
         session.counter += 1
         return bundle
+
+
+def _zero_pages(buf: bytearray, pos: int, end: int) -> set[int]:
+    """Which pages of ``buf[pos:end]`` (numbered from ``pos``) are all zero.  A search for
+    a page of zeros skips dense memory fast and lands on the first run that could hold
+    one; from there, consecutive zero pages are compared one by one (a search per page
+    would cost more: it prepares its 4 KiB pattern each time)."""
+    zero: set[int] = set()
+    at = buf.find(_ZERO_PAGE, pos, end)
+    while at >= 0:
+        page = pos + -(-(at - pos) // PAGE) * PAGE  # the first page boundary from ``at``
+        while page + PAGE <= end and buf.startswith(_ZERO_PAGE, page):
+            zero.add((page - pos) // PAGE)
+            page += PAGE
+        if page + PAGE > end:
+            break
+        at = buf.find(_ZERO_PAGE, page, end)
+    return zero
 
 
 def freeze(tee: Tee, vm: Vm, session: Session) -> None:

@@ -72,19 +72,21 @@ class Importer:
         refuse(tee, session, reason)
         raise Denied("data", reason)
 
-    def _apply(self, tee: Tee, session: Session, kind: Kind, items: int, payload: bytes
+    def _apply(self, tee: Tee, session: Session, kind: Kind, items: int, payload: memoryview
                ) -> tuple[int, bytes]:
         vm = self.vm
+        if kind == Kind.PAGES:
+            for first, data in unpack_pages(payload, items, vm.memory.npages):
+                vm.vcpu.mem_write(first * PAGE, data)  # a run of pages, one write
+            self.pages += items
+            return 0, b""
+        payload = bytes(payload)  # small, and the cipher's buffer is reused
         if kind == Kind.HEAD:
             head = json.loads(payload)
             self._check_head(session, head)
             vm.launch_digest = bytes.fromhex(head["digest"])
             vm.entry = int(head["entry"])
             vm.code_ranges = [(int(g), bytes.fromhex(c)) for g, c in head["code"]]
-        elif kind == Kind.PAGES:
-            for first, data in unpack_pages(payload, items, vm.memory.npages):
-                vm.vcpu.mem_write(first * PAGE, data)  # a run of pages, one write
-            self.pages += items
         elif kind == Kind.STATE:
             self._restore(payload)
         else:

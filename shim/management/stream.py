@@ -8,13 +8,15 @@ its AEAD, so the host can route bundles but not forge, replay, reorder, drop or 
     header (32 bytes, little-endian)
       0  4  magic  b"TVMB"
       4  1  kind   1 HEAD (VM metadata), 2 PAGES, 3 STATE (vCPU), 4 END (commit)
-      5  1  version 1
+      5  1  version 2
       6  2  reserved, zero
       8  8  stream id   (chosen by the trusted agents; binds the bundle to one session)
      16  8  counter     (0, 1, 2, ... per stream: replay and reorder are refused)
      24  4  items       (pages in a PAGES bundle, 0 otherwise)
      28  4  payload length (ciphertext without the tag)
     32  ..  AES-256-GCM(key, nonce = counter (8 LE) ‖ b"TVMB", payload, AD = header) ‖ tag
+
+A PAGES payload is the pages' contents, then their indices (u32 each, same order).
 
 The nonce is derived from the counter: a session key encrypts one stream only, so a
 (key, nonce) pair never repeats.  ``parse_header`` is the one parser of untrusted bundle
@@ -32,11 +34,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAGIC = b"TVMB"
-VERSION = 1
+VERSION = 2  # 2: a PAGES payload carries its indices after the pages
 HEADER = struct.Struct("<4sBBHQQII")
 TAG = 16
 MAX_ITEMS = 256  # pages per PAGES bundle: 1 MiB of guest memory
-MAX_PAYLOAD = 4 + MAX_ITEMS * (4 + 4096) + 1024
+MAX_PAYLOAD = MAX_ITEMS * (4096 + 4) + 1024
 assert HEADER.size == 32
 
 
@@ -102,47 +104,56 @@ def _nonce(counter: int) -> bytes:
 
 
 class StreamCipher:
-    """Seal and open bundles of one stream under its session key."""
+    """Seal and open bundles of one stream under its session key.
+
+    Both directions encrypt into place (``encrypt_into`` / ``decrypt_into``): a bundle is
+    one allocation, written once; an opened payload lands in a buffer this TEE owns and
+    reuses, so it is valid until the next ``open``."""
 
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise ValueError("a stream key is 32 bytes (AES-256)")
         self._aead = AESGCM(key)
+        self._plain = bytearray(MAX_PAYLOAD)
 
-    def seal(self, kind: Kind, stream: int, counter: int, payload: bytes, items: int = 0
-             ) -> bytes:
+    def seal(self, kind: Kind, stream: int, counter: int, payload: bytes | memoryview,
+             items: int = 0) -> bytearray:
         header = Header(kind, stream, counter, items, len(payload)).pack()
-        return header + self._aead.encrypt(_nonce(counter), payload, header)
+        bundle = bytearray(HEADER.size + len(payload) + TAG)
+        bundle[: HEADER.size] = header
+        self._aead.encrypt_into(_nonce(counter), payload, header,
+                                memoryview(bundle)[HEADER.size :])
+        return bundle
 
-    def open(self, data: bytes) -> tuple[Header, bytes]:
-        """(header, payload); StreamError("tag") if the bundle does not authenticate."""
+    def open(self, data: bytes) -> tuple[Header, memoryview]:
+        """(header, payload); StreamError("tag") if the bundle does not authenticate.
+        The payload is a view of this cipher's buffer: read it before the next ``open``."""
         header = parse_header(data)
         raw = memoryview(data)
+        payload = memoryview(self._plain)[: header.length]
         try:
-            payload = self._aead.decrypt(_nonce(header.counter), raw[HEADER.size:],
-                                         raw[:HEADER.size])
+            self._aead.decrypt_into(_nonce(header.counter), raw[HEADER.size :],
+                                    raw[: HEADER.size], payload)
         except InvalidTag:
             raise StreamError("tag", "bundle does not authenticate") from None
         return header, payload
 
 
-def pack_pages(indices: list[int], data: list[bytes | memoryview]) -> bytes:
-    """PAGES payload: ``items`` u32 page indices, then the pages' contents in that order
-    (``data`` is runs of whole pages, their total one page per index)."""
-    return b"".join([struct.pack(f"<{len(indices)}I", *indices), *data])  # one copy
-
-
-def unpack_pages(payload: bytes, items: int, npages: int) -> list[tuple[int, memoryview]]:
-    """Runs of consecutive pages: (first index, their contents), for one write each."""
-    if len(payload) != items * (4 + 4096):
+def unpack_pages(payload: memoryview, items: int, npages: int
+                 ) -> list[tuple[int, memoryview]]:
+    """Runs of consecutive pages of a PAGES payload: (first index, their contents), for one
+    write each.  The payload is the pages' contents, then ``items`` u32 page indices in the
+    same order (the exporter learns which pages go out while it copies them)."""
+    if items < 1:
+        raise StreamError("items", "a PAGES payload carries at least one page")
+    if len(payload) != items * (4096 + 4):
         raise StreamError("payload", f"{len(payload)} bytes do not hold {items} pages")
-    indices = struct.unpack_from(f"<{items}I", payload)
+    indices = struct.unpack_from(f"<{items}I", payload, items * 4096)
     if max(indices) >= npages:
         raise StreamError("page", f"page index {max(indices)} is outside guest memory")
-    mv = memoryview(payload)[items * 4 :]
     out, start = [], 0
     for i in range(1, items + 1):
         if i == items or indices[i] != indices[i - 1] + 1:
-            out.append((indices[start], mv[start * 4096 : i * 4096]))
+            out.append((indices[start], payload[start * 4096 : i * 4096]))
             start = i
     return out

@@ -17,6 +17,7 @@ def test_separate_process_throughput_smoke():
     for prefix in ("", "xproc_"):
         assert result[f"{prefix}throughput_mib_s"] > 0
         assert result[f"{prefix}stream_mib"] >= 1
+    assert result["pipe_mib_s"] > 0 and result["xproc_dst_prepare_ms"] > 0
     assert not multiprocessing.active_children()
 
 

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import struct
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shim.management.stream import HEADER, Kind, StreamCipher, StreamError, parse_header
+from shim.management.stream import (
+    HEADER,
+    Kind,
+    StreamCipher,
+    StreamError,
+    parse_header,
+    unpack_pages,
+)
 from tvmm.perimeter import wire
 from tvmm.perimeter.coordinator import checkpoint_meta
 from tvmm.perimeter.host_side import Checkpoint, CheckpointFormatError
@@ -107,3 +115,26 @@ def test_checkpoint_truncated(data) -> None:
         Checkpoint.from_bytes(ck[:cut])
     except CheckpointFormatError:
         pass
+
+
+@FAST
+@given(st.binary(max_size=3 * 4100), st.integers(0, 4), st.integers(1, 8))
+def test_pages_payload_random(payload: bytes, items: int, npages: int) -> None:
+    try:
+        runs = unpack_pages(memoryview(payload), items, npages)
+    except StreamError as exc:
+        assert exc.field in ("items", "payload", "page")
+    else:  # only an exact payload gets here: its runs hold every page once, in range
+        assert sum(len(data) for _, data in runs) == items * 4096
+        assert all(0 <= first < npages for first, _ in runs)
+
+
+@FAST
+@given(st.lists(st.integers(0, 7), min_size=1, max_size=6))
+def test_pages_payload_round_trip(indices: list[int]) -> None:
+    pages = [os.urandom(4096) for _ in indices]
+    payload = b"".join(pages) + struct.pack(f"<{len(indices)}I", *indices)
+    runs = unpack_pages(memoryview(payload), len(indices), 8)
+    rebuilt = [(first + k, bytes(data[k * 4096 : (k + 1) * 4096]))
+               for first, data in runs for k in range(len(data) // 4096)]
+    assert rebuilt == list(zip(indices, pages, strict=True))

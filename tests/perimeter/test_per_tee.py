@@ -73,7 +73,7 @@ def _stream(image, level=Level.SHIM):
     host.run(max_exits=100)
     key = os.urandom(32)
     management.open_export(a.tee, host.vm, key, 9, "c-9", 3)
-    bundles = list(export_round(ca, host.vm, 9, True))
+    bundles = [bytes(b) for b in export_round(ca, host.vm, 9, True)]  # as a socket gives them
     return key, bundles, a.tee.vms[host.vm].policy
 
 

@@ -54,8 +54,9 @@ class _Relay:
                         self.tampered += 1
                     continue
                 wire.send(dst, msg)
-                if msg.op == "stream_end":
+                if msg.op in ("stream_begin", "stream_end"):  # the destination answers
                     wire.send(src, wire.recv(dst))
+                if msg.op == "stream_end":
                     return
 
     def close(self) -> None:

@@ -248,7 +248,8 @@ def run_migrate(args: argparse.Namespace) -> int:
     console.print(f"migrated {args.vm} to {result['node']} (version {result['version']}): "
                   f"{result.get('pages', 0):,} pages, {mib:.1f} MiB in {secs * 1000:.0f} ms "
                   f"({mib / secs:.1f} MiB/s), {result.get('rounds', 0)} rounds, "
-                  f"downtime {result.get('downtime_ms', 0):.1f} ms")
+                  f"downtime {result.get('downtime_ms', 0):.1f} ms (destination prepared in "
+                  f"{result.get('prepare_ms', 0):.0f} ms)")
     return 0
 
 

@@ -6,7 +6,8 @@ it to import tvmm.hw or shim (pyproject.toml), like every other piece of host co
 
 * ``VmRunner``: the honest hypervisor on a thread that can be paused between two entries
   (never with a guest request half served), so the VM can be frozen for export.
-* ``export_stream`` / ``import_stream``: the pump loops.
+* ``export_round`` / ``feed_stream`` (``import_stream`` = ``create_for_import`` + feed): the
+  pump loops.
 * checkpoint files: ``b"TVCK"`` ‖ u32 length ‖ JSON metadata (vm, epoch, level, memory,
   stream — unauthenticated: only routing hints, every claim is re-checked by the TEE) ‖
   bundles, each u32 length ‖ bundle.
@@ -50,17 +51,28 @@ def export_round(client: PlatformClient, vm: int, stream: int, final: bool,
             return
 
 
-def import_bundle(client: PlatformClient, vm: int, stream: int, bundle: bytes) -> Reply:
-    reply = client.call(ImportVm(vm, stream, bundle))
+def import_bundle(client: PlatformClient, vm: int, stream: int, bundle: bytes | bytearray
+                  ) -> Reply:
+    # The TEE takes bytes only (a buffer the host could still change is refused): a
+    # bundle straight from EXPORT_VM (a bytearray) is copied; one from a socket or a
+    # file already is bytes, and bytes() returns it as it is.
+    reply = client.call(ImportVm(vm, stream, bytes(bundle)))
     if reply.result != Result.OK:
         raise HostCallError("IMPORT_VM", reply)
     return reply
 
 
-def import_stream(client: PlatformClient, stream: int, level: Level, memory: int,
-                  bundles: Iterable[bytes], policy: int = 0) -> tuple[int, bytes]:
-    """Create the empty VM and feed the stream: (vm id, state blob for the first ENTER)."""
-    vm = client.create_vm(level, memory, SHARED_BASE, SHARED_SIZE, policy)
+def create_for_import(client: PlatformClient, level: Level, memory: int, policy: int = 0
+                      ) -> int:
+    """The empty VM a stream is imported into (its memory is backed at creation, so a
+    destination prepares it before the stream starts)."""
+    return client.create_vm(level, memory, SHARED_BASE, SHARED_SIZE, policy)
+
+
+def feed_stream(client: PlatformClient, vm: int, stream: int, bundles: Iterable[bytes]
+                ) -> tuple[int, bytes]:
+    """Feed the stream into the empty ``vm``: (vm id, state blob for the first ENTER).
+    The VM is destroyed if the stream fails or ends without END."""
     try:
         for bundle in bundles:
             reply = import_bundle(client, vm, stream, bundle)
@@ -74,6 +86,13 @@ def import_stream(client: PlatformClient, stream: int, level: Level, memory: int
         raise
     client.destroy(vm)
     raise HostCallError("IMPORT_VM", Reply(Result.BAD_STATE, operand="stream (no END)"))
+
+
+def import_stream(client: PlatformClient, stream: int, level: Level, memory: int,
+                  bundles: Iterable[bytes], policy: int = 0) -> tuple[int, bytes]:
+    """Create the empty VM and feed the stream: (vm id, state blob for the first ENTER)."""
+    return feed_stream(client, create_for_import(client, level, memory, policy), stream,
+                       bundles)
 
 
 # -- checkpoint files -----------------------------------------------------------------------------

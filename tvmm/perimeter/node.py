@@ -237,7 +237,7 @@ class Node:
         relay = msg["relay"] or f"{msg['dst_host']}:{msg['dst_host_port']}"
         rhost, rport = relay.rsplit(":", 1)
         vm = self.platform.tee.vms[hosted.vm]
-        stats = {"pages": 0, "bytes": 0, "rounds": 0}
+        stats: dict = {"pages": 0, "bytes": 0, "rounds": 0}
         t0 = time.perf_counter()
         paused_at = None
         try:
@@ -246,6 +246,12 @@ class Node:
                 wire.send(s, wire.Message("stream_begin", {
                     "stream": stream, "vm": name, "level": vm.level.value,
                     "memory": vm.memory.size, "policy": vm.policy}))
+                ready = wire.recv(s)  # the destination has prepared the empty VM
+                if ready.op != "reply" or not ready["ok"]:
+                    return wire.reply(False, reason="stream", error="destination host: "
+                                      f"{ready.fields.get('error', ready.op)}")
+                stats["prepare_ms"] = (time.perf_counter() - t0) * 1000
+                t0 = time.perf_counter()  # the stream's time starts here
 
                 def pump(final: bool) -> int:
                     n = 0
@@ -347,6 +353,8 @@ class Node:
             threading.Thread(target=self._host_stream, args=(conn,), daemon=True).start()
 
     def _host_stream(self, conn: socket.socket) -> None:
+        """stream_begin → the empty VM is created (its memory backed) and the source told
+        to go on → bundles into IMPORT_VM → stream_end → the outcome."""
         with conn:
             try:
                 begin = wire.recv(conn)
@@ -354,22 +362,29 @@ class Node:
                     raise wire.WireError("op", "expected stream_begin")
                 stream = begin["stream"]
                 inc = self.incoming.get(stream)
-                error = "" if inc is not None else f"no migration expected for stream {stream}"
-                vm = 0
-                if not error:
-                    vm = self.client.create_vm(Level(begin["level"]), begin["memory"],
-                                               host_side.SHARED_BASE, host_side.SHARED_SIZE,
-                                               begin["policy"])
+                if inc is None:
+                    wire.send(conn, wire.reply(False, error="no migration expected for "
+                                               f"stream {stream}"))
+                    return
+                try:
+                    vm = host_side.create_for_import(self.client, Level(begin["level"]),
+                                                     begin["memory"], begin["policy"])
+                except HostCallError as exc:
+                    inc.error = str(exc)
+                    inc.done.set()
+                    wire.send(conn, wire.reply(False, error=inc.error))
+                    return
+                wire.send(conn, wire.reply())  # ready: the source may start the stream
+                error = ""
                 while True:
                     try:
                         msg = wire.recv(conn)
                     except ConnectionError:
-                        if inc is not None and inc.vm and not error:
+                        if inc.vm and not error:
                             inc.done.set()  # END arrived: the VM is complete here
                         raise
                     if msg.op == "stream_end":
-                        if inc is not None:
-                            inc.console = msg["console"]
+                        inc.console = msg["console"]
                         break
                     if msg.op != "bundle" or error:
                         continue
@@ -380,11 +395,10 @@ class Node:
                         continue
                     if reply.value:
                         inc.vm, inc.state = vm, reply.data
-                if not error and not (inc and inc.vm):
+                if not error and not inc.vm:
                     error = "the stream ended without END"
-                if inc is not None:
-                    inc.error = error
-                    inc.done.set()
+                inc.error = error
+                inc.done.set()
                 self.crash_point("migrate_dst_after_import")
                 wire.send(conn, wire.reply(not error, error=error))
             except (OSError, wire.WireError, ValueError, HostCallError):

@@ -1,0 +1,37 @@
+"""The exporter's zero-page search against the plain definition, on every kind of page
+(all zero, one stray byte anywhere, runs of zeros that straddle page boundaries)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shim.management.export import _zero_pages
+from tvmm.hw.vcpu import PAGE
+
+ZERO = bytes(PAGE)
+
+
+@st.composite
+def _page(draw) -> bytes:
+    kind = draw(st.sampled_from(["zero", "byte", "tail", "head"]))
+    page = bytearray(PAGE)
+    if kind == "byte":  # one non-zero byte anywhere
+        page[draw(st.integers(0, PAGE - 1))] = draw(st.integers(1, 255))
+    elif kind == "tail":  # zeros up to a cut, then data: a zero run ends inside the page
+        cut = draw(st.integers(0, PAGE - 1))
+        page[cut:] = b"\x01" * (PAGE - cut)
+    elif kind == "head":  # data, then zeros: a zero run starts inside the page
+        cut = draw(st.integers(1, PAGE))
+        page[:cut] = b"\x02" * cut
+    return bytes(page)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_page(), min_size=1, max_size=10), st.integers(0, 2), st.integers(0, 2))
+def test_zero_pages_are_exactly_the_all_zero_pages(pages: list[bytes], before: int,
+                                                   after: int) -> None:
+    pos = before * PAGE
+    buf = bytearray(pos) + b"".join(pages) + bytearray(after * PAGE)  # zeros around
+    assert _zero_pages(buf, pos, pos + len(pages) * PAGE) == \
+        {i for i, page in enumerate(pages) if page == ZERO}
