@@ -8,11 +8,17 @@ counter guest on n1, and runs one operation with one process told (TVMM_FAULT_NO
 TVMM_FAULT_COORDINATOR) to kill itself with SIGKILL at one named point.  Then it
 restarts what died (the coordinator recovers: every migration left in prepare is
 committed if the destination holds the complete VM, else aborted and the source thawed;
-a restarted node re-registers with a new TEE and its VMs are marked lost) and checks:
+a suspend the node never answered is aborted if the node still holds the VM; a restarted
+node re-registers with a new TEE, its running VMs are marked lost and a suspend it had
+not answered commits the checkpoint prepared for it) and checks:
 
-* at most one runnable copy of the VM exists, and exactly one unless the killed process
-  was the only holder of the running VM (a source killed while the VM was still running
-  on it — a machine crash, not a protocol failure; the trial reports it as "lost");
+* at most one runnable copy of the VM exists, and exactly one unless the killed source
+  held the VM's only copy in its memory: frozen for a migration's final round
+  (migrate_after_freeze_begin) or exported but not yet stored by its host
+  (suspend_after_export) — a machine crash, not a protocol failure; the trial reports it
+  as "lost".  A source killed once its host stored the checkpoint (suspend_after_store)
+  must not lose the VM: the coordinator recorded the checkpoint's key before the export,
+  and the operator resumes the stored file;
 * the surviving copy counts on without a gap or a repeat up to N (its console, carried
   across nodes, is contiguous; it starts at 1 unless the killed source host took the
   start of the log with it — the guest's state was not lost, the host's log was);
@@ -48,7 +54,8 @@ POINTS = {
     "suspend-resume": [("coordinator", "suspend_before_commit"),
                        ("coordinator", "suspend_after_commit"),
                        ("coordinator", "resume_after_authorize"),
-                       ("src", "suspend_after_export"), ("dst", "resume_after_import")],
+                       ("src", "suspend_after_export"), ("src", "suspend_after_store"),
+                       ("dst", "resume_after_import")],
 }
 COUNT = 1500
 
@@ -70,6 +77,7 @@ def trial(state: Path, image: bytes, op_kind: str, who: str, point: str, auditor
     env_for = {"coordinator": {"TVMM_FAULT_COORDINATOR": point},
                "src": {"TVMM_FAULT_NODE": point}, "dst": {"TVMM_FAULT_NODE": point}}
     out = {"op": op_kind, "killed": who, "point": point}
+    started = time.time()
     try:
         per.start_coordinator(db=db, env=env_for.get("coordinator") if who == "coordinator"
                               else None)
@@ -102,7 +110,8 @@ def trial(state: Path, image: bytes, op_kind: str, who: str, point: str, auditor
         if op_kind == "suspend-resume" and out["op_result"] != "ok":
             op = OperatorClient(per.address, state, timeout=60)
             row = next((v for v in op.vms() if v["name"] == vm), None)
-            stored = sorted((state / "storage" / "n1").glob(f"{vm}.v*.ckpt"))
+            stored = sorted(p for p in (state / "storage" / "n1").glob(f"{vm}.v*.ckpt")
+                            if p.stat().st_mtime >= started)  # not an earlier trial's
             if row and row["state"] == "suspended" and stored:
                 try:  # the operator retries the resume from the host's stored copy
                     op.resume(stored[-1].read_bytes(), "n2")
@@ -148,6 +157,18 @@ def trial(state: Path, image: bytes, op_kind: str, who: str, point: str, auditor
     return out
 
 
+def run_trial(state: Path, op_kind: str, who: str, point: str) -> dict:
+    """One trial with a fresh perimeter; a harness error fails it."""
+    measure.measurement.cache_clear()  # the tree may have changed: measure it again
+    try:
+        image = build_sample("counter").path.read_bytes()
+        auditor = Identity.create("auditor", "coordinator", state)
+        return trial(state, image, op_kind, who, point, auditor, pinned_ark(state))
+    except Exception as exc:  # noqa: BLE001 - a harness error fails the trial
+        return {"op": op_kind, "killed": who, "point": point, "ok": False,
+                "problems": [f"{type(exc).__name__}: {exc}"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=20)
@@ -156,19 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     state = args.state_dir or default_state_dir()
     rng = random.Random(args.seed)
-    image = build_sample("counter").path.read_bytes()
-    ark = pinned_ark(state)
     failures = 0
     for _ in range(args.trials):
         op_kind = rng.choice(sorted(POINTS))
         who, point = rng.choice(POINTS[op_kind])
-        measure.measurement.cache_clear()  # the tree may have changed: measure it again
-        auditor = Identity.create("auditor", "coordinator", state)
-        try:
-            result = trial(state, image, op_kind, who, point, auditor, ark)
-        except Exception as exc:  # noqa: BLE001 - a harness error fails the trial
-            result = {"op": op_kind, "killed": who, "point": point, "ok": False,
-                      "problems": [f"{type(exc).__name__}: {exc}"]}
+        result = run_trial(state, op_kind, who, point)
         failures += not result["ok"]
         print(json.dumps(result), flush=True)
     print(json.dumps({"trials": args.trials, "failures": failures, "seed": args.seed}))

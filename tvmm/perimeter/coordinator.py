@@ -139,6 +139,12 @@ class Coordinator:
                                         "'running'", (peer.name,)).fetchall():
                     db.execute("UPDATE vms SET state='lost' WHERE name=?", (vm,))
                     self.store.audit(db, "vm_lost", vm=vm, node=peer.name)
+                for vm, epoch in db.execute(
+                        "SELECT v.name, c.version FROM vms v JOIN checkpoints c ON c.vm = "
+                        "v.name WHERE v.node=? AND v.state='suspending' AND "
+                        "c.state='prepared'", (peer.name,)).fetchall():
+                    # its TEE is gone: the checkpoint its host stored, if any, is the VM
+                    self._commit_prepared(db, vm, peer.name, epoch, "the node restarted")
                 for vm, version in db.execute("SELECT name, version FROM vms WHERE node=? "
                                               "AND state='resuming'", (peer.name,)).fetchall():
                     # the TEE that was resuming it is gone: the checkpoint is the copy
@@ -193,27 +199,95 @@ class Coordinator:
         return row[0]
 
     def suspend(self, vm: str) -> wire.Message:
+        """Prepare (a checkpoint key chosen here, recorded before the node exports), then the
+        node freezes, exports and stores the checkpoint, then commit.  Because the key is
+        recorded first, a checkpoint the node's host stored stays resumable even if the
+        node dies before answering (see ``settle_suspend``)."""
         node, state, version, level, memory = self._vm(vm)
         if state != "running":
             self._refuse("suspend_refused", "state", f"{vm} is {state}", vm=vm)
-        epoch, stream = version + 1, secrets.randbits(62)
-        self.store.log("suspend_prepare", vm=vm, node=node, epoch=epoch)
-        answer = self.node_call(node, wire.Message("node_suspend",
-                                                   {"vm": vm, "epoch": epoch, "stream": stream}))
+        epoch, stream, key = version + 1, secrets.randbits(62), secrets.token_hex(32)
+        with self.store.txn() as db:
+            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,0,'prepared')",
+                       (vm, epoch, key, stream))
+            db.execute("UPDATE vms SET state='suspending' WHERE name=?", (vm,))
+            self.store.audit(db, "suspend_prepare", vm=vm, node=node, epoch=epoch)
+        try:
+            answer = self.node_call(node, wire.Message("node_suspend", {
+                "vm": vm, "epoch": epoch, "stream": stream, "key": key}))
+        except (Refused, PeerRefused, OSError, wire.WireError) as exc:
+            outcome = self.settle_suspend(vm)
+            raise Refused("node", f"suspend interrupted ({exc}): {outcome}") from None
         if not answer["ok"]:
-            self.store.log("suspend_failed", vm=vm, error=answer.fields.get("error", ""))
+            self._abort_suspend(vm, node, epoch, stream, answer.fields.get("error", ""))
             raise Refused("node", answer.fields.get("error", "suspend failed"))
         self.crash_point("suspend_before_commit")
-        key = answer["data"]["key"]
         with self.store.txn() as db:
-            db.execute("INSERT INTO checkpoints VALUES (?,?,?,?,0)", (vm, epoch, key, stream))
+            db.execute("UPDATE checkpoints SET state='committed' WHERE vm=? AND version=?",
+                       (vm, epoch))
             db.execute("UPDATE vms SET state='suspended', node=NULL, version=? WHERE name=?",
                        (epoch, vm))
             self.store.audit(db, "suspended", vm=vm, node=node, version=epoch,
                              bytes=len(answer.blob))
         self.crash_point("suspend_after_commit")
-        self.node_call(node, wire.Message("node_finish", {"vm": vm, "commit": True}))
+        self._finish(node, vm, stream, True)
         return wire.reply(True, answer.blob, vm=vm, version=epoch)
+
+    def _finish(self, node: str, vm: str, stream: int, commit: bool) -> None:
+        """Tell a node the decision about ``stream`` (it acts only on that stream's copy);
+        an unreachable node hears it again at the next recovery."""
+        try:
+            self.node_call(node, wire.Message("node_finish", {"vm": vm, "stream": stream,
+                                                              "commit": commit}))
+        except (Refused, PeerRefused, OSError, wire.WireError):
+            pass
+
+    def _prepared(self, vm: str) -> tuple | None:
+        row = self.store.query("SELECT v.node, c.version, c.stream FROM vms v JOIN "
+                               "checkpoints c ON c.vm = v.name WHERE v.name=? AND "
+                               "v.state='suspending' AND c.state='prepared'", vm)
+        return row[0] if row else None
+
+    def _abort_suspend(self, vm: str, node: str, epoch: int, stream: int, why: str) -> None:
+        """The checkpoint can never be resumed (its key is dropped first), then the node
+        may thaw the VM."""
+        with self.store.txn() as db:
+            db.execute("DELETE FROM checkpoints WHERE vm=? AND version=? AND state='prepared'",
+                       (vm, epoch))
+            db.execute("UPDATE vms SET state='running' WHERE name=? AND state='suspending'",
+                       (vm,))
+            self.store.audit(db, "suspend_failed", vm=vm, node=node, version=epoch, error=why)
+        self._finish(node, vm, stream, False)
+
+    def _commit_prepared(self, db, vm: str, node: str, epoch: int, why: str) -> None:
+        db.execute("UPDATE checkpoints SET state='committed' WHERE vm=? AND version=?",
+                   (vm, epoch))
+        db.execute("UPDATE vms SET state='suspended', node=NULL, version=? WHERE name=?",
+                   (epoch, vm))
+        self.store.audit(db, "suspended", vm=vm, node=node, version=epoch, recovered=why)
+
+    def settle_suspend(self, vm: str) -> str:
+        """Decide a suspend whose node did not answer.  If the node answers now, it still
+        holds the VM (frozen or not): abort, and it thaws.  If it is gone, it stays
+        undecided until the node registers again with a new TEE (``register``: the VM in
+        it is gone, the prepared checkpoint — if its host stored one — is the VM)."""
+        prepared = self._prepared(vm)
+        if prepared is None:
+            return "already settled"
+        node, epoch, stream = prepared
+        try:
+            listed = self.node_call(node, wire.Message("node_list", {}), timeout=30)
+            held = any(v["vm"] == vm for v in listed["data"]["vms"])
+        except (Refused, PeerRefused, OSError, wire.WireError, KeyError, TypeError):
+            self.store.log("suspend_unsettled", vm=vm, node=node, version=epoch)
+            return f"{node} is unreachable; {vm} stays suspending until {node} returns"
+        if held:
+            self._abort_suspend(vm, node, epoch, stream, "the node did not answer the suspend")
+            return f"aborted, {vm} runs on {node}"
+        with self.store.txn() as db:
+            if self._prepared(vm) is not None:
+                self._commit_prepared(db, vm, node, epoch, "the node no longer holds it")
+        return f"{vm} is suspended at version {epoch} (the checkpoint its host stored)"
 
     def resume(self, node: str, ckpt: bytes) -> wire.Message:
         meta = checkpoint_meta(ckpt)
@@ -224,8 +298,8 @@ class Coordinator:
         with self.store.txn() as db:
             row = db.execute("SELECT state, version, level, memory FROM vms WHERE name=?",
                              (vm,)).fetchone()
-            ck = db.execute("SELECT key, consumed, stream FROM checkpoints WHERE vm=? AND version=?",
-                            (vm, epoch)).fetchone()
+            ck = db.execute("SELECT key, consumed, stream FROM checkpoints WHERE vm=? AND "
+                            "version=? AND state='committed'", (vm, epoch)).fetchone()
             reason = ""
             if row is None or ck is None:
                 reason, message = "unknown", f"no checkpoint {vm} version {epoch}"
@@ -327,10 +401,7 @@ class Coordinator:
                                  reason=why)
         self.crash_point("migrate_after_decision")
         for node in (dst, src):
-            try:
-                self.node_call(node, wire.Message("node_finish", {"vm": vm, "commit": ok}))
-            except (Refused, PeerRefused, OSError, wire.WireError):
-                pass
+            self._finish(node, vm, stream, ok)
         stats = out.fields.get("data", {}) if out is not None else {}
         if not ok:
             raise Refused("aborted", f"migration aborted: {why}")
@@ -338,32 +409,24 @@ class Coordinator:
 
     def recover(self) -> list[str]:
         """After a restart: decide every migration left in prepare (commit or abort),
-        re-send the last decision of every decided migration (nodes treat it
-        idempotently: the coordinator may have died before telling them), and settle
-        every resume it authorised but never saw finish."""
+        re-send the last decision of every decided migration and committed suspend (nodes
+        act on it once, for that stream only: the coordinator may have died before telling
+        them), settle every suspend left prepared, and every resume it authorised but
+        never saw finish."""
         done = []
-        for _mid, vm, src, dst, state in self.store.query(
-                "SELECT id, vm, src, dst, state FROM migrations WHERE id IN "
+        for _mid, vm, src, dst, state, stream in self.store.query(
+                "SELECT id, vm, src, dst, state, stream FROM migrations WHERE id IN "
                 "(SELECT MAX(id) FROM migrations GROUP BY vm) AND state != 'prepare'"):
             for node in (dst, src):
-                try:
-                    self.node_call(node, wire.Message("node_finish", {
-                        "vm": vm, "commit": state == "committed"}))
-                except (Refused, PeerRefused, OSError, wire.WireError):
-                    pass
+                self._finish(node, vm, stream, state == "committed")
         nodes = [n for (n,) in self.store.query("SELECT name FROM nodes")]
-        for (vm,) in self.store.query("SELECT name FROM vms WHERE state='suspended'"):
+        for vm, stream in self.store.query(
+                "SELECT v.name, c.stream FROM vms v JOIN checkpoints c ON c.vm = v.name AND "
+                "c.version = v.version WHERE v.state='suspended' AND c.state='committed'"):
             for node in nodes:  # the checkpoint is committed: drop any frozen copy
-                try:
-                    self.node_call(node, wire.Message("node_finish", {"vm": vm,
-                                                                      "commit": True}))
-                except (Refused, PeerRefused, OSError, wire.WireError):
-                    pass
-        for vm, node in self.store.query("SELECT name, node FROM vms WHERE state='running'"):
-            try:  # a suspend that never committed: its key is unknown, thawing is safe
-                self.node_call(node, wire.Message("node_finish", {"vm": vm, "commit": False}))
-            except (Refused, PeerRefused, OSError, wire.WireError):
-                pass
+                self._finish(node, vm, stream, True)
+        for (vm,) in self.store.query("SELECT name FROM vms WHERE state='suspending'"):
+            done.append(f"{vm}: suspend {self.settle_suspend(vm)}")
         for vm, node, version in self.store.query(
                 "SELECT name, node, version FROM vms WHERE state='resuming'"):
             try:

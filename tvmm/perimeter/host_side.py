@@ -16,10 +16,12 @@ it to import tvmm.hw or shim (pyproject.toml), like every other piece of host co
 from __future__ import annotations
 
 import json
+import os
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from tvmm.abi.guest import SHARED_BASE, SHARED_SIZE
 from tvmm.abi.messages import ExportVm, ImportVm, Reply
@@ -96,6 +98,17 @@ def import_stream(client: PlatformClient, stream: int, level: Level, memory: int
 
 
 # -- checkpoint files -----------------------------------------------------------------------------
+def store_checkpoint(path: Path, data: bytes) -> None:
+    """Write a checkpoint so that it is either whole under its name or absent (a crash
+    mid-write leaves only a temporary file), and on disk before this returns."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     meta: dict

@@ -163,9 +163,13 @@ class Node:
         return hosted
 
     def suspend(self, msg: wire.Message) -> wire.Message:
+        """Freeze and export under the coordinator's key; the host stores the checkpoint
+        (atomically) before the answer, so that a stored checkpoint outlives this node."""
         name, epoch, stream = msg["vm"], msg["epoch"], msg["stream"]
+        key = bytes.fromhex(msg["key"])
+        if len(key) != 32:
+            raise ValueError("a checkpoint key is 32 bytes")
         hosted = self._pause(name)
-        key = os.urandom(32)
         management.open_export(self.platform.tee, hosted.vm, key, stream, name, epoch)
         try:
             bundles = list(host_side.export_round(self.client, hosted.vm, stream, True))
@@ -180,8 +184,9 @@ class Node:
                                      "memory": vm.memory.size, "policy": vm.policy,
                                      "console": hosted.host.devices.console.text}, bundles)
         data = ckpt.to_bytes()
-        (self.storage / f"{name}.v{epoch}.ckpt").write_bytes(data)  # the host's copy
-        return wire.reply(True, data, key=key.hex())
+        host_side.store_checkpoint(self.storage / f"{name}.v{epoch}.ckpt", data)
+        self.crash_point("suspend_after_store")
+        return wire.reply(True, data)
 
     def resume(self, msg: wire.Message) -> wire.Message:
         name, epoch, stream = msg["vm"], msg["epoch"], msg["stream"]
@@ -295,11 +300,13 @@ class Node:
         return wire.reply(events=events)
 
     def finish(self, msg: wire.Message) -> wire.Message:
-        name, commit = msg["vm"], msg["commit"]
+        """The coordinator's decision about one stream: a copy this node holds for another
+        stream (an older suspend, a migration decided long ago) is never touched."""
+        name, stream, commit = msg["vm"], msg["stream"], msg["commit"]
         tee = self.platform.tee
         hosted = self.vms.get(name)
-        if hosted is not None and hosted.frozen_stream is not None:
-            stream, hosted.frozen_stream = hosted.frozen_stream, None
+        if hosted is not None and hosted.frozen_stream == stream:
+            hosted.frozen_stream = None
             management.close(tee, stream)
             if commit:
                 hosted.host.stop()
@@ -309,10 +316,9 @@ class Node:
                 management.thaw(tee, hosted.vm)
                 hosted.host.resume()
             return wire.reply(role="source")
-        for stream, inc in list(self.incoming.items()):
-            sess = management.state(tee).sessions.get(stream)
-            if sess is None or sess.vm_name != name:
-                continue
+        inc = self.incoming.get(stream)
+        sess = management.state(tee).sessions.get(stream)
+        if inc is not None and sess is not None and sess.vm_name == name:
             del self.incoming[stream]
             management.close(tee, stream)
             if commit and inc.vm and management.activate(tee, inc.vm):
@@ -326,11 +332,8 @@ class Node:
                 except HostCallError:
                     pass
             return wire.reply(role="destination")
-        if hosted is not None and not commit:
-            # abort before the freeze: the source never stopped
-            for stream, sess in list(management.state(tee).sessions.items()):
-                if sess.vm == hosted.vm:
-                    management.close(tee, stream)
+        if hosted is not None and not commit and sess is not None and sess.vm == hosted.vm:
+            management.close(tee, stream)  # abort before the freeze: the source never stopped
         return wire.reply(role="none")
 
     def list(self, msg: wire.Message) -> wire.Message:

@@ -1,7 +1,8 @@
 """The coordinator's persistent state: SQLite (WAL, one transaction per decision).
 
 Tables: nodes (the perimeter), vms (where each VM is and its monotonic version),
-checkpoints (one per suspended version: its stream key and whether it was resumed),
+checkpoints (one per suspended version: its stream key, whether it was resumed, and
+whether it is only prepared — its key chosen before the node exports — or committed),
 migrations (prepare → committed | aborted), audit (append-only, hash-chained:
 hash = SHA-256(prev_hash ‖ seq ‖ time ‖ event ‖ detail JSON)).  Every decision and its
 audit record commit in the same transaction, so a crash leaves either both or neither.
@@ -24,7 +25,8 @@ CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, host TEXT, port INTEGER
 CREATE TABLE IF NOT EXISTS vms (name TEXT PRIMARY KEY, guest TEXT, level TEXT,
   memory INTEGER, node TEXT, state TEXT, version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (vm TEXT, version INTEGER, key TEXT, stream INTEGER,
-  consumed INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (vm, version));
+  consumed INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT 'committed',
+  PRIMARY KEY (vm, version));
 CREATE TABLE IF NOT EXISTS migrations (id INTEGER PRIMARY KEY, vm TEXT, src TEXT, dst TEXT,
   epoch INTEGER, stream INTEGER, state TEXT, started REAL);
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, time REAL, event TEXT,
@@ -45,6 +47,10 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(checkpoints)")}
+        if "state" not in columns:  # a database made before checkpoints were prepared
+            self.db.execute("ALTER TABLE checkpoints ADD COLUMN state TEXT NOT NULL "
+                            "DEFAULT 'committed'")
         self.lock = threading.RLock()
 
     def close(self) -> None:
@@ -103,9 +109,14 @@ class Store:
                 problems.append(f"{name} runs nowhere")
             if state == "suspended" and node:
                 problems.append(f"{name} is suspended but placed on {node}")
-            newest = self.query("SELECT MAX(version) FROM checkpoints WHERE vm=?", name)[0][0]
+            newest = self.query("SELECT MAX(version) FROM checkpoints WHERE vm=? AND "
+                                "state='committed'", name)[0][0]
             if newest is not None and newest > version:
                 problems.append(f"{name}: checkpoint {newest} newer than version {version}")
+            prepared = self.query("SELECT COUNT(*) FROM checkpoints WHERE vm=? AND "
+                                  "state='prepared'", name)[0][0]
+            if prepared and state != "suspending":
+                problems.append(f"{name} is {state} with a prepared checkpoint left")
         open_ = self.query("SELECT vm, COUNT(*) FROM migrations WHERE state='prepare' "
                            "GROUP BY vm HAVING COUNT(*) > 1")
         problems += [f"{vm}: {n} migrations in prepare" for vm, n in open_]

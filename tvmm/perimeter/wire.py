@@ -34,13 +34,13 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "shutdown": {},
     # coordinator → node
     "node_launch": {"vm": S, "level": S, "memory": N, "secret": S, "policy": N},
-    "node_suspend": {"vm": S, "epoch": N, "stream": N},
+    "node_suspend": {"vm": S, "epoch": N, "stream": N, "key": S},
     "node_resume": {"vm": S, "epoch": N, "stream": N, "key": S, "level": S, "memory": N},
     "node_migrate_out": {"vm": S, "epoch": N, "stream": N, "dst": S, "dst_host": S,
                          "dst_port": N, "dst_host_port": N, "dst_binding": S, "live": B,
                          "relay": S},
     "node_ready": {"vm": S, "stream": N},
-    "node_finish": {"vm": S, "commit": B},
+    "node_finish": {"vm": S, "stream": N, "commit": B},
     "node_list": {},
     # node → node (attested)
     "peer_migrate_in": {"vm": S, "epoch": N, "stream": N, "pub": S},
