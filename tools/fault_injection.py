@@ -81,8 +81,8 @@ def trial(state: Path, image: bytes, op_kind: str, who: str, point: str, auditor
     try:
         per.start_coordinator(db=db, env=env_for.get("coordinator") if who == "coordinator"
                               else None)
-        per.start_node("n1", env=env_for["src"] if who == "src" else None)
-        per.start_node("n2", env=env_for["dst"] if who == "dst" else None)
+        per.start_nodes(["n1", "n2"], env={"n1": env_for["src"] if who == "src" else {},
+                                           "n2": env_for["dst"] if who == "dst" else {}})
         op = OperatorClient(per.address, state, timeout=60)
         vm = op.launch(image, "counter", "n1", "shim", 4 << 20, COUNT.to_bytes(8, "little"))
         try:

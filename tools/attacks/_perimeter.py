@@ -28,10 +28,9 @@ def perimeter(nodes: tuple[str, ...] = ("n1", "n2"), rogue: tuple[str, ...] = ()
     per = Perimeter(state, die_with_parent=True)
     try:
         per.start_coordinator(db=work / "coordinator.db")
-        for name in nodes:
-            per.start_node(name)
-        for name in rogue:
-            per.start_node(name, rogue=True)
+        per.start_nodes(list(nodes))
+        if rogue:
+            per.start_nodes(list(rogue), rogue=True)
         yield per, OperatorClient(per.address, state)
     finally:
         per.stop()

@@ -109,18 +109,9 @@ def run_up(args: argparse.Namespace) -> int:
     per = launcher.Perimeter(state, die_with_parent=False)
     with console.status("starting the coordinator (first run: creating the manufacturer)"):
         per.start_coordinator()
-    names = [f"n{i}" for i in range(1, args.nodes + 1)]
-    threads = []
-    for name in names:
-        t = threading.Thread(target=per.start_node, args=(name,))
-        t.start()
-        threads.append(t)
-    for name in args.rogue:
-        t = threading.Thread(target=per.start_node, args=(name,), kwargs={"rogue": True})
-        t.start()
-        threads.append(t)
-    for t in threads:
-        t.join()
+    per.start_nodes([f"n{i}" for i in range(1, args.nodes + 1)])
+    if args.rogue:
+        per.start_nodes(args.rogue, rogue=True)
     path = per.save()
     rows = [{"name": "coordinator", "pid": per.coordinator.popen.pid,
              "address": f"{per.address[0]}:{per.address[1]}", "registered": "-"}]

@@ -40,12 +40,22 @@ class Proc:
 
 def spawn(args: list[str], state_dir: Path, *, die_with_parent: bool, timeout: float = 120,
           env: dict | None = None, log: Path | None = None) -> Proc:
+    return await_ready(start(args, state_dir, die_with_parent=die_with_parent, env=env,
+                             log=log), args, timeout)
+
+
+def start(args: list[str], state_dir: Path, *, die_with_parent: bool, env: dict | None = None,
+          log: Path | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "tvmm.perimeter.service", *args, "--state-dir", str(state_dir)]
     stderr = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr,
-                             env={**os.environ, **(env or {})},
-                             preexec_fn=_pdeathsig if die_with_parent else None,
-                             start_new_session=not die_with_parent)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr,
+                            env={**os.environ, **(env or {})},
+                            preexec_fn=_pdeathsig if die_with_parent else None,
+                            start_new_session=not die_with_parent)
+
+
+def await_ready(popen: subprocess.Popen, args: list[str], timeout: float = 120) -> Proc:
+    """Wait for the process's one "ready" line (several may start up meanwhile)."""
     sel = selectors.DefaultSelector()
     sel.register(popen.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
@@ -85,16 +95,35 @@ class Perimeter:
         return self.coordinator
 
     def start_node(self, name: str, *, rogue: bool = False, env: dict | None = None) -> Proc:
+        return self.start_nodes([name], rogue=rogue, env={name: env or {}})[0]
+
+    def start_nodes(self, names: list[str], *, rogue: bool = False,
+                    env: dict[str, dict] | None = None) -> list[Proc]:
+        """Start the nodes together (each takes about a second to come up), then wait for
+        every one to be registered and ready."""
         host, port = self.address
-        args = ["node", "--name", name, "--coordinator", f"{host}:{port}",
-                "--storage", str(self.state_dir / "storage" / name)]
-        if rogue:
-            args.append("--rogue")
-        (self.state_dir / "storage" / name).mkdir(parents=True, exist_ok=True)
-        proc = spawn(args, self.state_dir, die_with_parent=self.die_with_parent, env=env,
-                     log=self.state_dir / f"{name}.log")
-        self.nodes[name] = proc
-        return proc
+        started = []
+        for name in names:
+            args = ["node", "--name", name, "--coordinator", f"{host}:{port}",
+                    "--storage", str(self.state_dir / "storage" / name)]
+            if rogue:
+                args.append("--rogue")
+            (self.state_dir / "storage" / name).mkdir(parents=True, exist_ok=True)
+            started.append((name, args, start(args, self.state_dir,
+                                              die_with_parent=self.die_with_parent,
+                                              env=(env or {}).get(name),
+                                              log=self.state_dir / f"{name}.log")))
+        procs = []
+        try:
+            for name, args, popen in started:
+                self.nodes[name] = await_ready(popen, args)
+                procs.append(self.nodes[name])
+        except LaunchError:
+            for _name, _args, popen in started:
+                if popen.poll() is None:
+                    popen.kill()
+            raise
+        return procs
 
     def save(self) -> Path:
         path = self.state_dir / "perimeter" / "perimeter.json"
