@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tvmm.cli import main as cli
-from tvmm.perimeter import measure
+from tvmm.perimeter import measure, wire
 from tvmm.perimeter.client import OperatorClient, PerimeterError
 from tvmm.perimeter.coordinator import Coordinator
 from tvmm.perimeter.identity import Identity, PeerRefused, pinned_ark
@@ -128,3 +128,35 @@ def test_cli_processes(state: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     reaper.start()
     reaper.join(timeout=30)
     assert not reaper.is_alive(), "a perimeter process did not exit"
+
+
+def test_a_decision_acts_only_on_its_own_stream(state: Path, tmp_path: Path) -> None:
+    """A decision re-sent after a coordinator restart names an older stream: it must not
+    thaw (or destroy) the copy a later suspend froze."""
+    node = Node("n1", Identity.create("n1", "node", state), pinned_ark(state),
+                storage=tmp_path).start()
+    try:
+        image = build_sample("counter").path.read_bytes()
+        node.launch(wire.Message("node_launch", {"vm": "c-1", "level": "shim",
+                                                 "memory": 4 << 20, "secret": "", "policy": 0},
+                                 image))
+        answer = node.suspend(wire.Message("node_suspend", {"vm": "c-1", "epoch": 2,
+                                                            "stream": 41, "key": "ab" * 32}))
+        assert answer["ok"] and (tmp_path / "c-1.v2.ckpt").read_bytes() == answer.blob
+
+        def frozen() -> bool:
+            return node.list(wire.Message("node_list", {}))["data"]["vms"][0]["frozen"]
+
+        for commit in (False, True):  # another stream's decision: nothing happens
+            stale = node.finish(wire.Message("node_finish", {"vm": "c-1", "stream": 40,
+                                                             "commit": commit}))
+            assert stale["data"]["role"] == "none" and frozen()
+        thawed = node.finish(wire.Message("node_finish", {"vm": "c-1", "stream": 41,
+                                                          "commit": False}))
+        assert thawed["data"]["role"] == "source" and not frozen()
+        with pytest.raises(ValueError):  # a key of the wrong size never reaches the TEE
+            node.suspend(wire.Message("node_suspend", {"vm": "c-1", "epoch": 3,
+                                                       "stream": 42, "key": "ab" * 16}))
+        assert not frozen()
+    finally:
+        node.close()
