@@ -7,7 +7,7 @@ Policies are one-line calls into shim.policies; at levels below ``shim`` they ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shim import delivery, guest_calls, interrupts
@@ -33,9 +33,9 @@ _RETIRED, _RIP, _OK = Field.RETIRED, Field.RIP, Result.OK
 @dataclass(slots=True)
 class Exit:
     reason: ExitReason
-    fields: dict[Field, int] = field(default_factory=dict)
+    fields: dict[Field, int]
     dead: str = ""  # why the VM ends here, if it does
-    inside: dict = field(default_factory=dict)
+    inside: dict | None = None  # for the trace (most exits add nothing: no dict each)
 
 
 def view_of(vm: Vm) -> View:
@@ -231,7 +231,7 @@ def _hand_over(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit) -> Reply:
 def _trace_exit(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit, record: ExitRecord) -> None:
     regs = vm.vcpu.read_regs()
     inside = {"rip": regs[RIP], "regs": dict(zip(REG_NAMES, regs, strict=True)),
-              "retired": ctx.retired, **out.inside}
+              "retired": ctx.retired, **(out.inside or {})}
     if out.dead:
         inside["end"] = out.dead
     outside = {"reason": record.reason.name.lower(), "level": vm.level.value,
