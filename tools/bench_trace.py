@@ -122,10 +122,24 @@ def _measure(mode: str, trace: str, seed: int) -> dict:
         for i in picks:
             reader.event(i)
         figures["reads_ms"] = round((time.perf_counter() - t1) * 1000, 1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = _rss_peak_mb()
     figures["rss_peak_mb"] = round(peak, 1)
     figures["rss_delta_mb"] = round(peak - before, 1)
     return figures
+
+
+def _rss_peak_mb() -> float:
+    """This process's own peak RSS (VmHWM: its address space's, from exec on).  Not
+    ``ru_maxrss``: Linux keeps that across fork and exec, so a child would report its
+    parent's peak (a test process holding guest memory, say) as its own."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rss_now_mb() -> float:
