@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from tvmm.cli import main as cli
-from tvmm.perimeter import measure, wire
+from tvmm.perimeter import host_side, measure, wire
 from tvmm.perimeter.client import OperatorClient, PerimeterError
-from tvmm.perimeter.coordinator import Coordinator
+from tvmm.perimeter.coordinator import Coordinator, checkpoint_meta
+from tvmm.perimeter.host_side import Checkpoint
 from tvmm.perimeter.identity import Identity, PeerRefused, pinned_ark
 from tvmm.perimeter.node import Node
 from tvmm.perimeter.store import Store
@@ -158,5 +159,29 @@ def test_a_decision_acts_only_on_its_own_stream(state: Path, tmp_path: Path) -> 
             node.suspend(wire.Message("node_suspend", {"vm": "c-1", "epoch": 3,
                                                        "stream": 42, "key": "ab" * 16}))
         assert not frozen()
+    finally:
+        node.close()
+
+
+def test_a_long_console_log_travels_as_its_tail(state: Path, tmp_path: Path) -> None:
+    """The host's log rides in the checkpoint's metadata, a stream's end and a node's
+    listing; a guest that printed for long must not make the checkpoint unreadable."""
+    node = Node("n1", Identity.create("n1", "node", state), pinned_ark(state),
+                storage=tmp_path).start()
+    try:
+        node.launch(wire.Message("node_launch", {"vm": "c-1", "level": "shim",
+                                                 "memory": 4 << 20, "secret": "", "policy": 0},
+                                 build_sample("counter").path.read_bytes()))
+        log = "".join(f"line {i}\n" for i in range(40_000)).encode()  # ~430 KB
+        node.vms["c-1"].host.devices.console.write(log)
+        answer = node.suspend(wire.Message("node_suspend", {"vm": "c-1", "epoch": 2,
+                                                            "stream": 7, "key": "cd" * 32}))
+        meta = checkpoint_meta(answer.blob)  # what the coordinator reads before a resume
+        assert meta["vm"] == "c-1" and len(meta["console"]) <= host_side.CONSOLE_TAIL
+        assert meta["console"].startswith("line ")  # cut at a line start
+        assert "line 39999\n" in meta["console"]  # the end (the guest may print on after it)
+        assert Checkpoint.from_bytes(answer.blob).meta == meta
+        listed = node.list(wire.Message("node_list", {}))["data"]["vms"][0]["console"]
+        assert listed == meta["console"]
     finally:
         node.close()

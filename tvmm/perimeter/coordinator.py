@@ -31,7 +31,7 @@ def checkpoint_meta(data: bytes) -> dict:
     if len(data) < 8 or data[:4] != CKPT_MAGIC:
         raise wire.WireError("checkpoint", "not a tvmm checkpoint")
     (n,) = struct.unpack_from("<I", data, 4)
-    if n > 1 << 16 or 8 + n > len(data):
+    if n > 1 << 20 or 8 + n > len(data):  # as host_side.MAX_META
         raise wire.WireError("checkpoint", "metadata length out of range")
     try:
         meta = json.loads(data[8 : 8 + n])

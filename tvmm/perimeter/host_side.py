@@ -32,7 +32,19 @@ from tvmm.host.hypervisor import Devices, HonestHypervisor
 CKPT_MAGIC = b"TVCK"
 _U32 = struct.Struct("<I")
 MAX_BUNDLE = 8 << 20
-MAX_META = 1 << 16
+MAX_META = 1 << 20
+CONSOLE_TAIL = 64 << 10  # characters of the host's console log carried with a VM
+
+
+def console_tail(text: str) -> str:
+    """The end of a console log, from a line start: what travels with a VM (in a checkpoint,
+    a stream's end, a node's listing).  The log is the host's, not the VM's state, and a
+    guest that prints for long would otherwise outgrow every message it rides in."""
+    if len(text) <= CONSOLE_TAIL:
+        return text
+    tail = text[-CONSOLE_TAIL:]
+    cut = tail.find("\n")
+    return tail[cut + 1 :] if cut >= 0 else tail
 
 
 class CheckpointFormatError(ValueError):

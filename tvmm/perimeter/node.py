@@ -182,7 +182,8 @@ class Node:
         vm = self.platform.tee.vms[hosted.vm]
         ckpt = host_side.Checkpoint({"vm": name, "epoch": epoch, "level": vm.level.value,
                                      "memory": vm.memory.size, "policy": vm.policy,
-                                     "console": hosted.host.devices.console.text}, bundles)
+                                     "console": host_side.console_tail(
+                                         hosted.host.devices.console.text)}, bundles)
         data = ckpt.to_bytes()
         host_side.store_checkpoint(self.storage / f"{name}.v{epoch}.ckpt", data)
         self.crash_point("suspend_after_store")
@@ -278,7 +279,8 @@ class Node:
                 hosted.frozen_stream = stream
                 self.crash_point("migrate_after_stream")
                 wire.send(s, wire.Message("stream_end",
-                                          {"console": hosted.host.devices.console.text}))
+                                          {"console": host_side.console_tail(
+                                              hosted.host.devices.console.text)}))
                 done = wire.recv(s)
         except (OSError, wire.WireError, HostCallError) as exc:
             return wire.reply(False, error=f"stream failed: {exc}", reason="stream")
@@ -339,7 +341,7 @@ class Node:
     def list(self, msg: wire.Message) -> wire.Message:
         out = []
         for name, hosted in self.vms.items():
-            text = hosted.host.devices.console.text
+            text = host_side.console_tail(hosted.host.devices.console.text)
             out.append({"vm": name, "platform_vm": hosted.vm,
                         "frozen": hosted.frozen_stream is not None,
                         "ended": hosted.runner.ended if hosted.runner else None,
