@@ -142,7 +142,10 @@ class Vcpu:
         base = ctypes.addressof(self._area)
         self._area_ptrs = (ctypes.c_void_p * NREGS)(*[base + SLOT * i for i in range(NREGS)])
         self._tags: tuple[int, ...] | None = None
-        self._handle = getattr(self._uc, "_uch", None)
+        handle = getattr(self._uc, "_uch", None)
+        # The unchecked C calls take the engine as a C pointer object; anything else (a
+        # binding that keeps a plain int) would be cut to 32 bits: use the binding's calls.
+        self._handle = handle if isinstance(handle, ctypes.c_void_p) else None
         self._one = ctypes.c_uint64()  # one register, for read_reg / write_reg
         self._one_ptr = ctypes.cast(ctypes.byref(self._one), ctypes.c_void_p)
         self._fresh = False  # whether the save area holds the registers as they are now
