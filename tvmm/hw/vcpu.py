@@ -12,9 +12,9 @@ Registers are read and written in one batch through libunicorn's public C call
 the C call ~0.5 µs, and every exit needs them.  The C functions are called without the
 binding's ``argtypes``: our arguments are built once, of the right C types, and checking
 them again at every call cost more than the call (1.1 µs against 0.5 µs for a batch
-read).  The batch read at a stop is kept until the
-registers change (a run, a write, a restore): the stop's RIP, the exit path's hand-over and
-a hypercall's arguments then share one read.
+read).  The batch read at a stop is kept until the registers change (a run, a write, a
+restore): the stop's RIP, the exit path's hand-over and a hypercall's arguments then share
+one read.
 """
 
 from __future__ import annotations

@@ -144,7 +144,8 @@ class Coordinator:
                         "v.name WHERE v.node=? AND v.state='suspending' AND "
                         "c.state='prepared'", (peer.name,)).fetchall():
                     # its TEE is gone: the checkpoint its host stored, if any, is the VM
-                    self._commit_prepared(db, vm, peer.name, epoch, "the node restarted")
+                    self._commit_prepared(db, vm, peer.name, epoch,
+                                          recovered="the node restarted")
                 for vm, version in db.execute("SELECT name, version FROM vms WHERE node=? "
                                               "AND state='resuming'", (peer.name,)).fetchall():
                     # the TEE that was resuming it is gone: the checkpoint is the copy
@@ -223,12 +224,7 @@ class Coordinator:
             raise Refused("node", answer.fields.get("error", "suspend failed"))
         self.crash_point("suspend_before_commit")
         with self.store.txn() as db:
-            db.execute("UPDATE checkpoints SET state='committed' WHERE vm=? AND version=?",
-                       (vm, epoch))
-            db.execute("UPDATE vms SET state='suspended', node=NULL, version=? WHERE name=?",
-                       (epoch, vm))
-            self.store.audit(db, "suspended", vm=vm, node=node, version=epoch,
-                             bytes=len(answer.blob))
+            self._commit_prepared(db, vm, node, epoch, bytes=len(answer.blob))
         self.crash_point("suspend_after_commit")
         self._finish(node, vm, stream, True)
         return wire.reply(True, answer.blob, vm=vm, version=epoch)
@@ -259,12 +255,13 @@ class Coordinator:
             self.store.audit(db, "suspend_failed", vm=vm, node=node, version=epoch, error=why)
         self._finish(node, vm, stream, False)
 
-    def _commit_prepared(self, db, vm: str, node: str, epoch: int, why: str) -> None:
+    def _commit_prepared(self, db, vm: str, node: str, epoch: int, **detail: object) -> None:
+        """The prepared checkpoint becomes the VM (inside the caller's transaction)."""
         db.execute("UPDATE checkpoints SET state='committed' WHERE vm=? AND version=?",
                    (vm, epoch))
         db.execute("UPDATE vms SET state='suspended', node=NULL, version=? WHERE name=?",
                    (epoch, vm))
-        self.store.audit(db, "suspended", vm=vm, node=node, version=epoch, recovered=why)
+        self.store.audit(db, "suspended", vm=vm, node=node, version=epoch, **detail)
 
     def settle_suspend(self, vm: str) -> str:
         """Decide a suspend whose node did not answer.  If the node answers now, it still
@@ -286,7 +283,8 @@ class Coordinator:
             return f"aborted, {vm} runs on {node}"
         with self.store.txn() as db:
             if self._prepared(vm) is not None:
-                self._commit_prepared(db, vm, node, epoch, "the node no longer holds it")
+                self._commit_prepared(db, vm, node, epoch,
+                                      recovered="the node no longer holds it")
         return f"{vm} is suspended at version {epoch} (the checkpoint its host stored)"
 
     def resume(self, node: str, ckpt: bytes) -> wire.Message:

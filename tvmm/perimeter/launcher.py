@@ -113,17 +113,15 @@ class Perimeter:
                                               die_with_parent=self.die_with_parent,
                                               env=(env or {}).get(name),
                                               log=self.state_dir / f"{name}.log")))
-        procs = []
         try:
             for name, args, popen in started:
                 self.nodes[name] = await_ready(popen, args)
-                procs.append(self.nodes[name])
         except LaunchError:
             for _name, _args, popen in started:
                 if popen.poll() is None:
                     popen.kill()
             raise
-        return procs
+        return [self.nodes[name] for name in names]
 
     def save(self) -> Path:
         path = self.state_dir / "perimeter" / "perimeter.json"
