@@ -17,9 +17,9 @@ the instruction timer restarts after it.
 A round's pages are read when sent, so a page written after detection goes out with its
 newest content and is found again in the next round; the first round's scan, too, runs
 along with the stream (no pass over all memory before the first bundle).  A bundle carries
-up to 256 pages, copied once (a run of consecutive pages at a time) out of guest RAM
-(``Vcpu.ram``, a view) into the exporter's payload buffer; zero pages are found there by a
-substring search; the payload is encrypted straight into the bundle.
+up to 256 pages, never copied: zero pages are found in place in guest RAM (``Vcpu.ram``,
+a view) and each run of consecutive pages is encrypted from there straight into the
+bundle (``StreamCipher.seal_parts``).
 ``final`` freezes the VM first (a guest request the host has not answered yet blocks it;
 an answered one travels along), so the last round is exact: after it, STATE and END close
 the stream.
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from shim.errors import BadState
 from shim.management import Session, state
-from shim.management.stream import MAX_PAYLOAD, Kind
+from shim.management.stream import Kind
 from shim.vm import Pending, Vm, VmState
 from tvmm.hw.vcpu import PAGE
 
@@ -56,7 +56,6 @@ class Exporter:
         self.phase = "head"  # head → rounds → state → end → done
         self.rounds = 0
         self.pages_sent = 0
-        self._payload = bytearray(MAX_PAYLOAD)  # a PAGES payload is assembled here
 
     # -- dirty tracking ---------------------------------------------------------------------
     def start_round(self, final: bool = False) -> None:
@@ -79,60 +78,52 @@ class Exporter:
 
     def _pages(self, session: Session, max_pages: int) -> bytes | bytearray:
         """A PAGES bundle, or b"" when the round has nothing left (no pending page, and
-        the rest of its scan, if any, found only zeros).  Pages are copied once, out of
-        guest RAM into the payload buffer, which is encrypted straight into the bundle."""
+        the rest of its scan, if any, found only zeros).  The pages are encrypted from
+        guest RAM straight into the bundle, a run of consecutive pages at a time."""
         if self.pending:
             pending = self.pending
             indices = [pending.popleft() for _ in range(min(max_pages, len(pending)))]
-            end = self._copy(indices, 0)
         else:
-            indices, end = self._scan(max_pages)
+            indices = self._scan(max_pages)
         if not indices:
             return b""
         n = len(indices)
-        struct.pack_into(f"<{n}I", self._payload, end, *indices)
+        parts: list[bytes | memoryview] = self._runs(indices)
+        parts.append(struct.pack(f"<{n}I", *indices))
         self.pages_sent += n
-        return self._seal(session, Kind.PAGES, memoryview(self._payload)[: end + 4 * n], n)
+        return self._seal(session, Kind.PAGES, parts, n)
 
-    def _copy(self, indices: list[int], pos: int) -> int:
-        """Copy the pages into the payload buffer from ``pos`` on (one copy per run of
-        consecutive pages); returns where they end.  Each is read now: a page written
-        after it was found goes out with its newest content (and is found again)."""
-        ram, out, start = self.vm.vcpu.ram, memoryview(self._payload), 0
-        for i in range(1, len(indices) + 1):
-            if i == len(indices) or indices[i] != indices[i - 1] + 1:
-                size = (i - start) * PAGE
-                out[pos : pos + size] = ram(indices[start] * PAGE, size)
-                pos += size
+    def _runs(self, indices: list[int]) -> list[bytes | memoryview]:
+        """Views of guest RAM, one per run of consecutive pages (``indices`` increase, as a
+        scan and a round's sorted dirty pages do).  Each is read when it is
+        sealed: a page written after it was found goes out with its newest content (and
+        is found again in the next round)."""
+        ram, runs, start, n = self.vm.vcpu.ram, [], 0, len(indices)
+        if indices[-1] - indices[0] == n - 1:  # increasing: one run (dense memory)
+            return [ram(indices[0] * PAGE, n * PAGE)]
+        for i in range(1, n + 1):
+            if i == n or indices[i] != indices[i - 1] + 1:
+                runs.append(ram(indices[start] * PAGE, (i - start) * PAGE))
                 start = i
-        return pos
+        return runs
 
-    def _scan(self, max_pages: int) -> tuple[list[int], int]:
-        """The next up to ``max_pages`` pages that are not zero, copied into the payload
-        buffer: (their indices, where they end).  A chunk of zeros is skipped with one
-        compare; any other is copied whole and searched for zero pages, which are then
-        left out (a substring search skips dense memory fast)."""
-        ram, npages = self.vm.vcpu.ram, self.vm.memory.npages
-        out = memoryview(self._payload)
+    def _scan(self, max_pages: int) -> list[int]:
+        """The next up to ``max_pages`` pages that are not zero.  A chunk of zeros is
+        skipped with one compare; in any other, zero pages are found in place and left
+        out."""
+        vcpu, npages = self.vm.vcpu, self.vm.memory.npages
         indices: list[int] = []
-        pos = 0
         while self.scan < npages and len(indices) < max_pages:
             first = self.scan
             count = min(max_pages - len(indices), npages - first, CHUNK_PAGES)
             self.scan = first + count
-            data = ram(first * PAGE, count * PAGE)
-            if _ZERO.startswith(data):  # memcmp; a memoryview's == compares item by item
+            chunk = vcpu.ram(first * PAGE, count * PAGE)
+            if _ZERO.startswith(chunk):  # memcmp; a memoryview's == compares item by item
                 continue
-            out[pos : pos + count * PAGE] = data
-            zero = _zero_pages(self._payload, pos, pos + count * PAGE)
-            if zero:
-                keep = [first + p for p in range(count) if p not in zero]
-                pos = self._copy(keep, pos)
-                indices += keep
-            else:
-                indices += range(first, first + count)
-                pos += count * PAGE
-        return indices, pos
+            zero = _zero_pages(chunk)
+            pages = range(first, first + count)
+            indices += [p for p in pages if p - first not in zero] if zero else pages
+        return indices
 
     # -- one call of EXPORT_VM --------------------------------------------------------------
     def next(self, tee: Tee, session: Session, final: bool, max_pages: int) -> tuple[bytes, int]:
@@ -165,28 +156,26 @@ class Exporter:
             return self._seal(session, Kind.END, end), 0
         raise BadState("session", "the stream has ended")
 
-    def _seal(self, session: Session, kind: Kind, payload: bytes | memoryview, items: int = 0
-              ) -> bytearray:
-        bundle = session.cipher.seal(kind, session.stream, session.counter, payload, items)
+    def _seal(self, session: Session, kind: Kind, payload: bytes | list[bytes | memoryview],
+              items: int = 0) -> bytearray:
+        parts = [payload] if isinstance(payload, bytes) else payload
+        bundle = session.cipher.seal_parts(kind, session.stream, session.counter, parts, items)
         session.counter += 1
         return bundle
 
 
-def _zero_pages(buf: bytearray, pos: int, end: int) -> set[int]:
-    """Which pages of ``buf[pos:end]`` (numbered from ``pos``) are all zero.  A search for
-    a page of zeros skips dense memory fast and lands on the first run that could hold
-    one; from there, consecutive zero pages are compared one by one (a search per page
-    would cost more: it prepares its 4 KiB pattern each time)."""
+def _zero_pages(chunk: memoryview) -> set[int]:
+    """Which pages of ``chunk`` (whole pages, numbered from 0) are all zero.  A page whose
+    first byte is not zero is not: one strided read of the chunk's first bytes rules those
+    out, and each other page is compared whole (a memcmp that stops at its first non-zero
+    byte).  Dense memory costs a cache line per page."""
+    firsts = chunk[::PAGE].tobytes()
     zero: set[int] = set()
-    at = buf.find(_ZERO_PAGE, pos, end)
-    while at >= 0:
-        page = pos + -(-(at - pos) // PAGE) * PAGE  # the first page boundary from ``at``
-        while page + PAGE <= end and buf.startswith(_ZERO_PAGE, page):
-            zero.add((page - pos) // PAGE)
-            page += PAGE
-        if page + PAGE > end:
-            break
-        at = buf.find(_ZERO_PAGE, page, end)
+    k = firsts.find(0)
+    while k >= 0:
+        if _ZERO_PAGE.startswith(chunk[k * PAGE : (k + 1) * PAGE]):
+            zero.add(k)
+        k = firsts.find(0, k + 1)
     return zero
 
 

@@ -40,6 +40,7 @@ class Importer:
         self.vm = vm
         self.last: Kind | None = None
         self.pages = 0
+        self.traps: tuple[list[int], list[int]] = ([], [])  # (hlt, rdtsc), from HEAD
 
     def feed(self, tee: Tee, session: Session, data: bytes) -> tuple[int, bytes]:
         """(vm id when the stream ended else 0, the host's state blob when it ended)."""
@@ -87,6 +88,9 @@ class Importer:
             vm.launch_digest = bytes.fromhex(head["digest"])
             vm.entry = int(head["entry"])
             vm.code_ranges = [(int(g), bytes.fromhex(c)) for g, c in head["code"]]
+            # The measured code travels in HEAD: its traps are found now, while the
+            # pages stream, not in the final (downtime) window.
+            self.traps = sweep(vm.code_ranges)
         elif kind == Kind.STATE:
             self._restore(payload)
         else:
@@ -135,8 +139,7 @@ class Importer:
 
     def _finish(self, tee: Tee, session: Session) -> tuple[int, bytes]:
         vm = self.vm
-        hlt, rdtsc = sweep(vm.code_ranges)
-        vm.vcpu.install_code_traps(hlt, rdtsc)
+        vm.vcpu.install_code_traps(*self.traps)
         session.done = True
         state(tee).awaiting_commit.add(vm.id)
         ctx = vm.vcpus[0]

@@ -27,10 +27,12 @@ field.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAGIC = b"TVMB"
@@ -106,23 +108,37 @@ def _nonce(counter: int) -> bytes:
 class StreamCipher:
     """Seal and open bundles of one stream under its session key.
 
-    Both directions encrypt into place (``encrypt_into`` / ``decrypt_into``): a bundle is
-    one allocation, written once; an opened payload lands in a buffer this TEE owns and
-    reuses, so it is valid until the next ``open``."""
+    Both directions write in place: a bundle is one allocation, into which its payload
+    is encrypted part by part (``seal_parts``: a run of pages straight from guest RAM);
+    an opened payload lands in a buffer this TEE owns and reuses (``decrypt_into``), so
+    it is valid until the next ``open``."""
 
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise ValueError("a stream key is 32 bytes (AES-256)")
+        self._key = key
         self._aead = AESGCM(key)
-        self._plain = bytearray(MAX_PAYLOAD)
+        self._plain: bytearray | None = None  # allocated by the first open (import side)
 
     def seal(self, kind: Kind, stream: int, counter: int, payload: bytes | memoryview,
              items: int = 0) -> bytearray:
-        header = Header(kind, stream, counter, items, len(payload)).pack()
-        bundle = bytearray(HEADER.size + len(payload) + TAG)
+        return self.seal_parts(kind, stream, counter, [payload], items)
+
+    def seal_parts(self, kind: Kind, stream: int, counter: int,
+                   parts: Sequence[bytes | memoryview], items: int = 0) -> bytearray:
+        """The bundle of the payload ``b"".join(parts)``, without joining: GCM encrypts
+        one part after the other into the bundle (the same bytes as one AESGCM call)."""
+        length = sum(len(part) for part in parts)
+        header = Header(kind, stream, counter, items, length).pack()
+        bundle = bytearray(HEADER.size + length + TAG)
         bundle[: HEADER.size] = header
-        self._aead.encrypt_into(_nonce(counter), payload, header,
-                                memoryview(bundle)[HEADER.size :])
+        encryptor = Cipher(algorithms.AES(self._key), modes.GCM(_nonce(counter))).encryptor()
+        encryptor.authenticate_additional_data(header)
+        out, pos = memoryview(bundle), HEADER.size
+        for part in parts:  # update_into wants 15 bytes past its output: the tag's room
+            pos += encryptor.update_into(part, out[pos : pos + len(part) + 15])
+        encryptor.finalize()
+        out[pos:] = encryptor.tag
         return bundle
 
     def open(self, data: bytes) -> tuple[Header, memoryview]:
@@ -130,6 +146,8 @@ class StreamCipher:
         The payload is a view of this cipher's buffer: read it before the next ``open``."""
         header = parse_header(data)
         raw = memoryview(data)
+        if self._plain is None:
+            self._plain = bytearray(MAX_PAYLOAD)
         payload = memoryview(self._plain)[: header.length]
         try:
             self._aead.decrypt_into(_nonce(header.counter), raw[HEADER.size :],

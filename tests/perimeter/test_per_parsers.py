@@ -6,6 +6,7 @@ import os
 import struct
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -91,6 +92,21 @@ def test_bundle_truncated_or_flipped_never_opens(data) -> None:
     with pytest.raises(StreamError):
         cipher.open(bytes(flipped))
     assert len(bundle) > HEADER.size
+
+
+@FAST
+@given(st.lists(st.binary(max_size=300), max_size=6), st.integers(0, 2**64 - 1))
+def test_sealing_in_parts_is_one_aesgcm_call(parts: list[bytes], counter: int) -> None:
+    """The stream's format is AES-256-GCM over the joined payload with the header as
+    associated data, however the exporter hands the payload over."""
+    key = bytes(range(32))
+    cipher = StreamCipher(key)
+    bundle = cipher.seal_parts(Kind.STATE, 9, counter, [memoryview(p) for p in parts])
+    header = bytes(bundle[: HEADER.size])
+    nonce = counter.to_bytes(8, "little") + b"TVMB"
+    assert bundle[HEADER.size :] == AESGCM(key).encrypt(nonce, b"".join(parts), header)
+    assert parse_header(header + bytes(16 + len(b"".join(parts)))).counter == counter
+    assert bytes(cipher.open(bytes(bundle))[1]) == b"".join(parts)
 
 
 @FAST

@@ -1,5 +1,6 @@
 """The exporter's zero-page search against the plain definition, on every kind of page
-(all zero, one stray byte anywhere, runs of zeros that straddle page boundaries)."""
+(all zero, one stray byte anywhere — the first one too —, runs of zeros that straddle
+page boundaries)."""
 
 from __future__ import annotations
 
@@ -33,5 +34,5 @@ def test_zero_pages_are_exactly_the_all_zero_pages(pages: list[bytes], before: i
                                                    after: int) -> None:
     pos = before * PAGE
     buf = bytearray(pos) + b"".join(pages) + bytearray(after * PAGE)  # zeros around
-    assert _zero_pages(buf, pos, pos + len(pages) * PAGE) == \
+    assert _zero_pages(memoryview(buf)[pos : pos + len(pages) * PAGE].toreadonly()) == \
         {i for i, page in enumerate(pages) if page == ZERO}
