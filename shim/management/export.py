@@ -132,7 +132,7 @@ class Exporter:
         vm = self.vm
         if self.phase == "head":
             self.phase = "rounds"
-            return self._seal(session, Kind.HEAD, json.dumps(head_of(vm, session)).encode()), 1
+            return self._seal(session, Kind.HEAD, [json.dumps(head_of(vm, session)).encode()]), 1
         if final and vm.id not in state(tee).frozen:
             freeze(tee, vm, session)
             self.start_round(final=True)
@@ -147,18 +147,17 @@ class Exporter:
             if bundle:
                 return bundle, 1
             self.phase = "end"
-            return self._seal(session, Kind.STATE, state_of(vm)), 1
+            return self._seal(session, Kind.STATE, [state_of(vm)]), 1
         if self.phase == "end":
             self.phase = "done"
             session.done = True
             end = json.dumps({"bundles": session.counter + 1, "pages": self.pages_sent,
                               "rounds": self.rounds}).encode()
-            return self._seal(session, Kind.END, end), 0
+            return self._seal(session, Kind.END, [end]), 0
         raise BadState("session", "the stream has ended")
 
-    def _seal(self, session: Session, kind: Kind, payload: bytes | list[bytes | memoryview],
+    def _seal(self, session: Session, kind: Kind, parts: list[bytes | memoryview],
               items: int = 0) -> bytearray:
-        parts = [payload] if isinstance(payload, bytes) else payload
         bundle = session.cipher.seal_parts(kind, session.stream, session.counter, parts, items)
         session.counter += 1
         return bundle

@@ -29,10 +29,7 @@ def _page(draw) -> bytes:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_page(), min_size=1, max_size=10), st.integers(0, 2), st.integers(0, 2))
-def test_zero_pages_are_exactly_the_all_zero_pages(pages: list[bytes], before: int,
-                                                   after: int) -> None:
-    pos = before * PAGE
-    buf = bytearray(pos) + b"".join(pages) + bytearray(after * PAGE)  # zeros around
-    assert _zero_pages(memoryview(buf)[pos : pos + len(pages) * PAGE].toreadonly()) == \
-        {i for i, page in enumerate(pages) if page == ZERO}
+@given(st.lists(_page(), min_size=1, max_size=10))
+def test_zero_pages_are_exactly_the_all_zero_pages(pages: list[bytes]) -> None:
+    chunk = memoryview(b"".join(pages)).toreadonly()  # a view, as of guest RAM
+    assert _zero_pages(chunk) == {i for i, page in enumerate(pages) if page == ZERO}
