@@ -19,8 +19,8 @@ from shim.management.stream import (
     unpack_pages,
 )
 from tvmm.perimeter import wire
+from tvmm.perimeter.checkpoint_file import Checkpoint, CheckpointFormatError
 from tvmm.perimeter.coordinator import checkpoint_meta
-from tvmm.perimeter.host_side import Checkpoint, CheckpointFormatError
 
 FAST = settings(max_examples=300, deadline=None)
 

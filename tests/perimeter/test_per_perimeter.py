@@ -12,9 +12,9 @@ import pytest
 
 from tvmm.cli import main as cli
 from tvmm.perimeter import host_side, measure, wire
+from tvmm.perimeter.checkpoint_file import Checkpoint
 from tvmm.perimeter.client import OperatorClient, PerimeterError
 from tvmm.perimeter.coordinator import Coordinator, checkpoint_meta
-from tvmm.perimeter.host_side import Checkpoint
 from tvmm.perimeter.identity import Identity, PeerRefused, pinned_ark
 from tvmm.perimeter.node import Node
 from tvmm.perimeter.store import Store

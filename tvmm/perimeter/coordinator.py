@@ -10,37 +10,25 @@ every refusal.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import ssl
-import struct
 import threading
 from pathlib import Path
 
 from tvmm.perimeter import wire
 from tvmm.perimeter.channel import Server, connect
+from tvmm.perimeter.checkpoint_file import CheckpointFormatError, read_meta
 from tvmm.perimeter.identity import Identity, Peer, PeerRefused
 from tvmm.perimeter.store import Store
-
-CKPT_MAGIC = b"TVCK"
 
 
 def checkpoint_meta(data: bytes) -> dict:
     """The routing metadata of a checkpoint file (unauthenticated; the TEE rechecks it)."""
-    if len(data) < 8 or data[:4] != CKPT_MAGIC:
-        raise wire.WireError("checkpoint", "not a tvmm checkpoint")
-    (n,) = struct.unpack_from("<I", data, 4)
-    if n > 1 << 20 or 8 + n > len(data):  # as host_side.MAX_META
-        raise wire.WireError("checkpoint", "metadata length out of range")
     try:
-        meta = json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise wire.WireError("checkpoint", "metadata is not JSON") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("vm"), str) \
-            or type(meta.get("epoch")) is not int:
-        raise wire.WireError("checkpoint", "metadata lacks vm or epoch")
-    return meta
+        return read_meta(data)[0]
+    except CheckpointFormatError as exc:
+        raise wire.WireError("checkpoint", str(exc)) from None
 
 
 class Refused(Exception):

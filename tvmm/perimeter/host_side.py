@@ -8,19 +8,15 @@ it to import tvmm.hw or shim (pyproject.toml), like every other piece of host co
   (never with a guest request half served), so the VM can be frozen for export.
 * ``export_round`` / ``feed_stream`` (``import_stream`` = ``create_for_import`` + feed): the
   pump loops.
-* checkpoint files: ``b"TVCK"`` ‖ u32 length ‖ JSON metadata (vm, epoch, level, memory,
-  stream — unauthenticated: only routing hints, every claim is re-checked by the TEE) ‖
-  bundles, each u32 length ‖ bundle.
+* checkpoint files: stored atomically (``store_checkpoint``); their format is
+  ``checkpoint_file`` (data only, shared with the coordinator).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from tvmm.abi.guest import SHARED_BASE, SHARED_SIZE
@@ -29,10 +25,6 @@ from tvmm.abi.types import ExitReason, Level, Result
 from tvmm.host.client import HostCallError, PlatformClient
 from tvmm.host.hypervisor import Devices, HonestHypervisor
 
-CKPT_MAGIC = b"TVCK"
-_U32 = struct.Struct("<I")
-MAX_BUNDLE = 8 << 20
-MAX_META = 1 << 20
 CONSOLE_TAIL = 64 << 10  # characters of the host's console log carried with a VM
 
 
@@ -45,10 +37,6 @@ def console_tail(text: str) -> str:
     tail = text[-CONSOLE_TAIL:]
     cut = tail.find("\n")
     return tail[cut + 1 :] if cut >= 0 else tail
-
-
-class CheckpointFormatError(ValueError):
-    """The checkpoint file is not well-formed; the message names where."""
 
 
 # -- pumps ------------------------------------------------------------------------------------------
@@ -119,55 +107,6 @@ def store_checkpoint(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    meta: dict
-    bundles: list[bytes]
-
-    def to_bytes(self) -> bytes:
-        raw = json.dumps(self.meta, sort_keys=True).encode()
-        out = [CKPT_MAGIC, _U32.pack(len(raw)), raw]
-        for b in self.bundles:
-            out += [_U32.pack(len(b)), b]
-        return b"".join(out)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Checkpoint:
-        if not isinstance(data, bytes | bytearray) or data[:4] != CKPT_MAGIC:
-            raise CheckpointFormatError("magic: not a tvmm checkpoint")
-        pos = 4
-
-        def take(n: int, what: str) -> bytes:
-            nonlocal pos
-            if pos + n > len(data):
-                raise CheckpointFormatError(f"{what}: truncated at offset {pos}")
-            chunk = bytes(data[pos : pos + n])
-            pos += n
-            return chunk
-
-        (n,) = _U32.unpack(take(4, "meta length"))
-        if n > MAX_META:
-            raise CheckpointFormatError(f"meta length: {n} exceeds {MAX_META}")
-        try:
-            meta = json.loads(take(n, "meta"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointFormatError(f"meta: not JSON ({exc})") from None
-        if not isinstance(meta, dict):
-            raise CheckpointFormatError("meta: not an object")
-        for key, kind in (("vm", str), ("epoch", int), ("level", str), ("memory", int)):
-            if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
-                raise CheckpointFormatError(f"meta.{key}: missing or not {kind.__name__}")
-        bundles = []
-        while pos < len(data):
-            (n,) = _U32.unpack(take(4, "bundle length"))
-            if n > MAX_BUNDLE:
-                raise CheckpointFormatError(f"bundle length: {n} exceeds {MAX_BUNDLE}")
-            bundles.append(take(n, "bundle"))
-        if not bundles:
-            raise CheckpointFormatError("bundles: none")
-        return cls(meta, bundles)
 
 
 # -- the runner -------------------------------------------------------------------------------------

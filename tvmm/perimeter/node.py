@@ -33,6 +33,7 @@ from tvmm.host.hypervisor import Devices
 from tvmm.owner import launch_secret
 from tvmm.perimeter import host_side, wire
 from tvmm.perimeter.channel import Server, connect
+from tvmm.perimeter.checkpoint_file import Checkpoint
 from tvmm.perimeter.identity import Identity, Peer, PeerRefused
 
 PRECOPY_ROUNDS = 8
@@ -180,10 +181,10 @@ class Node:
         hosted.frozen_stream = stream
         self.crash_point("suspend_after_export")
         vm = self.platform.tee.vms[hosted.vm]
-        ckpt = host_side.Checkpoint({"vm": name, "epoch": epoch, "level": vm.level.value,
-                                     "memory": vm.memory.size, "policy": vm.policy,
-                                     "console": host_side.console_tail(
-                                         hosted.host.devices.console.text)}, bundles)
+        ckpt = Checkpoint({"vm": name, "epoch": epoch, "level": vm.level.value,
+                           "memory": vm.memory.size, "policy": vm.policy,
+                           "console": host_side.console_tail(
+                               hosted.host.devices.console.text)}, bundles)
         data = ckpt.to_bytes()
         host_side.store_checkpoint(self.storage / f"{name}.v{epoch}.ckpt", data)
         self.crash_point("suspend_after_store")
@@ -191,7 +192,7 @@ class Node:
 
     def resume(self, msg: wire.Message) -> wire.Message:
         name, epoch, stream = msg["vm"], msg["epoch"], msg["stream"]
-        ckpt = host_side.Checkpoint.from_bytes(msg.blob)
+        ckpt = Checkpoint.from_bytes(msg.blob)
         tee = self.platform.tee
         management.open_import(tee, bytes.fromhex(msg["key"]), stream, name, epoch)
         try:
