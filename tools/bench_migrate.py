@@ -36,15 +36,15 @@ from shim.platform import Platform
 from tvmm.abi.types import Level
 from tvmm.host.client import PlatformClient
 from tvmm.host.hypervisor import Devices
-from tvmm.owner import launch_secret
-from tvmm.perimeter import wire
-from tvmm.perimeter.host_side import (
+from tvmm.host.node_host import (
     PausableHost,
     VmRunner,
     create_for_import,
     export_round,
     feed_stream,
 )
+from tvmm.owner import launch_secret
+from tvmm.perimeter import wire
 from tvmm.samples import build_sample
 
 PAGE = 4096

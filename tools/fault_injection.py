@@ -39,11 +39,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from tvmm.operator.client import OperatorClient, PerimeterError
+from tvmm.operator.launcher import Perimeter, default_state_dir
 from tvmm.perimeter import measure, wire
 from tvmm.perimeter.channel import connect
-from tvmm.perimeter.client import OperatorClient, PerimeterError
 from tvmm.perimeter.identity import Identity, pinned_ark
-from tvmm.perimeter.launcher import Perimeter, default_state_dir
 from tvmm.perimeter.store import Store
 from tvmm.samples import build_sample
 

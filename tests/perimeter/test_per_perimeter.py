@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from tvmm.cli import main as cli
-from tvmm.perimeter import host_side, measure, wire
+from tvmm.host import node_host
+from tvmm.operator.client import OperatorClient, PerimeterError
+from tvmm.perimeter import measure, wire
 from tvmm.perimeter.checkpoint_file import Checkpoint
-from tvmm.perimeter.client import OperatorClient, PerimeterError
 from tvmm.perimeter.coordinator import Coordinator, checkpoint_meta
 from tvmm.perimeter.identity import Identity, PeerRefused, pinned_ark
 from tvmm.perimeter.node import Node
@@ -40,9 +41,12 @@ def test_measurement_covers_the_shim(tmp_path: Path) -> None:
     path = root / "shim" / "exit_path.py"
     path.write_text(path.read_text().replace("HYPERCALL_LEN = 3", "HYPERCALL_LEN = 3  # x"))
     assert measure.measure_tree(root) != before
-    (root / "tvmm" / "perimeter" / "host_side.py").write_text("# untrusted: not measured\n")
     path.write_text(path.read_text().replace("  # x", ""))
+    (root / "tvmm" / "host").mkdir()
+    (root / "tvmm" / "host" / "node_host.py").write_text("# untrusted: not measured\n")
     assert measure.measure_tree(root) == before
+    (root / "tvmm" / "perimeter" / "extra.py").write_text("# in the perimeter: measured\n")
+    assert measure.measure_tree(root) != before
 
 
 def test_in_process_perimeter(state: Path, tmp_path: Path) -> None:
@@ -177,7 +181,7 @@ def test_a_long_console_log_travels_as_its_tail(state: Path, tmp_path: Path) -> 
         answer = node.suspend(wire.Message("node_suspend", {"vm": "c-1", "epoch": 2,
                                                             "stream": 7, "key": "cd" * 32}))
         meta = checkpoint_meta(answer.blob)  # what the coordinator reads before a resume
-        assert meta["vm"] == "c-1" and len(meta["console"]) <= host_side.CONSOLE_TAIL
+        assert meta["vm"] == "c-1" and len(meta["console"]) <= node_host.CONSOLE_TAIL
         assert meta["console"].startswith("line ")  # cut at a line start
         assert "line 39999\n" in meta["console"]  # the end (the guest may print on after it)
         assert Checkpoint.from_bytes(answer.blob).meta == meta

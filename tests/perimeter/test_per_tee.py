@@ -14,8 +14,8 @@ from tvmm.abi.messages import AddPages, Enter, ExportVm, ImportVm
 from tvmm.abi.types import Level, PageType, Result
 from tvmm.host.client import HostCallError, PlatformClient
 from tvmm.host.hypervisor import Devices
+from tvmm.host.node_host import PausableHost, export_round, import_stream
 from tvmm.owner import launch_secret
-from tvmm.perimeter.host_side import PausableHost, export_round, import_stream
 from tvmm.samples import build_sample
 
 MEM = 4 << 20

@@ -1,9 +1,9 @@
 """Helpers for the management-interface attacks (ATTACKS.md scenario 12).
 
 The attacker is the host operator: it starts the perimeter's processes on its machines
-(tvmm.perimeter.launcher — the coordinator and nodes are real processes; the attacker
+(tvmm.operator.launcher — the coordinator and nodes are real processes; the attacker
 holds only their untrusted interfaces), talks to the coordinator as an operator
-(tvmm.perimeter.client) and carries every byte between nodes.  Nothing here imports
+(tvmm.operator.client) and carries every byte between nodes.  Nothing here imports
 trusted code (architecture contract).
 """
 
@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tools.attacks.base import AttackContext
-from tvmm.perimeter.client import OperatorClient, PerimeterError
-from tvmm.perimeter.launcher import Perimeter, default_state_dir
+from tvmm.operator.client import OperatorClient, PerimeterError
+from tvmm.operator.launcher import Perimeter, default_state_dir
 
 COUNT = 10**9  # the counter keeps running for the whole attack
 

@@ -13,8 +13,8 @@ import threading
 
 from tools.attacks._perimeter import audit_has, launch_counter, perimeter, vm_row
 from tools.attacks.base import Attack, AttackContext, Outcome
+from tvmm.operator.client import PerimeterError
 from tvmm.perimeter import wire
-from tvmm.perimeter.client import PerimeterError
 
 
 class _Relay:

@@ -16,8 +16,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tvmm.commands.output import console, emit_json, fail
-from tvmm.perimeter import launcher
-from tvmm.perimeter.client import OperatorClient, PerimeterError
+from tvmm.operator import launcher
+from tvmm.operator.client import OperatorClient, PerimeterError
 
 
 def add(sub: argparse._SubParsersAction) -> None:

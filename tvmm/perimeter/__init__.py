@@ -1,9 +1,10 @@
-"""The trusted perimeter: a coordinator and attested nodes, and the narrow management
+"""TRUSTED: the perimeter — a coordinator and attested nodes, and the narrow management
 operations by which a VM crosses a node boundary (launch, suspend/resume, migrate).
 
-TRUSTED (measured into every node's and the coordinator's attestation report, see
-``measure``): coordinator.py, node.py, store.py, identity.py, measure.py, wire.py,
-service.py.  UNTRUSTED (host side, never import tvmm.hw or shim — an import-linter
-contract): host_side.py (the node's honest host, checkpoint files), client.py (the
-operator's client: CLI, attacks), launcher.py (starting processes).
+Every module here is measured into the coordinator's and each node's attestation report
+(``measure``): coordinator.py, node.py (the node's TEE agent), store.py, identity.py,
+channel.py, measure.py, service.py, and the two data-only formats both sides read,
+wire.py and checkpoint_file.py.  The untrusted parts live with the other untrusted code:
+the node's honest host in tvmm/host/node_host.py, the operator's client and process
+launcher in tvmm/operator/.
 """

@@ -1,8 +1,8 @@
 """The measurement of the perimeter's trusted code: what a node's report attests.
 
 SHA-384 over the trusted packages' source files — tvmm/hw, shim, tvmm/abi, the
-owner-side verifier and launch-secret code the agents run, and the trusted modules of
-tvmm/perimeter — walked in sorted order: digest = SHA-384(digest ‖ path ‖ NUL ‖
+owner-side verifier and launch-secret code the agents run, and tvmm/perimeter (all of
+it trusted or data only: the untrusted host and operator code lives elsewhere) — walked in sorted order: digest = SHA-384(digest ‖ path ‖ NUL ‖
 SHA-384(content)), starting from 48 zero bytes.  Changing one line of the shim changes
 the measurement, and a coordinator that pins the measurement of its own release refuses
 the node.  ``patch`` models a node running modified trusted code (the rogue node of the
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 TRUSTED_TREES = ("tvmm/hw", "shim", "tvmm/abi")
 TRUSTED_FILES = ("tvmm/owner/verify.py", "tvmm/owner/launch_secret.py")
-UNTRUSTED_PERIMETER = frozenset({"host_side.py", "client.py", "launcher.py"})
+UNTRUSTED_PERIMETER = frozenset({"node_host.py", "client.py", "launcher.py"})
 PATCHED_FILE = "shim/exit_path.py"
 
 
@@ -27,8 +27,7 @@ def trusted_files(root: Path = ROOT) -> list[Path]:
     for tree in TRUSTED_TREES:
         files.update(p for p in (root / tree).rglob("*.py") if "__pycache__" not in p.parts)
     files.update(root / f for f in TRUSTED_FILES if (root / f).is_file())
-    files.update(p for p in (root / "tvmm" / "perimeter").glob("*.py")
-                 if p.name not in UNTRUSTED_PERIMETER)
+    files.update((root / "tvmm" / "perimeter").glob("*.py"))
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 

@@ -5,8 +5,10 @@ The agent is the only code that installs stream keys in the TEE (shim.management
 it does so only on the coordinator's word (attested TLS): a fresh random key for a
 suspend (handed to the coordinator, which releases it for one resume of the newest
 version), or a key agreed by X25519 with the destination's attested agent for a
-migration.  The host part (tvmm.perimeter.host_side, untrusted) runs the VMs and moves
-the bundles — over the node's plain "host port" from one host to the next.
+migration.  The host part (tvmm.host.node_host, untrusted: it shares the process, as a
+node's host VMM shares its machine with the TEE, and nothing the agent trusts comes from
+it) runs the VMs and moves the bundles — over the node's plain "host port" from one host
+to the next.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from shim import management
 from shim.platform import Platform
 from tvmm.abi.types import Level
 from tvmm.guestimage import load_elf
+from tvmm.host import node_host
 from tvmm.host.client import HostCallError, PlatformClient
 from tvmm.host.devices import Console
 from tvmm.host.hypervisor import Devices
 from tvmm.owner import launch_secret
-from tvmm.perimeter import host_side, wire
+from tvmm.perimeter import wire
 from tvmm.perimeter.channel import Server, connect
 from tvmm.perimeter.checkpoint_file import Checkpoint
 from tvmm.perimeter.identity import Identity, Peer, PeerRefused
@@ -43,8 +46,8 @@ PRECOPY_STOP = 32  # pages: a round this small means stop-and-copy now
 @dataclass
 class Hosted:
     vm: int
-    host: host_side.PausableHost
-    runner: host_side.VmRunner | None = None
+    host: node_host.PausableHost
+    runner: node_host.VmRunner | None = None
     frozen_stream: int | None = None
 
 
@@ -138,7 +141,7 @@ class Node:
             return wire.reply(False, error=f"{type(exc).__name__}: {exc}", reason="node")
 
     def _start(self, name: str, hosted: Hosted) -> None:
-        hosted.runner = host_side.VmRunner(hosted.host).start()
+        hosted.runner = node_host.VmRunner(hosted.host).start()
         self.vms[name] = hosted
 
     def launch(self, msg: wire.Message) -> wire.Message:
@@ -148,7 +151,7 @@ class Node:
         os.unlink(f.name)
         secret = bytes.fromhex(msg["secret"])
         blob = launch_secret.wrap(secret, self.platform.launch_public_key) if secret else b""
-        host = host_side.PausableHost(self.client, Devices())
+        host = node_host.PausableHost(self.client, Devices())
         digest = host.launch(image, Level(msg["level"]), msg["memory"], secret_blob=blob,
                              policy=msg["policy"])
         self._start(msg["vm"], Hosted(host.vm, host))
@@ -173,7 +176,7 @@ class Node:
         hosted = self._pause(name)
         management.open_export(self.platform.tee, hosted.vm, key, stream, name, epoch)
         try:
-            bundles = list(host_side.export_round(self.client, hosted.vm, stream, True))
+            bundles = list(node_host.export_round(self.client, hosted.vm, stream, True))
         except HostCallError:
             management.close(self.platform.tee, stream)
             hosted.host.resume()
@@ -183,10 +186,10 @@ class Node:
         vm = self.platform.tee.vms[hosted.vm]
         ckpt = Checkpoint({"vm": name, "epoch": epoch, "level": vm.level.value,
                            "memory": vm.memory.size, "policy": vm.policy,
-                           "console": host_side.console_tail(
+                           "console": node_host.console_tail(
                                hosted.host.devices.console.text)}, bundles)
         data = ckpt.to_bytes()
-        host_side.store_checkpoint(self.storage / f"{name}.v{epoch}.ckpt", data)
+        node_host.store_checkpoint(self.storage / f"{name}.v{epoch}.ckpt", data)
         self.crash_point("suspend_after_store")
         return wire.reply(True, data)
 
@@ -196,7 +199,7 @@ class Node:
         tee = self.platform.tee
         management.open_import(tee, bytes.fromhex(msg["key"]), stream, name, epoch)
         try:
-            vm, state = host_side.import_stream(self.client, stream, Level(msg["level"]),
+            vm, state = node_host.import_stream(self.client, stream, Level(msg["level"]),
                                                 msg["memory"], ckpt.bundles,
                                                 int(ckpt.meta.get("policy", 0)))
         except HostCallError as exc:
@@ -206,7 +209,7 @@ class Node:
         self.crash_point("resume_after_import")
         management.activate(tee, vm)
         management.close(tee, stream)
-        host = host_side.PausableHost(self.client, Devices(Console()))
+        host = node_host.PausableHost(self.client, Devices(Console()))
         host.devices.console.write(str(ckpt.meta.get("console", "")).encode())
         host.vm, host.state = vm, state
         self._start(name, Hosted(vm, host))
@@ -262,7 +265,7 @@ class Node:
 
                 def pump(final: bool) -> int:
                     n = 0
-                    for bundle in host_side.export_round(self.client, hosted.vm, stream, final):
+                    for bundle in node_host.export_round(self.client, hosted.vm, stream, final):
                         wire.send(s, wire.Message("bundle", {}, bundle))
                         stats["bytes"] += len(bundle)
                         n += 1
@@ -280,7 +283,7 @@ class Node:
                 hosted.frozen_stream = stream
                 self.crash_point("migrate_after_stream")
                 wire.send(s, wire.Message("stream_end",
-                                          {"console": host_side.console_tail(
+                                          {"console": node_host.console_tail(
                                               hosted.host.devices.console.text)}))
                 done = wire.recv(s)
         except (OSError, wire.WireError, HostCallError) as exc:
@@ -325,7 +328,7 @@ class Node:
             del self.incoming[stream]
             management.close(tee, stream)
             if commit and inc.vm and management.activate(tee, inc.vm):
-                host = host_side.PausableHost(self.client, Devices(Console()))
+                host = node_host.PausableHost(self.client, Devices(Console()))
                 host.devices.console.write(inc.console.encode())
                 host.vm, host.state = inc.vm, inc.state
                 self._start(name, Hosted(inc.vm, host))
@@ -342,7 +345,7 @@ class Node:
     def list(self, msg: wire.Message) -> wire.Message:
         out = []
         for name, hosted in self.vms.items():
-            text = host_side.console_tail(hosted.host.devices.console.text)
+            text = node_host.console_tail(hosted.host.devices.console.text)
             out.append({"vm": name, "platform_vm": hosted.vm,
                         "frozen": hosted.frozen_stream is not None,
                         "ended": hosted.runner.ended if hosted.runner else None,
@@ -373,7 +376,7 @@ class Node:
                                                f"stream {stream}"))
                     return
                 try:
-                    vm = host_side.create_for_import(self.client, Level(begin["level"]),
+                    vm = node_host.create_for_import(self.client, Level(begin["level"]),
                                                      begin["memory"], begin["policy"])
                 except HostCallError as exc:
                     inc.error = str(exc)
@@ -395,7 +398,7 @@ class Node:
                     if msg.op != "bundle" or error:
                         continue
                     try:
-                        reply = host_side.import_bundle(self.client, vm, stream, msg.blob)
+                        reply = node_host.import_bundle(self.client, vm, stream, msg.blob)
                     except HostCallError as exc:
                         error = str(exc)
                         continue
