@@ -1,4 +1,5 @@
-"""UNTRUSTED: the host — the honest hypervisor and its devices.
+"""UNTRUSTED: the host — the honest hypervisor, its devices, and a perimeter node's host
+(node_host: runs VMs, pumps checkpoint streams, stores checkpoint files).
 
 Written against the platform ABI alone (tvmm.abi): it never imports the trusted packages
 (tvmm.hw, shim), which the architecture contract in pyproject.toml checks in CI.  Attacks
