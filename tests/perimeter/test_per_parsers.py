@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
 
 import pytest
@@ -107,6 +108,44 @@ def test_sealing_in_parts_is_one_aesgcm_call(parts: list[bytes], counter: int) -
     assert bundle[HEADER.size :] == AESGCM(key).encrypt(nonce, b"".join(parts), header)
     assert parse_header(bytes(bundle)).counter == counter
     assert bytes(cipher.open(bytes(bundle))[1]) == b"".join(parts)
+
+
+@FAST
+@given(st.integers(0, 10_000), st.sampled_from(["reply", "resume"]))
+def test_a_split_blob_arrives_whole(size: int, op: str) -> None:
+    """A blob over PART travels as the message's frame and "part" frames; recv joins it
+    and the message is as sent (PART made small here; nodes use 32 MiB)."""
+    blob = os.urandom(size)
+    msg = wire.reply(True, blob, error="x") if op == "reply" else \
+        wire.Message("resume", {"node": "n2"}, blob)
+    a, b = socket.socketpair()
+    with a, b, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(wire, "PART", 1000)
+        wire.send(a, msg)
+        assert wire.recv(b) == msg
+
+
+def _frames(*msgs: wire.Message) -> bytes:
+    return b"".join(wire.encode(m) for m in msgs)
+
+
+@pytest.mark.parametrize("frames, field", [
+    (_frames(wire.Message("nodes", {"parts": 0})), "parts"),
+    (_frames(wire.Message("nodes", {"parts": 5000})), "parts"),
+    (_frames(wire.Message("nodes", {"parts": 1}, b"a"), wire.Message("nodes", {})), "op"),
+    (_frames(wire.Message("nodes", {"parts": 1}, b"a"), wire.Message("part", {"parts": 1})),
+     "op"),
+    (_frames(wire.Message("nodes", {"parts": 2}, b"a" * 600), wire.Message("part", {}, b"b" * 600),
+             wire.Message("part", {}, b"c")), "parts"),
+])
+def test_a_split_blob_that_is_not_one_is_refused(frames: bytes, field: str) -> None:
+    a, b = socket.socketpair()
+    with a, b, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(wire, "MAX_BLOB", 1000)
+        a.sendall(frames)
+        with pytest.raises(wire.WireError) as exc:
+            wire.recv(b)
+        assert exc.value.field == field
 
 
 @FAST

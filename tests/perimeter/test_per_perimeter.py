@@ -189,3 +189,36 @@ def test_a_long_console_log_travels_as_its_tail(state: Path, tmp_path: Path) -> 
         assert listed == meta["console"]
     finally:
         node.close()
+
+
+def test_a_checkpoint_larger_than_a_frame_part_travels_split(
+        state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node → coordinator → operator and back: every hop splits the checkpoint into "part"
+    frames (PART and the frame limit made small here; nodes split at 32 MiB under a
+    64 MiB frame, so a dense guest of any size fits), and the guest counts on across
+    suspend/resume without a gap or a repeat."""
+    monkeypatch.setattr(wire, "PART", 16 << 10)
+    monkeypatch.setattr(wire, "MAX_FRAME", 64 << 10)  # a whole checkpoint would not pass
+    ark = pinned_ark(state)
+    coord = Coordinator(tmp_path / "c.db", Identity.create("c", "coordinator", state), ark)
+    coord.start()
+    nodes = [Node(f"n{i}", Identity.create(f"n{i}", "node", state), ark).start()
+             for i in (1, 2)]
+    try:
+        for n in nodes:
+            n.register(coord.address)
+        op = OperatorClient(coord.address, state)
+        image = build_sample("counter").path.read_bytes()
+        vm = op.launch(image, "counter", "n1", "shim", 4 << 20, (3000).to_bytes(8, "little"))
+        ckpt = op.suspend(vm)
+        assert len(ckpt) > 4 * wire.PART  # several parts on every hop
+        assert checkpoint_meta(ckpt)["vm"] == vm
+        assert op.resume(ckpt, "n2")["version"] == 2
+        hosted = nodes[1].vms[vm]
+        assert hosted.runner.done.wait(60)
+        assert _counts(hosted.host.devices.console.text) == list(range(1, 3001))
+        assert op.audit()["problems"] == []
+    finally:
+        for n in nodes:
+            n.close()
+        coord.close()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -18,6 +20,8 @@ from rich.table import Table
 from tvmm.commands.output import console, emit_json, fail
 from tvmm.operator import launcher
 from tvmm.operator.client import OperatorClient, PerimeterError
+
+T = TypeVar("T")
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -185,9 +189,38 @@ def run_launch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_progress(label: str, work: Callable[[], T], quiet: bool) -> T:
+    """Run ``work`` on a thread; meanwhile a progress bar with the elapsed time (the
+    operator sees only the coordinator's final answer, so the bar cannot count bytes)."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(work())
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+            error.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    if quiet:
+        t.join()
+    else:
+        with Progress(TextColumn(label), BarColumn(), TimeElapsedColumn(), console=console,
+                      transient=True) as progress:
+            task = progress.add_task(label, total=None)
+            while t.is_alive():
+                t.join(0.1)
+                progress.advance(task)
+    if error:
+        raise error[0]
+    return result[0]
+
+
 @_guarded
 def run_suspend(args: argparse.Namespace) -> int:
-    data = _client(args).suspend(args.vm)
+    client = _client(args)
+    data = _with_progress(f"suspending {args.vm}", lambda: client.suspend(args.vm), args.json)
     args.out.write_bytes(data)
     if args.json:
         emit_json({"vm": args.vm, "checkpoint": str(args.out), "bytes": len(data)})
@@ -198,7 +231,9 @@ def run_suspend(args: argparse.Namespace) -> int:
 
 @_guarded
 def run_resume(args: argparse.Namespace) -> int:
-    out = _client(args).resume(args.checkpoint.read_bytes(), args.node)
+    client, checkpoint = _client(args), args.checkpoint.read_bytes()
+    out = _with_progress(f"resuming on {args.node}", lambda: client.resume(checkpoint, args.node),
+                         args.json)
     if args.json:
         emit_json(out)
     else:
@@ -209,28 +244,9 @@ def run_resume(args: argparse.Namespace) -> int:
 @_guarded
 def run_migrate(args: argparse.Namespace) -> int:
     client = _client(args)
-    result: dict = {}
-    error: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            result.update(client.migrate(args.vm, args.to, args.live, args.relay))
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
-            error.append(exc)
-
-    t = threading.Thread(target=work)
-    t.start()
-    if args.json:
-        t.join()
-    else:
-        with Progress(TextColumn(f"migrating {args.vm} → {args.to}"), BarColumn(),
-                      TimeElapsedColumn(), console=console, transient=True) as progress:
-            task = progress.add_task("migrate", total=None)
-            while t.is_alive():
-                t.join(0.1)
-                progress.advance(task)
-    if error:
-        raise error[0]
+    result = _with_progress(f"migrating {args.vm} → {args.to}",
+                            lambda: client.migrate(args.vm, args.to, args.live, args.relay),
+                            args.json)
     if args.json:
         emit_json(result)
         return 0

@@ -3,7 +3,10 @@
 Frame = u32 total length (LE, ≤ MAX_FRAME) ‖ u32 JSON length ‖ JSON object ‖ blob.
 The JSON object has an "op" naming the message and the fields of that op's schema,
 nothing else; a field's type is checked exactly (bool is not an int).  The blob carries
-bulk bytes (images, bundles, checkpoints) without base64.  ``decode`` is the one parser
+bulk bytes (images, bundles, checkpoints) without base64.  A blob larger than ``PART``
+(a large guest's checkpoint) travels split: the message's frame carries the first part
+and the wire-level field "parts" (on any op) counts the "part" frames that follow with
+the rest; ``recv`` joins them, up to ``MAX_BLOB`` in all.  ``decode`` is the one parser
 of untrusted frames: anything but an exact, valid frame raises ``WireError`` naming the
 field.  Data only: this module imports nothing of ours.
 """
@@ -18,6 +21,9 @@ from dataclasses import dataclass, field
 
 MAX_FRAME = 64 << 20
 MAX_JSON = 1 << 20
+PART = 32 << 20  # blob bytes per frame when a blob is split
+MAX_BLOB = (1 << 30) + (64 << 20)  # a whole blob: the checkpoint of a 1 GiB guest
+MAX_PARTS = 4096
 _U32 = struct.Struct("<I")
 
 S, N, B, D = str, int, bool, dict
@@ -48,11 +54,14 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "stream_begin": {"stream": N, "vm": S, "level": S, "memory": N, "policy": N},
     "bundle": {},
     "stream_end": {"console": S},
+    # the rest of a split blob (see "parts")
+    "part": {},
     # replies and reports
     "reply": {"ok": B},
     "event": {"node": S, "event": S, "detail": D},
 }
 OPTIONAL_REPLY = {"error": S, "reason": S, "data": D}
+WIRE_FIELDS = {"parts": N}  # on any op: how many "part" frames follow
 
 
 class WireError(ValueError):
@@ -83,18 +92,19 @@ def reply(ok: bool = True, blob: bytes = b"", *, error: str = "", reason: str = 
     return Message("reply", fields, blob)
 
 
-def _head(msg: Message) -> bytes:
-    """The frame up to the blob: both lengths and the JSON object."""
-    check(msg.op, msg.fields)
-    raw = json.dumps({"op": msg.op, **msg.fields}, separators=(",", ":")).encode()
-    size = 4 + len(raw) + len(msg.blob)
+def _head(op: str, fields: dict, blob_len: int) -> bytes:
+    """The frame up to its blob: both lengths and the JSON object."""
+    check(op, fields)
+    raw = json.dumps({"op": op, **fields}, separators=(",", ":")).encode()
+    size = 4 + len(raw) + blob_len
     if size > MAX_FRAME:
         raise WireError("frame", f"{size} bytes exceed {MAX_FRAME}")
     return _U32.pack(size) + _U32.pack(len(raw)) + raw
 
 
 def encode(msg: Message) -> bytes:
-    return _head(msg) + msg.blob
+    """One frame (a blob too large for one raises: ``send`` splits it)."""
+    return _head(msg.op, msg.fields, len(msg.blob)) + msg.blob
 
 
 def check(op: object, fields: dict) -> None:
@@ -103,7 +113,7 @@ def check(op: object, fields: dict) -> None:
     schema = SCHEMAS[op]
     optional = OPTIONAL_REPLY if op == "reply" else {}
     for name, value in fields.items():
-        kind = schema.get(name) or optional.get(name)
+        kind = schema.get(name) or optional.get(name) or WIRE_FIELDS.get(name)
         if kind is None:
             raise WireError(name, f"not a field of {op}")
         if type(value) is not kind:
@@ -176,22 +186,58 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
 _JOIN_BELOW = 1 << 16  # a smaller blob goes out with its head in one write
 
 
-def send(sock: socket.socket, msg: Message) -> None:
-    head = _head(msg)
-    if len(msg.blob) < _JOIN_BELOW:
-        sock.sendall(head + msg.blob)
+def _send_frame(sock: socket.socket, head: bytes, blob: bytes | memoryview) -> None:
+    if len(blob) < _JOIN_BELOW:
+        sock.sendall(head + blob)
     else:  # a bundle: two writes rather than a copy of a megabyte
         sock.sendall(head)
-        sock.sendall(msg.blob)
+        sock.sendall(blob)
 
 
-def recv(sock: socket.socket) -> Message:
+def send(sock: socket.socket, msg: Message) -> None:
+    """One message: one frame, or, for a blob over ``PART``, its first part and the rest
+    in "part" frames."""
+    blob = msg.blob
+    if len(blob) <= PART:
+        _send_frame(sock, _head(msg.op, msg.fields, len(blob)), blob)
+        return
+    if len(blob) > MAX_BLOB:
+        raise WireError("blob", f"{len(blob)} bytes exceed {MAX_BLOB}")
+    view = memoryview(blob)
+    parts = (len(blob) - 1) // PART
+    _send_frame(sock, _head(msg.op, {**msg.fields, "parts": parts}, PART), view[:PART])
+    for off in range(PART, len(blob), PART):
+        part = view[off : off + PART]
+        _send_frame(sock, _head("part", {}, len(part)), part)
+
+
+def _recv_frame(sock: socket.socket) -> Message:
     """One frame; the blob is read into its own bytes object (no slice copy)."""
     (size,) = _U32.unpack(_read_exact(sock, 4))
     if size > MAX_FRAME:
         raise WireError("frame", f"length {size} exceeds {MAX_FRAME}")
     n = _json_length(_read_exact(sock, min(size, 4)), size)
     return _message(_read_exact(sock, n), _read_exact(sock, size - 4 - n))
+
+
+def recv(sock: socket.socket) -> Message:
+    """One message, a split blob joined (at most ``MAX_BLOB`` bytes in all)."""
+    msg = _recv_frame(sock)
+    parts = msg.fields.get("parts")
+    if parts is None:
+        return msg
+    if not 1 <= parts <= MAX_PARTS:
+        raise WireError("parts", f"{parts} is outside [1, {MAX_PARTS}]")
+    blob = bytearray(msg.blob)
+    for _ in range(parts):
+        part = _recv_frame(sock)
+        if part.op != "part" or part.fields:
+            raise WireError("op", f"expected a part of the blob, got {part.op}")
+        if len(blob) + len(part.blob) > MAX_BLOB:
+            raise WireError("parts", f"the blob exceeds {MAX_BLOB} bytes")
+        blob += part.blob
+    fields = {k: v for k, v in msg.fields.items() if k != "parts"}
+    return Message(msg.op, fields, bytes(blob))
 
 
 def call(sock: socket.socket, msg: Message) -> Message:
