@@ -120,10 +120,6 @@ class StreamCipher:
         self._aead = AESGCM(key)
         self._plain: bytearray | None = None  # allocated by the first open (import side)
 
-    def seal(self, kind: Kind, stream: int, counter: int, payload: bytes | memoryview,
-             items: int = 0) -> bytearray:
-        return self.seal_parts(kind, stream, counter, [payload], items)
-
     def seal_parts(self, kind: Kind, stream: int, counter: int,
                    parts: Sequence[bytes | memoryview], items: int = 0) -> bytearray:
         """The bundle of the payload ``b"".join(parts)``, without joining: GCM encrypts

@@ -144,6 +144,14 @@ class Node:
         hosted.runner = node_host.VmRunner(hosted.host).start()
         self.vms[name] = hosted
 
+    def _adopt(self, name: str, vm: int, state: bytes, console: str) -> None:
+        """Run an imported VM (resumed, or migrated in) under a fresh honest host that
+        carries the VM's console log on."""
+        host = node_host.PausableHost(self.client, Devices(Console()))
+        host.devices.console.write(console.encode())
+        host.vm, host.state = vm, state
+        self._start(name, Hosted(vm, host))
+
     def launch(self, msg: wire.Message) -> wire.Message:
         with tempfile.NamedTemporaryFile(suffix=".elf", delete=False) as f:
             f.write(msg.blob)
@@ -209,10 +217,7 @@ class Node:
         self.crash_point("resume_after_import")
         management.activate(tee, vm)
         management.close(tee, stream)
-        host = node_host.PausableHost(self.client, Devices(Console()))
-        host.devices.console.write(str(ckpt.meta.get("console", "")).encode())
-        host.vm, host.state = vm, state
-        self._start(name, Hosted(vm, host))
+        self._adopt(name, vm, state, str(ckpt.meta.get("console", "")))
         return wire.reply(events=management.drain_events(tee))
 
     # -- migration -----------------------------------------------------------------------------------
@@ -328,10 +333,7 @@ class Node:
             del self.incoming[stream]
             management.close(tee, stream)
             if commit and inc.vm and management.activate(tee, inc.vm):
-                host = node_host.PausableHost(self.client, Devices(Console()))
-                host.devices.console.write(inc.console.encode())
-                host.vm, host.state = inc.vm, inc.state
-                self._start(name, Hosted(inc.vm, host))
+                self._adopt(name, inc.vm, inc.state, inc.console)
             elif inc.vm:
                 try:
                     self.client.destroy(inc.vm)
