@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -58,3 +59,16 @@ def test_trace_round_trip_through_the_cli(tmp_path, capsys):
     out = tmp_path / "run.json"
     code, info = run_json(capsys, "trace", "export", str(trace), "--perfetto", str(out))
     assert code == 0 and info["events"] > 0 and json.loads(out.read_text())["traceEvents"]
+
+
+def test_json_into_a_closed_pipe_is_not_an_error():
+    """`tvmm attacks --json | head -1`: the reader has gone; a quiet exit, no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write: EPIPE for certain
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tvmm", "attacks", "--json"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
