@@ -30,7 +30,12 @@ class GuestBuildError(RuntimeError):
 
 
 def find_compiler() -> str:
-    for candidate in (os.environ.get("CC"), "gcc", "cc", "clang"):
+    chosen = os.environ.get("CC")
+    if chosen:  # the user's choice, or an error: never quietly another compiler
+        if shutil.which(chosen):
+            return chosen
+        raise GuestBuildError(f"CC={chosen}: no such compiler on PATH")
+    for candidate in ("gcc", "cc", "clang"):
         if candidate and shutil.which(candidate):
             return candidate
     raise GuestBuildError(

@@ -38,6 +38,7 @@ def test_guests_json(capsys):
     (["boot", "/etc/hostname"], "not a readable ELF"),
     (["boot", "hello", "--set", "bogus=1"], "unknown policy setting"),
     (["boot", "hello", "--set", "nokeyvalue"], "expected KEY=VALUE"),
+    (["attack", "--guest", "modexp"], "name an attack"),
 ])
 def test_clear_errors(capsys, argv, message):
     assert main(argv) == 2
@@ -72,3 +73,10 @@ def test_json_into_a_closed_pipe_is_not_an_error():
         os.close(write_end)
     assert proc.returncode == 0
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_a_missing_trace_is_named_once(capsys, tmp_path):
+    missing = tmp_path / "nosuch.jsonl"
+    assert main(["trace", "stats", str(missing)]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps at the terminal width
+    assert "no such file" in err and err.count("nosuch.jsonl") == 1

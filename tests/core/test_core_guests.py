@@ -66,6 +66,13 @@ def test_build_errors_are_clear(tmp_path, monkeypatch):
         guestbuild.build([bad])
 
 
+def test_a_missing_cc_is_an_error_not_a_fallback(monkeypatch):
+    """CC names the compiler the user wants; if it is not there, say so, never use gcc."""
+    monkeypatch.setenv("CC", "nonexistent-cc")
+    with pytest.raises(guestbuild.GuestBuildError, match="CC=nonexistent-cc"):
+        guestbuild.find_compiler()
+
+
 def test_header_and_python_abi_agree():
     header = (guestbuild.INCLUDE_DIR / "tvmm.h").read_text()
     defines = dict(re.findall(r"#define\s+(\w+)\s+\(?(-?0x[0-9a-fA-F]+|-?\d+)", header))

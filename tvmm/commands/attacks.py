@@ -67,6 +67,9 @@ def run_one(args: argparse.Namespace) -> int:
         cls = next((c for c in classes if c.name == args.name), classes[0])
     else:
         attacks = registry()
+        if args.name is None:
+            return fail(f"name an attack (tvmm attack NAME) or give --file FILE; "
+                        f"the attacks: {', '.join(attacks)}")
         if args.name not in attacks:
             return fail(f"no attack {args.name!r}; try one of: {', '.join(attacks)}")
         cls = attacks[args.name]

@@ -235,7 +235,7 @@ class TraceReader:
         try:
             self._size = os.fstat(self._fd).st_size
             if self._size == 0:
-                raise TraceError(TraceErrorReason.EMPTY_FILE, f"{self.path} is empty")
+                raise TraceError(TraceErrorReason.EMPTY_FILE, "the file is empty")
             self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
             first_nl = self._mm.find(b"\n")
             if first_nl < 0 and _HEADER_START.startswith(self._mm[: len(_HEADER_START)]):
@@ -425,12 +425,12 @@ def _open_regular(path: Path) -> int:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        raise TraceError(TraceErrorReason.MISSING_FILE, f"{path}: no such file") from None
+        raise TraceError(TraceErrorReason.MISSING_FILE, "no such file") from None
     except OSError as exc:
-        raise TraceError(TraceErrorReason.UNREADABLE, f"{path}: {exc.strerror}") from None
+        raise TraceError(TraceErrorReason.UNREADABLE, exc.strerror or str(exc)) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise TraceError(TraceErrorReason.UNREADABLE, f"{path}: not a regular file")
+        raise TraceError(TraceErrorReason.UNREADABLE, "not a regular file")
     return fd
 
 
