@@ -261,11 +261,16 @@ def cell_text(v: Verdict) -> str:
     return "error" if v.notes.get("error") else v.cell
 
 
+LEGEND = ("n b: bits leaked · tampered: the result changed, unnoticed · detected: the shim "
+          "recorded a violation or killed the VM · blocked: the platform refused the key "
+          "action · ✗: no effect · —: not run")
+
+
 def render_table(verdicts: list[Verdict]) -> Table:
     """Rows attack/victim, columns levels, cells ``Verdict.cell``."""
-    table = Table(title="attack matrix", show_lines=False)
-    table.add_column("attack")
-    table.add_column("victim")
+    table = Table(title="attack matrix", show_lines=False, caption=LEGEND)
+    table.add_column("attack", no_wrap=True)  # names are what the user types: never cut
+    table.add_column("victim", no_wrap=True)
     for lv in LEVELS:
         table.add_column(lv.value, justify="center")
     for (attack, guest), by_level in _rows(verdicts).items():

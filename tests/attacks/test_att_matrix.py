@@ -92,3 +92,34 @@ def test_parallel_run_gives_the_same_verdicts():
     two = run_matrix(attacks=names, levels=["sev", "snp"], jobs=2)
     assert [(v.attack, v.level, v.cell) for v in one] == [(v.attack, v.level, v.cell)
                                                            for v in two]
+
+
+def test_an_80_column_table_keeps_every_name_whole_and_has_a_legend():
+    from tools.attacks import registry
+    from tvmm.judge import Verdict
+
+    verdicts = [Verdict(attack=name, guest=cls.victims[0], level=lv.value, kind=cls.kind,
+                        n_bits=64.0, bits_correct=64.0, leaked_bits=64.0, full_recovery=True,
+                        detected=False, detected_after_exits=None, integrity_violated=False,
+                        blocked=False, exits=1, wall_s=0.0)
+                for name, cls in registry().items() for lv in Level]
+    console = Console(record=True, width=80)
+    console.print(render_table(verdicts))
+    text = console.export_text()
+    for name in registry():
+        assert name in text, name
+    assert "bits leaked" in text and "tampered" in text  # the legend
+
+
+def test_the_attack_list_keeps_names_whole_at_80_columns():
+    import os
+    import subprocess
+    import sys
+
+    from tools.attacks import registry
+
+    out = subprocess.run([sys.executable, "-m", "tvmm", "attacks"], capture_output=True,
+                         text=True, check=True, env={**os.environ, "COLUMNS": "80"}).stdout
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for name in registry():
+        assert name in out, name

@@ -47,8 +47,10 @@ def run_list(args: argparse.Namespace) -> int:
         emit_json(rows)
         return 0
     table = Table(title="attack scenarios")
-    for col in ("name", "kind", "victims", "summary"):
-        table.add_column(col)
+    table.add_column("name", no_wrap=True)  # a name is what the user types: never cut
+    table.add_column("kind", no_wrap=True)
+    table.add_column("victims")
+    table.add_column("summary", ratio=1)
     for r in rows:
         table.add_row(r["name"], r["kind"], ", ".join(r["victims"]), escape(r["summary"]))
     console.print(table)
