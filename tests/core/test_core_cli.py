@@ -80,3 +80,9 @@ def test_a_missing_trace_is_named_once(capsys, tmp_path):
     assert main(["trace", "stats", str(missing)]) == 2
     err = " ".join(capsys.readouterr().err.split())  # rich wraps at the terminal width
     assert "no such file" in err and err.count("nosuch.jsonl") == 1
+
+
+def test_a_killed_vm_says_why_in_words(capsys):
+    """A single-stepping host at shim is killed by the step policy: the user reads which."""
+    code, report = run_json(capsys, "boot", "counter", "--level", "shim", "--quantum", "1")
+    assert report["how"] == "killed" and "step policy" in report["detail"]

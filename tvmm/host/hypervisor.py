@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 
 from tvmm.abi.guest import PAGE_SIZE, SHARED_BASE, SHARED_SIZE, Hypercall
 from tvmm.abi.messages import ExitRecord, Reply
-from tvmm.abi.types import DEFAULT_POLICY, Device, ExitReason, Field, Level, Result
+from tvmm.abi.types import (
+    DEFAULT_POLICY,
+    Device,
+    ExitReason,
+    Field,
+    KillReason,
+    Level,
+    Result,
+)
 from tvmm.guestimage import GuestImage
 from tvmm.host.client import HostCallError, PlatformClient
 from tvmm.host.devices import BlockDevice, Console, InputDevice
@@ -29,6 +37,14 @@ DEBUG_PORT = 0xE9
 E_NOSYS = -38
 E_INVAL = -22
 E_IO = -5
+
+
+def kill_reason_text(code: int | None) -> str:
+    """A KILLED exit's reason in words ("step policy (reason 2)"): what a user reads."""
+    try:
+        return f"{KillReason(code).name.lower().replace('_', ' ')} (reason {code})"
+    except ValueError:
+        return f"unknown reason {code}"
 
 
 @dataclass
@@ -104,7 +120,7 @@ class HonestHypervisor:
                 how, detail = "fault", f"vector {rec.get(Field.VECTOR)}"
                 break
             if rec.reason == ExitReason.KILLED:
-                how, detail = "killed", f"reason {rec.get(Field.KILL_REASON)}"
+                how, detail = "killed", kill_reason_text(rec.get(Field.KILL_REASON))
                 break
             if not self.on_exit(rec):
                 how = "halted"
