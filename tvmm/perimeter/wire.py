@@ -8,7 +8,8 @@ bulk bytes (images, bundles, checkpoints) without base64.  A blob larger than ``
 and the wire-level field "parts" (on any op) counts the "part" frames that follow with
 the rest; ``recv`` joins them, up to ``MAX_BLOB`` in all.  ``decode`` is the one parser
 of untrusted frames: anything but an exact, valid frame raises ``WireError`` naming the
-field.  Data only: this module imports nothing of ours.
+field (``WireError`` is its only error, whatever the bytes).  Data only: this module
+imports nothing of ours.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ MAX_JSON = 1 << 20
 PART = 32 << 20  # blob bytes per frame when a blob is split
 MAX_BLOB = (1 << 30) + (64 << 20)  # a whole blob: the checkpoint of a 1 GiB guest
 MAX_PARTS = 4096
+MAX_INT = (1 << 63) - 1  # an integer field is a signed 64-bit value (what SQLite stores)
 _U32 = struct.Struct("<I")
 
 S, N, B, D = str, int, bool, dict
@@ -118,6 +120,8 @@ def check(op: object, fields: dict) -> None:
             raise WireError(name, f"not a field of {op}")
         if type(value) is not kind:
             raise WireError(name, f"expected {kind.__name__}, got {type(value).__name__}")
+        if kind is int and not -MAX_INT - 1 <= value <= MAX_INT:
+            raise WireError(name, "outside the signed 64-bit range")
     for name in schema:
         if name not in fields:
             raise WireError(name, f"missing from {op}")
@@ -144,7 +148,8 @@ def _json_length(raw: bytes, frame: int) -> int:
 def _message(raw: bytes, blob: bytes) -> Message:
     try:
         obj = json.loads(raw.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a 5,000-digit number
+        # (int() refuses it), nesting deeper than the parser's stack
         raise WireError("json", f"not JSON: {exc.__class__.__name__}") from None
     if not isinstance(obj, dict):
         raise WireError("json", "not an object")
