@@ -276,7 +276,11 @@ class Coordinator:
         return f"{vm} is suspended at version {epoch} (the checkpoint its host stored)"
 
     def resume(self, node: str, ckpt: bytes) -> wire.Message:
-        meta = checkpoint_meta(ckpt)
+        try:
+            meta = read_meta(ckpt)[0]
+        except CheckpointFormatError as exc:  # refused like any other resume: audited
+            self._refuse("resume_refused", "malformed", f"checkpoint {exc}", node=node,
+                         field=exc.field)
         vm, epoch = meta["vm"], meta["epoch"]
         if not self._node_known(node):
             self._refuse("resume_refused", "not_in_perimeter", f"{node} is not in the "

@@ -35,7 +35,7 @@ from tvmm.host.devices import Console
 from tvmm.host.hypervisor import Devices
 from tvmm.owner import launch_secret
 from tvmm.perimeter import wire
-from tvmm.perimeter.channel import Server, connect
+from tvmm.perimeter.channel import DEFAULT_LIMITS, Acceptor, Limits, Server, Ticket, connect
 from tvmm.perimeter.checkpoint_file import Checkpoint
 from tvmm.perimeter.identity import Identity, Peer, PeerRefused
 
@@ -63,7 +63,7 @@ class Incoming:
 class Node:
     def __init__(self, name: str, identity: Identity, ark_pem: bytes, *, host: str = "127.0.0.1",
                  port: int = 0, host_port: int = 0, storage: Path | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         self.name = name
         self.identity = identity
         self.ark = ark_pem
@@ -79,25 +79,28 @@ class Node:
         self.vms: dict[str, Hosted] = {}
         self.incoming: dict[int, Incoming] = {}
         self.storage = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="tvmm-node-"))
-        self.server = Server(identity, self.handle, ark_pem, self.measurement, host, port)
+        self.server = Server(identity, self.handle, ark_pem, self.measurement, host, port,
+                             limits=limits)
         self.address = self.server.address
         self.host_sock = socket.create_server((host, host_port))
         self.host_address = self.host_sock.getsockname()[:2]
+        self.host_acceptor: Acceptor | None = None
+        self.limits = limits
         self.fault = os.environ.get("TVMM_FAULT_NODE", "")
         self._closed = False
 
     def start(self) -> Node:
         self.server.start()
-        threading.Thread(target=self._host_accept, daemon=True).start()
+        self.host_acceptor = Acceptor(self.host_sock, self._host_stream, self.limits).start()
         return self
 
     def close(self) -> None:
         self._closed = True
         self.server.close()
-        try:
+        if self.host_acceptor is not None:
+            self.host_acceptor.close()
+        else:
             self.host_sock.close()
-        except OSError:
-            pass
         for hosted in self.vms.values():
             hosted.host.stop()
 
@@ -202,22 +205,29 @@ class Node:
         return wire.reply(True, data)
 
     def resume(self, msg: wire.Message) -> wire.Message:
+        """Import a checkpoint under the coordinator's key.  Everything the import needs is
+        checked before the TEE session opens (the file's metadata by its parser, the level,
+        the key), and the session is closed however the import ends: a session left open
+        would refuse the genuine checkpoint ("stream exists") until the node restarts."""
         name, epoch, stream = msg["vm"], msg["epoch"], msg["stream"]
         ckpt = Checkpoint.from_bytes(msg.blob)
+        level = Level(msg["level"])
+        key = bytes.fromhex(msg["key"])
+        if len(key) != 32:
+            raise ValueError("a checkpoint key is 32 bytes")
         tee = self.platform.tee
-        management.open_import(tee, bytes.fromhex(msg["key"]), stream, name, epoch)
+        management.open_import(tee, key, stream, name, epoch)
         try:
-            vm, state = node_host.import_stream(self.client, stream, Level(msg["level"]),
-                                                msg["memory"], ckpt.bundles,
-                                                int(ckpt.meta.get("policy", 0)))
+            vm, state = node_host.import_stream(self.client, stream, level, msg["memory"],
+                                                ckpt.bundles, ckpt.meta.get("policy", 0))
+            self.crash_point("resume_after_import")
+            management.activate(tee, vm)
         except HostCallError as exc:
-            events = management.drain_events(tee)
+            return wire.reply(False, error=str(exc), reason="tee",
+                              events=management.drain_events(tee))
+        finally:
             management.close(tee, stream)
-            return wire.reply(False, error=str(exc), reason="tee", events=events)
-        self.crash_point("resume_after_import")
-        management.activate(tee, vm)
-        management.close(tee, stream)
-        self._adopt(name, vm, state, str(ckpt.meta.get("console", "")))
+        self._adopt(name, vm, state, ckpt.meta.get("console", ""))
         return wire.reply(events=management.drain_events(tee))
 
     # -- migration -----------------------------------------------------------------------------------
@@ -355,65 +365,59 @@ class Node:
         return wire.reply(vms=out)
 
     # -- the host port (untrusted side: it only moves bundles into IMPORT_VM) -------------------
-    def _host_accept(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self.host_sock.accept()
-            except OSError:
+    def _host_stream(self, ticket: Ticket) -> None:
+        """stream_begin (within the listener's deadline) → the empty VM is created (its
+        memory backed) and the source told to go on → bundles into IMPORT_VM →
+        stream_end → the outcome.  The acceptor closes the connection."""
+        conn = ticket.sock
+        try:
+            begin = wire.recv(conn)
+            if begin.op != "stream_begin":
+                raise wire.WireError("op", "expected stream_begin")
+            stream = begin["stream"]
+            inc = self.incoming.get(stream)
+            if inc is None:
+                wire.send(conn, wire.reply(False, error="no migration expected for "
+                                           f"stream {stream}"))
                 return
-            threading.Thread(target=self._host_stream, args=(conn,), daemon=True).start()
-
-    def _host_stream(self, conn: socket.socket) -> None:
-        """stream_begin → the empty VM is created (its memory backed) and the source told
-        to go on → bundles into IMPORT_VM → stream_end → the outcome."""
-        with conn:
+            ticket.admitted()  # a stream an agent expects: no deadline from now on
             try:
-                begin = wire.recv(conn)
-                if begin.op != "stream_begin":
-                    raise wire.WireError("op", "expected stream_begin")
-                stream = begin["stream"]
-                inc = self.incoming.get(stream)
-                if inc is None:
-                    wire.send(conn, wire.reply(False, error="no migration expected for "
-                                               f"stream {stream}"))
-                    return
-                try:
-                    vm = node_host.create_for_import(self.client, Level(begin["level"]),
-                                                     begin["memory"], begin["policy"])
-                except HostCallError as exc:
-                    inc.error = str(exc)
-                    inc.done.set()
-                    wire.send(conn, wire.reply(False, error=inc.error))
-                    return
-                wire.send(conn, wire.reply())  # ready: the source may start the stream
-                error = ""
-                while True:
-                    try:
-                        msg = wire.recv(conn)
-                    except ConnectionError:
-                        if inc.vm and not error:
-                            inc.done.set()  # END arrived: the VM is complete here
-                        raise
-                    if msg.op == "stream_end":
-                        inc.console = msg["console"]
-                        break
-                    if msg.op != "bundle" or error:
-                        continue
-                    try:
-                        reply = node_host.import_bundle(self.client, vm, stream, msg.blob)
-                    except HostCallError as exc:
-                        error = str(exc)
-                        continue
-                    if reply.value:
-                        inc.vm, inc.state = vm, reply.data
-                if not error and not inc.vm:
-                    error = "the stream ended without END"
-                inc.error = error
+                vm = node_host.create_for_import(self.client, Level(begin["level"]),
+                                                 begin["memory"], begin["policy"])
+            except HostCallError as exc:
+                inc.error = str(exc)
                 inc.done.set()
-                self.crash_point("migrate_dst_after_import")
-                wire.send(conn, wire.reply(not error, error=error))
-            except (OSError, wire.WireError, ValueError, HostCallError):
+                wire.send(conn, wire.reply(False, error=inc.error))
                 return
+            wire.send(conn, wire.reply())  # ready: the source may start the stream
+            error = ""
+            while True:
+                try:
+                    msg = wire.recv(conn)
+                except ConnectionError:
+                    if inc.vm and not error:
+                        inc.done.set()  # END arrived: the VM is complete here
+                    raise
+                if msg.op == "stream_end":
+                    inc.console = msg["console"]
+                    break
+                if msg.op != "bundle" or error:
+                    continue
+                try:
+                    reply = node_host.import_bundle(self.client, vm, stream, msg.blob)
+                except HostCallError as exc:
+                    error = str(exc)
+                    continue
+                if reply.value:
+                    inc.vm, inc.state = vm, reply.data
+            if not error and not inc.vm:
+                error = "the stream ended without END"
+            inc.error = error
+            inc.done.set()
+            self.crash_point("migrate_dst_after_import")
+            wire.send(conn, wire.reply(not error, error=error))
+        except (OSError, wire.WireError, ValueError, HostCallError):
+            return
 
 
 def _raw(pub: X25519PublicKey) -> bytes:
