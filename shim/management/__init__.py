@@ -58,12 +58,14 @@ def state(tee: Tee) -> ManagementState:
     return found
 
 
-def refuse(tee: Tee, session: Session, reason: str) -> None:
-    """Poison a session and queue the refusal for the agent (and the audit log)."""
+def refuse(tee: Tee, session: Session, check: str, reason: str) -> None:
+    """Poison a session and queue the refusal for the agent (and the audit log): ``check``
+    names the check that failed ("counter", "tag", "kind", "payload"), ``reason`` says how."""
     session.failed = reason
     state(tee).events.append({"event": "stream_refused", "stream": session.stream,
                               "vm": session.vm_name, "epoch": session.epoch,
-                              "direction": session.direction, "reason": reason})
+                              "direction": session.direction, "check": check,
+                              "reason": reason})
 
 
 # -- the trusted agent's calls (never reachable through the ABI) ---------------------------------

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from shim.platform import Tee
 
 _LEN = struct.Struct("<I")
+# What decoding an authentic but wrong payload can raise (a source TEE of other code, or
+# a bug): each is a refusal of the stream, never an error out of IMPORT_VM.
+_PAYLOAD_ERRORS = (StreamError, ValueError, KeyError, TypeError, IndexError, struct.error,
+                   RecursionError, OverflowError)
 _NEXT = {None: {Kind.HEAD}, Kind.HEAD: {Kind.PAGES, Kind.STATE},
          Kind.PAGES: {Kind.PAGES, Kind.STATE}, Kind.STATE: {Kind.END}, Kind.END: set()}
 
@@ -52,25 +56,26 @@ class Importer:
             raise BadOperand("data", f"bundle of stream {header.stream}, not {session.stream}")
         if header.counter != session.counter:
             what = "replayed" if header.counter < session.counter else "out of order"
-            return self._refuse(tee, session, f"bundle counter {header.counter} {what}, "
-                                f"expected {session.counter}")
+            return self._refuse(tee, session, "counter", f"bundle counter {header.counter} "
+                                f"{what}, expected {session.counter}")
         try:
             header, payload = session.cipher.open(data)
         except StreamError:
-            return self._refuse(tee, session, "bundle does not authenticate")
+            return self._refuse(tee, session, "tag", "bundle does not authenticate")
         if header.kind not in _NEXT[self.last]:
-            return self._refuse(tee, session, f"{header.kind.name} bundle after "
+            return self._refuse(tee, session, "kind", f"{header.kind.name} bundle after "
                                 f"{self.last.name if self.last else 'nothing'}")
         try:
             result = self._apply(tee, session, header.kind, header.items, payload)
-        except (StreamError, ValueError, KeyError, TypeError) as exc:
-            return self._refuse(tee, session, f"{header.kind.name} payload: {exc}")
+        except _PAYLOAD_ERRORS as exc:
+            return self._refuse(tee, session, "payload", f"{header.kind.name} payload: {exc}")
         session.counter += 1
         self.last = header.kind
         return result
 
-    def _refuse(self, tee: Tee, session: Session, reason: str) -> tuple[int, bytes]:
-        refuse(tee, session, reason)
+    def _refuse(self, tee: Tee, session: Session, check: str, reason: str
+                ) -> tuple[int, bytes]:
+        refuse(tee, session, check, reason)
         raise Denied("data", reason)
 
     def _apply(self, tee: Tee, session: Session, kind: Kind, items: int, payload: memoryview

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shim import management
-from shim.management.stream import HEADER, Kind, parse_header
+from shim.management.stream import HEADER, Kind, StreamCipher, parse_header
 from shim.platform import Platform
 from tvmm.abi.messages import AddPages, Enter, ExportVm, ImportVm
 from tvmm.abi.types import Level, PageType, Result
@@ -161,3 +165,84 @@ def test_frozen_export_sends_exactly_the_nonzero_pages(image, max_pages: int) ->
     management.open_import(b.tee, key, 9, "c-1", 2)
     vm2, _state = import_stream(cb, 9, Level.SHIM, MEM, bundles, vm.policy)
     assert b.tee.vms[vm2].vcpu.mem_read(0, MEM) == before
+
+
+def _pages_of(key: bytes, bundle: bytes) -> set[int]:
+    header, payload = StreamCipher(key).open(bundle)
+    if header.kind != Kind.PAGES:
+        return set()
+    return set(struct.unpack_from(f"<{header.items}I", payload, header.items * 4096))
+
+
+def test_a_reordered_live_stream_is_refused_at_the_counter(image) -> None:
+    """A page sent in the first pre-copy round and again, changed, in the second: the
+    host delivers the second round's bundle before the first's.  Each bundle alone is
+    authentic (its nonce is its own counter) and the END count still matches, so only the
+    counter check stands between this and a guest resumed on the stale page."""
+    a, ca, host = _launched(image, Level.SHIM)
+    host.run(max_exits=50)
+    vm = a.tee.vms[host.vm]
+    page = 0x300000 // 4096
+    vm.vcpu.mem_write(page * 4096, b"old")
+    key = os.urandom(32)
+    management.open_export(a.tee, host.vm, key, 9, "c-9", 3)
+    first = [bytes(b) for b in export_round(ca, host.vm, 9, False)]
+    vm.vcpu.mem_write(page * 4096, b"new")
+    rest = [bytes(b) for b in export_round(ca, host.vm, 9, True)]
+    i = next(k for k, b in enumerate(first) if page in _pages_of(key, b))
+    j = len(first) + next(k for k, b in enumerate(rest) if page in _pages_of(key, b))
+    seq = first + rest
+    seq[i], seq[j] = seq[j], seq[i]
+    b, cb, _vm = _dest(key, vm.policy)
+    with pytest.raises(HostCallError) as exc:
+        import_stream(cb, 9, Level.SHIM, MEM, seq, vm.policy)
+    assert exc.value.result == Result.DENIED
+    refused = management.drain_events(b.tee)
+    assert [e["check"] for e in refused] == ["counter"]
+    assert not management.state(b.tee).awaiting_commit  # no VM completed
+
+
+def _sealed(key: bytes, kind: Kind, counter: int, payload: bytes) -> bytes:
+    return bytes(StreamCipher(key).seal_parts(kind, 9, counter, [payload]))
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+                     lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+_KEYS = ["vm", "epoch", "level", "memory", "shared", "policy", "digest", "entry", "code",
+         "rip", "seq", "retired", "entries", "registered", "irqs", "tsc", "pending",
+         "completion", "added", "bounce", "bundles"]
+
+
+def _state_payload(meta: bytes) -> bytes:
+    return struct.pack("<I", len(meta)) + meta
+
+
+_PAYLOADS = st.one_of(
+    st.binary(max_size=200),
+    st.dictionaries(st.sampled_from(_KEYS), _JSON, max_size=12)
+    .map(lambda d: json.dumps(d).encode()).flatmap(
+        lambda raw: st.sampled_from([raw, _state_payload(raw)])),
+    st.sampled_from([b"[" * 100_000, b"9" * 5000, b'{"vm": "c-9", "epoch": 3}', b"{}",
+                     b"\x05\0\0\0" + b"[" * 50, b'{"bundles": ' + b"9" * 5000 + b"}",
+                     b'{"bundles": "x"}', b"null", b"[]"]),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([Kind.HEAD, Kind.STATE, Kind.END]), _PAYLOADS)
+def test_authentic_garbage_payloads_are_denied(image, kind: Kind, payload: bytes) -> None:
+    """Whatever an authentic bundle carries, the importer refuses it (DENIED, "payload"
+    or "kind") or accepts it; it never raises anything else through IMPORT_VM."""
+    key, bundles, policy = _STREAM_CACHE.setdefault("s", _stream(image))
+    kinds = [parse_header(x).kind for x in bundles]
+    at = kinds.index(kind)
+    b, cb, vm = _dest(key, policy)
+    for bundle in bundles[:at]:
+        assert cb.call(ImportVm(vm, 9, bundle)).result == Result.OK
+    reply = cb.call(ImportVm(vm, 9, _sealed(key, kind, at, payload)))
+    assert reply.result in (Result.OK, Result.DENIED)
+    if reply.result == Result.DENIED:
+        assert [e["check"] for e in management.drain_events(b.tee)] == ["payload"]
+
+
+_STREAM_CACHE: dict = {}
