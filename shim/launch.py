@@ -9,7 +9,6 @@ measure`` prints, and what FINALIZE returns when the host follows the plan.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from shim.errors import BadOperand
@@ -99,19 +98,18 @@ def vmsa_page(entry: int, memory_size: int) -> bytes:
     return pack_plain(initial_registers(entry, memory_size)).ljust(PAGE, b"\0")
 
 
-def predicted_pages(plan: LaunchPlan) -> Iterator[tuple[int, measurement.PageType, object]]:
-    """Every page a launch that follows ``plan`` measures, VMSA last, as LaunchDigest
-    takes them."""
-    for gpa, page_type, data in plan.pages():
-        yield gpa, measurement.PageType(page_type), data
-    yield VMSA_GPA, measurement.PageType.VMSA, vmsa_page(plan.entry, plan.memory_size)
-
-
 def predict(plan: LaunchPlan) -> measurement.LaunchDigest:
     """The launch digest FINALIZE will return for ``plan``, computed without a VM (the
-    chain's ``digest``; its ``pages`` are the exact list hashed)."""
+    chain's ``digest``; its ``pages`` are the exact list hashed): the plan's pages as the
+    TEE adds them, read in place, then the VMSA page."""
     chain = measurement.LaunchDigest()
-    chain.extend(predicted_pages(plan))  # type: ignore[arg-type]
+    for gpa, page_type, count, data in plan.parts():
+        if data is not None:
+            chain.add_run(gpa, data)
+        else:
+            for i in range(count):
+                chain.add_page(gpa + i * PAGE, page_type, None)
+    chain.add_page(VMSA_GPA, measurement.PageType.VMSA, vmsa_page(plan.entry, plan.memory_size))
     return chain
 
 

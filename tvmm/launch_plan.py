@@ -31,13 +31,19 @@ INITIAL_RFLAGS = 0x2  # only the always-one bit: interrupts off, as at reset
 
 @dataclass(frozen=True, slots=True)
 class AddStep:
-    """One ADD_PAGES call."""
+    """One ADD_PAGES call.  The contents are kept as the image's views (``parts``):
+    measuring reads them in place, and only a launch joins them (``data``)."""
 
     gpa: int
     page_type: PageType
     count: int
-    data: bytes = b""
+    parts: tuple[bytes | memoryview, ...] = ()
     executable: bool = False
+
+    @property
+    def data(self) -> bytes:
+        """The contents as the ADD_PAGES call carries them (one copy, made when asked)."""
+        return b"".join(self.parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +52,28 @@ class LaunchPlan:
     entry: int
     memory_size: int
 
-    def pages(self) -> Iterator[tuple[int, PageType, memoryview | None]]:
-        """Every page the TEE measures before FINALIZE, as (gpa, type, contents), in order.
-
-        Contents are given for NORMAL pages only: the PSP hashes zeros for the others
-        (the TEE fills the CPUID and SECRETS pages, but their contents are not measured).
-        """
+    def parts(self) -> Iterator[tuple[int, PageType, int, memoryview | None]]:
+        """What the TEE measures before FINALIZE, in order, as (gpa, type, count, contents):
+        contiguous pages whose contents are one view (measure them with
+        LaunchDigest.add_run), or ``count`` pages of a type whose contents the PSP does not
+        measure (None: it hashes zeros; the TEE fills the CPUID and SECRETS pages)."""
         for step in self.steps:
-            view = memoryview(step.data) if step.page_type == PageType.NORMAL else None
-            for i in range(step.count):
+            if step.page_type != PageType.NORMAL:
+                yield step.gpa, step.page_type, step.count, None
+                continue
+            gpa = step.gpa
+            for part in step.parts:
+                view = memoryview(part)
+                yield gpa, step.page_type, len(view) // PAGE_SIZE, view
+                gpa += len(view)
+
+    def pages(self) -> Iterator[tuple[int, PageType, memoryview | None]]:
+        """Every page the TEE measures before FINALIZE, as (gpa, type, contents), in order
+        (``parts`` cut into pages)."""
+        for gpa, page_type, count, view in self.parts():
+            for i in range(count):
                 page = view[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] if view is not None else None
-                yield step.gpa + i * PAGE_SIZE, step.page_type, page
+                yield gpa + i * PAGE_SIZE, page_type, page
 
     def initial_registers(self) -> dict[str, int]:
         """The registers FINALIZE sets and measures; every register not named is 0."""
@@ -76,8 +93,8 @@ def plan_launch(image: GuestImage, memory_size: int, *, secret_blob: bytes = b""
     """
     steps = [
         AddStep(BOOT_INFO_GPA, PageType.CPUID, 1),
-        AddStep(SECRETS_GPA, PageType.SECRETS, 1, secret_blob),
+        AddStep(SECRETS_GPA, PageType.SECRETS, 1, (secret_blob,)),
     ]
-    for gpa, data, executable in image.runs():
-        steps.append(AddStep(gpa, PageType.NORMAL, len(data) // PAGE_SIZE, data, executable))
+    for run in image.runs():
+        steps.append(AddStep(run.gpa, PageType.NORMAL, run.count, run.parts, run.executable))
     return LaunchPlan(tuple(steps), image.entry, memory_size)

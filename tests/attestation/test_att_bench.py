@@ -6,13 +6,15 @@ import json
 
 import pytest
 
-from tools.bench_measure import run
+from tools.bench_measure import TARGET_RATIO, run
 
 
 @pytest.mark.bench
 def test_launch_measurement_benchmark() -> None:
-    result = run(size_mib=32)
+    result = run(mib=256, rounds=6)
     print(json.dumps(result))
-    assert result["pages"] == 32 * 256
-    assert result["digest"] == run(size_mib=32)["digest"]  # the seeded image is reproducible
-    assert result["ratio"] > 0.5  # a floor against regressions; the target is 0.8
+    assert result["pages"] == 256 * 256 + 4 + 16  # data, code, bss
+    assert result["sha384_s"] >= 2 and result["measure_s"] >= 2  # seconds on each side
+    # A floor against regressions (the doc block reports the ratio against the target,
+    # which a shared machine moves by a few hundredths between runs).
+    assert result["ratio"] >= TARGET_RATIO - 0.1

@@ -27,7 +27,6 @@ exactly this; the first SEV's unattested launch secret is what such a host would
 from __future__ import annotations
 
 import struct
-from dataclasses import replace
 
 from tools.attacks.base import Attack, AttackContext, Outcome
 from tvmm.abi.guest import (
@@ -71,7 +70,7 @@ def tamper(image: GuestImage) -> tuple[GuestImage, int]:
             data = page.data[:offset] + patch + page.data[offset + len(patch):]
             page = ImagePage(page.gpa, data, page.executable)
         pages.append(page)
-    return replace(image, pages=tuple(pages), name=f"{image.name}+tampered"), page_gpa
+    return image.with_pages(tuple(pages), f"{image.name}+tampered"), page_gpa
 
 
 def _symbol(image: GuestImage, name: str) -> tuple[int, int]:

@@ -120,11 +120,11 @@ def run_measure(args: argparse.Namespace) -> int:
         return fail(str(exc).strip("'\""))
     chain = predict(plan_launch(image, args.memory))
     digest = chain.digest.hex()
-    pages = [
+    pages = [  # only when asked: a dict per page costs more than hashing the page
         {"index": i, "gpa": page.gpa, "type": page.page_type.name,
          "contents_sha384": page.contents_digest.hex(), "digest_after": page.digest_after.hex()}
         for i, page in enumerate(chain.pages)
-    ]
+    ] if args.pages else []
     if args.policy_out:
         args.policy_out.write_text(
             f'# key-release policy for {image.name} ({image.sha256[:16]}…), '
@@ -132,10 +132,10 @@ def run_measure(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"guest": image.name, "elf_sha256": image.sha256, "memory": args.memory,
                    "measurement_version": MEASUREMENT_VERSION, "measurement": digest,
-                   "page_count": len(pages), **({"pages": pages} if args.pages else {})})
+                   "page_count": len(chain), **({"pages": pages} if args.pages else {})})
         return 0
     console.print(f"[bold]{image.name}[/] launch digest (SEV-SNP PAGE_INFO chain, "
-                  f"{len(pages)} pages, memory {args.memory:#x}):")
+                  f"{len(chain)} pages, memory {args.memory:#x}):")
     console.print(digest, soft_wrap=True)
     if args.pages:
         table = Table(show_header=True, box=None)

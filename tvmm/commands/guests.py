@@ -49,7 +49,7 @@ def run_build(args: argparse.Namespace) -> int:
         image = load_elf(out)
     except (guestbuild.GuestBuildError, GuestImageError) as exc:
         return fail(str(exc))
-    info = {"output": str(out), "entry": hex(image.entry), "pages": len(image.pages),
+    info = {"output": str(out), "entry": hex(image.entry), "pages": image.page_count,
             "symbols": len(image.symbols), "sha256": image.sha256}
     if args.json:
         emit_json(info)
