@@ -105,3 +105,60 @@ def test_injections_as_the_shim_names_them(tmp_path: Path) -> None:
         1,
         1,
     )
+
+
+def test_names_the_fast_pattern_leaves_are_counted_by_parsing(tmp_path: Path) -> None:
+    from tvmm.trace.events import TraceHeader
+    from tvmm.trace.recorder import TraceRecorder
+
+    trace = tmp_path / "names.jsonl"
+    odd = ['quote"d', "back\\slash", "n" * 300, "ünïcode"]
+    with TraceRecorder(trace, TraceHeader("g", "shim", 0, {})) as rec:
+        for name in ["timer", *odd, "timer"]:
+            rec.emit(EventKind.EXIT, name)
+        rec.emit(EventKind.POLICY, "step_extend")
+    stats = trace_stats(TraceReader(trace))
+    assert stats.exits == {"timer": 2, **dict.fromkeys(odd, 1)}
+    assert stats.policy == {"step_extend": 1}
+    assert (stats.unreadable, stats.skipped) == (0, 0)
+
+
+_STATS_UNDER_A_LIMIT = """
+import resource, sys
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from tvmm.cli import main
+sys.exit(main(["trace", "stats", sys.argv[1], "--json"]))
+"""
+
+
+def test_stats_of_a_16_mib_line_in_bounded_memory(tmp_path: Path) -> None:
+    """An 8 MiB exit name cost 1.45 GB (the name pattern kept a backtracking frame per
+    character); 16 MiB under a 2 GB limit ended in a MemoryError traceback.  Now lines over
+    MAX_LINE_BYTES are skipped and counted, in the same memory as any trace."""
+    import os
+    import subprocess
+    import sys
+
+    from tvmm.trace.events import TraceHeader
+    from tvmm.trace.recorder import TraceRecorder
+
+    trace = tmp_path / "long.jsonl"
+    with TraceRecorder(trace, TraceHeader("g", "shim", 0, {})) as rec:
+        rec.emit(EventKind.EXIT, "timer")
+        rec.emit(EventKind.EXIT, "x" * (16 << 20))  # a 16 MiB name
+        rec.emit(EventKind.INJECT, "posted", inside={"delivered": False, "pad": "y" * (16 << 20)})
+        rec.emit(EventKind.EXIT, "npf")
+        rec.emit(EventKind.INJECT, "delivered", inside={"vector": 32, "delivered": True})
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.run(
+        [sys.executable, "-c", _STATS_UNDER_A_LIMIT, str(trace), str(768 << 20)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    stats = json.loads(child.stdout)
+    assert stats["exits"] == {"timer": 1, "npf": 1}
+    assert stats["by_kind"] == {"exit": 3, "inject": 2}
+    assert (stats["injections_delivered"], stats["injections_pending"]) == (1, 0)
+    assert (stats["skipped"], stats["unreadable"]) == (2, 0)

@@ -1,9 +1,15 @@
 """The summary behind ``tvmm trace stats``: what happened in a run, counted.
 
 Exit reasons and policy decisions are counted by matching the recorder's fixed line prefix
-over the mapped trace (one regex pass, no JSON parsing), which keeps a million-event trace
-to about a second; lines written in another key order fall back to parsing.  Injections,
-verdicts and the end record are few and are parsed.
+over the mapped trace (one regex pass per block of lines, no JSON parsing), which keeps a
+million-event trace to about a second; lines written in another key order fall back to
+parsing.  Injections, verdicts and the end record are few and are parsed.
+
+Memory stays bounded whatever the lines hold: the pattern's every repeat is of a single
+character class with an upper bound (an alternation under ``*`` kept a backtracking frame
+per character: an 8 MiB name cost 1.4 GB), matches are collected one block of lines at a
+time, and a line longer than MAX_LINE_BYTES is never parsed but counted in
+``TraceStats.skipped``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +27,12 @@ from rich.table import Table
 from tvmm.trace.events import EventKind, TraceEvent
 from tvmm.trace.reader import TraceError, TraceReader
 
+MAX_LINE_BYTES = 1 << 20  # an event this long is damaged or not the recorder's
+_NAME_MAX = 256  # longer names, and names with escapes, are counted by parsing
+_BLOCK_EVENTS = 1 << 16  # lines matched per findall (a match is a small tuple)
 _NAMED = re.compile(
-    rb'\n\{"seq":-?\d+,"icount":(?:-?\d+|null),"vcpu":-?\d+,"kind":"(exit|policy)",'
-    rb'"name":"((?:[^"\\\n]|\\.)*)"'
+    rb'\n\{"seq":-?\d{1,20},"icount":(?:-?\d{1,20}|null),"vcpu":-?\d{1,20},'
+    rb'"kind":"(exit|policy)","name":"([^"\\\n]{0,%d})"' % _NAME_MAX
 )
 
 
@@ -83,17 +93,21 @@ class TraceStats:
     verdicts: tuple[Verdict, ...] = ()
     end: dict[str, Any] = field(default_factory=dict)
     unreadable: int = 0  # events that could not be parsed (see TraceError)
+    skipped: int = 0  # events on lines over MAX_LINE_BYTES, not read (not in the counts above)
 
 
 def trace_stats(reader: TraceReader) -> TraceStats:
     """Count what happened in the trace behind ``reader``."""
     by_kind = reader.count_by_kind()
-    names, unreadable = _names(reader, by_kind)
+    names, unreadable, skipped = _names(reader, by_kind)
     delivered = refused = pending = 0
     verdicts: list[Verdict] = []
     end: dict[str, Any] = {}
     for kind in (EventKind.INJECT, EventKind.VERDICT, EventKind.END):
         for i in reader.indices({kind}):
+            if _too_long(reader, int(i)):
+                skipped += 1
+                continue
             try:
                 event = reader.event(int(i))
             except TraceError:
@@ -124,31 +138,52 @@ def trace_stats(reader: TraceReader) -> TraceStats:
         verdicts=tuple(verdicts),
         end=end,
         unreadable=unreadable + reader.kinds.count(0),
+        skipped=skipped,
     )
 
 
 def _names(
     reader: TraceReader, by_kind: dict[EventKind, int]
-) -> tuple[dict[EventKind, Counter[str]], int]:
-    """Exit reasons and policy decisions, by regex; parse only if some lines were missed."""
-    found: Counter[tuple[bytes, bytes]] = Counter(_NAMED.findall(reader.buffer))
+) -> tuple[dict[EventKind, Counter[str]], int, int]:
+    """Exit reasons and policy decisions, by regex; parse only if some lines were missed.
+    Also returns how many lines were unreadable and how many too long to read."""
+    found: Counter[tuple[bytes, bytes]] = Counter()
+    for start, stop in _blocks(reader):
+        found.update(_NAMED.findall(reader.buffer, start, stop))
     names: dict[EventKind, Counter[str]] = {EventKind.EXIT: Counter(), EventKind.POLICY: Counter()}
     for (kind, raw), n in found.items():
         try:
             names[EventKind(kind.decode())][json.loads(b'"' + raw + b'"')] += n
         except ValueError:
             continue  # the totals will not match, and the kind is counted by parsing
-    unreadable = 0
+    unreadable = skipped = 0
     for kind, counter in names.items():
         if counter.total() == by_kind[kind]:
             continue
         counter.clear()
         for i in reader.indices({kind}):
+            if _too_long(reader, int(i)):
+                skipped += 1
+                continue
             try:
                 counter[reader.event(int(i)).name] += 1
             except TraceError:
                 unreadable += 1
-    return names, unreadable
+    return names, unreadable, skipped
+
+
+def _blocks(reader: TraceReader) -> Iterator[tuple[int, int]]:
+    """Byte ranges of _BLOCK_EVENTS event lines each, every one from the newline before its
+    first line (where _NAMED starts) to the newline before the next block's."""
+    n = len(reader)
+    for first in range(0, n, _BLOCK_EVENTS):
+        after = first + _BLOCK_EVENTS
+        yield reader.offset(first) - 1, reader.offset(after) - 1 if after < n else reader.size
+
+
+def _too_long(reader: TraceReader, i: int) -> bool:
+    end = reader.offset(i + 1) if i + 1 < len(reader) else reader.size
+    return end - reader.offset(i) > MAX_LINE_BYTES + 1  # the line and its newline
 
 
 def _most(item: tuple[Any, int]) -> tuple[int, str]:
@@ -200,6 +235,12 @@ def stats_table(stats: TraceStats) -> Table:
     if stats.unreadable:
         table.add_section()
         table.add_row("[red]unreadable events[/]", f"{stats.unreadable:,}")
+    if stats.skipped:
+        table.add_section()
+        table.add_row(
+            f"[red]events on lines over {MAX_LINE_BYTES >> 20} MiB, not read[/]",
+            f"{stats.skipped:,}",
+        )
     return table
 
 
