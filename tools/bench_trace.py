@@ -46,32 +46,48 @@ def run(n: int = 1_000_000, seed: int = 0) -> dict:
         idx.unlink()
         traced_rebuild = _child(trace, "tracemalloc", seed)
         naive = _child(trace, "naive", seed)
-        result = {
-            "bench": "trace_reader",
-            "events": n,
-            "trace_mb": round(trace.stat().st_size / 2**20, 1),
-            "write_s": round(write_s, 2),
-            "open_index_s": with_index["open_s"],
-            "open_index_rss_mb": with_index["rss_peak_mb"],
-            "open_index_rss_delta_mb": with_index["rss_delta_mb"],
-            "open_index_py_peak_mb": traced_index["py_peak_mb"],
-            "open_rebuild_s": rebuild["open_s"],
-            "open_rebuild_rss_mb": rebuild["rss_peak_mb"],
-            "open_rebuild_rss_delta_mb": rebuild["rss_delta_mb"],
-            "open_rebuild_py_peak_mb": traced_rebuild["py_peak_mb"],
-            "index_written_back": rebuild["index_written"],
-            "random_reads": RANDOM_READS,
-            "random_reads_ms": with_index["reads_ms"],
-            "naive_scan_s": naive["open_s"],
-            "naive_scan_rss_mb": naive["rss_peak_mb"],
-            "ratio_open_index_vs_naive": round(with_index["open_s"] / naive["open_s"], 4),
-            "ratio_rebuild_vs_naive": round(rebuild["open_s"] / naive["open_s"], 3),
-        }
+        trace_mb = trace.stat().st_size / 2**20
+    return summarise(n, trace_mb, write_s, with_index, traced_index, rebuild, traced_rebuild,
+                     naive)
+
+
+def summarise(n: int, trace_mb: float, write_s: float, with_index: dict, traced_index: dict,
+              rebuild: dict, traced_rebuild: dict, naive: dict) -> dict:
+    """The result line from the children's figures: ratios from the measured durations,
+    figures rounded only for display.  A duration below the clock's resolution (0) makes
+    its ratio null, never a division by zero."""
+    result = {
+        "bench": "trace_reader",
+        "events": n,
+        "trace_mb": round(trace_mb, 1),
+        "write_s": round(write_s, 2),
+        "open_index_s": round(with_index["open_s"], 4),
+        "open_index_rss_mb": round(with_index["rss_peak_mb"], 1),
+        "open_index_rss_delta_mb": round(with_index["rss_delta_mb"], 1),
+        "open_index_py_peak_mb": round(traced_index["py_peak_mb"], 1),
+        "open_rebuild_s": round(rebuild["open_s"], 4),
+        "open_rebuild_rss_mb": round(rebuild["rss_peak_mb"], 1),
+        "open_rebuild_rss_delta_mb": round(rebuild["rss_delta_mb"], 1),
+        "open_rebuild_py_peak_mb": round(traced_rebuild["py_peak_mb"], 1),
+        "index_written_back": rebuild["index_written"],
+        "random_reads": RANDOM_READS,
+        "random_reads_ms": round(with_index["reads_ms"], 1),
+        "naive_scan_s": round(naive["open_s"], 4),
+        "naive_scan_rss_mb": round(naive["rss_peak_mb"], 1),
+        "ratio_open_index_vs_naive": _ratio(with_index["open_s"], naive["open_s"], 4),
+        "ratio_rebuild_vs_naive": _ratio(rebuild["open_s"], naive["open_s"], 3),
+    }
     result["within_budget"] = all(
-        result[f"open_{k}_s"] <= OPEN_BUDGET_S and result[f"open_{k}_rss_mb"] <= RSS_BUDGET_MB
-        for k in ("index", "rebuild")
+        figures["open_s"] <= OPEN_BUDGET_S and figures["rss_peak_mb"] <= RSS_BUDGET_MB
+        for figures in (with_index, rebuild)
     )
     return result
+
+
+def _ratio(numerator: float, denominator: float, digits: int) -> float | None:
+    """numerator / denominator, rounded after dividing; None when the denominator was too
+    short to measure (0: the two cannot be compared, which is not a ratio of 0 or of ∞)."""
+    return round(numerator / denominator, digits) if denominator > 0 else None
 
 
 def _child(trace: Path, mode: str, seed: int) -> dict:
@@ -100,7 +116,7 @@ def _measure(mode: str, trace: str, seed: int) -> dict:
     if mode == "tracemalloc":
         tracemalloc.start()
         reader = TraceReader(trace)
-        figures["py_peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+        figures["py_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
         return figures
     before = _rss_now_mb()
@@ -114,17 +130,17 @@ def _measure(mode: str, trace: str, seed: int) -> dict:
     else:
         reader = TraceReader(trace)
         figures["index_written"] = reader.index_written
-    figures["open_s"] = round(time.perf_counter() - t0, 3)
+    figures["open_s"] = time.perf_counter() - t0  # rounded only for display, after dividing
     if mode == "open":
         rng = random.Random(seed)
         picks = [rng.randrange(len(reader)) for _ in range(RANDOM_READS)]
         t1 = time.perf_counter()
         for i in picks:
             reader.event(i)
-        figures["reads_ms"] = round((time.perf_counter() - t1) * 1000, 1)
+        figures["reads_ms"] = (time.perf_counter() - t1) * 1000
     peak = _rss_peak_mb()
-    figures["rss_peak_mb"] = round(peak, 1)
-    figures["rss_delta_mb"] = round(peak - before, 1)
+    figures["rss_peak_mb"] = peak
+    figures["rss_delta_mb"] = peak - before
     return figures
 
 

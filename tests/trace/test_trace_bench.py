@@ -2,15 +2,59 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+from pathlib import Path
+
 import pytest
 
-from tools.bench_trace import OPEN_BUDGET_S, RSS_BUDGET_MB, run
+from tools import bench_trace
+from tools.bench_trace import OPEN_BUDGET_S, RSS_BUDGET_MB, run, summarise
 
 
 def test_benchmark_smoke() -> None:
+    """The tool runs end to end and reports every figure; no timing is judged here (a
+    2,000-event trace opens in a fraction of a millisecond, which says nothing)."""
     result = run(n=2000, seed=1)
     assert result["events"] == 2000 and result["index_written_back"]
-    assert result["within_budget"]
+    assert isinstance(result["within_budget"], bool)
+    for key in ("open_index_s", "open_rebuild_s", "naive_scan_s", "random_reads_ms"):
+        assert math.isfinite(result[key]) and result[key] >= 0
+    for key in ("ratio_open_index_vs_naive", "ratio_rebuild_vs_naive"):
+        assert result[key] is None or result[key] >= 0
+
+
+def test_a_child_reports_its_durations_unrounded(tmp_path: Path, monkeypatch) -> None:
+    """A naive scan of a small trace takes well under a millisecond: rounded to 0.000 in
+    the child, it then divided the ratios by zero (12 failures in 20 runs of the smoke
+    test).  With a clock that moves 0.4 ms a reading, the child must say 0.0004 s."""
+    from tvmm.trace.synthetic import write_synthetic_trace
+
+    trace = write_synthetic_trace(tmp_path / "t.jsonl", 50, seed=2)
+    ticks = itertools.count()
+    monkeypatch.setattr(bench_trace.time, "perf_counter", lambda: next(ticks) * 0.0004)
+    figures = bench_trace._measure("naive", str(trace), 2)
+    assert figures["open_s"] == pytest.approx(0.0004)
+
+
+def _figures(open_s: float) -> dict:
+    return {"open_s": open_s, "rss_peak_mb": 40.0, "rss_delta_mb": 1.0, "reads_ms": 1.0,
+            "index_written": True, "py_peak_mb": 1.0}
+
+
+def test_ratios_divide_the_measured_durations() -> None:
+    index, rebuild, naive = _figures(0.00003), _figures(0.0012), _figures(0.0004)
+    result = summarise(2000, 1.0, 0.1, index, _figures(0), rebuild, _figures(0), naive)
+    assert result["ratio_open_index_vs_naive"] == round(0.00003 / 0.0004, 4)
+    assert result["ratio_rebuild_vs_naive"] == 3.0
+    assert result["naive_scan_s"] == 0.0004 and result["within_budget"]
+
+
+def test_a_duration_too_short_to_measure_has_no_ratio() -> None:
+    result = summarise(1, 1.0, 0.1, _figures(0.001), _figures(0), _figures(0.002),
+                       _figures(0), _figures(0.0))
+    assert result["ratio_open_index_vs_naive"] is None
+    assert result["ratio_rebuild_vs_naive"] is None
 
 
 @pytest.mark.bench
