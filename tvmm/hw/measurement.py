@@ -42,6 +42,12 @@ _PAGE_INFO = struct.Struct("<48s48sHBBBBBBQ")
 assert _PAGE_INFO.size == PAGE_INFO_SIZE, "PAGE_INFO must be 0x70 bytes"
 
 _ZERO_DIGEST = bytes(DIGEST_SIZE)
+# A NORMAL page's PAGE_INFO differs from the next one's only in the digests and the GPA:
+# packing the constant middle as one field halves struct's work in the bulk loops.
+_pack_normal = struct.Struct("<48s48s8sQ").pack
+_NORMAL_MIDDLE = _PAGE_INFO.pack(
+    bytes(48), bytes(48), PAGE_INFO_SIZE, PageType.NORMAL, 0, 0, 0, 0, 0, 0
+)[0x60:0x68]
 # Set bits of a GPA that is negative, at or above 2**64, or not page-aligned.
 _GPA_INVALID = ~((1 << 64) - PAGE_SIZE)
 _pack = _PAGE_INFO.pack
@@ -145,13 +151,10 @@ class LaunchDigest:
         if size % PAGE_SIZE:
             raise ValueError(f"a run of NORMAL pages must be a multiple of {PAGE_SIZE} bytes")
         view = view.cast("B")
-        digest, append, pack, sha384 = self._digest, self._infos.append, _pack, _sha384
+        digest, append, pack, sha384 = self._digest, self._infos.append, _pack_normal, _sha384
+        middle = _NORMAL_MIDDLE
         for at in range(0, size, PAGE_SIZE):
-            info = pack(
-                digest,
-                sha384(view[at : at + PAGE_SIZE]).digest(),
-                PAGE_INFO_SIZE, 1, 0, 0, 0, 0, 0, gpa + at,
-            )
+            info = pack(digest, sha384(view[at : at + PAGE_SIZE]).digest(), middle, gpa + at)
             digest = sha384(info).digest()
             append(info)
         self._digest = digest
@@ -173,9 +176,7 @@ class LaunchDigest:
                 and not gpa & _GPA_INVALID
                 and (len(data) if type(data) is bytes else _nbytes(data)) == PAGE_SIZE
             ):
-                info = _pack(
-                    digest, _sha384(data).digest(), PAGE_INFO_SIZE, 1, 0, 0, 0, 0, 0, gpa
-                )
+                info = _pack_normal(digest, _sha384(data).digest(), _NORMAL_MIDDLE, gpa)
                 digest = _sha384(info).digest()
                 append(info)
             else:
