@@ -253,6 +253,20 @@ def test_measure_of_a_multi_mib_image_is_the_pure_chain(tmp_path: Path) -> None:
     assert b"".join(p.data for p in loaded.pages) == image.contents
 
 
+def test_a_launch_of_a_multi_mib_image_finalizes_to_the_pure_chain(tmp_path: Path) -> None:
+    """The platform's ADD_PAGES path (runs joined once for the call) agrees with measure."""
+    from tvmm.abi.types import Level
+    from tvmm.host.hypervisor import HonestHypervisor
+    from tvmm.machine import make_machine
+
+    image = write_image(tmp_path / "image.elf", mib=4, seed=7)
+    memory = memory_for(image)
+    loaded = load_elf(image.path)
+    machine = make_machine(seed=1, image=loaded, level=Level.SNP)
+    digest = HonestHypervisor(machine.client).launch(loaded, Level.SNP, memory)
+    assert digest == _expected_launch(image, memory)
+
+
 def test_measure_copies_no_page(tmp_path: Path) -> None:
     """Loading and measuring read the pages where the file mapping holds them: before,
     the loader copied the file and every page, and joined each run once per page (a
