@@ -28,6 +28,7 @@ from elftools.elf.elffile import ELFFile
 from tvmm.abi.guest import PAGE_SIZE
 
 PF_X = 1
+MAX_IMAGE_BYTES = 1 << 30  # the largest guest memory CREATE_VM accepts
 _MASK = PAGE_SIZE - 1
 
 
@@ -200,6 +201,8 @@ def load_elf(path: Path | str, name: str | None = None) -> GuestImage:
         raise GuestImageError(f"{path} is not a readable ELF file: {exc}") from None
     if not segments:
         raise GuestImageError(f"{path} has nothing to load")
+    if sum(s.end - s.first for s in segments) > MAX_IMAGE_BYTES:
+        raise GuestImageError(f"{path} loads more than {MAX_IMAGE_BYTES >> 20} MiB")
     return GuestImage(
         name=name or path.stem,
         path=path,

@@ -344,6 +344,13 @@ def test_loader_refuses_more_file_bytes_than_memory(tmp_path: Path) -> None:
         load_elf(path)
 
 
+def test_loader_refuses_an_image_larger_than_any_guest(tmp_path: Path) -> None:
+    path = tmp_path / "guest.elf"  # 2 GiB of bss: zeros the loader would have to allocate
+    write_elf(path, 0x400000, [Segment(0x400000, b"\xf4", 2 << 30, True)])
+    with pytest.raises(GuestImageError):
+        load_elf(path)
+
+
 def test_loader_reads_a_short_file_as_far_as_it_goes(tmp_path: Path) -> None:
     path = tmp_path / "guest.elf"
     data = bytes(range(256)) * 32  # two pages
