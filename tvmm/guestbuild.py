@@ -87,7 +87,12 @@ def build(sources: list[Path], output: Path | None = None, *, extra_include: lis
     if output is None:
         return cached
     output.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(cached, output)
+    # A new file renamed over the old one, never the old one rewritten in place: images are
+    # read through a mapping of their file, which a truncation under it would turn into a
+    # SIGBUS in whoever has it open.
+    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+    shutil.copyfile(cached, tmp)
+    os.replace(tmp, output)
     return output
 
 

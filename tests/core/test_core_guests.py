@@ -85,3 +85,16 @@ def test_header_and_python_abi_agree():
     for call in abi_guest.Hypercall:
         assert int(defines[f"HC_{call.name}"]) == call.value
     assert Path(guestbuild.LINKER_SCRIPT).read_text().count(hex(abi_guest.IMAGE_BASE)) == 1
+
+
+def test_rebuilding_over_an_image_replaces_the_file_instead_of_rewriting_it(tmp_path):
+    """Images are read through a mapping of their file: a build writing into the same
+    inode would truncate it under a running reader (SIGBUS).  A rename keeps the old one."""
+    src = tmp_path / "g.c"
+    src.write_text('#include "tvmm.h"\nint main(void) { puts("a\\n"); return 0; }\n')
+    out = guestbuild.build([src], tmp_path / "g.elf")
+    before = out.stat().st_ino
+    src.write_text('#include "tvmm.h"\nint main(void) { puts("bb\\n"); return 1; }\n')
+    guestbuild.build([src], out)
+    assert out.stat().st_ino != before
+    assert not list(tmp_path.glob(".g.elf.tmp*"))
