@@ -10,8 +10,9 @@ Checks run in a fixed order and stop at the first failure:
 4. the owner's expectations: measurement, report data, policy, VMPL, TCB minimum.
 
 Every refusal raises VerificationError whose ``reason`` (a VerifyFailure) is what callers
-and tests branch on; the message is for people. The caller chooses the ARK: pass the
-pinned root (AMD's or the modeled manufacturer's), never one taken from the evidence.
+and tests branch on; the message is for people. The caller chooses the ARK: pass a
+pinned root (tvmm.owner.roots: AMD's or the modeled manufacturer's), never one taken from
+the evidence.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class VerificationError(Exception):
     def __init__(self, reason: VerifyFailure, message: str) -> None:
         super().__init__(f"{reason.value}: {message}")
         self.reason = reason
+        self.detail = message
 
 
 @dataclass(frozen=True)
