@@ -49,10 +49,11 @@ def _json(capsys, argv: list[str]) -> tuple[int, dict]:
     return code, json.loads(capsys.readouterr().out)
 
 
-def test_measure_predicts_finalize(capsys):
-    code, measured = _json(capsys, ["measure", "modexp", "--pages"])
-    assert code == 0
-    booted = boot("modexp", Level.SHIM, seed=0)
+@pytest.mark.parametrize("level", ["snp", "shim"])
+def test_measure_predicts_finalize(capsys, level):
+    code, measured = _json(capsys, ["measure", "modexp", "--pages", "--level", level])
+    assert code == 0 and measured["level"] == level
+    booted = boot("modexp", Level(level), seed=0)
     assert measured["measurement"] == booted.launch_digest
     pages = measured["pages"]
     assert [p["type"] for p in pages[:2]] == ["CPUID", "SECRETS"] and pages[-1]["type"] == "VMSA"
@@ -73,7 +74,26 @@ def test_measure_writes_a_release_policy(tmp_path, capsys):
     assert code == 0 and result["verified"]
 
 
-@pytest.mark.parametrize("level", ["sev", "shim"])
+def test_measure_level_is_measured(capsys):
+    digests = {level: _json(capsys, ["measure", "modexp", "--level", level])[1]["measurement"]
+               for level in ("snp", "shim")}
+    assert digests["snp"] != digests["shim"]
+    code, default = _json(capsys, ["measure", "modexp"])
+    assert default["measurement"] == digests["snp"]
+
+
+@pytest.mark.parametrize("level", ["plain", "sev", "sev-es"])
+def test_attest_below_snp_gets_no_secret(tmp_path, capsys, level):
+    """Before, `tvmm attest modexp --level plain` got the secret, with a report byte-identical
+    to the snp one's. Now the report is unsigned and the broker refuses it."""
+    code, attested = _json(capsys, ["attest", "modexp", "--out", str(tmp_path), "--level",
+                                    level, "--nonce", NONCE])
+    assert code == 1 and not attested["released"] and attested["refusal"] == "signing_key"
+    code, refused = _json(capsys, ["verify", "--chain", str(tmp_path)])
+    assert code == 1 and refused["reason"] == "signing_key"
+
+
+@pytest.mark.parametrize("level", ["snp", "shim"])
 def test_attest_then_verify(tmp_path, capsys, level):
     out = tmp_path / "evidence"
     code, attested = _json(capsys, ["attest", "modexp", "--out", str(out), "--nonce", NONCE,

@@ -63,6 +63,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     m.add_argument("guest", help="sample name, .c file or ELF")
     m.add_argument("--memory", type=lambda s: int(s, 0), default=DEFAULT_MEMORY,
                    help="guest memory in bytes (the initial RSP is measured)")
+    m.add_argument("--level", choices=[Level.SNP.value, Level.SHIM.value], default="snp",
+                   help="the level the guest will run at (measured: SEV_FEATURES in the VMSA; "
+                   "only snp and shim have signed reports)")
     m.add_argument("--pages", action="store_true", help="list every page hashed, in order")
     m.add_argument("--policy-out", type=Path, metavar="TOML",
                    help="write a key-release policy for this measurement")
@@ -82,7 +85,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--debug-policy", action="store_true",
                    help="launch with the debug policy bit (the broker will refuse)")
     a.add_argument("--release-policy", type=Path, metavar="TOML",
-                   help="the broker's release policy (default: the predicted measurement)")
+                   help="the broker's release policy (default: the measurement predicted at --level)")
     a.add_argument("--state-dir", type=Path, help="chip keys (default: $TVMM_STATE_DIR)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(run=run_attest)
@@ -133,7 +136,8 @@ def run_measure(args: argparse.Namespace) -> int:
         image, _sample = resolve(args.guest)
     except (GuestBuildError, GuestImageError, KeyError, OSError) as exc:
         return fail(str(exc).strip("'\""))
-    chain = predict(plan_launch(image, args.memory))
+    level = Level(args.level)
+    chain = predict(plan_launch(image, args.memory), level)
     digest = chain.digest.hex()
     pages = [
         {"index": i, "gpa": page.gpa, "type": page.page_type.name,
@@ -142,15 +146,16 @@ def run_measure(args: argparse.Namespace) -> int:
     ]
     if args.policy_out:
         args.policy_out.write_text(
-            f'# key-release policy for {image.name} ({image.sha256[:16]}…), '
-            f'memory {args.memory:#x}\nversion = 1\nmeasurement = "{digest}"\n')
+            f'# key-release policy for {image.name} ({image.sha256[:16]}…) launched at '
+            f'{level.value}, memory {args.memory:#x}\nversion = 1\nmeasurement = "{digest}"\n')
     if args.json:
-        emit_json({"guest": image.name, "elf_sha256": image.sha256, "memory": args.memory,
+        emit_json({"guest": image.name, "elf_sha256": image.sha256, "level": level.value,
+                   "memory": args.memory,
                    "measurement_version": MEASUREMENT_VERSION, "measurement": digest,
                    "page_count": len(pages), **({"pages": pages} if args.pages else {})})
         return 0
-    console.print(f"[bold]{image.name}[/] launch digest (SEV-SNP PAGE_INFO chain, "
-                  f"{len(pages)} pages, memory {args.memory:#x}):")
+    console.print(f"[bold]{image.name}[/] launch digest at {level.value} (SEV-SNP PAGE_INFO "
+                  f"chain, {len(pages)} pages, memory {args.memory:#x}):")
     console.print(digest, soft_wrap=True)
     if args.pages:
         table = Table(show_header=True, box=None)
@@ -178,7 +183,8 @@ def run_attest(args: argparse.Namespace) -> int:
     # The owner's end of the host's link, kept here to read what the host relayed.
     secret = sample.make_secret(random.Random(args.seed)) if sample else b""
     owner = owner_endpoint(image, secret, args.seed, memory=args.memory,
-                           policy=release_policy, nonce=args.nonce, state_dir=args.state_dir)
+                           policy=release_policy, nonce=args.nonce, state_dir=args.state_dir,
+                           level=level)
     policy = DEFAULT_POLICY | (POLICY_DEBUG if args.debug_policy else 0)
     try:
         report = boot(args.guest, level, seed=args.seed, memory=args.memory, secret=secret,

@@ -217,6 +217,7 @@ class GuestPolicy:
 
 _FLAGS_KNOWN = 0x1F  # bit 0 AUTHOR_KEY_EN, bit 1 MASK_CHIP_KEY, bits 2-4 SIGNING_KEY
 SIGNING_KEY_VCEK = 0
+SIGNING_KEY_NONE = 7  # the report is not signed
 
 _TCB_FIELDS = ("current_tcb", "reported_tcb", "committed_tcb", "launch_tcb")
 _SIGNATURE_FIELDS = ("signature_r", "signature_s")

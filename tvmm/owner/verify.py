@@ -36,6 +36,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from tvmm.hw.report import (
     P384_ORDER,
     SIGNED_SIZE,
+    SIGNING_KEY_NONE,
     SIGNING_KEY_VCEK,
     AttestationReport,
     ReportFormatError,
@@ -204,6 +205,10 @@ def verify_report(report_bytes: bytes, vcek: x509.Certificate) -> AttestationRep
         report = parse(report_bytes)
     except ReportFormatError as exc:
         raise VerificationError(VerifyFailure.MALFORMED, str(exc)) from None
+    if report.signing_key == SIGNING_KEY_NONE:
+        raise VerificationError(
+            VerifyFailure.SIGNING_KEY, "the report is not signed (signing key 7: none)"
+        )
     if report.signing_key != SIGNING_KEY_VCEK:
         raise VerificationError(
             VerifyFailure.SIGNING_KEY, f"signing key {report.signing_key} is not the VCEK (0)"
