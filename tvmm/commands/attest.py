@@ -219,6 +219,8 @@ def run_attest(args: argparse.Namespace) -> int:
     else:
         broker = ("released the secret" if attempt.released
                   else f"[bold red]refused[/]: {summary['refusal']}")
+        if attempt.reason == VerifyFailure.SIGNING_KEY and level not in (Level.SNP, Level.SHIM):
+            broker += f" (no SEV-SNP guest at {level.value}: its report is unsigned)"
         for name, value in (
             ("guest", f"{image.name} at {level.value}, {report.how} status {report.status}"),
             ("launch digest", summary["measurement"]),
