@@ -6,9 +6,19 @@ from pathlib import Path
 
 import pytest
 
+from tvmm.hw.report import P384_ORDER
 from tvmm.hw.root_of_trust import Chip
 from tvmm.owner import roots
-from tvmm.owner.verify import CertChain, VerificationError, VerifyFailure, verify_chain
+from tvmm.owner.verify import (
+    CertChain,
+    Expectations,
+    VerificationError,
+    VerifyFailure,
+    load_chain_dir,
+    load_report,
+    verify_chain,
+    verify_evidence,
+)
 
 # The DER SHA-256 recorded in tvmm/owner/roots/PROVENANCE.md.
 FINGERPRINTS = {
@@ -48,3 +58,20 @@ def test_modeled_root_is_read_never_made(tmp_path: Path, state_dir: Path, chip: 
     assert "tvmm" not in roots.pinned_roots(tmp_path)
     assert roots.modeled(state_dir) == chip.manufacturer.ark_cert
     assert roots.pinned_root(chip.manufacturer.ark_cert, roots.pinned_roots(state_dir)) == "tvmm"
+
+
+GENOA_DIR = Path(__file__).resolve().parents[1] / "vectors" / "snp-genoa"
+
+
+def test_real_genoa_evidence_verifies_under_the_built_in_genoa_root() -> None:
+    """The shipped ARK-Genoa endorses a real Genoa chip: its ASK, its VCEK, its report."""
+    chain = load_chain_dir(GENOA_DIR)
+    raw = load_report(GENOA_DIR / "report_genoa.hex")
+    pinned = roots.pinned_roots()
+    assert roots.pinned_root(chain.ark, pinned) == "amd-genoa"
+    report = verify_evidence(raw, pinned["amd-genoa"], chain.ask, chain.vcek,
+                             Expectations(measurement=raw[0x90:0xC0]))
+    assert report.version == 3 and report.signature_s <= P384_ORDER // 2  # low-s, as AMD writes
+    with pytest.raises(VerificationError) as caught:  # Milan's root does not endorse it
+        verify_evidence(raw, pinned["amd-milan"], chain.ask, chain.vcek, Expectations())
+    assert caught.value.reason == VerifyFailure.CHAIN_ASK
