@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +47,7 @@ from tvmm.abi.guest import (
     Hypercall,
 )
 from tvmm.abi.types import POLICY_RESERVED_ONE
-from tvmm.hw.report import AttestationReport, GuestPolicy
+from tvmm.hw.report import SIGNING_KEY_NONE, AttestationReport, GuestPolicy, pack
 from tvmm.hw.root_of_trust import Chip, Manufacturer, default_state_dir
 from tvmm.owner.key_release import (
     MAX_SECRET_SIZE,
@@ -131,7 +131,13 @@ def serve(tee: Tee, vm: Vm, nr: int, a0: int, a1: int) -> tuple[int, str]:
 
 def build_report(tee: Tee, vm: Vm, report_data: bytes) -> bytes:
     """This VM's report with ``report_data``, signed by the chip (chip_id and reported_tcb
-    are the chip's own stamp).  Deterministic ECDSA (RFC 6979): same inputs, same bytes."""
+    are the chip's own stamp).  Deterministic ECDSA (RFC 6979): same inputs, same bytes.
+
+    Only a guest the ownership table (SNP's RMP) guards gets a signed report: below snp
+    there is no SEV-SNP guest, and on real hardware no report at all.  There the report is
+    left unsigned (signing key 7, "none"; signature zero), which every verifier refuses
+    (VerifyFailure.SIGNING_KEY): a plain or sev launch cannot pass for an SNP one.  The
+    level is also in the measurement (SEV_FEATURES, shim.launch), so snp and shim differ."""
     chip = tee.chip
     major, minor, build = FIRMWARE
     report = AttestationReport(
@@ -154,6 +160,8 @@ def build_report(tee: Tee, vm: Vm, report_data: bytes) -> bytes:
         committed_minor=minor,
         committed_build=build,
     )
+    if not vm.features.ownership:
+        return pack(replace(report, flags=SIGNING_KEY_NONE << 2, reported_tcb=chip.tcb))
     return chip.sign_report(report, deterministic=True)
 
 

@@ -1,9 +1,10 @@
 """Launch: adding measured pages, filling the boot-info and secrets pages, finalizing.
 
 The launch digest is SEV-SNP's PAGE_INFO chain (tvmm.hw.measurement), fed in the order the
-host adds pages, then the initial vCPU state as a VMSA page at finalize.  ``predict`` runs
-a launch plan (tvmm.launch_plan) through the same chain without a VM: what ``tvmm
-measure`` prints, and what FINALIZE returns when the host follows the plan.
+host adds pages, then the initial vCPU state and the level's SEV_FEATURES as a VMSA page at
+finalize.  ``predict`` runs a launch plan (tvmm.launch_plan) at a level through the same
+chain without a VM: what ``tvmm measure`` prints, and what FINALIZE returns when the host
+follows the plan at that level.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import struct
 from typing import TYPE_CHECKING
 
 from shim.errors import BadOperand
+from shim.levels import FEATURES
 from shim.vm import Vm, VmState
 from tvmm.abi.guest import BOOT_MAGIC, FEATURE_SHIM
-from tvmm.abi.types import LEVEL_CODES, PageType
+from tvmm.abi.types import LEVEL_CODES, Level, PageType
 from tvmm.hw import measurement
 from tvmm.hw.code_traps import sweep
 from tvmm.hw.vcpu import PAGE, REG_NAMES
@@ -93,15 +95,37 @@ def initial_registers(entry: int, memory_size: int) -> tuple[int, ...]:
     return tuple(values.get(name, 0) for name in REG_NAMES)
 
 
-def vmsa_page(entry: int, memory_size: int) -> bytes:
-    """The VMSA page FINALIZE measures: the initial register file, zero-padded to a page."""
-    return pack_plain(initial_registers(entry, memory_size)).ljust(PAGE, b"\0")
+# SEV_FEATURES, a u64 at this offset of SEV-SNP's VMSA, is part of the measured VMSA page:
+# the launch digest tells how the guest runs, not only what it runs.  tvmm sets the bits of
+# the features a level has (shim.levels): SNPActive where the ownership table (the RMP)
+# guards the guest, RestrictedInjection where the shim filters what the host injects.
+SEV_FEATURES_OFFSET = 0x3B0
+SNP_ACTIVE = 1 << 0
+RESTRICTED_INJECTION = 1 << 3
 
 
-def predict(plan: LaunchPlan) -> measurement.LaunchDigest:
-    """The launch digest FINALIZE will return for ``plan``, computed without a VM (the
-    chain's ``digest``; its ``pages`` are the exact list hashed): the plan's pages as the
-    TEE adds them, read in place, then the VMSA page."""
+def sev_features(level: Level) -> int:
+    """The SEV_FEATURES word measured for a launch at ``level``: 0 below snp, SNPActive at
+    snp, SNPActive | RestrictedInjection at shim — so every level has its own digest."""
+    features = FEATURES[level]
+    return (SNP_ACTIVE if features.ownership else 0) | (
+        RESTRICTED_INJECTION if features.irq_filter else 0)
+
+
+def vmsa_page(entry: int, memory_size: int, level: Level) -> bytes:
+    """The VMSA page FINALIZE measures: the initial register file and, at its SEV-SNP
+    offset, the level's SEV_FEATURES; zeros elsewhere."""
+    page = bytearray(PAGE)
+    regs = pack_plain(initial_registers(entry, memory_size))
+    page[: len(regs)] = regs
+    page[SEV_FEATURES_OFFSET : SEV_FEATURES_OFFSET + 8] = sev_features(level).to_bytes(8, "little")
+    return bytes(page)
+
+
+def predict(plan: LaunchPlan, level: Level) -> measurement.LaunchDigest:
+    """The launch digest FINALIZE will return for ``plan`` launched at ``level``, computed
+    without a VM (the chain's ``digest``; its ``pages`` are the exact list hashed): the
+    plan's pages as the TEE adds them, read in place, then the level's VMSA page."""
     chain = measurement.LaunchDigest()
     for gpa, page_type, count, data in plan.parts():
         if data is not None:
@@ -109,13 +133,14 @@ def predict(plan: LaunchPlan) -> measurement.LaunchDigest:
         else:
             for i in range(count):
                 chain.add_page(gpa + i * PAGE, page_type, None)
-    chain.add_page(VMSA_GPA, measurement.PageType.VMSA, vmsa_page(plan.entry, plan.memory_size))
+    chain.add_page(VMSA_GPA, measurement.PageType.VMSA,
+                   vmsa_page(plan.entry, plan.memory_size, level))
     return chain
 
 
 def finalize(tee: Tee, vm: Vm, entry: int) -> bytes:
     regs = initial_registers(entry, vm.memory.size)
-    vm.digest.add_page(VMSA_GPA, measurement.PageType.VMSA, vmsa_page(entry, vm.memory.size))
+    vm.digest.add_page(VMSA_GPA, measurement.PageType.VMSA, vmsa_page(entry, vm.memory.size, vm.level))
     vm.vcpu.write_regs(regs)
     hlt, rdtsc = sweep(vm.code_ranges)
     vm.vcpu.install_code_traps(hlt, rdtsc)

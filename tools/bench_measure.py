@@ -43,6 +43,7 @@ from pathlib import Path
 from shim.launch import predict
 from tools.doc_block import write_block
 from tvmm.abi.guest import PAGE_SIZE
+from tvmm.abi.types import Level
 from tvmm.cli import main as tvmm_main
 from tvmm.guestimage import load_elf
 from tvmm.launch_plan import plan_launch
@@ -137,8 +138,8 @@ def _time_sha384(pages: list[memoryview]) -> float:
 
 
 def measure(path: Path, memory: int) -> bytes:
-    """The launch digest, as ``tvmm measure`` computes it."""
-    return predict(plan_launch(load_elf(path), memory)).digest
+    """The launch digest, as ``tvmm measure`` computes it (at its default level, snp)."""
+    return predict(plan_launch(load_elf(path), memory), Level.SNP).digest
 
 
 def _time_measure(path: Path, memory: int) -> tuple[float, bytes]:

@@ -14,7 +14,8 @@ The plan, for a memory of M bytes:
     2. SECRETS at SECRETS_GPA (0x2000): the owner's opaque launch blob, or nothing; zeros
     3. NORMAL  the image pages, in address order, one ADD_PAGES per contiguous run
     4. VMSA    at FINALIZE: the initial registers (RIP = entry, RSP = M, RFLAGS = 0x2,
-               everything else 0), measured at GPA 0xFFFFFFFFF000
+               everything else 0) and the level's SEV_FEATURES (shim.launch), measured
+               at GPA 0xFFFFFFFFF000
 """
 
 from __future__ import annotations

@@ -102,10 +102,12 @@ def wrap_secret(machine: Machine, secret: bytes, seed: int | None) -> bytes:
                               nonce=rng.getrandbits(96).to_bytes(12, "little"))
 
 
-def expected_measurement(image: GuestImage, memory: int = DEFAULT_MEMORY) -> bytes:
-    """The owner's prediction of the launch digest: the launch plan through the pure
-    PAGE_INFO chain, without booting (what ``tvmm measure`` prints)."""
-    return predict(plan_launch(image, memory)).digest
+def expected_measurement(image: GuestImage, memory: int = DEFAULT_MEMORY,
+                         level: Level = Level.SNP) -> bytes:
+    """The owner's prediction of the launch digest at ``level`` (the level is measured: its
+    SEV_FEATURES are in the VMSA page): the launch plan through the pure PAGE_INFO chain,
+    without booting (what ``tvmm measure`` prints)."""
+    return predict(plan_launch(image, memory), level).digest
 
 
 def chip_chain(state_dir: Path | str | None = None) -> CertChain:
@@ -117,13 +119,13 @@ def chip_chain(state_dir: Path | str | None = None) -> CertChain:
 
 def owner_endpoint(image: GuestImage, secret: bytes, seed: int | None, *,
                    memory: int = DEFAULT_MEMORY, policy: ReleasePolicy | None = None,
-                   nonce: bytes | None = None,
-                   state_dir: Path | str | None = None) -> OwnerEndpoint:
-    """The guest owner's key broker for ``secret``: it releases only to ``image`` as the
-    owner predicts its measurement (or to what ``policy`` says), on a chip of the modeled
-    manufacturer, whose root (ARK) it pins."""
+                   nonce: bytes | None = None, state_dir: Path | str | None = None,
+                   level: Level = Level.SNP) -> OwnerEndpoint:
+    """The guest owner's key broker for ``secret``: it releases only to ``image`` launched
+    at ``level`` as the owner predicts its measurement (or to what ``policy`` says), on a
+    chip of the modeled manufacturer, whose root (ARK) it pins."""
     if policy is None:
-        policy = ReleasePolicy(measurement=expected_measurement(image, memory))
+        policy = ReleasePolicy(measurement=expected_measurement(image, memory, level))
     return OwnerEndpoint(
         policy, secret,
         trust_anchor=lambda: chip_chain(state_dir).ark,
@@ -181,7 +183,7 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
         input_lines = ["guess", "letmein"]
     if secret_path == "attested" and owner is None:
         owner = owner_endpoint(image, secret, seed, memory=memory, policy=release_policy,
-                               nonce=nonce, state_dir=state_dir)
+                               nonce=nonce, state_dir=state_dir, level=level)
     devices = Devices(Console(on_console), BlockDevice(disk), InputDevice(input_lines),
                       owner=owner if secret_path == "attested" else None)
     host = HonestHypervisor(machine.client, devices, quantum=quantum, tick_vector=tick_vector)

@@ -1,5 +1,6 @@
-"""The confidentiality attacks (ATTACKS.md §1–5): the outcome of every (attack, victim,
-level) cell, measured by running the attack through the judge, and the decoders alone.
+"""The confidentiality attacks (docs/attacks.md, catalogue §1–5): the outcome of every
+(attack, victim, level) cell, measured by running the attack through the judge, and the
+decoders alone.
 
 Outcome classes:
   full      the secret is recovered in full and nothing is detected;

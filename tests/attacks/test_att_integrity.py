@@ -1,6 +1,6 @@
-"""The integrity and I/O attacks (ATTACKS.md §6–10) and the model pieces they rest on: the
-write-back buffer behind DROP_WRITES (CacheWarp), the instruction timer after untimed runs,
-and unmapped code pages faulting again.  The matrix test runs every cell at seed 0; here
+"""The integrity and I/O attacks (docs/attacks.md, catalogue §6–10) and the model pieces
+they rest on: the write-back buffer behind DROP_WRITES (CacheWarp), the instruction timer
+after untimed runs, and unmapped code pages faulting again.  The matrix test runs every cell at seed 0; here
 the attacks are run for other secrets too, and each defence is shown to be the thing that
 stops its attack (switch it off and the attack works)."""
 

@@ -4,7 +4,6 @@ manufacturer per session (RSA-4096 generation takes seconds, so it happens once)
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,24 +18,13 @@ FIXED_NOW = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 EXPECTED_MEASUREMENT = bytes.fromhex("11" * 48)
 
 
-def _testdata_dir() -> Path | None:
-    candidates = [
-        os.environ.get("TVMM_SHARED_TESTDATA"),
-        Path(__file__).resolve().parents[2].parent / "shared" / "testdata",
-        "/work/shared/testdata",
-    ]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "snp-milan" / "report_milan.hex").is_file():
-            return Path(candidate)
-    return None
+MILAN_DIR = Path(__file__).resolve().parents[1] / "vectors" / "snp-milan"
+"""Real AMD evidence shipped with the tests (provenance: tests/vectors/snp-milan/PROVENANCE.md)."""
 
 
 @pytest.fixture(scope="session")
 def milan_dir() -> Path:
-    found = _testdata_dir()
-    if found is None:
-        pytest.skip("shared/testdata/snp-milan not found (set TVMM_SHARED_TESTDATA)")
-    return found / "snp-milan"
+    return MILAN_DIR
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from shim.launch import vmsa_page
 from tools.bench_measure import Image, Segment, measure, memory_for, write_elf, write_image
 from tvmm.abi.guest import BOOT_INFO_GPA, SECRETS_GPA
+from tvmm.abi.types import Level
 from tvmm.guestimage import GuestImageError, load_elf
 from tvmm.hw.measurement import (
     MEASUREMENT_VERSION,
@@ -240,7 +241,7 @@ def _expected_launch(image: Image, memory: int) -> bytes:
     ]
     pages += [(image.first_gpa + i * PAGE_SIZE, int(PageType.NORMAL), bytes(page))
               for i, page in enumerate(image.pages)]
-    pages.append((VMSA_GPA, int(PageType.VMSA), vmsa_page(image.entry, memory)))
+    pages.append((VMSA_GPA, int(PageType.VMSA), vmsa_page(image.entry, memory, Level.SNP)))
     return reference_digest(pages)
 
 

@@ -42,10 +42,12 @@ from tvmm.machine import (
 from tvmm.matrix import outcome_class
 from tvmm.owner.broker import ReleasePolicy
 from tvmm.owner.key_release import report_data_for
-from tvmm.owner.verify import Expectations, VerifyFailure, verify_evidence
+from tvmm.owner.verify import Expectations, VerificationError, VerifyFailure, verify_evidence
 from tvmm.samples import SAMPLES, build_sample, expected_console_ok, resolve
 
 LEVELS = list(Level)
+SIGNED = [Level.SNP, Level.SHIM]  # the levels with an SEV-SNP guest: signed reports
+UNSIGNED = [Level.PLAIN, Level.SEV, Level.SEV_ES]
 SECRET_CALLS = {Hypercall.ATTEST, Hypercall.KEY_REQUEST, Hypercall.SECRET_KEY}
 
 
@@ -68,12 +70,13 @@ def _verify(report: bytes, expectations: Expectations):
 @pytest.mark.parametrize("guest", list(SAMPLES))
 def test_predicted_digest_is_finalizes(images, guest, memory):
     image = images[guest]
-    predicted = predict(plan_launch(image, memory))
-    machine = make_machine(seed=1, image=image, level=Level.SNP)
+    level = SIGNED[len(guest) % 2]  # snp or shim, spread over the samples
+    predicted = predict(plan_launch(image, memory), level)
+    machine = make_machine(seed=1, image=image, level=level)
     host = HonestHypervisor(machine.client)
-    digest = host.launch(image, Level.SNP, memory,
+    digest = host.launch(image, level, memory,
                          secret_blob=wrap_secret(machine, _secret(guest, 1), 1))
-    assert digest == predicted.digest == expected_measurement(image, memory)
+    assert digest == predicted.digest == expected_measurement(image, memory, level)
     measured = machine.platform.vm(host.vm).digest.pages
     assert measured == predicted.pages  # the exact page list, not only the end of the chain
     kinds = [page.page_type for page in measured]
@@ -87,6 +90,19 @@ def test_digest_depends_on_every_input(images):
     assert expected_measurement(image, 8 << 20) != base  # the initial RSP is measured
     assert expected_measurement(replace(image, entry=image.entry + 1)) != base  # and RIP
     assert expected_measurement(tamper(image)[0]) != base  # and every image byte
+
+
+def test_every_level_has_its_own_digest(images):
+    """The level is measured (SEV_FEATURES in the VMSA page): an owner who predicts the shim
+    launch's digest does not accept the same image launched at snp, and the reverse."""
+    image = images["modexp"]
+    digests = {level: expected_measurement(image, DEFAULT_MEMORY, level) for level in Level}
+    assert digests[Level.SNP] != digests[Level.SHIM]
+    assert len({digests[level] for level in SIGNED} | {digests[Level.PLAIN]}) == 3
+    for level in Level:
+        machine = make_machine(seed=1, image=image, level=level)
+        host = HonestHypervisor(machine.client)
+        assert host.launch(image, level, DEFAULT_MEMORY) == digests[level]
 
 
 # -- reports from a booted guest ------------------------------------------------------------
@@ -131,13 +147,22 @@ def test_guest_report_verifies(tmp_path, level):
     result = host.run(max_exits=100)
     assert result.how == "exit" and devices.console.text == "ok\n"
     raw = devices.block.read(0, REPORT_SIZE)
-    report = _verify(raw, Expectations(measurement=expected_measurement(image),
-                                       report_data=bytes((7 * i + 1) % 256 for i in range(64))))
+    assert not SECRET_CALLS & set(host.numbers)  # served inside: the host saw no exit
+    expected = Expectations(measurement=expected_measurement(image, DEFAULT_MEMORY, level),
+                            report_data=bytes((7 * i + 1) % 256 for i in range(64)))
+    if level in UNSIGNED:  # no SEV-SNP guest: the report is unsigned and refused as such
+        unsigned = parse(raw)
+        assert unsigned.signing_key == 7 and unsigned.signature_r == unsigned.signature_s == 0
+        assert unsigned.measurement == digest
+        with pytest.raises(VerificationError) as refused:
+            _verify(raw, expected)
+        assert refused.value.reason == VerifyFailure.SIGNING_KEY
+        return
+    report = _verify(raw, expected)
     assert report.measurement == digest
     assert report.policy.to_u64() == DEFAULT_POLICY and not report.policy.debug
     assert (report.version, report.vmpl, report.signature_algo) == (2, 0, 1)
     assert report.host_data == bytes(32) and report.chip_id == machine.platform.chip.chip_id
-    assert not SECRET_CALLS & set(host.numbers)  # served inside: the host saw no exit
 
 
 def test_reports_are_replayable_with_a_seed(tmp_path, images):
@@ -150,11 +175,11 @@ def test_reports_are_replayable_with_a_seed(tmp_path, images):
 
 
 # -- key release end to end -----------------------------------------------------------------
-@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("level", SIGNED)
 @pytest.mark.parametrize("guest", ["modexp", "password", "kvstore"])
 def test_key_release_through_a_booted_vm(images, guest, level):
     secret = _secret(guest, 5)
-    owner = owner_endpoint(images[guest], secret, 5)
+    owner = owner_endpoint(images[guest], secret, 5, level=level)
     result = boot(guest, level, seed=5, owner=owner)
     assert result.how == "exit" and result.violations == []
     assert expected_console_ok(guest, secret, result.console)
@@ -162,7 +187,7 @@ def test_key_release_through_a_booted_vm(images, guest, level):
     attempt = owner.releases[0]
     # The evidence the host relayed verifies on its own, with the owner's expectations.
     report = _verify(attempt.report, Expectations(
-        measurement=expected_measurement(images[guest]),
+        measurement=expected_measurement(images[guest], DEFAULT_MEMORY, level),
         report_data=report_data_for(attempt.nonce, attempt.guest_key)))
     assert report.measurement.hex() == result.launch_digest
     # The nonce was consumed: replaying the same evidence is refused.
@@ -170,12 +195,37 @@ def test_key_release_through_a_booted_vm(images, guest, level):
     assert replay == b"TVKX" + VerifyFailure.NONCE.value.encode()
 
 
+@pytest.mark.parametrize("level", UNSIGNED)
+def test_no_secret_below_snp(images, level):
+    """No TEE of the SNP kind, no signed report, no secret: not even for an owner who
+    predicted this very launch (before, a plain launch got a report byte-identical to an
+    snp one's and the secret with it)."""
+    secret = _secret("modexp", 5)
+    result = boot("modexp", level, seed=5)  # the owner predicts the launch at this level
+    assert result.key_release["attempts"] == 1 and not result.key_release["released"]
+    assert result.key_release["refusal"] == VerifyFailure.SIGNING_KEY.value
+    assert not expected_console_ok("modexp", secret, result.console)  # computed without it
+    snp = boot("modexp", Level.SNP, seed=5)
+    assert snp.key_release["released"] and snp.launch_digest != result.launch_digest
+
+
+def test_an_owner_who_requires_shim_refuses_snp_and_releases_to_shim(images):
+    secret = _secret("password", 15)
+    for launched, released in ((Level.SNP, False), (Level.SHIM, True)):
+        owner = owner_endpoint(images["password"], secret, 15, level=Level.SHIM)
+        result = boot("password", launched, seed=15, owner=owner)
+        assert result.key_release["released"] is released, launched
+        assert result.key_release["refusal"] == (None if released else "measurement")
+    snp_owner = owner_endpoint(images["password"], secret, 15)  # requires snp (the default)
+    assert not boot("password", Level.SHIM, seed=15, owner=snp_owner).key_release["released"]
+
+
 def test_the_secret_reaches_only_the_secrets_page(images):
     """The unwrapped secret is written by the TEE where the guest reads it."""
     secret = _secret("password", 6)
     machine = make_machine(seed=6, image=images["password"], level=Level.SHIM)
     devices = Devices(Console(), input=InputDevice([secret.decode()]),
-                      owner=owner_endpoint(images["password"], secret, 6))
+                      owner=owner_endpoint(images["password"], secret, 6, level=Level.SHIM))
     host = HonestHypervisor(machine.client, devices)
     host.launch(images["password"], Level.SHIM, DEFAULT_MEMORY)
     assert host.run().status == 0 and devices.console.text == "granted\n"
@@ -250,7 +300,9 @@ def test_tampered_launch_is_blocked(images, level):
     assert outcome_class(verdict) == "blocked" and verdict.blocked
     assert verdict.leaked_bits == 0 and not verdict.detected
     notes = verdict.notes
-    assert notes["refusal"] == VerifyFailure.MEASUREMENT.value
+    # Below snp the report is unsigned and refused before its measurement is looked at.
+    assert notes["refusal"] == (VerifyFailure.MEASUREMENT if level in SIGNED
+                                else VerifyFailure.SIGNING_KEY).value
     assert notes["report_measurement"] == notes["finalize_digest"]  # the report tells the truth
     assert notes["report_measurement"] != expected_measurement(images["modexp"]).hex()
 
@@ -268,7 +320,7 @@ def _context(images, guest: str, level: Level, owner) -> tuple[AttackContext, ob
 def test_tampered_guest_never_sees_the_secret(images, guest):
     secret = _secret(guest, 13)
     ctx, machine = _context(images, guest, Level.SHIM,
-                            owner_endpoint(images[guest], secret, 13))
+                            owner_endpoint(images[guest], secret, 13, level=Level.SHIM))
     outcome = TamperedLaunch().run(ctx)
     assert outcome.notes["blocked"] and outcome.guess is None
     vm = machine.platform.vm(outcome.hosts[0].vm)
@@ -276,12 +328,12 @@ def test_tampered_guest_never_sees_the_secret(images, guest):
     assert secret not in outcome.hosts[0].devices.console.text.encode("utf-8", "replace")
 
 
-@pytest.mark.parametrize("level", [Level.PLAIN, Level.SHIM])
+@pytest.mark.parametrize("level", SIGNED)
 def test_tampered_launch_would_leak_to_a_gullible_owner(images, level):
     """The control: an owner that accepts the tampered measurement hands the patched guest
     the secret, and the patch prints it — so "blocked" above is the broker's doing."""
     secret = _secret("password", 14)
-    tampered_digest = expected_measurement(tamper(images["password"])[0])
+    tampered_digest = expected_measurement(tamper(images["password"])[0], DEFAULT_MEMORY, level)
     gullible = owner_endpoint(images["password"], secret, 14,
                               policy=ReleasePolicy(measurement=tampered_digest))
     ctx, _ = _context(images, "password", level, gullible)

@@ -1,4 +1,4 @@
-"""Helpers for the management-interface attacks (ATTACKS.md scenario 12).
+"""Helpers for the management-interface attacks (docs/attacks.md §12).
 
 The attacker is the host operator: it starts the perimeter's processes on its machines
 (tvmm.operator.launcher — the coordinator and nodes are real processes; the attacker

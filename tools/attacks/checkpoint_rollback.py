@@ -15,7 +15,7 @@ class CheckpointRollback(Attack):
     summary = "resume an older sealed checkpoint after a newer one exists"
     victims = ("counter",)
     kind = "integrity"
-    published = "monotonic counters at the coordinator (TCCP; ATTACKS.md 12)"
+    published = "monotonic counters at the coordinator (TCCP; docs/attacks.md §12)"
 
     def run(self, ctx: AttackContext) -> Outcome:
         with perimeter(("n1", "n2")) as (_per, op):

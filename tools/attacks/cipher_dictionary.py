@@ -51,7 +51,7 @@ class CipherDictionary(Attack):
     kind = "confidentiality"
     published = ("CipherLeaks (Li et al., USENIX Security 2021): SEV-ES/SNP save-area "
                  "ciphertext is deterministic, so the host matches a ciphertext to a value "
-                 "it saw before (ATTACKS.md §3; no figure quoted there).")
+                 "it saw before (docs/attacks.md §3; no figure quoted there).")
 
     def run(self, ctx: AttackContext) -> Outcome:
         target = page_of(ctx.image, LOOP_SYMBOL[ctx.guest])

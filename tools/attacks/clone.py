@@ -16,7 +16,7 @@ class CloneResume(Attack):
     victims = ("counter",)
     kind = "integrity"
     published = ("TDX migration: at most one copy ever runs (abort token only from an "
-                 "uncommitted destination); ATTACKS.md 12")
+                 "uncommitted destination); docs/attacks.md §12")
 
     def run(self, ctx: AttackContext) -> Outcome:
         with perimeter(("n1", "n2", "n3")) as (_per, op):

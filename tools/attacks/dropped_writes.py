@@ -117,7 +117,7 @@ class DroppedWrites(Attack):
     kind = "integrity"
     published = ("CacheWarp (USENIX Security 2024): INVD on dirty lines reverts single "
                  "variables such as an authentication flag; encryption and ownership alone "
-                 "do not stop it (ATTACKS.md §8; no figure)")
+                 "do not stop it (docs/attacks.md §8; no figure)")
 
     def run(self, ctx: AttackContext) -> Outcome:
         counter = ctx.image.symbol("counter")

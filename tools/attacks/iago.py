@@ -97,7 +97,7 @@ def _said(host: HonestHypervisor) -> str:
 
 PUBLISHED = ("Iago attacks (ASPLOS 2013); \"A Tale of Two Worlds\" (CCS 2019): Open "
              "Enclave's CVE-2019-1369 leaked up to 10 kB; stopped by copying once and "
-             "checking every host value against the shim's record (ATTACKS.md §10)")
+             "checking every host value against the shim's record (docs/attacks.md §10)")
 
 
 def _lie_once(ctx: AttackContext, header_len: int, result: int) -> Outcome:

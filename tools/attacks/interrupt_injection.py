@@ -104,7 +104,7 @@ class InterruptInjection(Attack):
     kind = "integrity"
     published = ("Heckler (USENIX Security 2024): an injected int 0x80 overwrites rax; "
                  "WeSee (S&P 2024) needed 2,891 injected #VCs for a root shell "
-                 "(ATTACKS.md §9)")
+                 "(docs/attacks.md §9)")
 
     def run(self, ctx: AttackContext) -> Outcome:
         count, calib_exits = self.calibrate(ctx)

@@ -69,7 +69,7 @@ class MemoryReplay(Attack):
     kind = "integrity"
     published = ("SEVered (EuroSec 2018); replay on SEV without integrity: an old "
                  "ciphertext page written back rolls a counter back — works at sev/sev-es, "
-                 "stopped at snp by the ownership table (ATTACKS.md §7; no figure)")
+                 "stopped at snp by the ownership table (docs/attacks.md §7; no figure)")
 
     def run(self, ctx: AttackContext) -> Outcome:
         page = counter_page(ctx)
@@ -99,7 +99,7 @@ class PageRemap(Attack):
     kind = "integrity"
     published = ("SEVered (EuroSec 2018): the host remaps or swaps guest pages in its "
                  "nested page table — works at sev/sev-es, stopped at snp by the ownership "
-                 "table (ATTACKS.md §7; no figure)")
+                 "table (docs/attacks.md §7; no figure)")
 
     def run(self, ctx: AttackContext) -> Outcome:
         page, source = counter_page(ctx), unused_page(ctx)

@@ -32,8 +32,8 @@ class MemoryScan(Attack):
     summary = "read every page the host can reach after the run and search it for the secret"
     victims = ("modexp", "modexp-ct", "password", "kvstore")
     kind = "confidentiality"
-    published = ("No published figure: the baseline of ATTACKS.md §1 — leaks at plain, "
-                 "ciphertext only from sev up (DESIGN.md §2).")
+    published = ("No published figure: the baseline of docs/attacks.md §1 — leaks at plain, "
+                 "ciphertext only from sev up (docs/threat-model.md).")
 
     def run(self, ctx: AttackContext) -> Outcome:
         host = ctx.host()

@@ -46,7 +46,7 @@ class PageFault(Attack):
     published = ("Xu, Cui, Peinado (S&P 2015): page-fault sequences recovered text and image "
                  "outlines from Hunspell, FreeType and libjpeg; Van Bulck et al. (USENIX "
                  "Security 2017): accessed/dirty bits leak 485 of 512 EdDSA bits in one run "
-                 "without a fault (ATTACKS.md §5).")
+                 "without a fault (docs/attacks.md §5).")
 
     def run(self, ctx: AttackContext) -> Outcome:
         targets = [page_of(ctx.image, s) for s in TARGETS[ctx.guest]]

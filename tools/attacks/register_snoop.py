@@ -44,8 +44,8 @@ class RegisterSnoop(Attack):
     summary = "read the registers at every exit (timer-driven), decode the secret from them"
     victims = ("modexp", "modexp-ct", "password")
     kind = "confidentiality"
-    published = ("No published figure: the baseline of ATTACKS.md §2 — leaks at plain and "
-                 "sev, where the save area is plaintext (DESIGN.md §2).")
+    published = ("No published figure: the baseline of docs/attacks.md §2 — leaks at plain and "
+                 "sev, where the save area is plaintext (docs/threat-model.md).")
 
     def run(self, ctx: AttackContext) -> Outcome:
         if ctx.guest == "password":

@@ -17,7 +17,7 @@ class RogueMigration(Attack):
     victims = ("counter",)
     kind = "integrity"
     published = ("TDX migration: only a MigTD with an accepted measurement gets the "
-                 "migration key (Intel TDX Migration spec); ATTACKS.md 12")
+                 "migration key (Intel TDX Migration spec); docs/attacks.md §12")
 
     def run(self, ctx: AttackContext) -> Outcome:
         with perimeter(("n1",), rogue=("rogue",)) as (_per, op):

@@ -76,7 +76,7 @@ class SingleStep(Attack):
     published = ("SGX-Step: 100,000 of 100,000 nops single-stepped with 0 multi-steps "
                  "(zero-steps ≈2%); an early-exit memcmp password falls byte by byte in "
                  "linear time; CopyCat: 100/100 DSA keys with ~22,000 interrupts per "
-                 "signature (ATTACKS.md §4).  Defences: TDX random 1–32-instruction "
+                 "signature (docs/attacks.md §4).  Defences: TDX random 1–32-instruction "
                  "stepping; AEX-Notify residual single-step rate 4.2%.")
 
     def run(self, ctx: AttackContext) -> Outcome:

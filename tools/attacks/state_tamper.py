@@ -108,7 +108,7 @@ class StateTamper(Attack):
     kind = "integrity"
     published = ("CipherLeaks (USENIX Security 2021): the saved register state is "
                  "encrypted deterministically (per-address tweak, no nonce), without "
-                 "integrity; sealed state must be detected, never resumed (ATTACKS.md §3, "
+                 "integrity; sealed state must be detected, never resumed (docs/attacks.md §3, "
                  "§6; no figure for tampering)")
 
     def run(self, ctx: AttackContext) -> Outcome:

@@ -69,7 +69,7 @@ class StreamReplay(Attack):
     victims = ("counter",)
     kind = "integrity"
     published = ("TDX migration bundles carry per-stream counters in AES-GCM-protected "
-                 "headers (Intel TDX Migration spec); ATTACKS.md 12")
+                 "headers (Intel TDX Migration spec); docs/attacks.md §12")
 
     def run(self, ctx: AttackContext) -> Outcome:
         results = []

@@ -21,7 +21,7 @@ notes["blocked"] only when it really did: its answer said so).
 
 Published: the SEV-SNP ABI's launch digest (SNP_LAUNCH_UPDATE / PAGE_INFO) exists for
 exactly this; the first SEV's unattested launch secret is what such a host would defeat
-(ATTACKS.md, scenario 11).
+(docs/attacks.md §11).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class TamperedLaunch(Attack):
     kind = "confidentiality"
     published = ("SEV-SNP measures every launched page into the report (PAGE_INFO chain); "
                  "an owner who releases only to the predicted measurement refuses a "
-                 "tampered image (ATTACKS.md, scenario 11)")
+                 "tampered image (docs/attacks.md §11)")
 
     def run(self, ctx: AttackContext) -> Outcome:
         tampered, page = tamper(ctx.image)

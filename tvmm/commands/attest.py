@@ -3,14 +3,16 @@
     tvmm measure modexp --pages          the digest FINALIZE will return, and every page hashed
     tvmm attest modexp --out evidence/   boot with key release; write the report and chain
     tvmm verify evidence/report.bin --chain evidence/ --measurement HEX --nonce HEX
-    tvmm verify --chain shared/testdata/snp-milan --measurement HEX   (real AMD evidence)
+    tvmm verify --chain tests/vectors/snp-milan --measurement HEX   (real AMD evidence)
+
+verify trusts a chain only if its root is pinned (tvmm.owner.roots): AMD's Milan or Genoa
+ARK, the modeled manufacturer's in the state directory, or the one certificate --ark names.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import random
 from pathlib import Path
@@ -31,6 +33,15 @@ from tvmm.launch_plan import plan_launch
 from tvmm.machine import DEFAULT_MEMORY, boot, chip_chain, owner_endpoint
 from tvmm.owner.broker import PolicyError, load_policy
 from tvmm.owner.key_release import KeyReleaseFormatError, report_data_for
+from tvmm.owner.roots import (
+    BUILT_IN,
+    MODELED,
+    built_in,
+    fingerprint,
+    modeled,
+    pinned_root,
+    pinned_roots,
+)
 from tvmm.owner.verify import (
     Expectations,
     VerificationError,
@@ -52,6 +63,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     m.add_argument("guest", help="sample name, .c file or ELF")
     m.add_argument("--memory", type=lambda s: int(s, 0), default=DEFAULT_MEMORY,
                    help="guest memory in bytes (the initial RSP is measured)")
+    m.add_argument("--level", choices=[Level.SNP.value, Level.SHIM.value], default="snp",
+                   help="the level the guest will run at (measured: SEV_FEATURES in the VMSA; "
+                   "only snp and shim have signed reports)")
     m.add_argument("--pages", action="store_true", help="list every page hashed, in order")
     m.add_argument("--policy-out", type=Path, metavar="TOML",
                    help="write a key-release policy for this measurement")
@@ -71,7 +85,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--debug-policy", action="store_true",
                    help="launch with the debug policy bit (the broker will refuse)")
     a.add_argument("--release-policy", type=Path, metavar="TOML",
-                   help="the broker's release policy (default: the predicted measurement)")
+                   help="the broker's release policy (default: the measurement predicted at --level)")
     a.add_argument("--state-dir", type=Path, help="chip keys (default: $TVMM_STATE_DIR)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(run=run_attest)
@@ -82,8 +96,12 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="report (raw, or .hex); default: report.bin or the one *.hex in --chain")
     v.add_argument("--chain", type=Path, required=True,
                    help="directory with ark.pem, ask.pem and vcek.pem / vcek*.der")
-    v.add_argument("--ark", type=Path, help="the pinned ARK (default: the chain's own, "
-                   "reported as unpinned)")
+    v.add_argument("--ark", metavar="NAME|FILE",
+                   help=f"the one root to trust: {', '.join(BUILT_IN)}, {MODELED} (the modeled "
+                   "manufacturer in the state directory) or a certificate file (default: any "
+                   "of these three)")
+    v.add_argument("--state-dir", type=Path,
+                   help="where the modeled manufacturer's ARK is (default: $TVMM_STATE_DIR)")
     v.add_argument("--measurement", type=_hex_arg(48), help="expected launch digest (96 hex)")
     v.add_argument("--nonce", type=_hex_arg(NONCE_SIZE),
                    help="the nonce bound in report_data with the guest key")
@@ -118,7 +136,8 @@ def run_measure(args: argparse.Namespace) -> int:
         image, _sample = resolve(args.guest)
     except (GuestBuildError, GuestImageError, KeyError, OSError) as exc:
         return fail(str(exc).strip("'\""))
-    chain = predict(plan_launch(image, args.memory))
+    level = Level(args.level)
+    chain = predict(plan_launch(image, args.memory), level)
     digest = chain.digest.hex()
     pages = [  # only when asked: a dict per page costs more than hashing the page
         {"index": i, "gpa": page.gpa, "type": page.page_type.name,
@@ -127,15 +146,16 @@ def run_measure(args: argparse.Namespace) -> int:
     ] if args.pages else []
     if args.policy_out:
         args.policy_out.write_text(
-            f'# key-release policy for {image.name} ({image.sha256[:16]}…), '
-            f'memory {args.memory:#x}\nversion = 1\nmeasurement = "{digest}"\n')
+            f'# key-release policy for {image.name} ({image.sha256[:16]}…) launched at '
+            f'{level.value}, memory {args.memory:#x}\nversion = 1\nmeasurement = "{digest}"\n')
     if args.json:
-        emit_json({"guest": image.name, "elf_sha256": image.sha256, "memory": args.memory,
+        emit_json({"guest": image.name, "elf_sha256": image.sha256, "level": level.value,
+                   "memory": args.memory,
                    "measurement_version": MEASUREMENT_VERSION, "measurement": digest,
                    "page_count": len(chain), **({"pages": pages} if args.pages else {})})
         return 0
-    console.print(f"[bold]{image.name}[/] launch digest (SEV-SNP PAGE_INFO chain, "
-                  f"{len(chain)} pages, memory {args.memory:#x}):")
+    console.print(f"[bold]{image.name}[/] launch digest at {level.value} (SEV-SNP PAGE_INFO "
+                  f"chain, {len(chain)} pages, memory {args.memory:#x}):")
     console.print(digest, soft_wrap=True)
     if args.pages:
         table = Table(show_header=True, box=None)
@@ -163,7 +183,8 @@ def run_attest(args: argparse.Namespace) -> int:
     # The owner's end of the host's link, kept here to read what the host relayed.
     secret = sample.make_secret(random.Random(args.seed)) if sample else b""
     owner = owner_endpoint(image, secret, args.seed, memory=args.memory,
-                           policy=release_policy, nonce=args.nonce, state_dir=args.state_dir)
+                           policy=release_policy, nonce=args.nonce, state_dir=args.state_dir,
+                           level=level)
     policy = DEFAULT_POLICY | (POLICY_DEBUG if args.debug_policy else 0)
     try:
         report = boot(args.guest, level, seed=args.seed, memory=args.memory, secret=secret,
@@ -198,6 +219,8 @@ def run_attest(args: argparse.Namespace) -> int:
     else:
         broker = ("released the secret" if attempt.released
                   else f"[bold red]refused[/]: {summary['refusal']}")
+        if attempt.reason == VerifyFailure.SIGNING_KEY and level not in (Level.SNP, Level.SHIM):
+            broker += f" (no SEV-SNP guest at {level.value}: its report is unsigned)"
         for name, value in (
             ("guest", f"{image.name} at {level.value}, {report.how} status {report.status}"),
             ("launch digest", summary["measurement"]),
@@ -219,26 +242,24 @@ def run_verify(args: argparse.Namespace) -> int:
         chain = load_chain_dir(args.chain)
         report_path = args.report or _find_report(args.chain)
         report_bytes = load_report(report_path)
-        pinned = (load_certificate(args.ark.read_bytes(), VerifyFailure.CHAIN_ARK)
-                  if args.ark else None)
+        roots = _roots(args.ark, args.state_dir)
         expectations = _expectations(args, report_path)
     except VerificationError as exc:
         return _refused(args, exc)
-    except (OSError, ValueError, PolicyError, KeyReleaseFormatError) as exc:
-        return fail(str(exc))
-    ark = pinned or chain.ark
+    except (OSError, ValueError, KeyError, PolicyError, KeyReleaseFormatError) as exc:
+        return fail(str(exc).strip("'\""))
     try:
-        if pinned is not None and _der(pinned) != _der(chain.ark):
-            raise VerificationError(VerifyFailure.CHAIN_ARK, "the chain's ARK is not the pinned one")
-        report = verify_evidence(report_bytes, ark, chain.ask, chain.vcek, expectations)
+        root = pinned_root(chain.ark, roots)
+        report = verify_evidence(report_bytes, roots[root], chain.ask, chain.vcek, expectations)
     except VerificationError as exc:
         return _refused(args, exc)
-    checked = ["chain ARK → ASK → VCEK", "report signature (VCEK)", "VCEK TCB and chip id"]
+    checked = [f"chain ARK ({root}, pinned) → ASK → VCEK", "report signature (VCEK, low-s)",
+               "VCEK TCB and chip id"]
     checked += [name for name in ("measurement", "report_data", "host_data")
                 if getattr(expectations, name) is not None]
     checked += ["policy (debug, migration agent, SMT, ...)", "VMPL"]
-    result = {"verified": True, "report": str(report_path), "ark_pinned": pinned is not None,
-              "ark_sha256": hashlib.sha256(_der(ark)).hexdigest(), "checked": checked,
+    result = {"verified": True, "report": str(report_path), "ark": root,
+              "ark_sha256": fingerprint(roots[root]), "checked": checked,
               "fields": _fields(report)}
     if args.json:
         emit_json(result)
@@ -246,14 +267,26 @@ def run_verify(args: argparse.Namespace) -> int:
     console.print(f"[bold green]verified[/] {report_path}")
     lines = dict(result["fields"])
     lines["checked"] = "; ".join(checked)
-    lines["ARK"] = (("pinned (--ark)" if pinned is not None else
-                     "[yellow]taken from --chain, not pinned: pass --ark[/]")
-                    + f", SHA-256 {result['ark_sha256']}")
+    lines["ARK"] = f"{root}, SHA-256 {result['ark_sha256']}"
     if expectations.measurement is None:
         lines["note"] = "[yellow]measurement not checked: pass --measurement[/]"
     for name, value in lines.items():
         console.print(f"[bold]{name:>13}[/]  {value}", soft_wrap=True)
     return 0
+
+
+def _roots(ark: str | None, state_dir: Path | None) -> dict[str, x509.Certificate]:
+    """The roots this run trusts: all pinned ones, or the one --ark names."""
+    if ark is None:
+        return pinned_roots(state_dir)
+    if ark in BUILT_IN:
+        return {ark: built_in(ark)}
+    if ark == MODELED:
+        cert = modeled(state_dir)
+        if cert is None:
+            raise FileNotFoundError("--ark tvmm: the state directory has no modeled manufacturer")
+        return {MODELED: cert}
+    return {ark: load_certificate(Path(ark).read_bytes(), VerifyFailure.CHAIN_ARK)}
 
 
 def _find_report(directory: Path) -> Path:
@@ -288,14 +321,10 @@ def _expectations(args: argparse.Namespace, report_path: Path) -> Expectations:
 
 def _refused(args: argparse.Namespace, exc: VerificationError) -> int:
     if args.json:
-        emit_json({"verified": False, "reason": exc.reason.value, "message": str(exc)})
+        emit_json({"verified": False, "reason": exc.reason.value, "message": exc.detail})
     else:
-        console.print(f"[bold red]refused[/] ({exc.reason.value}): {exc}")
+        console.print(f"[bold red]refused[/] ({exc.reason.value}): {exc.detail}", soft_wrap=True)
     return 1
-
-
-def _der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def _fields(report: AttestationReport) -> dict[str, object]:

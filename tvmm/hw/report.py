@@ -24,6 +24,12 @@ SIGNED_SIZE = 0x2A0
 SIGNATURE_ALGO_ECDSA_P384_SHA384 = 1
 SUPPORTED_VERSIONS = (2, 3)
 SIGNATURE_COMPONENT_SIZE = 72
+P384_ORDER = int(
+    "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973",
+    16,
+)
+"""n, the order of the P-384 group (SEC 2): (r, s) and (r, n - s) verify alike, so the chip
+writes the low one, s <= n // 2, and the verifier accepts no other (docs/attestation.md)."""
 
 # (field name, struct code); names starting with "_reserved" must be zero on the wire.
 _LAYOUT: tuple[tuple[str, str], ...] = (
@@ -211,6 +217,7 @@ class GuestPolicy:
 
 _FLAGS_KNOWN = 0x1F  # bit 0 AUTHOR_KEY_EN, bit 1 MASK_CHIP_KEY, bits 2-4 SIGNING_KEY
 SIGNING_KEY_VCEK = 0
+SIGNING_KEY_NONE = 7  # the report is not signed
 
 _TCB_FIELDS = ("current_tcb", "reported_tcb", "committed_tcb", "launch_tcb")
 _SIGNATURE_FIELDS = ("signature_r", "signature_s")
@@ -374,7 +381,9 @@ def sign_report(
 
     All inputs are explicit: nothing here reads a clock or a counter. ECDSA draws its own
     nonce unless ``deterministic`` asks for RFC 6979 nonces, which known-answer tests use.
-    Returns the full signed 0x4A0-byte report.
+    The signature is written low-s (s <= n/2, as AMD's chips write theirs): its twin
+    (r, n - s) is just as valid ECDSA, and the verifier refuses it so that exactly one
+    encoding of a report verifies. Returns the full signed 0x4A0-byte report.
     """
     if not isinstance(chip_key, ec.EllipticCurvePrivateKey) or not isinstance(
         chip_key.curve, ec.SECP384R1
@@ -383,6 +392,7 @@ def sign_report(
     body = pack(replace(report, signature_r=0, signature_s=0))[:SIGNED_SIZE]
     der = chip_key.sign(body, ec.ECDSA(hashes.SHA384(), deterministic_signing=deterministic))
     r, s = decode_dss_signature(der)
+    s = min(s, P384_ORDER - s)
     return pack(replace(report, signature_r=r, signature_s=s))
 
 

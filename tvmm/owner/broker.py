@@ -23,6 +23,12 @@ A release policy is a small TOML file the owner writes, for example::
 Unknown keys are refused, not ignored: a misspelt "alow_debug" must not silently mean
 the default. Every problem raises PolicyError naming the key.
 
+The protection level is part of the measurement (SEV_FEATURES in the measured VMSA page,
+shim.launch), so an owner requires a level by the measurement it names: ``tvmm measure
+GUEST --level shim --policy-out p.toml`` writes a policy that refuses the same image
+launched at snp, and the reverse. Below snp the chip does not sign reports at all, so no
+policy releases to plain, sev or sev-es (VerifyFailure.SIGNING_KEY).
+
 Release order: the nonce is consumed (one attempt per challenge), the chain's root must be
 the pinned ARK, the evidence must verify against the policy with report_data bound to the
 nonce and the guest key (tvmm.owner.key_release), and only then is the secret wrapped.

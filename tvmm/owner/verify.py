@@ -4,13 +4,15 @@ Checks run in a fixed order and stop at the first failure:
 
 1. the chain: ARK self-signed, ASK signed by the ARK, VCEK signed by the ASK (RSA-4096
    keys for ARK and ASK, P-384 for the VCEK, RSASSA-PSS SHA-384 salt 48 throughout);
-2. the report: well-formed, signed by the VCEK over bytes [0, 0x2A0);
+2. the report: well-formed, signed by the VCEK over bytes [0, 0x2A0), low-s (one
+   encoding: the (r, n - s) twin of a signature is refused);
 3. the binding: the VCEK certifies exactly the report's reported_tcb and chip_id;
 4. the owner's expectations: measurement, report data, policy, VMPL, TCB minimum.
 
 Every refusal raises VerificationError whose ``reason`` (a VerifyFailure) is what callers
-and tests branch on; the message is for people. The caller chooses the ARK: pass the
-pinned root (AMD's or the modeled manufacturer's), never one taken from the evidence.
+and tests branch on; the message is for people. The caller chooses the ARK: pass a
+pinned root (tvmm.owner.roots: AMD's or the modeled manufacturer's), never one taken from
+the evidence.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 
 from tvmm.hw.report import (
+    P384_ORDER,
     SIGNED_SIZE,
+    SIGNING_KEY_NONE,
     SIGNING_KEY_VCEK,
     AttestationReport,
     ReportFormatError,
@@ -73,6 +77,7 @@ class VerificationError(Exception):
     def __init__(self, reason: VerifyFailure, message: str) -> None:
         super().__init__(f"{reason.value}: {message}")
         self.reason = reason
+        self.detail = message
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,10 @@ def verify_report(report_bytes: bytes, vcek: x509.Certificate) -> AttestationRep
         report = parse(report_bytes)
     except ReportFormatError as exc:
         raise VerificationError(VerifyFailure.MALFORMED, str(exc)) from None
+    if report.signing_key == SIGNING_KEY_NONE:
+        raise VerificationError(
+            VerifyFailure.SIGNING_KEY, "the report is not signed (signing key 7: none)"
+        )
     if report.signing_key != SIGNING_KEY_VCEK:
         raise VerificationError(
             VerifyFailure.SIGNING_KEY, f"signing key {report.signing_key} is not the VCEK (0)"
@@ -207,6 +216,12 @@ def verify_report(report_bytes: bytes, vcek: x509.Certificate) -> AttestationRep
     key = vcek.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise VerificationError(VerifyFailure.CHAIN_VCEK, "VCEK key is not ECDSA P-384")
+    if not (0 < report.signature_r < P384_ORDER and 0 < report.signature_s <= P384_ORDER // 2):
+        # (r, n - s) verifies whenever (r, s) does: accepting only s <= n/2 (what AMD's
+        # chips and ours write) leaves one encoding, so no byte of a report can change.
+        raise VerificationError(
+            VerifyFailure.SIGNATURE, "signature (r, s) is not in range 0 < r < n, 0 < s <= n/2"
+        )
     signature = encode_dss_signature(report.signature_r, report.signature_s)
     try:
         key.verify(signature, bytes(report_bytes[:SIGNED_SIZE]), ec.ECDSA(hashes.SHA384()))
