@@ -26,6 +26,7 @@ import unicorn
 import tvmm
 from shim.attestation import chip_for
 from shim.launch import predict
+from shim.levels import FEATURES
 from shim.platform import Platform
 from shim.policies.config import PolicyConfig
 from tvmm.abi.types import Level
@@ -135,6 +136,13 @@ def owner_endpoint(image: GuestImage, secret: bytes, seed: int | None, *,
     )
 
 
+def default_secret_path(level: Level) -> str:
+    """How a guest at ``level`` gets its secret unless told: attested where the chip signs
+    reports (from snp, where the ownership table guards the guest), else the SEV-style launch
+    secret — as real SEV and SEV-ES guests get theirs, with no report to verify."""
+    return "attested" if FEATURES[level].ownership else "launch"
+
+
 @dataclass
 class BootReport:
     guest: str
@@ -164,7 +172,7 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
          input_lines: Iterable[str] = (), disk: Path | None = None,
          on_console: Callable[[str], None] | None = None, wire: bool = False,
          tick_vector: int | None = None, max_exits: int | None = None,
-         secret_path: str = "attested", owner: OwnerEndpoint | None = None,
+         secret_path: str | None = None, owner: OwnerEndpoint | None = None,
          release_policy: ReleasePolicy | None = None, nonce: bytes | None = None,
          state_dir: Path | str | None = None, guest_policy: int | None = None) -> BootReport:
     """Boot ``guest`` (a sample name, a C file or an ELF) at ``level`` under the honest host.
@@ -172,6 +180,8 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
     ``secret_path`` "attested" (default) releases the secret through ``owner`` (default: a
     broker for the image's predicted measurement, or ``release_policy``); "launch" relays
     the SEV-style launch secret at ADD_PAGES instead."""
+    if secret_path is None:
+        secret_path = default_secret_path(level)
     if secret_path not in SECRET_PATHS:
         raise ValueError(f"secret path {secret_path!r} is not one of {SECRET_PATHS}")
     image, sample = resolve(guest)

@@ -86,3 +86,19 @@ def test_a_killed_vm_says_why_in_words(capsys):
     """A single-stepping host at shim is killed by the step policy: the user reads which."""
     code, report = run_json(capsys, "boot", "counter", "--level", "shim", "--quantum", "1")
     assert report["how"] == "killed" and "step policy" in report["detail"]
+
+
+def test_a_guest_gets_its_secret_the_way_its_level_can(capsys):
+    """Below snp no report is signed, so the default is the launch secret there; from snp
+    the owner's broker releases it after verifying the report.  Either way the same secret
+    arrives (same seed, same modexp result); a refused one shows in the result."""
+    results = {}
+    for level, path in (("plain", "launch"), ("sev-es", "launch"), ("snp", "attested"),
+                        ("shim", "attested")):
+        _, report = run_json(capsys, "boot", "modexp", "--level", level)
+        assert report["secret_path"] == path and report["status"] == 0
+        results[level] = report["console"]
+    assert len(set(results.values())) == 1
+    _, refused = run_json(capsys, "boot", "modexp", "--level", "plain", "--secret-path",
+                          "attested")
+    assert refused["key_release"]["refusal"] and refused["console"] != results["plain"]

@@ -29,9 +29,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-exits", type=int, help="stop after this many exits")
     p.add_argument("--wire", action="store_true",
                    help="send every ABI call through the bytes codec")
-    p.add_argument("--secret-path", choices=SECRET_PATHS, default="attested",
+    p.add_argument("--secret-path", choices=SECRET_PATHS,
                    help="attested: the owner's key broker releases the secret after "
-                   "verifying a report (default); launch: SEV-style launch secret, unverified")
+                   "verifying a report (the default at snp and shim); launch: the SEV-style "
+                   "launch secret, unverified (the default below snp, where no report is "
+                   "signed)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=run)
 
