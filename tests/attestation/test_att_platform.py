@@ -201,7 +201,7 @@ def test_no_secret_below_snp(images, level):
     predicted this very launch (before, a plain launch got a report byte-identical to an
     snp one's and the secret with it)."""
     secret = _secret("modexp", 5)
-    result = boot("modexp", level, seed=5)  # the owner predicts the launch at this level
+    result = boot("modexp", level, seed=5, secret_path="attested")  # owner predicts this launch
     assert result.key_release["attempts"] == 1 and not result.key_release["released"]
     assert result.key_release["refusal"] == VerifyFailure.SIGNING_KEY.value
     assert not expected_console_ok("modexp", secret, result.console)  # computed without it

@@ -189,7 +189,7 @@ def run_attest(args: argparse.Namespace) -> int:
     try:
         report = boot(args.guest, level, seed=args.seed, memory=args.memory, secret=secret,
                       input_lines=args.input, owner=owner, state_dir=args.state_dir,
-                      guest_policy=policy)
+                      guest_policy=policy, secret_path="attested")
     except (GuestBuildError, GuestImageError, KeyError, OSError) as exc:
         return fail(str(exc).strip("'\""))
     if not owner.releases:
