@@ -91,3 +91,78 @@ def test_the_largest_launch_secret_fills_its_page_exactly(level):
     page = p.vm(vm).memory.read(gpa, PAGE)
     assert page == MAX_SECRET.to_bytes(8, "little") + secret
     assert len(p.vm(vm).digest.pages) == 1
+
+
+# -- 2. REMAP moves what the host sees: ciphertext from sev up --------------------------
+
+ENCRYPTED = [Level.SEV, Level.SEV_ES]
+TARGET = 0x300000  # a private page the image leaves empty
+
+
+@pytest.mark.parametrize("level", ENCRYPTED)
+def test_remapping_the_secrets_page_to_a_shared_page_shows_only_ciphertext(launch, level):
+    """Before: REMAP(shared ← secrets page) copied the secret's plaintext where READ_PAGE
+    returns plaintext."""
+    v = launch("password", level)
+    record = len(v.secret).to_bytes(8, "little") + v.secret
+    assert v.vm.memory.read(SECRETS_GPA, len(record)) == record  # the secret is there
+    ciphertext = v.client.read_page(v.vm_id, SECRETS_GPA)
+    assert v.client.remap(v.vm_id, SHARED_BASE, SECRETS_GPA).ok
+    shown = v.client.read_page(v.vm_id, SHARED_BASE)
+    assert shown == ciphertext  # what the host could read anyway, nothing more
+    assert v.secret not in shown and shown[: len(record)] != record
+
+
+@pytest.mark.parametrize("level", ENCRYPTED)
+def test_host_plaintext_remapped_into_private_memory_is_not_what_the_guest_reads(
+        launch, level):
+    """Before: REMAP(private ← shared) put the host's chosen plaintext in private memory.
+    Now it decrypts under the destination's tweak, as ciphertext the host wrote would."""
+    v = launch("password", level)
+    chosen = random.Random(1).randbytes(PAGE)
+    assert v.client.write_page(v.vm_id, SHARED_BASE, chosen).ok
+    assert v.client.remap(v.vm_id, TARGET, SHARED_BASE).ok
+    landed = v.vm.memory.read(TARGET, PAGE)
+    assert landed != chosen
+    assert landed == v.vm.memory.mee.decrypt_page(TARGET, chosen)
+
+
+@pytest.mark.parametrize("level", ENCRYPTED)
+def test_a_private_page_remapped_onto_another_decrypts_to_garbage(launch, level):
+    v = launch("password", level)
+    assert v.client.remap(v.vm_id, TARGET, SECRETS_GPA).ok
+    landed = v.vm.memory.read(TARGET, PAGE)
+    assert v.secret not in landed
+    assert landed == v.vm.memory.mee.decrypt_page(
+        TARGET, v.vm.memory.mee.encrypt_page(SECRETS_GPA, v.vm.memory.read(SECRETS_GPA, PAGE)))
+
+
+def test_plain_remap_moves_plaintext(launch):
+    v = launch("password", Level.PLAIN)
+    assert v.client.remap(v.vm_id, SHARED_BASE, SECRETS_GPA).ok
+    assert v.secret in v.client.read_page(v.vm_id, SHARED_BASE)
+    chosen = random.Random(2).randbytes(PAGE)
+    assert v.client.write_page(v.vm_id, SHARED_BASE, chosen).ok
+    assert v.client.remap(v.vm_id, TARGET, SHARED_BASE).ok
+    assert v.vm.memory.read(TARGET, PAGE) == chosen
+
+
+def test_a_counter_that_stops_before_its_limit_is_not_an_honest_run():
+    """A remap at sev/sev-es leaves garbage in the counter's page: the counter jumps past
+    its limit and the guest ends early.  The judge must call that tampered."""
+    from tvmm.samples import expected_console_ok
+
+    limit = (100).to_bytes(8, "little")
+    counts = "".join(f"count={i}\n" for i in range(1, 21))
+    assert expected_console_ok("counter", limit, counts)  # still running
+    assert not expected_console_ok("counter", limit, counts + "ticks=0\n")
+    full = "".join(f"count={i}\n" for i in range(1, 101)) + "ticks=0\n"
+    assert expected_console_ok("counter", limit, full)
+
+
+@pytest.mark.parametrize("level", ["plain", "sev", "sev-es"])
+def test_page_remap_still_tampers_below_snp(level):
+    from tools.attacks.memory_replay import PageRemap
+    from tvmm.judge import run_attack
+
+    assert run_attack(PageRemap(), "counter", Level(level)).cell == "tampered"
