@@ -16,7 +16,7 @@ from shim.platform import Platform
 from tvmm.abi import codec
 from tvmm.abi.guest import SECRETS_GPA, SHARED_BASE, SHARED_SIZE
 from tvmm.abi.messages import AddPages, CreateVm
-from tvmm.abi.types import Level, PageType, Result
+from tvmm.abi.types import ExitReason, Field, Level, PageType, Result
 from tvmm.owner import launch_secret
 from tvmm.owner.launch_secret import MAX_SECRET, LaunchSecretError, unwrap
 
@@ -166,3 +166,84 @@ def test_page_remap_still_tampers_below_snp(level):
     from tvmm.judge import run_attack
 
     assert run_attack(PageRemap(), "counter", Level(level)).cell == "tampered"
+
+
+# -- 3. exit fields >= 2**63 through the bytes ABI --------------------------------------
+
+TOP = 1 << 63
+
+
+def _wired(image, level: Level, inputs=()):
+    """A VM launched over the bytes ABI (Platform.handle_bytes), as a node process runs it."""
+    from tvmm.host.devices import BlockDevice, Console, InputDevice
+    from tvmm.host.hypervisor import Devices, HonestHypervisor
+    from tvmm.machine import DEFAULT_MEMORY, make_machine
+
+    machine = make_machine(seed=0, image=image, level=level, wire=True)
+    host = HonestHypervisor(machine.client, Devices(Console(), BlockDevice(None),
+                                                    InputDevice(list(inputs))))
+    host.launch(image, level, DEFAULT_MEMORY)
+    return machine, host
+
+
+@pytest.mark.parametrize("level", [Level.PLAIN, Level.SEV])
+@pytest.mark.parametrize("rip", [TOP, (1 << 64) - 16])
+def test_a_host_set_rip_of_2_63_comes_back_as_an_exit_not_a_traceback(images, level, rip):
+    """Before: the FAULT record's RIP did not fit the codec's i64 and handle_bytes raised
+    struct.error after the VM had already died."""
+    from tvmm.hw.vcpu import RIP
+    from tvmm.hw.vmsa import pack_plain, unpack_plain
+
+    machine, host = _wired(images["hello"], level)
+    first = machine.client.enter(host.vm).exit
+    assert host.on_exit(first)  # the console write it asked for is answered
+    regs = list(unpack_plain(first.state))
+    regs[RIP] = rip
+    reply = machine.client.enter(host.vm, state=pack_plain(tuple(regs)))
+    # Where it stops depends on what Unicorn runs up there; its RIP is >= 2**63 anyway.
+    assert reply.ok and reply.exit.get(Field.RIP) >= TOP
+    assert reply.exit.seq == first.seq + 1
+    assert machine.platform.vm(host.vm).vcpus[0].seq == reply.exit.seq + 1  # and it has it
+
+
+BIG_SECTOR_GUEST = """#include "tvmm.h"
+static u8 buf[512];
+int main(void) {
+    i64 got = block_read(%dUL, buf, sizeof buf);
+    puts(got < 0 ? "refused\\n" : "read\\n");
+    return -1;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def big_sector_image(tmp_path_factory):
+    from tvmm import guestbuild
+    from tvmm.samples import resolve
+
+    src = tmp_path_factory.mktemp("guest") / "big_sector.c"
+    src.write_text(BIG_SECTOR_GUEST % TOP)
+    return resolve(str(guestbuild.build([src], src.with_suffix(".elf"))))[0]
+
+
+@pytest.mark.parametrize("level", list(Level))
+def test_a_guest_block_sector_of_2_63_reaches_the_host_over_the_bytes_abi(
+        big_sector_image, level):
+    """Before: the HYPERCALL record carrying the sector as ARG0 raised struct.error out of
+    handle_bytes, at every level (the guest chooses the sector).  The host then ends the
+    guest's request and the guest's exit status -1 travels as its 32 bits."""
+    machine, host = _wired(big_sector_image, level)
+    while True:
+        reply = machine.client.enter(host.vm, state=host.state)
+        assert reply.ok, reply
+        rec = reply.exit
+        host.state = rec.state
+        if rec.reason == ExitReason.HYPERCALL and TOP in dict(rec.fields).values():
+            break
+        assert host.on_exit(rec)
+    assert rec.get(Field.ARG0) == TOP
+    machine.client.complete_io(host.vm, -5)  # the host refuses the read
+    result = host.run()
+    assert result.how == "exit" and result.status == -1
+    assert "refused" in host.devices.console.text
+    assert machine.platform.vm(host.vm).exit_status == -1
