@@ -216,17 +216,18 @@ def _hand_over(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit) -> Reply:
                         host_fields(vm.view, out.reason, out.fields), state)
     ctx.handed_out = state
     ctx.seq += 1
-    result = _OK
+    result, operand = _OK, ""
     if out.dead:
         vm.state = VmState.DEAD
         vm.end_detail = out.dead
         if out.reason == ExitReason.SHUTDOWN:
             vm.exit_status = exit_status(out.fields[Field.STATUS])
         if out.reason == ExitReason.KILLED:
-            result = Result.VM_DEAD
+            # An error reply names its operand: the VM, as every later call on it does.
+            result, operand = Result.VM_DEAD, "vm"
     if tee.recorder.enabled:
         _trace_exit(tee, vm, ctx, out, record)
-    return Reply(result, exit=record)
+    return Reply(result, operand, exit=record)
 
 
 def _trace_exit(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit, record: ExitRecord) -> None:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from shim.platform import Platform
 from tvmm.abi import codec
 from tvmm.abi.guest import SECRETS_GPA, SHARED_BASE, SHARED_SIZE
-from tvmm.abi.messages import AddPages, CreateVm
+from tvmm.abi.messages import AddPages, CreateVm, Enter
 from tvmm.abi.types import ExitReason, Field, Level, PageType, Result
 from tvmm.owner import launch_secret
 from tvmm.owner.launch_secret import MAX_SECRET, LaunchSecretError, unwrap
@@ -247,3 +247,23 @@ def test_a_guest_block_sector_of_2_63_reaches_the_host_over_the_bytes_abi(
     assert result.how == "exit" and result.status == -1
     assert "refused" in host.devices.console.text
     assert machine.platform.vm(host.vm).exit_status == -1
+
+
+# -- 4. a VM_DEAD reply names its operand -------------------------------------------------
+
+@pytest.mark.parametrize("wire", [False, True])
+def test_the_reply_that_kills_a_vm_names_the_vm(launch, wire):
+    """Before: the ENTER that killed the VM (here: a tampered sealed state) answered
+    VM_DEAD with an empty operand, contrary to docs/abi.md."""
+    v = launch("counter", "shim")
+    first = v.client.enter(v.vm_id).exit
+    v.host.on_exit(first)
+    blob = first.state[:20] + bytes([first.state[20] ^ 1]) + first.state[21:]
+    request = Enter(v.vm_id, 0, 0, blob)
+    platform = v.machine.platform
+    reply = (codec.decode(platform.handle_bytes(codec.encode(request))) if wire
+             else platform.handle(request))
+    assert (reply.result, reply.operand) == (Result.VM_DEAD, "vm")
+    assert reply.exit.reason == ExitReason.KILLED
+    later = platform.handle(Enter(v.vm_id, 0, 0))
+    assert (later.result, later.operand) == (Result.VM_DEAD, "vm")

@@ -102,6 +102,7 @@ def test_single_stepping_is_detected_and_terminated_by_default(launch):
         reply = v.client.enter(v.vm_id, quantum=1, state=v.host.state)
         v.host.state = reply.exit.state
         if reply.exit.reason == ExitReason.KILLED:
+            assert (reply.result, reply.operand) == (Result.VM_DEAD, "vm")
             assert reply.exit.get(Field.KILL_REASON) == KillReason.STEP_POLICY
             break
         v.host.on_exit(reply.exit)
