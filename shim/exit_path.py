@@ -14,6 +14,7 @@ from shim import delivery, guest_calls, interrupts
 from shim.errors import BadOperand, BadState, Denied, IntegrityError
 from shim.views import View, host_fields
 from shim.vm import Pending, PendingKind, VcpuContext, Vm, VmState
+from tvmm.abi.guest import exit_status
 from tvmm.abi.messages import ExitRecord, Reply
 from tvmm.abi.types import ExitReason, Field, KillReason, Result
 from tvmm.hw.vcpu import RAX, RDI, RDX, REG_NAMES, RIP, RSI, Access, Stop, StopKind
@@ -182,7 +183,7 @@ def _hypercall(tee: Tee, vm: Vm, ctx: VcpuContext, stop: Stop) -> Exit | None:
         return Exit(ExitReason.HLT, {Field.RIP: stop.rip}) if outcome.yield_to_host else None
     if isinstance(outcome, guest_calls.Shutdown):
         return Exit(ExitReason.SHUTDOWN, {Field.STATUS: outcome.status, Field.RIP: stop.rip},
-                    dead=f"guest exited with status {outcome.status}")
+                    dead=f"guest exited with status {exit_status(outcome.status)}")
     kind = PendingKind.DEVICE if outcome.record is not None else PendingKind.HYPERCALL
     ctx.pending = Pending(kind, HYPERCALL_LEN, record=outcome.record)
     fields = dict(outcome.fields)
@@ -215,17 +216,18 @@ def _hand_over(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit) -> Reply:
                         host_fields(vm.view, out.reason, out.fields), state)
     ctx.handed_out = state
     ctx.seq += 1
-    result = _OK
+    result, operand = _OK, ""
     if out.dead:
         vm.state = VmState.DEAD
         vm.end_detail = out.dead
         if out.reason == ExitReason.SHUTDOWN:
-            vm.exit_status = out.fields.get(Field.STATUS)
+            vm.exit_status = exit_status(out.fields[Field.STATUS])
         if out.reason == ExitReason.KILLED:
-            result = Result.VM_DEAD
+            # An error reply names its operand: the VM, as every later call on it does.
+            result, operand = Result.VM_DEAD, "vm"
     if tee.recorder.enabled:
         _trace_exit(tee, vm, ctx, out, record)
-    return Reply(result, exit=record)
+    return Reply(result, operand, exit=record)
 
 
 def _trace_exit(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit, record: ExitRecord) -> None:

@@ -52,7 +52,7 @@ class Forward:
 
 @dataclass(frozen=True, slots=True)
 class Shutdown:
-    status: int
+    status: int  # the guest's 32-bit exit status, unsigned (tvmm.abi.guest.exit_status)
 
 
 Outcome = Served | Forward | Shutdown
@@ -61,7 +61,7 @@ Outcome = Served | Forward | Shutdown
 def handle(vm: Vm, bounce: BounceBuffers | None, nr: int, a0: int, a1: int, a2: int,
            tee: Tee | None = None) -> Outcome:
     if nr == Hypercall.EXIT:
-        return Shutdown(_signed32(a0))
+        return Shutdown(a0 & 0xFFFFFFFF)
     if nr in _SECURE_PROCESSOR and tee is not None:
         return Served(*attestation.serve(tee, vm, nr, a0, a1))
     guest_fields = {Field.NR: nr, Field.ARG0: a0, Field.ARG1: a1, Field.ARG2: a2}
@@ -109,7 +109,3 @@ def _owner_exchange(vm: Vm, bounce: BounceBuffers, gpa: int, length: int,
     return Forward({Field.DEVICE: Device.OWNER, Field.SLOT: record.slot_gpa,
                     Field.LENGTH: capacity, Field.ARG0: length}, record)
 
-
-def _signed32(value: int) -> int:
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value & 0x80000000 else value

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from shim.platform import Tee
 
 _BOOT_INFO = struct.Struct("<6Q")
+_SECRET_LEN = struct.Struct("<Q")
 RFLAGS_RESET = INITIAL_RFLAGS
 _NORMAL = measurement.PageType.NORMAL
 
@@ -70,11 +71,15 @@ def add_pages(
 
 
 def _secrets_page(tee: Tee, blob: bytes) -> bytes:
+    """The one page measured as SECRETS: ``u64 length ‖ secret``, zero-padded.  Built
+    whole before anything is written, so a refusal leaves the VM as it was."""
     try:
         secret = unwrap(blob, tee.launch_key) if blob else b""
     except LaunchSecretError as exc:
         raise BadOperand("data", str(exc)) from None
-    return struct.pack("<Q", len(secret)) + secret.ljust(PAGE - 8, b"\0")
+    if _SECRET_LEN.size + len(secret) > PAGE:
+        raise BadOperand("data", f"a {len(secret)}-byte secret does not fit the secrets page")
+    return (_SECRET_LEN.pack(len(secret)) + secret).ljust(PAGE, b"\0")
 
 
 def _boot_info(vm: Vm) -> bytes:

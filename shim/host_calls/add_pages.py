@@ -4,7 +4,10 @@ Each page is measured into the launch digest in the order added (SEV-SNP PAGE_IN
 NORMAL pages carry count * 4096 bytes of contents; ZERO, UNMEASURED, SECRETS and CPUID
 pages carry none (SECRETS carries the owner's wrapped secret, opaque to the host);
 VMSA pages cannot be added by the host (the TEE measures the initial vCPU at finalize).
-The TEE fills the CPUID page with the boot info and the SECRETS page with the secret.
+The TEE fills the CPUID page with the boot info and the SECRETS page with the secret
+(``u64 length ‖ secret``, one page).  The launch key is public, so the host can wrap a
+secret of any size: one that would not fit the page is refused (``data``) before
+anything is written.
 Preconditions: state CREATED; pages inside memory, private, not yet added.
 Results: OK, MALFORMED, BAD_OPERAND, BAD_STATE.
 """

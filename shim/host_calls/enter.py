@@ -5,7 +5,7 @@ timer).  ``state`` is what the host got at the last exit; what the TEE does with
 depends on the level (see exit_path.accept_host_state).  Preconditions: state RUNNABLE;
 no guest request waiting for COMPLETE_IO.  Results: OK, MALFORMED, BAD_OPERAND,
 BAD_STATE, DENIED (snp: the VMSA is guest-owned), ENTRY_REFUSED (a shim policy waits
-for the host), VM_DEAD (with a KILLED exit record when this entry killed it).
+for the host), VM_DEAD (operand ``vm``; with a KILLED exit record when this entry killed it).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """REMAP(vm, gpa, source): point guest page ``gpa`` at the backing of page ``source``.
 
 Works below ``snp`` (SEVered-style page swaps); the ownership table refuses it for
-private pages from ``snp`` up.  Results: OK, MALFORMED, BAD_OPERAND, BAD_STATE, DENIED.
+private pages from ``snp`` up.  The host moves only what it sees (GuestMemory.host_remap):
+ciphertext from ``sev`` up, which decrypts to garbage at another private address; plaintext
+at ``plain``.  Results: OK, MALFORMED, BAD_OPERAND, BAD_STATE, DENIED.
 """
 
 from __future__ import annotations

@@ -102,6 +102,7 @@ def test_single_stepping_is_detected_and_terminated_by_default(launch):
         reply = v.client.enter(v.vm_id, quantum=1, state=v.host.state)
         v.host.state = reply.exit.state
         if reply.exit.reason == ExitReason.KILLED:
+            assert (reply.result, reply.operand) == (Result.VM_DEAD, "vm")
             assert reply.exit.get(Field.KILL_REASON) == KillReason.STEP_POLICY
             break
         v.host.on_exit(reply.exit)
@@ -135,6 +136,42 @@ def test_repeated_faults_at_one_rip_trip_the_tdx_rule(launch, images):
             v.host.on_exit(rec)
     assert refused and faults == 7
     assert [x.policy for x in v.vm.policies.violations][:1] == ["fault_rule"]
+
+
+def test_the_fault_budget_allows_exactly_its_budget():
+    """``fault_budget`` faults in a window are allowed; one more is over (the boundary)."""
+    from shim.policies.faults import FaultPolicy
+
+    policy = FaultPolicy(PolicyConfig(fault_budget=3, fault_same_rip=100))
+    over = [policy.record(0x200000 + i, 0x300000, retired=0)[1] for i in range(5)]
+    assert over == [False, False, False, True, True]
+
+
+@pytest.mark.parametrize("budget", [1, 4])
+def test_the_vm_is_killed_at_the_first_fault_over_its_budget(launch, images, budget):
+    """The host unmaps a page the guest uses, again and again: the VM runs on after
+    ``budget`` faults and is killed (FAULT_POLICY) at the entry after fault budget + 1."""
+    config = PolicyConfig(fault_budget=budget, fault_same_rip=1000)
+    v = launch("modexp", "shim", policy_config=config)
+    mul = images["modexp"].symbol("modexp_multiply") & ~0xFFF
+    faults = 0
+    for _ in range(400):
+        v.client.unmap(v.vm_id, mul)
+        reply = v.client.enter(v.vm_id, state=v.host.state)
+        if reply.result == Result.VM_DEAD:
+            assert reply.exit.get(Field.KILL_REASON) == KillReason.FAULT_POLICY
+            break
+        rec = reply.exit
+        v.host.state = rec.state
+        if rec.reason == ExitReason.NPF:
+            faults += 1
+            v.client.map(v.vm_id, mul)
+        else:
+            assert rec.reason != ExitReason.SHUTDOWN
+            v.host.on_exit(rec)
+    else:
+        pytest.fail("the fault budget never tripped")
+    assert faults == budget + 1
 
 
 @pytest.mark.parametrize("vector", [0, 3, 13, 14, 31, 0x80, 0x21])
@@ -247,16 +284,24 @@ def test_policy_mappings_parse_or_fail_cleanly(values):
 
 
 def test_sealing_known_answer_and_nonce_uniqueness():
+    """The expected blobs are computed apart from shim.sealing: AES-256-GCM straight from
+    cryptography, with the layout the module documents — nonce = 4-byte fixed field ‖
+    u64 LE invocation counter from 1; associated data = b"TVMS" ‖ vm ‖ vcpu ‖ seq, each
+    u64 LE; blob = nonce ‖ ciphertext ‖ tag."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     from shim.errors import IntegrityError
-    from shim.sealing import StateSealer, associated_data
+    from shim.sealing import StateSealer
 
-    key, state = bytes(range(32)), b"registers" * 4
-    sealer = StateSealer(key, b"\x01\x02\x03\x04")
+    key, prefix, state = bytes(range(32)), b"\x01\x02\x03\x04", b"registers" * 4
+    aad = b"TVMS" + (7).to_bytes(8, "little") + (0).to_bytes(8, "little") \
+        + (42).to_bytes(8, "little")
+    sealer = StateSealer(key, prefix)
+    for count in (1, 2, 3):  # the counter part of the nonce, as seal draws it
+        nonce = prefix + count.to_bytes(8, "little")
+        assert sealer.seal(state, 7, 0, 42) == nonce + AESGCM(key).encrypt(nonce, state, aad)
     blob = sealer.seal_with_nonce(state, 7, 0, 42, bytes(12))
-    assert blob == bytes(12) + AESGCM(key).encrypt(bytes(12), state,
-                                                   associated_data(7, 0, 42))
+    assert blob == bytes(12) + AESGCM(key).encrypt(bytes(12), state, aad)
     blobs = {sealer.seal(state, 7, 0, 42) for _ in range(100)}
     assert len(blobs) == 100 and len({b[:12] for b in blobs}) == 100
     assert sealer.open(blob, 7, 0, 42) == state

@@ -11,7 +11,9 @@ when it holds which value.
   ciphertext at the same address to the old plaintext: the guest counts 11, 12, ... again.
 - ``page-remap``: after "count=20" the host points the counter's page at another page of
   the VM, one the image never uses (all zeros) — SEVered's primitive of remapping guest
-  pages in the nested page table: the counter restarts at 1.
+  pages in the nested page table: at ``plain`` the counter restarts at 1; from ``sev`` up
+  the moved ciphertext decrypts to garbage at the counter's address and the counter jumps
+  past its limit.
 
 Both work at ``plain``, ``sev`` and ``sev-es``; from ``snp`` up the ownership table (RMP)
 refuses host writes to and remaps of private pages (DENIED).
@@ -94,7 +96,7 @@ class MemoryReplay(Attack):
 
 class PageRemap(Attack):
     name = "page-remap"
-    summary = "remap the counter's page onto an unused zero page: the counter restarts"
+    summary = "remap the counter's page onto an unused zero page: the counter is overwritten"
     victims = ("counter",)
     kind = "integrity"
     published = ("SEVered (EuroSec 2018): the host remaps or swaps guest pages in its "

@@ -1,11 +1,13 @@
 """The one bytes codec of the ABI: messages to bytes and back, strictly.
 
-Layout: a u16 message tag, then the fields in declaration order.  int: i64 LE (values
-outside i64 are unencodable); bool: one byte 0/1; bytes: u32 length + data; str: u32
-length + UTF-8; IntEnum: i64 that must name a member; StrEnum: str that must name a
-member; a tuple of (Field, int) pairs: u16 count + pairs; an optional nested record: u8
-presence flag + record.  Decoding rejects unknown tags, out-of-range lengths, unknown
-enum values and trailing bytes with ``DecodeError`` naming the field.
+Layout: a u16 message tag, then the fields in declaration order.  int: i64 LE; U64 (what
+the TEE answers with: exit fields, sequence numbers, a reply's value): u64 LE, so every
+value a 64-bit register holds travels; bool: one byte 0/1; bytes: u32 length + data; str:
+u32 length + UTF-8; IntEnum: i64 that must name a member; StrEnum: str that must name a
+member; a tuple of (Field, U64) pairs: u16 count + pairs; an optional nested record: u8
+presence flag + record.  A value its field cannot hold is an ``EncodeError`` naming the
+field.  Decoding rejects unknown tags, out-of-range lengths, unknown enum values and
+trailing bytes with ``DecodeError`` naming the field.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import typing
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from tvmm.abi.messages import REQUESTS, ExitRecord, Reply
+from tvmm.abi.messages import REQUESTS, U64, ExitRecord, Reply
 from tvmm.abi.types import Field
 
 MAX_BYTES = 1 << 30
 _I64 = struct.Struct("<q")
+_U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 
@@ -37,7 +40,11 @@ class DecodeError(ValueError):
 
 
 class EncodeError(ValueError):
-    pass
+    """A value its field cannot hold; ``operand`` names the field."""
+
+    def __init__(self, operand: str, message: str) -> None:
+        super().__init__(f"{operand}: {message}")
+        self.operand = operand
 
 
 _TAGS: dict[int, type] = {int(call): cls for call, cls in REQUESTS.items()}
@@ -46,19 +53,19 @@ _TAG_OF: dict[type, int] = {cls: tag for tag, cls in _TAGS.items()}
 
 
 def _field_types(cls: type) -> list[tuple[str, Any]]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)  # keeps U64 apart from int
     return [(f.name, hints[f.name]) for f in dataclasses.fields(cls)]
 
 
 _SCHEMAS: dict[type, list[tuple[str, Any]]] = {cls: _field_types(cls) for cls in _TAGS.values()}
 _SCHEMAS[ExitRecord] = _field_types(ExitRecord)
-_PAIRS = tuple[tuple[Field, int], ...]
+_PAIRS = tuple[tuple[Field, U64], ...]
 
 
 def encode(message: Any) -> bytes:
     tag = _TAG_OF.get(type(message))
     if tag is None:
-        raise EncodeError(f"not an ABI message: {type(message).__name__}")
+        raise EncodeError("message", f"not an ABI message: {type(message).__name__}")
     out = bytearray(_U16.pack(tag))
     _encode_fields(out, message)
     return bytes(out)
@@ -75,10 +82,9 @@ def _encode_value(out: bytearray, name: str, tp: Any, value: Any) -> None:
     elif isinstance(tp, type) and issubclass(tp, StrEnum):
         _encode_value(out, name, str, tp(value).value)
     elif tp is int or (isinstance(tp, type) and issubclass(tp, IntEnum)):
-        try:
-            out += _I64.pack(int(value))
-        except struct.error as exc:
-            raise EncodeError(f"{name}: {value} does not fit in i64") from exc
+        _pack(out, _I64, name, value)
+    elif tp == U64:
+        _pack(out, _U64, name, value)
     elif tp is bytes:
         out += _U32.pack(len(value)) + bytes(value)
     elif tp is str:
@@ -87,7 +93,8 @@ def _encode_value(out: bytearray, name: str, tp: Any, value: Any) -> None:
     elif tp == _PAIRS:
         out += _U16.pack(len(value))
         for key, val in value:
-            out += _I64.pack(int(key)) + _I64.pack(int(val))
+            _pack(out, _I64, name, key)
+            _pack(out, _U64, name, val)
     elif tp == (ExitRecord | None):
         if value is None:
             out.append(0)
@@ -95,7 +102,15 @@ def _encode_value(out: bytearray, name: str, tp: Any, value: Any) -> None:
             out.append(1)
             _encode_fields(out, value)
     else:  # pragma: no cover - a schema error, caught by the codec tests
-        raise EncodeError(f"{name}: unsupported field type {tp}")
+        raise EncodeError(name, f"unsupported field type {tp}")
+
+
+def _pack(out: bytearray, fmt: struct.Struct, name: str, value: Any) -> None:
+    try:
+        out += fmt.pack(int(value))
+    except (struct.error, TypeError, ValueError) as exc:
+        kind = "u64" if fmt is _U64 else "i64"
+        raise EncodeError(name, f"{value!r} does not fit in {kind}") from exc
 
 
 class _Cursor:
@@ -148,6 +163,8 @@ def _decode_value(cur: _Cursor, name: str, tp: Any) -> Any:
             raise DecodeError(name, f"unknown {tp.__name__} {raw!r}") from None
     if tp is int:
         return _I64.unpack(cur.take(8, name))[0]
+    if tp == U64:
+        return _U64.unpack(cur.take(8, name))[0]
     if isinstance(tp, type) and issubclass(tp, IntEnum):
         return _enum(tp, _I64.unpack(cur.take(8, name))[0], name)
     if tp is bytes or tp is str:
@@ -166,7 +183,7 @@ def _decode_value(cur: _Cursor, name: str, tp: Any) -> Any:
         pairs = []
         for _ in range(count):
             key = _enum(Field, _I64.unpack(cur.take(8, name))[0], name)
-            pairs.append((key, _I64.unpack(cur.take(8, name))[0]))
+            pairs.append((key, _U64.unpack(cur.take(8, name))[0]))
         return tuple(pairs)
     if tp == (ExitRecord | None):
         flag = cur.take(1, name)[0]

@@ -29,6 +29,13 @@ class Hypercall(IntEnum):
     OWNER_EXCHANGE = 9  # a message to the guest owner and its answer, relayed by the host
 
 
+def exit_status(field: int) -> int:
+    """The guest's exit status (a C int) from the STATUS exit field, which carries its 32
+    bits unsigned: exit fields are u64 on the wire (tvmm.abi.codec)."""
+    field &= 0xFFFFFFFF
+    return field - (1 << 32) if field & 0x80000000 else field
+
+
 class GuestError(IntEnum):
     """Negative results returned to the guest in rax."""
 

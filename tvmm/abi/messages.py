@@ -8,15 +8,20 @@ builds two.
 
 Each request names the call it makes (``CALL``); ``REQUESTS`` maps a call to its type.
 Every field is a plain int, bytes, bool or one of the ABI enums, so that the codec can
-encode every message and a validator can check every field.
+encode every message and a validator can check every field.  A request's ints are signed
+64-bit (the TEE checks their range); what the TEE answers with — exit fields, sequence
+numbers, a reply's value — is ``U64``: any value a 64-bit register can hold, since a
+guest or the host's own register state decides many of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from tvmm.abi.types import Call, ExitReason, Field, Level, PageType, Result
+
+U64 = Annotated[int, "u64"]  # 0 <= value < 2**64, unsigned on the wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,9 +195,9 @@ class ExitRecord:
     ciphertext, or a sealed blob)."""
 
     reason: ExitReason
-    seq: int
-    vcpu: int
-    fields: tuple[tuple[Field, int], ...] = ()
+    seq: U64
+    vcpu: U64
+    fields: tuple[tuple[Field, U64], ...] = ()
     state: bytes = b""
 
     def get(self, name: Field, default: int | None = None) -> int | None:
@@ -208,7 +213,7 @@ class Reply:
 
     result: Result
     operand: str = ""
-    value: int = 0
+    value: U64 = 0
     data: bytes = b""
     exit: ExitRecord | None = field(default=None)
 

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tvmm.abi.guest import PAGE_SIZE, SHARED_BASE, SHARED_SIZE, Hypercall
+from tvmm.abi.guest import PAGE_SIZE, SHARED_BASE, SHARED_SIZE, Hypercall, exit_status
 from tvmm.abi.messages import ExitRecord, Reply
 from tvmm.abi.types import (
     DEFAULT_POLICY,
@@ -114,7 +114,7 @@ class HonestHypervisor:
             self.exits[rec.reason.name.lower()] += 1
             self.state = rec.state
             if rec.reason == ExitReason.SHUTDOWN:
-                how, status = "exit", rec.get(Field.STATUS)
+                how, status = "exit", exit_status(rec.get(Field.STATUS, 0))
                 break
             if rec.reason == ExitReason.FAULT:
                 how, detail = "fault", f"vector {rec.get(Field.VECTOR)}"

@@ -5,6 +5,7 @@ The plaintext lives only in the vCPU's memory, inside the TEE.  The host reaches
 only through ``host_*`` methods: shared pages in plaintext, private pages as ciphertext
 (or plaintext at ``plain``); its writes to private pages land (decrypted under the VM's
 key: replayed ciphertext restores old plaintext) unless the ownership table forbids them.
+A remap is one host read and one host write: no host call moves private plaintext.
 """
 
 from __future__ import annotations
@@ -70,12 +71,15 @@ class GuestMemory:
         self.vcpu.mem_write(gpa, data)
 
     def host_remap(self, gpa: int, source: int) -> None:
-        """The host points ``gpa`` at the page behind ``source``: modeled as the guest
-        then reading ``source``'s plaintext at ``gpa`` (ciphertext moved by the host
-        decrypts under the new address at real hardware; here both pages are the VM's)."""
+        """The host points ``gpa`` at the frame behind ``source``.  The host moves memory
+        as it sees it, so this is its read of ``source`` followed by its write of ``gpa``:
+        from ``sev`` up a private source moves as ciphertext (a shared destination then
+        shows the host ciphertext, never plaintext) and what lands in a private page
+        decrypts under the destination's tweak — garbage, as on hardware, where the XTS
+        tweak is the physical address.  At ``plain`` plaintext moves."""
         if self.ownership and (self.is_private(gpa) or self.is_private(source)):
             raise OwnershipViolation(f"page {gpa:#x} is assigned to one GPA only")
-        self.vcpu.mem_write(gpa, self.vcpu.mem_read(source, PAGE))
+        self.host_write(gpa, self.host_read(source))
         self.vcpu.flush_code(gpa, PAGE)
 
     def set_mapped(self, gpa: int, count: int, mapped: bool) -> None:

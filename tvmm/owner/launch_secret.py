@@ -8,6 +8,10 @@ SEV-style pre-attestation channel.)
 
 Blob = b"TVLS" ‖ ephemeral public key (97 bytes, uncompressed point) ‖ nonce (12) ‖
 AES-GCM ciphertext and tag; the associated data is the first 101 bytes.
+
+The launch key is public, so anyone (the host included) can wrap a secret of any size:
+``unwrap`` enforces ``MAX_SECRET`` itself, before it decrypts, and does not rely on the
+owner's ``wrap`` having done so.  The TEE writes ``u64 length ‖ secret`` into one page.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ MAGIC = b"TVLS"
 POINT = 97
 NONCE = 12
 INFO = b"tvmm launch secret v1"
-MAX_SECRET = 4096 - 8
+TAG = 16
+MAX_SECRET = 4096 - 8  # u64 length ‖ secret fills one page
+HEAD = len(MAGIC) + POINT
+MAX_BLOB = HEAD + NONCE + MAX_SECRET + TAG
 
 
 class LaunchSecretError(ValueError):
@@ -56,9 +63,12 @@ def wrap(
 
 
 def unwrap(blob: bytes, platform_key: ec.EllipticCurvePrivateKey) -> bytes:
-    if len(blob) < len(MAGIC) + POINT + NONCE + 16 or not blob.startswith(MAGIC):
+    if len(blob) < HEAD + NONCE + TAG or not blob.startswith(MAGIC):
         raise LaunchSecretError("not a launch-secret blob")
-    head = blob[: len(MAGIC) + POINT]
+    if len(blob) > MAX_BLOB:
+        raise LaunchSecretError(f"a launch secret is at most {MAX_SECRET} bytes "
+                                f"(a blob at most {MAX_BLOB}), got a {len(blob)}-byte blob")
+    head = blob[:HEAD]
     nonce = blob[len(head) : len(head) + NONCE]
     try:
         peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP384R1(), head[len(MAGIC) :])
