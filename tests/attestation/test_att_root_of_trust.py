@@ -89,7 +89,9 @@ def test_state_persists_with_private_modes(state_dir: Path, manufacturer: Manufa
     assert again.ark_cert == manufacturer.ark_cert and again.ask_cert == manufacturer.ask_cert
     Chip.load_or_create(state_dir, manufacturer, "chip-a")
     files = [p for p in state_dir.rglob("*") if p.is_file()]
-    assert {p.name for p in files} >= {"ark.pem", "ark_key.pem", "ask.pem", "vcek_key.pem"}
+    assert {p.name for p in files} >= {"ark.pem", "ark_key.pem", "ask.pem", "fuse",
+                                       "vcek_key.sealed"}
+    assert not any(p.name == "vcek_key.pem" for p in files)  # the chip key is never in clear
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     for path in [p for p in state_dir.rglob("*") if p.is_dir()]:

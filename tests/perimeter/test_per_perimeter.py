@@ -51,7 +51,8 @@ def test_measurement_covers_the_shim(tmp_path: Path) -> None:
 
 def test_in_process_perimeter(state: Path, tmp_path: Path) -> None:
     ark = pinned_ark(state)
-    coord = Coordinator(tmp_path / "c.db", Identity.create("c", "coordinator", state), ark)
+    cident = Identity.create("c", "coordinator", state)
+    coord = Coordinator(tmp_path / "c.db", cident, ark)
     coord.start()
     nodes = [Node(f"n{i}", Identity.create(f"n{i}", "node", state), ark).start()
              for i in (1, 2, 3)]
@@ -90,7 +91,7 @@ def test_in_process_perimeter(state: Path, tmp_path: Path) -> None:
         for n in (*nodes, rogue):
             n.close()
         coord.close()
-    store = Store(tmp_path / "c.db")  # reopened from disk: the chain still verifies
+    store = Store(tmp_path / "c.db", cident.chip, cident.measurement)  # reopened: it verifies
     assert store.check() == [] and len(store.audit_records()) >= 10
     store.close()
 

@@ -10,8 +10,12 @@ AMD's extensions (arc 1.3.6.1.4.1.3704.1) encoded the way AMD's key server encod
 INTEGERs for the struct version and SPLs, an IA5String product name, and the raw 64-byte
 chip id as the extension value (hwID).
 
-Keys live as PEM files (mode 0600, unencrypted: this is a model) in a state directory,
-created on first use. Each directory is written under a temporary name and renamed into
+The manufacturer's keys live as PEM files (mode 0600, unencrypted: they stand for the
+vendor's signing facility, which is no part of an operator's machine) in a state
+directory, created on first use.  A chip's directory models its silicon: a fused secret
+(``fuse``, raw random bytes), its VCEK private key wrapped under that secret (never as a
+PEM or DER key), and its monotonic counters; from the fused secret it derives sealing
+keys bound to a measurement (``Chip.sealing_key``, as SNP's MSG_KEY_REQ). Each directory is written under a temporary name and renamed into
 place, so a crash never leaves half a manufacturer and two racing processes agree on the
 one that won. The forms taking keys and ``now`` explicitly are pure apart from PSS salts.
 """
@@ -32,6 +36,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
 from tvmm.hw.report import AttestationReport, TcbVersion, sign_report
@@ -58,6 +64,10 @@ DEFAULT_TCB = TcbVersion(boot_loader=3, tee=0, snp=8, microcode=115)
 """The TCB of the Milan test report, so modeled chips look like that machine."""
 
 _ORG = "tvmm (modeled manufacturer)"
+FUSE_SIZE = 32
+_VCEK_WRAP = b"tvmm-chip-vcek-wrap-v1"
+_SEAL = b"tvmm-chip-seal-v1"
+_COUNTER_NAME = re.compile(r"[0-9a-f]{32}(\.[a-z]{1,16})?")
 _CHIP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
@@ -309,6 +319,7 @@ class Chip:
     vcek_cert: x509.Certificate
     manufacturer: Manufacturer
     tcb: TcbVersion
+    home: Path | None = None  # its directory (fused secret, counters); None: not stored
 
     @property
     def chip_id(self) -> bytes:
@@ -351,11 +362,15 @@ class Chip:
 
             def populate(tmp: Path) -> None:
                 made = cls.create(manufacturer, name, _new_ec(), tcb or DEFAULT_TCB, now=_now())
-                _write_key(tmp / "vcek_key.pem", made.key)
+                _write_fused(tmp, made.key)
                 _write_cert(tmp / "vcek.pem", made.vcek_cert)
 
             _create_dir_atomically(directory, populate)
-        key = _read_key(directory / "vcek_key.pem", ec.EllipticCurvePrivateKey)
+        legacy = directory / "vcek_key.pem"
+        if legacy.exists():  # a chip made when the key was kept in clear: wrap it now
+            _write_fused(directory, _read_key(legacy, ec.EllipticCurvePrivateKey))
+            legacy.unlink()
+        key = _read_fused(directory)
         cert = _read_cert(directory / "vcek.pem")
         _check_pair(cert, key, directory / "vcek.pem")
         stored_tcb = vcek_info(cert).tcb
@@ -365,13 +380,39 @@ class Chip:
             cert = manufacturer.issue_vcek(key.public_key(), tcb, now=_now())
             _replace_file(directory / "vcek.pem", cert.public_bytes(serialization.Encoding.PEM))
             stored_tcb = tcb
-        return cls(name, key, cert, manufacturer, stored_tcb)
+        return cls(name, key, cert, manufacturer, stored_tcb, directory)
 
     def sign_report(self, report: AttestationReport, *, deterministic: bool = False) -> bytes:
         """Sign ``report`` as this chip's PSP would: it stamps its own chip_id and
         reported_tcb (the two fields its VCEK certifies) and signs the rest as given."""
         stamped = replace(report, chip_id=self.chip_id, reported_tcb=self.tcb)
         return sign_report(stamped, self.key, deterministic=deterministic)
+
+    def sealing_key(self, measurement: bytes, purpose: str) -> bytes:
+        """A 32-byte key only this chip derives, and only for code with ``measurement``
+        (SNP's MSG_KEY_REQ with the measurement selected): HKDF-SHA384 over the fused
+        secret.  Other code, or the same code on another chip, gets another key."""
+        info = _SEAL + b"|" + measurement + b"|" + purpose.encode()
+        return HKDF(hashes.SHA384(), 32, salt=None, info=info).derive(
+            _read_fuse(self._home()))
+
+    def _home(self) -> Path:
+        if self.home is None:
+            raise ValueError(f"chip {self.name} has no stored state (made with Chip.create)")
+        return self.home
+
+    def new_counter(self) -> str:
+        """Define a fresh monotonic counter (as a TPM's NV_DefineSpace), value 0: its id."""
+        name = os.urandom(16).hex()
+        self.counter(name).write(0)
+        return name
+
+    def counter(self, name: str) -> MonotonicCounter:
+        if not isinstance(name, str) or not _COUNTER_NAME.fullmatch(name):
+            raise ValueError(f"counter name {name!r} must match {_COUNTER_NAME.pattern}")
+        directory = self._home() / "counters"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        return MonotonicCounter(directory / name)
 
     def write_chain(self, directory: Path | str) -> Path:
         """Write ark.pem, ask.pem and vcek.pem, the files an owner's verifier loads."""
@@ -384,6 +425,67 @@ class Chip:
         ):
             _replace_file(target / file_name, cert.public_bytes(serialization.Encoding.PEM))
         return target
+
+
+class CounterError(Exception):
+    """A monotonic counter was asked to go back, or its stored value is unreadable."""
+
+
+@dataclass(frozen=True)
+class MonotonicCounter:
+    """One monotonic counter of the chip (as a TPM NV counter): a small file only this
+    module writes, whole or not at all, fsync'd before ``increment`` returns."""
+
+    path: Path
+
+    def read(self) -> int:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise CounterError(f"the chip has no counter {self.path.name}") from None
+        if len(data) != 8:
+            raise CounterError(f"counter {self.path.name} is unreadable")
+        return int.from_bytes(data, "big")
+
+    def write(self, value: int) -> None:
+        _replace_file(self.path, value.to_bytes(8, "big"))
+
+    def increment(self) -> int:
+        value = self.read() + 1
+        self.write(value)
+        return value
+
+
+def _write_fused(directory: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """The chip's fused secret and its VCEK key wrapped under it (AES-256-GCM)."""
+    fuse = directory / "fuse"
+    if not fuse.exists():
+        _replace_file(fuse, os.urandom(FUSE_SIZE))
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    nonce = os.urandom(12)
+    _replace_file(directory / "vcek_key.sealed",
+                  nonce + AESGCM(_wrap_key(directory)).encrypt(nonce, der, _VCEK_WRAP))
+
+
+def _read_fused(directory: Path) -> ec.EllipticCurvePrivateKey:
+    sealed = (directory / "vcek_key.sealed").read_bytes()
+    der = AESGCM(_wrap_key(directory)).decrypt(sealed[:12], sealed[12:], _VCEK_WRAP)
+    key = serialization.load_der_private_key(der, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{directory} does not hold an EC chip key")
+    return key
+
+
+def _wrap_key(directory: Path) -> bytes:
+    return HKDF(hashes.SHA384(), 32, salt=None, info=_VCEK_WRAP).derive(_read_fuse(directory))
+
+
+def _read_fuse(directory: Path) -> bytes:
+    fuse = (directory / "fuse").read_bytes()
+    if len(fuse) != FUSE_SIZE:
+        raise ValueError(f"{directory / 'fuse'} is not a fused secret")
+    return fuse
 
 
 def _signed_by(cert: x509.Certificate, manufacturer: Manufacturer) -> bool:

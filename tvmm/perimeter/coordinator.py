@@ -6,6 +6,11 @@ that decides a migration's outcome: commit (the destination runs, the frozen sou
 destroyed) or abort (the source thaws).  Operators (the CLI, the host operator, attacks)
 may ask for anything; what they get is decided here and written to the audit log, with
 every refusal.
+
+Its state is sealed to its TEE (store.py).  A database that is not the newest state the
+TEE sealed — an older copy, or one edited outside it — is refused: the coordinator then
+serves only ``audit`` (which names the refusal) and refuses everything else, and the
+refusal is audited in the genuine log once that is back.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from tvmm.perimeter import wire
 from tvmm.perimeter.channel import Server, connect
 from tvmm.perimeter.checkpoint_file import CheckpointFormatError, read_meta
 from tvmm.perimeter.identity import Identity, Peer, PeerRefused
-from tvmm.perimeter.store import Store
+from tvmm.perimeter.store import StateRefused, Store
 
 
 def checkpoint_meta(data: bytes) -> dict:
@@ -40,7 +45,11 @@ class Refused(Exception):
 class Coordinator:
     def __init__(self, db_path: Path | str, identity: Identity, ark_pem: bytes,
                  host: str = "127.0.0.1", port: int = 0) -> None:
-        self.store = Store(db_path)
+        self.refusal: StateRefused | None = None
+        try:
+            self.store = Store(db_path, identity.chip, identity.measurement)
+        except StateRefused as exc:
+            self.refusal = exc
         self.identity = identity
         self.ark = ark_pem
         self.measurement = identity.measurement
@@ -56,7 +65,8 @@ class Coordinator:
 
     def close(self) -> None:
         self.server.close()
-        self.store.close()
+        if self.refusal is None:
+            self.store.close()
 
     def crash_point(self, name: str) -> None:
         """Fault injection: die here (SIGKILL) when TVMM_FAULT_COORDINATOR names the point."""
@@ -64,6 +74,8 @@ class Coordinator:
             os.kill(os.getpid(), 9)
 
     def _attestation_refused(self, name: str, reason: str, message: str) -> None:
+        if self.refusal is not None:
+            return
         self.store.log("attestation_refused", node=name, reason=reason, message=message)
 
     # -- talking to nodes --------------------------------------------------------------------------
@@ -82,6 +94,11 @@ class Coordinator:
     def handle(self, peer: Peer | None, msg: wire.Message, conn: ssl.SSLSocket
                ) -> wire.Message:
         op = msg.op
+        if self.refusal is not None:
+            if op == "audit":
+                return wire.reply(records=[], problems=[str(self.refusal)])
+            return wire.reply(False, error=f"the coordinator's state is refused: "
+                              f"{self.refusal}", reason=self.refusal.reason.value)
         try:
             if op == "register":
                 return self.register(peer, msg)
@@ -112,6 +129,8 @@ class Coordinator:
                               reason="unknown")
         except Refused as exc:
             return wire.reply(False, error=str(exc), reason=exc.reason)
+        except StateRefused as exc:
+            return wire.reply(False, error=str(exc), reason=exc.reason.value)
         except (PeerRefused, OSError, wire.WireError) as exc:
             return wire.reply(False, error=f"{type(exc).__name__}: {exc}", reason="node")
 
@@ -195,10 +214,11 @@ class Coordinator:
         node, state, version, level, memory = self._vm(vm)
         if state != "running":
             self._refuse("suspend_refused", "state", f"{vm} is {state}", vm=vm)
-        epoch, stream, key = version + 1, secrets.randbits(62), secrets.token_hex(32)
+        epoch, stream = version + 1, secrets.randbits(62)
+        key = self.store.checkpoint_key(vm, epoch, stream).hex()
         with self.store.txn() as db:
-            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,0,'prepared')",
-                       (vm, epoch, key, stream))
+            db.execute("INSERT OR REPLACE INTO checkpoints (vm, version, stream, consumed, "
+                       "state) VALUES (?,?,?,0,'prepared')", (vm, epoch, stream))
             db.execute("UPDATE vms SET state='suspending' WHERE name=?", (vm,))
             self.store.audit(db, "suspend_prepare", vm=vm, node=node, epoch=epoch)
         try:
@@ -288,7 +308,7 @@ class Coordinator:
         with self.store.txn() as db:
             row = db.execute("SELECT state, version, level, memory FROM vms WHERE name=?",
                              (vm,)).fetchone()
-            ck = db.execute("SELECT key, consumed, stream FROM checkpoints WHERE vm=? AND "
+            ck = db.execute("SELECT consumed, stream FROM checkpoints WHERE vm=? AND "
                             "version=? AND state='committed'", (vm, epoch)).fetchone()
             reason = ""
             if row is None or ck is None:
@@ -296,7 +316,7 @@ class Coordinator:
             elif epoch < row[1]:
                 reason, message = "rollback", (f"{vm} version {epoch} is older than the "
                                                f"newest version {row[1]}")
-            elif ck[1] or row[0] != "suspended":
+            elif ck[0] or row[0] != "suspended":
                 reason, message = "clone", (f"{vm} version {epoch} was already resumed "
                                             f"(the VM is {row[0]})")
             if reason:
@@ -310,9 +330,10 @@ class Coordinator:
         if reason:
             raise Refused(reason, message)
         self.crash_point("resume_after_authorize")
-        stream = ck[2]
+        stream = ck[1]
+        key = self.store.checkpoint_key(vm, epoch, stream).hex()
         answer = self.node_call(node, wire.Message("node_resume", {
-            "vm": vm, "epoch": epoch, "stream": stream, "key": ck[0], "level": row[2],
+            "vm": vm, "epoch": epoch, "stream": stream, "key": key, "level": row[2],
             "memory": row[3]}, ckpt))
         with self.store.txn() as db:
             if answer["ok"]:
@@ -403,6 +424,8 @@ class Coordinator:
         act on it once, for that stream only: the coordinator may have died before telling
         them), settle every suspend left prepared, and every resume it authorised but
         never saw finish."""
+        if self.refusal is not None:
+            return [str(self.refusal)]
         done = []
         for _mid, vm, src, dst, state, stream in self.store.query(
                 "SELECT id, vm, src, dst, state, stream FROM migrations WHERE id IN "

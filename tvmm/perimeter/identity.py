@@ -162,11 +162,17 @@ class Identity:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        # ssl loads keys only from files: the one written is encrypted under a password
+        # that exists only in this process's memory, so no private key touches a disk
+        password = os.urandom(32).hex().encode()
+        key_pem = serialization.load_pem_private_key(self.key_pem, None).private_bytes(
+            _PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(password))
         with tempfile.TemporaryDirectory() as tmp:
             cert, key = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
             cert.write_bytes(self.cert_pem)
-            key.write_bytes(self.key_pem)
-            ctx.load_cert_chain(cert, key)
+            key.write_bytes(key_pem)
+            ctx.load_cert_chain(cert, key, password=password)
         return ctx
 
     def server_context(self) -> ssl.SSLContext:

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         recovered = service.recover()
         info = {"ready": True, "role": "coordinator", "port": service.address[1],
                 "host": args.advertise, "recovered": recovered}
+        if service.refusal is not None:  # it serves only the audit op, which names this
+            info["refused"] = {"reason": service.refusal.reason.value,
+                               "error": str(service.refusal)}
     else:
         patch = b"\n# rogue: modified trusted code\n" if args.rogue else b""
         ident = Identity.create(args.name, "node", state, patch=patch)
