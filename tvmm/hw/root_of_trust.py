@@ -404,8 +404,15 @@ class Chip:
     def new_counter(self) -> str:
         """Define a fresh monotonic counter (as a TPM's NV_DefineSpace), value 0: its id."""
         name = os.urandom(16).hex()
-        self.counter(name).write(0)
+        self.define_counter(name)
         return name
+
+    def define_counter(self, name: str) -> MonotonicCounter:
+        """The counter ``name``, defined at 0 if the chip has none of that name."""
+        counter = self.counter(name)
+        if not counter.path.exists():
+            counter._write(0)
+        return counter
 
     def counter(self, name: str) -> MonotonicCounter:
         if not isinstance(name, str) or not _COUNTER_NAME.fullmatch(name):
@@ -447,12 +454,12 @@ class MonotonicCounter:
             raise CounterError(f"counter {self.path.name} is unreadable")
         return int.from_bytes(data, "big")
 
-    def write(self, value: int) -> None:
+    def _write(self, value: int) -> None:
         _replace_file(self.path, value.to_bytes(8, "big"))
 
     def increment(self) -> int:
         value = self.read() + 1
-        self.write(value)
+        self._write(value)
         return value
 
 

@@ -195,6 +195,7 @@ class Store:
                 self._refuse(Problem.UNSEALED, f"{self.path} holds state no coordinator "
                              "sealed (made by older code, or its seal was removed)")
             self.counter_id, self.refusals = self.chip.new_counter(), 0
+            self.chip.define_counter(self.counter_id + ".refused")
             db.execute("BEGIN IMMEDIATE")
             self._write_seal(db, 0)
             db.execute("COMMIT")
