@@ -4,8 +4,11 @@ test), and as separate processes through the CLI (one test)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +16,11 @@ import pytest
 from tvmm.cli import main as cli
 from tvmm.host import node_host
 from tvmm.operator.client import OperatorClient, PerimeterError
+from tvmm.operator.launcher import ROGUE_FILE, Perimeter
 from tvmm.perimeter import measure, wire
 from tvmm.perimeter.checkpoint_file import Checkpoint
 from tvmm.perimeter.coordinator import Coordinator, checkpoint_meta
-from tvmm.perimeter.identity import Identity, PeerRefused, pinned_ark
+from tvmm.perimeter.identity import Identity, pinned_ark
 from tvmm.perimeter.node import Node
 from tvmm.perimeter.store import Store
 from tvmm.samples import build_sample
@@ -31,22 +35,53 @@ def _counts(text: str) -> list[int]:
     return [int(x) for x in re.findall(r"count=(\d+)", text)]
 
 
-def test_measurement_covers_the_shim(tmp_path: Path) -> None:
+def _measured_from(root: Path) -> str:
+    """The measurement a process started from the code tree ``root`` takes."""
+    out = subprocess.run([sys.executable, "-c", "from tvmm.perimeter import measure; "
+                          "print(measure.measurement().hex())"], cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)}, check=True,
+                         capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def test_measurement_is_of_the_code_loaded(tmp_path: Path) -> None:
+    """One changed line of trusted code, or of code it imports (the shim's trace events,
+    unmeasured before), changes the measurement; code no perimeter process loads does
+    not."""
     root = tmp_path / "tree"
-    for tree in ("tvmm/hw", "shim", "tvmm/abi", "tvmm/perimeter", "tvmm/owner"):
+    for tree in ("tvmm", "shim"):
         shutil.copytree(measure.ROOT / tree, root / tree,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    before = measure.measure_tree(root)
-    assert before == measure.measurement()
-    path = root / "shim" / "exit_path.py"
-    path.write_text(path.read_text().replace("HYPERCALL_LEN = 3", "HYPERCALL_LEN = 3  # x"))
-    assert measure.measure_tree(root) != before
-    path.write_text(path.read_text().replace("  # x", ""))
-    (root / "tvmm" / "host").mkdir()
-    (root / "tvmm" / "host" / "node_host.py").write_text("# untrusted: not measured\n")
-    assert measure.measure_tree(root) == before
-    (root / "tvmm" / "perimeter" / "extra.py").write_text("# in the perimeter: measured\n")
-    assert measure.measure_tree(root) != before
+    before = _measured_from(root)
+    assert before == measure.measurement().hex()
+    for rel, measured in (("shim/exit_path.py", True), ("tvmm/trace/events.py", True),
+                          ("tvmm/cli.py", False)):
+        path = root / rel
+        text = path.read_text()
+        path.write_text(text.replace("\n", "  # changed\n", 1))
+        assert (_measured_from(root) != before) == measured, rel
+        path.write_text(text)
+
+
+def test_a_perimeter_process_loads_only_measured_code() -> None:
+    code = ("import sys; from tvmm.perimeter import service, measure; measure.load(); "
+            "print(','.join(measure.unmeasured_loaded()))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(measure.ROOT)})
+    assert out.stdout.strip() == ""
+    assert "tvmm.trace.events" in measure.measured_names()  # the shim imports it
+
+
+def test_a_node_with_one_changed_line_is_refused(state: Path, tmp_path: Path) -> None:
+    with Perimeter(state) as per:
+        per.start_coordinator(db=tmp_path / "c.db")
+        (rogue,) = per.start_nodes(["rogue"], rogue=True)
+        tree = per.trees[0]
+        assert (tree / ROGUE_FILE).read_text() != (measure.ROOT / ROGUE_FILE).read_text()
+        assert rogue.info["registered"] is False and "measurement" in rogue.info["error"]
+        audit = OperatorClient(per.address, state).audit()
+        refused = [r for r in audit["records"] if r["event"] == "attestation_refused"]
+        assert refused and refused[0]["detail"]["reason"] == "measurement"
 
 
 def test_in_process_perimeter(state: Path, tmp_path: Path) -> None:
@@ -56,13 +91,9 @@ def test_in_process_perimeter(state: Path, tmp_path: Path) -> None:
     coord.start()
     nodes = [Node(f"n{i}", Identity.create(f"n{i}", "node", state), ark).start()
              for i in (1, 2, 3)]
-    rogue = Node("rogue", Identity.create("rogue", "node", state, patch=b"#x"), ark).start()
     try:
         for n in nodes:
             n.register(coord.address)
-        with pytest.raises(PeerRefused) as refused:
-            rogue.register(coord.address)
-        assert refused.value.reason == "measurement"
         op = OperatorClient(coord.address, state)
         image = build_sample("counter").path.read_bytes()
         vm = op.launch(image, "counter", "n1", "shim", 4 << 20, (2000).to_bytes(8, "little"))
@@ -74,7 +105,7 @@ def test_in_process_perimeter(state: Path, tmp_path: Path) -> None:
             op.resume(ckpt, "n1")
         assert exc.value.reason == "rollback"
         with pytest.raises(PerimeterError) as exc:
-            op.migrate(vm, "rogue", live=False)
+            op.migrate(vm, "n9", live=False)
         assert exc.value.reason == "not_in_perimeter"
         hosted = nodes[2].vms[vm]
         assert hosted.runner.done.wait(60)
@@ -84,11 +115,11 @@ def test_in_process_perimeter(state: Path, tmp_path: Path) -> None:
         audit = op.audit()
         assert audit["problems"] == []
         events = [r["event"] for r in audit["records"]]
-        for e in ("attestation_refused", "suspended", "resumed", "migrate_commit",
+        for e in ("suspended", "resumed", "migrate_commit",
                   "resume_refused", "migrate_refused"):
             assert e in events
     finally:
-        for n in (*nodes, rogue):
+        for n in nodes:
             n.close()
         coord.close()
     store = Store(tmp_path / "c.db", cident.chip, cident.measurement)  # reopened: it verifies

@@ -1,7 +1,8 @@
 """Scenario 12a — migrate a VM to a node outside the perimeter.
 
-The host starts a node running modified trusted code (its measurement differs, as a node
-with a patched shim would), then asks the coordinator to move the victim there.  Blocked
+The host starts a node from a copy of the code tree with one line of the shim changed
+(tvmm.operator.launcher.rogue_tree: the process really runs that code, and its measurement
+is taken over what it loaded), then asks the coordinator to move the victim there.  Blocked
 when the coordinator refused the rogue node's registration and the migration, both are in
 the audit log, and the VM still runs on its node."""
 
