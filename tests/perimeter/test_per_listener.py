@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tvmm.host.node_service import NodeHost
 from tvmm.operator.client import OperatorClient, operator_context
 from tvmm.perimeter import wire
 from tvmm.perimeter.channel import Limits, Server
@@ -128,23 +129,30 @@ def _node(state: Path, limits: Limits) -> Node:
     return Node("n1", Identity.create("n1", "node", state), pinned_ark(state), limits=limits)
 
 
-def _host_port_answers(node: Node) -> bool:
-    with socket.create_connection(node.host_address, timeout=BOUND) as s:
+def _host_port_answers(address: tuple[str, int]) -> bool:
+    with socket.create_connection(address, timeout=BOUND) as s:
         wire.send(s, wire.Message("stream_begin", {"stream": 5, "vm": "x", "level": "shim",
                                                    "memory": 4096, "policy": 0}))
         answer = wire.recv(s)
         return answer.op == "reply" and not answer["ok"]  # no migration expected: refused
 
 
-def test_node_host_port_keeps_serving_after_accept_errors(state: Path) -> None:
-    node = _node(state, Limits(backoff=0.001, max_backoff=0.01))
-    node.host_sock = FlakyListener(node.host_sock, [errno.EMFILE, errno.ENFILE])
-    node.start()
+def test_node_host_port_keeps_serving_after_accept_errors(tmp_path: Path) -> None:
+    """The host port is the node's host's (a process of its own): its listener, here in
+    this process with the two channels to an agent that never speaks."""
+    agent_ends = [socket.socketpair() for _ in range(2)]
+    host = NodeHost(agent_ends[0][1], agent_ends[1][1], "127.0.0.1", 0, tmp_path,
+                    Limits(backoff=0.001, max_backoff=0.01))
+    host.host_sock = FlakyListener(host.host_sock, [errno.EMFILE, errno.ENFILE])
+    host.start_port()
     try:
-        assert _host_port_answers(node)
-        assert node.host_acceptor.errors == 2
+        assert _host_port_answers(host.host_sock.getsockname()[:2])
+        assert host.host_acceptor is not None and host.host_acceptor.errors == 2
     finally:
-        node.close()
+        host.close_port()
+        for pair in agent_ends:
+            for s in pair:
+                s.close()
 
 
 def test_node_host_port_closes_idle_connections(state: Path) -> None:
@@ -152,7 +160,7 @@ def test_node_host_port_closes_idle_connections(state: Path) -> None:
     try:
         idle = _idle(node.host_address, 6)
         assert all(_closed_by_peer(s) for s in idle)
-        assert _host_port_answers(node)
+        assert _host_port_answers(node.host_address)
         idle = _idle(node.address, 3)  # the agent's TLS port too
         assert all(_closed_by_peer(s) for s in idle)
     finally:

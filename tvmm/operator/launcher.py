@@ -4,6 +4,10 @@ Each process is ``python -m tvmm.perimeter.service``; the launcher waits for its
 "ready" JSON line (with a timeout, no sleeps).  Children started with ``die_with_parent``
 get PR_SET_PDEATHSIG so a test or attack that dies cannot leak them.  ``Perimeter``
 records the processes in ``<state>/perimeter/perimeter.json`` for ``tvmm perimeter down``.
+
+A rogue node (``rogue=True``: the host operator runs modified trusted code) is started from
+a copy of the code tree with one line of the shim changed (``rogue_tree``): the process
+really loads that code, and its measurement is whatever that code measures to.
 """
 
 from __future__ import annotations
@@ -12,16 +16,34 @@ import ctypes
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+CODE_ROOT = Path(__file__).resolve().parents[2]  # the tree the processes run from
+ROGUE_FILE = Path("shim") / "__init__.py"
+
 
 class LaunchError(RuntimeError):
     pass
+
+
+def rogue_tree(parent: Path) -> Path:
+    """A copy of the code tree (tvmm, shim) with one line of the shim changed."""
+    root = Path(tempfile.mkdtemp(prefix="rogue-", dir=parent))
+    for package in ("tvmm", "shim"):
+        shutil.copytree(CODE_ROOT / package, root / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    path = root / ROGUE_FILE
+    lines = path.read_text().splitlines(keepends=True)
+    lines[0] = lines[0].rstrip("\n") + "  # changed by the host operator\n"
+    path.write_text("".join(lines))
+    return root
 
 
 def _pdeathsig() -> None:
@@ -45,11 +67,15 @@ def spawn(args: list[str], state_dir: Path, *, die_with_parent: bool, timeout: f
 
 
 def start(args: list[str], state_dir: Path, *, die_with_parent: bool, env: dict | None = None,
-          log: Path | None = None) -> subprocess.Popen:
+          log: Path | None = None, code: Path | None = None) -> subprocess.Popen:
+    """Start one process, from ``code`` (a tree holding tvmm and shim) if given."""
     cmd = [sys.executable, "-m", "tvmm.perimeter.service", *args, "--state-dir", str(state_dir)]
     stderr = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr,
-                            env={**os.environ, **(env or {})},
+    env = {**os.environ, **(env or {})}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env,
+                            cwd=code,
                             preexec_fn=_pdeathsig if die_with_parent else None,
                             start_new_session=not die_with_parent)
 
@@ -80,6 +106,7 @@ class Perimeter:
     coordinator: Proc | None = None
     nodes: dict[str, Proc] = field(default_factory=dict)
     die_with_parent: bool = True
+    trees: list[Path] = field(default_factory=list)  # rogue code trees, removed at stop
 
     @property
     def address(self) -> tuple[str, int]:
@@ -103,16 +130,19 @@ class Perimeter:
         every one to be registered and ready."""
         host, port = self.address
         started = []
+        code = None
+        if rogue:
+            (self.state_dir / "rogue").mkdir(parents=True, exist_ok=True)
+            code = rogue_tree(self.state_dir / "rogue")
+            self.trees.append(code)
         for name in names:
             args = ["node", "--name", name, "--coordinator", f"{host}:{port}",
                     "--storage", str(self.state_dir / "storage" / name)]
-            if rogue:
-                args.append("--rogue")
             (self.state_dir / "storage" / name).mkdir(parents=True, exist_ok=True)
             started.append((name, args, start(args, self.state_dir,
                                               die_with_parent=self.die_with_parent,
                                               env=(env or {}).get(name),
-                                              log=self.state_dir / f"{name}.log")))
+                                              log=self.state_dir / f"{name}.log", code=code)))
         try:
             for name, args, popen in started:
                 self.nodes[name] = await_ready(popen, args)
@@ -144,6 +174,9 @@ class Perimeter:
                 p.popen.wait()
             if p.popen.stdout:
                 p.popen.stdout.close()
+        if self.die_with_parent:  # else the processes outlive us and still run from them
+            for tree in self.trees:
+                shutil.rmtree(tree, ignore_errors=True)
 
     def __enter__(self) -> Perimeter:
         return self

@@ -4,7 +4,7 @@ Every coordinator and node process has a fresh TLS key pair and an attestation r
 signed by its chip (tvmm.hw.root_of_trust.Chip) whose report_data binds that key:
 
     report_data = SHA-384(b"tvmm-perimeter-tls-v1" ‖ DER SubjectPublicKeyInfo) ‖ 16 zero bytes
-    measurement = tvmm.perimeter.measure.measurement()  (the trusted code it runs)
+    measurement = tvmm.perimeter.measure.measurement()  (the trusted code it loaded)
 
 TLS is mutual (CERT_REQUIRED both ways) with certificates issued by a transport CA that
 the processes of one perimeter share; that CA is *not* what we trust — anyone holding its
@@ -123,8 +123,7 @@ class Identity:
     measurement: bytes
 
     @classmethod
-    def create(cls, name: str, role: str, state_dir: Path | None = None,
-               patch: bytes = b"") -> Identity:
+    def create(cls, name: str, role: str, state_dir: Path | None = None) -> Identity:
         state_dir = Path(state_dir) if state_dir else default_state_dir()
         chip = Chip.load_or_create(state_dir, manufacturer(state_dir), f"{role}-{name}")
         ca_cert, ca_key = transport_ca(state_dir)
@@ -139,7 +138,7 @@ class Identity:
                 .sign(ca_key, hashes.SHA256()))
         spki = key.public_key().public_bytes(serialization.Encoding.DER,
                                              serialization.PublicFormat.SubjectPublicKeyInfo)
-        meas = measurement(patch)
+        meas = measurement()
         tcb = chip.tcb
         report = chip.sign_report(AttestationReport(
             policy=GuestPolicy(abi_minor=51, abi_major=1), measurement=meas,

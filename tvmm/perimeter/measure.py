@@ -1,49 +1,87 @@
 """The measurement of the perimeter's trusted code: what a node's report attests.
 
-SHA-384 over the trusted packages' source files — tvmm/hw, shim, tvmm/abi, the
-owner-side verifier and launch-secret code the agents run, and tvmm/perimeter (all of
-it trusted or data only: the untrusted host and operator code lives elsewhere) — walked in sorted order: digest = SHA-384(digest ‖ path ‖ NUL ‖
-SHA-384(content)), starting from 48 zero bytes.  Changing one line of the shim changes
-the measurement, and a coordinator that pins the measurement of its own release refuses
-the node.  ``patch`` models a node running modified trusted code (the rogue node of the
-attacks): its bytes are appended to one file before hashing.
+It is taken over the code the process actually loaded: every module of the measured set
+is imported, and each is hashed by the bytes of the file it was loaded from
+(``module.__file__``), in name order: digest = SHA-384(digest ‖ name ‖ NUL ‖
+SHA-384(file)), from 48 zero bytes.  A process started from a tree with one changed line
+of any measured module (a rogue node: tvmm.operator.launcher runs one from a modified
+copy) loads other bytes and gets another measurement, which the coordinator refuses.
+
+The measured set is the trusted trees (tvmm/hw, shim, tvmm/abi, tvmm/perimeter: every
+module in them) and every module of ours that code imports: the owner-side verifier,
+launch-secret and key-release code, the shim's launch plan and guest-image parser, its
+trace events and recorder.  The node's host is not in it: it runs as a process of its
+own (tvmm.host.node_service), which the agent starts by name and never imports.  A
+perimeter process checks at start that it loaded nothing of ours outside that set
+(``check_closed``), so trusted code cannot come to import unmeasured code unnoticed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import pkgutil
+import sys
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
-TRUSTED_TREES = ("tvmm/hw", "shim", "tvmm/abi")
-TRUSTED_FILES = ("tvmm/owner/verify.py", "tvmm/owner/launch_secret.py")
-UNTRUSTED_PERIMETER = frozenset({"node_host.py", "client.py", "launcher.py"})
-PATCHED_FILE = "shim/exit_path.py"
+OURS = ("tvmm", "shim")
+TRUSTED_TREES = ("tvmm.hw", "shim", "tvmm.abi", "tvmm.perimeter")
+IMPORTED_BY_TRUSTED = (
+    "tvmm", "tvmm.owner", "tvmm.owner.verify", "tvmm.owner.launch_secret",
+    "tvmm.owner.key_release",  # shim.attestation
+    "tvmm.launch_plan", "tvmm.guestimage",  # shim.launch
+    "tvmm.trace", "tvmm.trace.events", "tvmm.trace.recorder",  # shim's trace points
+)
 
 
-def trusted_files(root: Path = ROOT) -> list[Path]:
-    files: set[Path] = set()
-    for tree in TRUSTED_TREES:
-        files.update(p for p in (root / tree).rglob("*.py") if "__pycache__" not in p.parts)
-    files.update(root / f for f in TRUSTED_FILES if (root / f).is_file())
-    files.update((root / "tvmm" / "perimeter").glob("*.py"))
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+class UnmeasuredCode(RuntimeError):
+    """A perimeter process loaded code of ours that its measurement does not cover."""
 
 
-def measure_tree(root: Path = ROOT, patch: bytes = b"") -> bytes:
+@lru_cache(maxsize=1)
+def measured_names() -> tuple[str, ...]:
+    names = set(IMPORTED_BY_TRUSTED)
+    for package in TRUSTED_TREES:
+        names.add(package)
+        module = importlib.import_module(package)
+        names.update(info.name for info in pkgutil.walk_packages(module.__path__,
+                                                                 package + "."))
+    return tuple(sorted(names))
+
+
+def load() -> dict[str, ModuleType]:
+    """Import every module of the measured set: the code the measurement is taken over."""
+    return {name: importlib.import_module(name) for name in measured_names()}
+
+
+def measure_loaded(modules: dict[str, ModuleType]) -> bytes:
     digest = bytes(48)
-    for path in trusted_files(root):
-        rel = path.relative_to(root).as_posix()
-        content = path.read_bytes()
-        if patch and rel == PATCHED_FILE:
-            content += patch
-        digest = hashlib.sha384(digest + rel.encode() + b"\0"
+    for name in sorted(modules):
+        content = Path(modules[name].__file__ or "").read_bytes()
+        digest = hashlib.sha384(digest + name.encode() + b"\0"
                                 + hashlib.sha384(content).digest()).digest()
     return digest
 
 
-@lru_cache(maxsize=4)
-def measurement(patch: bytes = b"") -> bytes:
-    """The measurement of this installation's trusted code (cached per process)."""
-    return measure_tree(ROOT, patch)
+def unmeasured_loaded() -> list[str]:
+    """Modules of ours loaded in this process that the measurement does not cover."""
+    measured = set(measured_names())
+    return sorted(n for n in list(sys.modules)
+                  if n.split(".")[0] in OURS and n not in measured)
+
+
+def check_closed() -> None:
+    """Refuse to go on in a perimeter process that loaded unmeasured code of ours."""
+    stray = unmeasured_loaded()
+    if stray:
+        raise UnmeasuredCode(f"trusted code loaded modules it does not measure: "
+                             f"{', '.join(stray)}")
+
+
+@lru_cache(maxsize=1)
+def measurement() -> bytes:
+    """The measurement of the code this process loaded (cached per process)."""
+    return measure_loaded(load())

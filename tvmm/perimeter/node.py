@@ -1,24 +1,33 @@
-"""The node agent: a TEE (shim.platform.Platform), its honest host, and the trusted
-management agent between them and the perimeter.
+"""The node agent: a TEE (shim.platform.Platform) and the trusted management agent between
+it, its host and the perimeter.
 
 The agent is the only code that installs stream keys in the TEE (shim.management) and
-it does so only on the coordinator's word (attested TLS): a fresh random key for a
-suspend (handed to the coordinator, which releases it for one resume of the newest
-version), or a key agreed by X25519 with the destination's attested agent for a
-migration.  The host part (tvmm.host.node_host, untrusted: it shares the process, as a
-node's host VMM shares its machine with the TEE, and nothing the agent trusts comes from
-it) runs the VMs and moves the bundles — over the node's plain "host port" from one host
-to the next.
+it does so only on the coordinator's word (attested TLS): a key the coordinator derived
+for a suspend (released again for one resume of the newest version), or a key agreed by
+X25519 with the destination's attested agent for a migration.
+
+The node's host (tvmm.host.node_service, untrusted) is a process of its own, started by
+the agent with two local byte channels: on one the host makes its platform calls (the
+ABI codec, served here by the TEE), on the other the agent asks it to launch, pause,
+export and store, import, and carry a migration stream to the destination's host over
+the node's plain "host port".  The agent imports none of the host's code, and believes
+nothing the host answers that the TEE can check: which VM it paused is the TEE's freeze,
+whether an incoming VM is complete is the TEE's import session, and every bundle is
+checked by the TEE.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,36 +37,106 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from shim import management
 from shim.platform import Platform
 from tvmm.abi.types import Level
-from tvmm.guestimage import load_elf
-from tvmm.host import node_host
-from tvmm.host.client import HostCallError, PlatformClient
-from tvmm.host.devices import Console
-from tvmm.host.hypervisor import Devices
 from tvmm.owner import launch_secret
 from tvmm.perimeter import wire
-from tvmm.perimeter.channel import DEFAULT_LIMITS, Acceptor, Limits, Server, Ticket, connect
+from tvmm.perimeter.channel import DEFAULT_LIMITS, Limits, Server, connect
 from tvmm.perimeter.checkpoint_file import Checkpoint
 from tvmm.perimeter.identity import Identity, Peer, PeerRefused
 
 PRECOPY_ROUNDS = 8
 PRECOPY_STOP = 32  # pages: a round this small means stop-and-copy now
+HOST_PROCESS = "tvmm.host.node_service"  # run by name: the agent imports none of it
+CONSOLE_LIMIT = 64 << 10  # characters of a host's console log the agent passes on
+
+
+class HostFailed(ValueError):
+    """The node's host refused a request or answered what the agent cannot use."""
 
 
 @dataclass
 class Hosted:
     vm: int
-    host: node_host.PausableHost
-    runner: node_host.VmRunner | None = None
     frozen_stream: int | None = None
 
 
-@dataclass
-class Incoming:
-    vm: int = 0
-    state: bytes = b""
-    console: str = ""
-    error: str = ""
-    done: threading.Event = field(default_factory=threading.Event)
+def _pdeathsig() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class HostLink:
+    """The agent's end of the channels to its host process."""
+
+    def __init__(self, bind: str, host_port: int, storage: Path, platform: Platform,
+                 limits: Limits) -> None:
+        self.platform = platform
+        self.lock = threading.Lock()
+        self.platform_lock = threading.Lock()
+        p_agent, p_host = socket.socketpair()
+        c_agent, c_host = socket.socketpair()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", HOST_PROCESS, "--platform-fd", str(p_host.fileno()),
+             "--control-fd", str(c_host.fileno()), "--bind", bind, "--host-port",
+             str(host_port), "--storage", str(storage), "--max-frame", str(wire.MAX_FRAME),
+             "--part", str(wire.PART), "--deadline", repr(limits.deadline),
+             "--max-pending", str(limits.max_pending), "--backoff", repr(limits.backoff),
+             "--max-backoff", repr(limits.max_backoff)],
+            pass_fds=(p_host.fileno(), c_host.fileno()), stdin=subprocess.DEVNULL,
+            preexec_fn=_pdeathsig)
+        p_host.close()
+        c_host.close()
+        self.platform_sock, self.control = p_agent, c_agent
+        threading.Thread(target=self._serve_platform, daemon=True).start()
+        hello = wire.recv(self.control)
+        self.port = _field(hello, "host_port", int)
+
+    def _serve_platform(self) -> None:
+        """The host's platform calls, into the TEE (which checks each one)."""
+        while True:
+            try:
+                msg = wire.recv(self.platform_sock)
+                if msg.op != "abi":
+                    return
+                with self.platform_lock:
+                    out = self.platform.handle_bytes(msg.blob)
+                wire.send(self.platform_sock, wire.Message("abi", {}, out))
+            except (OSError, wire.WireError):
+                return
+
+    def call(self, op: str, blob: bytes = b"", **fields: object) -> wire.Message:
+        with self.lock:
+            wire.send(self.control, wire.Message(op, fields, blob))
+            answer = wire.recv(self.control)
+        if answer.op != "reply":
+            raise HostFailed(f"the host answered {op} with {answer.op}")
+        return answer
+
+    def ok(self, op: str, blob: bytes = b"", **fields: object) -> wire.Message:
+        answer = self.call(op, blob, **fields)
+        if not answer["ok"]:
+            raise HostFailed(f"{op}: {answer.fields.get('error', 'refused')}")
+        return answer
+
+    def close(self) -> None:
+        for s in (self.control, self.platform_sock):
+            try:
+                s.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _field(answer: wire.Message, name: str, kind: type):
+    value = answer.fields.get("data", {}).get(name)
+    if type(value) is not kind:
+        raise HostFailed(f"the host's answer lacks {name} ({kind.__name__})")
+    return value
 
 
 class Node:
@@ -69,40 +148,23 @@ class Node:
         self.ark = ark_pem
         self.measurement = identity.measurement
         self.platform = Platform(seed=seed)
-        lock = threading.RLock()
-
-        def transport(request: object):
-            with lock:
-                return self.platform.handle(request)
-
-        self.client = PlatformClient(transport)
         self.vms: dict[str, Hosted] = {}
-        self.incoming: dict[int, Incoming] = {}
+        self.incoming: dict[int, str] = {}  # stream -> VM name, opened for import here
         self.storage = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="tvmm-node-"))
         self.server = Server(identity, self.handle, ark_pem, self.measurement, host, port,
                              limits=limits)
         self.address = self.server.address
-        self.host_sock = socket.create_server((host, host_port))
-        self.host_address = self.host_sock.getsockname()[:2]
-        self.host_acceptor: Acceptor | None = None
-        self.limits = limits
+        self.host = HostLink(host, host_port, self.storage, self.platform, limits)
+        self.host_address = (host, self.host.port)
         self.fault = os.environ.get("TVMM_FAULT_NODE", "")
-        self._closed = False
 
     def start(self) -> Node:
         self.server.start()
-        self.host_acceptor = Acceptor(self.host_sock, self._host_stream, self.limits).start()
         return self
 
     def close(self) -> None:
-        self._closed = True
         self.server.close()
-        if self.host_acceptor is not None:
-            self.host_acceptor.close()
-        else:
-            self.host_sock.close()
-        for hosted in self.vms.values():
-            hosted.host.stop()
+        self.host.close()
 
     def crash_point(self, name: str) -> None:
         if self.fault == name:
@@ -140,41 +202,28 @@ class Node:
                 return wire.reply(False, error=f"{op} is not for {peer.role}s",
                                   reason="unknown")
             return handler(msg)
-        except (HostCallError, ValueError, KeyError, OSError, PeerRefused) as exc:
+        except (ValueError, KeyError, OSError, PeerRefused, wire.WireError) as exc:
             return wire.reply(False, error=f"{type(exc).__name__}: {exc}", reason="node")
 
-    def _start(self, name: str, hosted: Hosted) -> None:
-        hosted.runner = node_host.VmRunner(hosted.host).start()
-        self.vms[name] = hosted
-
-    def _adopt(self, name: str, vm: int, state: bytes, console: str) -> None:
-        """Run an imported VM (resumed, or migrated in) under a fresh honest host that
-        carries the VM's console log on."""
-        host = node_host.PausableHost(self.client, Devices(Console()))
-        host.devices.console.write(console.encode())
-        host.vm, host.state = vm, state
-        self._start(name, Hosted(vm, host))
+    def _platform_vm(self, answer: wire.Message) -> int:
+        vm = _field(answer, "platform_vm", int)
+        if vm not in self.platform.tee.vms:
+            raise HostFailed(f"the host named VM {vm}, which the TEE does not hold")
+        return vm
 
     def launch(self, msg: wire.Message) -> wire.Message:
-        with tempfile.NamedTemporaryFile(suffix=".elf", delete=False) as f:
-            f.write(msg.blob)
-        image = load_elf(Path(f.name), msg["vm"])
-        os.unlink(f.name)
         secret = bytes.fromhex(msg["secret"])
         blob = launch_secret.wrap(secret, self.platform.launch_public_key) if secret else b""
-        host = node_host.PausableHost(self.client, Devices())
-        digest = host.launch(image, Level(msg["level"]), msg["memory"], secret_blob=blob,
-                             policy=msg["policy"])
-        self._start(msg["vm"], Hosted(host.vm, host))
-        return wire.reply(digest=digest.hex())
+        answer = self.host.ok("host_launch", msg.blob, vm=msg["vm"], level=msg["level"],
+                              memory=msg["memory"], policy=msg["policy"], secret=blob.hex())
+        self.vms[msg["vm"]] = Hosted(self._platform_vm(answer))
+        return wire.reply(digest=_field(answer, "digest", str))
 
     def _pause(self, name: str) -> Hosted:
         hosted = self.vms.get(name)
         if hosted is None:
             raise KeyError(f"{name} does not run on {self.name}")
-        if not hosted.host.pause():
-            hosted.host.resume()
-            raise ValueError(f"{name} did not stop within the timeout")
+        self.host.ok("host_pause", vm=name)
         return hosted
 
     def suspend(self, msg: wire.Message) -> wire.Message:
@@ -185,24 +234,23 @@ class Node:
         if len(key) != 32:
             raise ValueError("a checkpoint key is 32 bytes")
         hosted = self._pause(name)
-        management.open_export(self.platform.tee, hosted.vm, key, stream, name, epoch)
-        try:
-            bundles = list(node_host.export_round(self.client, hosted.vm, stream, True))
-        except HostCallError:
-            management.close(self.platform.tee, stream)
-            hosted.host.resume()
-            raise
+        tee = self.platform.tee
+        management.open_export(tee, hosted.vm, key, stream, name, epoch)
+        vm = tee.vms[hosted.vm]
+        answer = self.host.call("host_export", vm=name, stream=stream, epoch=epoch,
+                                level=vm.level.value, memory=vm.memory.size, policy=vm.policy)
+        if not answer["ok"]:
+            management.close(tee, stream)
+            self.host.call("host_unpause", vm=name)
+            raise HostFailed(f"export: {answer.fields.get('error', 'refused')}")
         hosted.frozen_stream = stream
         self.crash_point("suspend_after_export")
-        vm = self.platform.tee.vms[hosted.vm]
-        ckpt = Checkpoint({"vm": name, "epoch": epoch, "level": vm.level.value,
-                           "memory": vm.memory.size, "policy": vm.policy,
-                           "console": node_host.console_tail(
-                               hosted.host.devices.console.text)}, bundles)
-        data = ckpt.to_bytes()
-        node_host.store_checkpoint(self.storage / f"{name}.v{epoch}.ckpt", data)
+        meta = Checkpoint.from_bytes(answer.blob).meta
+        if (meta["vm"], meta["epoch"]) != (name, epoch):
+            raise HostFailed("the host's checkpoint names another VM or version")
+        self.host.ok("host_store", vm=name, name=f"{name}.v{epoch}.ckpt")
         self.crash_point("suspend_after_store")
-        return wire.reply(True, data)
+        return wire.reply(True, answer.blob)
 
     def resume(self, msg: wire.Message) -> wire.Message:
         """Import a checkpoint under the coordinator's key.  Everything the import needs is
@@ -218,16 +266,22 @@ class Node:
         tee = self.platform.tee
         management.open_import(tee, key, stream, name, epoch)
         try:
-            vm, state = node_host.import_stream(self.client, stream, level, msg["memory"],
-                                                ckpt.bundles, ckpt.meta.get("policy", 0))
+            answer = self.host.call("host_import", msg.blob, stream=stream, level=level.value,
+                                    memory=msg["memory"], policy=ckpt.meta.get("policy", 0))
+            sess = management.state(tee).sessions.get(stream)
+            if not answer["ok"] or sess is None or not sess.done or sess.failed:
+                return wire.reply(False, error=answer.fields.get(
+                    "error", "the stream is not complete"), reason="tee",
+                    events=management.drain_events(tee))
+            vm = sess.vm
             self.crash_point("resume_after_import")
             management.activate(tee, vm)
-        except HostCallError as exc:
-            return wire.reply(False, error=str(exc), reason="tee",
-                              events=management.drain_events(tee))
         finally:
             management.close(tee, stream)
-        self._adopt(name, vm, state, ckpt.meta.get("console", ""))
+        # the log is the host's (unauthenticated, bounded by the checkpoint's metadata)
+        self.host.ok("host_adopt", vm=name, platform_vm=vm,
+                     console=str(ckpt.meta.get("console", "")))
+        self.vms[name] = Hosted(vm)
         return wire.reply(events=management.drain_events(tee))
 
     # -- migration -----------------------------------------------------------------------------------
@@ -236,7 +290,8 @@ class Node:
         peer_pub = X25519PublicKey.from_public_bytes(bytes.fromhex(msg["pub"]))
         key = _session_key(eph.exchange(peer_pub), msg["vm"], msg["epoch"], msg["stream"])
         management.open_import(self.platform.tee, key, msg["stream"], msg["vm"], msg["epoch"])
-        self.incoming[msg["stream"]] = Incoming()
+        self.incoming[msg["stream"]] = msg["vm"]
+        self.host.ok("host_expect", stream=msg["stream"])
         return wire.reply(pub=_raw(eph.public_key()).hex())
 
     def migrate_out(self, msg: wire.Message) -> wire.Message:
@@ -258,65 +313,57 @@ class Node:
             raise PeerRefused("destination", answer.fields.get("error", ""))
         peer_pub = X25519PublicKey.from_public_bytes(bytes.fromhex(answer["data"]["pub"]))
         key = _session_key(eph.exchange(peer_pub), name, epoch, stream)
-        management.open_export(self.platform.tee, hosted.vm, key, stream, name, epoch)
+        tee = self.platform.tee
+        management.open_export(tee, hosted.vm, key, stream, name, epoch)
         relay = msg["relay"] or f"{msg['dst_host']}:{msg['dst_host_port']}"
-        rhost, rport = relay.rsplit(":", 1)
-        vm = self.platform.tee.vms[hosted.vm]
+        vm = tee.vms[hosted.vm]
         stats: dict = {"pages": 0, "bytes": 0, "rounds": 0}
         t0 = time.perf_counter()
         paused_at = None
         try:
-            with socket.create_connection((rhost, int(rport)), timeout=120) as s:
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                wire.send(s, wire.Message("stream_begin", {
-                    "stream": stream, "vm": name, "level": vm.level.value,
-                    "memory": vm.memory.size, "policy": vm.policy}))
-                ready = wire.recv(s)  # the destination has prepared the empty VM
-                if ready.op != "reply" or not ready["ok"]:
-                    return wire.reply(False, reason="stream", error="destination host: "
-                                      f"{ready.fields.get('error', ready.op)}")
-                stats["prepare_ms"] = (time.perf_counter() - t0) * 1000
-                t0 = time.perf_counter()  # the stream's time starts here
+            opened = self.host.call("host_stream_open", stream=stream, relay=relay, vm=name,
+                                    level=vm.level.value, memory=vm.memory.size,
+                                    policy=vm.policy)
+            if not opened["ok"]:
+                return wire.reply(False, reason="stream", error=opened.fields.get("error", ""))
+            stats["prepare_ms"] = (time.perf_counter() - t0) * 1000
+            t0 = time.perf_counter()  # the stream's time starts here
 
-                def pump(final: bool) -> int:
-                    n = 0
-                    for bundle in node_host.export_round(self.client, hosted.vm, stream, final):
-                        wire.send(s, wire.Message("bundle", {}, bundle))
-                        stats["bytes"] += len(bundle)
-                        n += 1
-                    stats["rounds"] += 1
-                    return n
+            def pump(final: bool) -> int:
+                done = self.host.ok("host_pump", vm=name, stream=stream, final=final)
+                stats["bytes"] += _field(done, "bytes", int)
+                stats["rounds"] += 1
+                return _field(done, "bundles", int)
 
-                if msg["live"]:
-                    for _ in range(PRECOPY_ROUNDS):
-                        if pump(False) <= PRECOPY_STOP // 256 + 1 and stats["rounds"] > 1:
-                            break
-                paused_at = time.perf_counter()
-                self._pause(name)
-                self.crash_point("migrate_after_freeze_begin")
-                pump(True)
-                hosted.frozen_stream = stream
-                self.crash_point("migrate_after_stream")
-                wire.send(s, wire.Message("stream_end",
-                                          {"console": node_host.console_tail(
-                                              hosted.host.devices.console.text)}))
-                done = wire.recv(s)
-        except (OSError, wire.WireError, HostCallError) as exc:
+            if msg["live"]:
+                for _ in range(PRECOPY_ROUNDS):
+                    if pump(False) <= PRECOPY_STOP // 256 + 1 and stats["rounds"] > 1:
+                        break
+            paused_at = time.perf_counter()
+            self._pause(name)
+            self.crash_point("migrate_after_freeze_begin")
+            pump(True)
+            hosted.frozen_stream = stream
+            self.crash_point("migrate_after_stream")
+            end = self.host.call("host_stream_end", vm=name, stream=stream)
+        except (OSError, wire.WireError, HostFailed) as exc:
             return wire.reply(False, error=f"stream failed: {exc}", reason="stream")
-        exporter = management.state(self.platform.tee).sessions[stream].worker
+        exporter = management.state(tee).sessions[stream].worker
         stats["pages"] = getattr(exporter, "pages_sent", 0)
         stats["seconds"] = time.perf_counter() - t0
         stats["downtime_ms"] = (time.perf_counter() - paused_at) * 1000 if paused_at else 0.0
-        if not done.fields.get("ok"):
-            return wire.reply(False, error=f"destination refused: {done.fields.get('error')}",
+        if not end["ok"]:
+            return wire.reply(False, error=end.fields.get("error", "destination refused"),
                               reason="stream", **stats)
         return wire.reply(**stats)
 
     def ready(self, msg: wire.Message) -> wire.Message:
-        inc = self.incoming.get(msg["stream"])
+        """Complete means complete in this TEE: the import session took END."""
         events = management.drain_events(self.platform.tee)
-        if inc is None or not inc.done.is_set() or inc.error or not inc.vm:
-            err = inc.error if inc and inc.error else "the stream is not complete"
+        sess = management.state(self.platform.tee).sessions.get(msg["stream"])
+        if msg["stream"] not in self.incoming or sess is None or not sess.done or \
+                sess.failed or not sess.vm:
+            err = sess.failed if sess and sess.failed else "the stream is not complete"
             return wire.reply(False, error=err, reason="not_ready", events=events)
         return wire.reply(events=events)
 
@@ -330,94 +377,48 @@ class Node:
             hosted.frozen_stream = None
             management.close(tee, stream)
             if commit:
-                hosted.host.stop()
+                self.host.call("host_stop", vm=name)
                 management.destroy_frozen(tee, hosted.vm)
                 del self.vms[name]
             else:
                 management.thaw(tee, hosted.vm)
-                hosted.host.resume()
+                self.host.call("host_unpause", vm=name)
             return wire.reply(role="source")
-        inc = self.incoming.get(stream)
         sess = management.state(tee).sessions.get(stream)
-        if inc is not None and sess is not None and sess.vm_name == name:
+        if stream in self.incoming and sess is not None and sess.vm_name == name:
             del self.incoming[stream]
+            vm, complete = sess.vm, sess.done and not sess.failed
             management.close(tee, stream)
-            if commit and inc.vm and management.activate(tee, inc.vm):
-                self._adopt(name, inc.vm, inc.state, inc.console)
-            elif inc.vm:
-                try:
-                    self.client.destroy(inc.vm)
-                except HostCallError:
-                    pass
+            told = self.host.call("host_console", stream=stream)
+            console = str(told.fields.get("data", {}).get("console", ""))
+            if commit and complete and vm and management.activate(tee, vm):
+                self.host.ok("host_adopt", vm=name, platform_vm=vm, console=console)
+                self.vms[name] = Hosted(vm)
+            elif vm:
+                self.host.call("host_discard", platform_vm=vm)
             return wire.reply(role="destination")
         if hosted is not None and not commit and sess is not None and sess.vm == hosted.vm:
             management.close(tee, stream)  # abort before the freeze: the source never stopped
         return wire.reply(role="none")
 
     def list(self, msg: wire.Message) -> wire.Message:
+        listed = self.host.ok("host_list").fields.get("data", {}).get("vms", [])
+        seen = {v.get("vm"): v for v in listed if isinstance(v, dict)}
         out = []
         for name, hosted in self.vms.items():
-            text = node_host.console_tail(hosted.host.devices.console.text)
+            entry = seen.get(name, {})
+            text = str(entry.get("console", ""))[-CONSOLE_LIMIT:]
+            ended = entry.get("ended")
             out.append({"vm": name, "platform_vm": hosted.vm,
                         "frozen": hosted.frozen_stream is not None,
-                        "ended": hosted.runner.ended if hosted.runner else None,
+                        "ended": ended if isinstance(ended, str) else None,
                         "console_tail": text[-60:], "console": text})
         return wire.reply(vms=out)
 
-    # -- the host port (untrusted side: it only moves bundles into IMPORT_VM) -------------------
-    def _host_stream(self, ticket: Ticket) -> None:
-        """stream_begin (within the listener's deadline) → the empty VM is created (its
-        memory backed) and the source told to go on → bundles into IMPORT_VM →
-        stream_end → the outcome.  The acceptor closes the connection."""
-        conn = ticket.sock
-        try:
-            begin = wire.recv(conn)
-            if begin.op != "stream_begin":
-                raise wire.WireError("op", "expected stream_begin")
-            stream = begin["stream"]
-            inc = self.incoming.get(stream)
-            if inc is None:
-                wire.send(conn, wire.reply(False, error="no migration expected for "
-                                           f"stream {stream}"))
-                return
-            ticket.admitted()  # a stream an agent expects: no deadline from now on
-            try:
-                vm = node_host.create_for_import(self.client, Level(begin["level"]),
-                                                 begin["memory"], begin["policy"])
-            except HostCallError as exc:
-                inc.error = str(exc)
-                inc.done.set()
-                wire.send(conn, wire.reply(False, error=inc.error))
-                return
-            wire.send(conn, wire.reply())  # ready: the source may start the stream
-            error = ""
-            while True:
-                try:
-                    msg = wire.recv(conn)
-                except ConnectionError:
-                    if inc.vm and not error:
-                        inc.done.set()  # END arrived: the VM is complete here
-                    raise
-                if msg.op == "stream_end":
-                    inc.console = msg["console"]
-                    break
-                if msg.op != "bundle" or error:
-                    continue
-                try:
-                    reply = node_host.import_bundle(self.client, vm, stream, msg.blob)
-                except HostCallError as exc:
-                    error = str(exc)
-                    continue
-                if reply.value:
-                    inc.vm, inc.state = vm, reply.data
-            if not error and not inc.vm:
-                error = "the stream ended without END"
-            inc.error = error
-            inc.done.set()
-            self.crash_point("migrate_dst_after_import")
-            wire.send(conn, wire.reply(not error, error=error))
-        except (OSError, wire.WireError, ValueError, HostCallError):
-            return
+    def wait_ended(self, name: str, timeout: int = 60) -> bool:
+        """Until the VM's run ends on the host (False: the timeout passed first)."""
+        answer = self.host.call("host_wait", vm=name, timeout=timeout)
+        return bool(answer["ok"] and answer.fields.get("data", {}).get("ended"))
 
 
 def _raw(pub: X25519PublicKey) -> bytes:

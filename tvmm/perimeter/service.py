@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from tvmm.hw.root_of_trust import default_state_dir
+from tvmm.perimeter import measure
 from tvmm.perimeter.coordinator import Coordinator
 from tvmm.perimeter.identity import Identity, pinned_ark
 from tvmm.perimeter.node import Node
@@ -37,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", type=Path, help="coordinator database (SQLite)")
     p.add_argument("--coordinator", type=_address, help="host:port of the coordinator")
     p.add_argument("--storage", type=Path, help="the node host's checkpoint storage")
-    p.add_argument("--rogue", action="store_true",
-                   help="model a node running modified trusted code (changed measurement)")
     args = p.parse_args(argv)
+    measure.load()
+    measure.check_closed()  # nothing of ours runs here that the report does not cover
     state = args.state_dir or default_state_dir()
     ark = pinned_ark(state)
     stop = threading.Event()
@@ -57,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             info["refused"] = {"reason": service.refusal.reason.value,
                                "error": str(service.refusal)}
     else:
-        patch = b"\n# rogue: modified trusted code\n" if args.rogue else b""
-        ident = Identity.create(args.name, "node", state, patch=patch)
+        ident = Identity.create(args.name, "node", state)
         service = Node(args.name, ident, ark, host=args.bind, port=args.port,
                        host_port=args.host_port, storage=args.storage)
         service.start()

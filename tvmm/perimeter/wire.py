@@ -56,6 +56,22 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "stream_begin": {"stream": N, "vm": S, "level": S, "memory": N, "policy": N},
     "bundle": {},
     "stream_end": {"console": S},
+    # node agent ↔ its host process (a local byte channel; the host is untrusted):
+    # platform calls (ABI codec bytes in the blob), then the agent's requests
+    "abi": {},
+    "host_launch": {"vm": S, "level": S, "memory": N, "policy": N, "secret": S},
+    "host_pause": {"vm": S}, "host_unpause": {"vm": S}, "host_stop": {"vm": S},
+    "host_export": {"vm": S, "stream": N, "epoch": N, "level": S, "memory": N, "policy": N},
+    "host_store": {"vm": S, "name": S},
+    "host_import": {"stream": N, "level": S, "memory": N, "policy": N},
+    "host_adopt": {"vm": S, "platform_vm": N, "console": S},
+    "host_discard": {"platform_vm": N},
+    "host_expect": {"stream": N}, "host_console": {"stream": N},
+    "host_stream_open": {"stream": N, "relay": S, "vm": S, "level": S, "memory": N,
+                         "policy": N},
+    "host_pump": {"vm": S, "stream": N, "final": B},
+    "host_stream_end": {"vm": S, "stream": N},
+    "host_list": {}, "host_wait": {"vm": S, "timeout": N},
     # the rest of a split blob (see "parts")
     "part": {},
     # replies and reports
