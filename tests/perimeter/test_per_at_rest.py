@@ -16,9 +16,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tvmm.cli import main as cli
+from tvmm.hw.root_of_trust import Chip, CounterError
 from tvmm.operator.client import OperatorClient
 from tvmm.perimeter.coordinator import Coordinator
-from tvmm.perimeter.identity import Identity, pinned_ark
+from tvmm.perimeter.identity import Identity, manufacturer, pinned_ark
 from tvmm.perimeter.node import Node
 from tvmm.perimeter.store import Problem
 from tvmm.samples import build_sample
@@ -172,3 +173,36 @@ def test_perimeter_status_reports_a_tampered_audit_log(
             assert answer["reason"] == Problem.TAMPERED.value
     finally:
         coord.close()
+
+
+def test_the_chip_seals_to_a_measurement_and_counts(tmp_path: Path) -> None:
+    maker = manufacturer(tmp_path)
+    a, b = (Chip.load_or_create(tmp_path, maker, n) for n in ("chip-a", "chip-b"))
+    m1, m2 = bytes(48), b"\x01" * 48
+    assert a.sealing_key(m1, "x") == Chip.load_or_create(tmp_path, maker, "chip-a") \
+        .sealing_key(m1, "x")  # stable across loads
+    assert len({a.sealing_key(m1, "x"), a.sealing_key(m2, "x"), a.sealing_key(m1, "y"),
+                b.sealing_key(m1, "x")}) == 4  # other code, purpose or chip: another key
+    name = a.new_counter()
+    counter = a.counter(name)
+    assert counter.read() == 0 and counter.increment() == 1 and counter.increment() == 2
+    assert Chip.load_or_create(tmp_path, maker, "chip-a").counter(name).read() == 2
+    with pytest.raises(CounterError):
+        b.counter(name).read()  # another chip's counter is not here
+    with pytest.raises(ValueError):
+        a.counter("../escape")
+
+
+def test_a_chip_kept_in_clear_is_wrapped_at_first_load(tmp_path: Path) -> None:
+    maker = manufacturer(tmp_path)
+    chip = Chip.load_or_create(tmp_path, maker, "old")
+    assert chip.home is not None
+    (chip.home / "vcek_key.pem").write_bytes(chip.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))  # as a chip was stored before
+    (chip.home / "vcek_key.sealed").unlink()
+    again = Chip.load_or_create(tmp_path, maker, "old")
+    assert again.chip_id == chip.chip_id
+    assert not (chip.home / "vcek_key.pem").exists()
+    assert not any(_looks_like_private_key(p.read_bytes()) for p in chip.home.rglob("*")
+                   if p.is_file())

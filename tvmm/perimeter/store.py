@@ -312,9 +312,14 @@ class Store:
             raw = self.db.execute("SELECT audit_seq FROM seal WHERE id = 1").fetchone()
             sealed = self._sealed(self.db)
         problems += self._chain_problems(raw[0] if raw else 0)
+        try:
+            chip = self.chip.counter(self.counter_id).read()
+        except CounterError as exc:
+            chip = None
+            problems.append(f"{Problem.TAMPERED}: {exc}")
         if sealed is None:
             problems.append(f"{Problem.TAMPERED}: the database does not match its seal")
-        elif sealed[1] < self.chip.counter(self.counter_id).read():
+        elif chip is not None and sealed[1] < chip:
             problems.append(f"{Problem.ROLLBACK}: the database is behind the TEE's counter")
         bad = f"{Problem.INVARIANT}: "
         for (name, state, node, version) in self.query(
