@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from shim import management
-from tvmm.host import node_host
 from tvmm.perimeter import wire
 from tvmm.perimeter.checkpoint_file import MAGIC, CheckpointFormatError
 from tvmm.perimeter.coordinator import Coordinator, Refused
@@ -62,17 +61,22 @@ def test_a_refused_checkpoint_leaves_no_session_behind(
             with pytest.raises(CheckpointFormatError) as exc:
                 node.resume(_resume_msg(_tamper_policy(genuine)))
             assert exc.value.field == "meta.policy"
-        else:  # the host's import fails in a way nobody planned for
+        else:  # the host's import fails in a way nobody planned for (its channel breaks)
             with monkeypatch.context() as patch:
-                def crash(*args, **kwargs):
-                    raise RuntimeError("the host's pump broke")
-                patch.setattr(node_host, "import_stream", crash)
-                with pytest.raises(RuntimeError):
+                call = node.host.call
+
+                def crash(op: str, *args, **kwargs):
+                    if op == "host_import":
+                        raise OSError("the host's pump broke")
+                    return call(op, *args, **kwargs)
+                patch.setattr(node.host, "call", crash)
+                with pytest.raises(OSError):
                     node.resume(_resume_msg(genuine))
         assert STREAM not in management.state(node.platform.tee).sessions
         assert node.resume(_resume_msg(genuine))["ok"]
-        assert node.vms["c-1"].runner.done.wait(60)
-        assert re.findall(r"count=(\d+)", node.vms["c-1"].host.devices.console.text)
+        assert node.wait_ended("c-1", 60)
+        (listed,) = node.list(wire.Message("node_list", {}))["data"]["vms"]
+        assert re.findall(r"count=(\d+)", listed["console"])
     finally:
         node.close()
 
@@ -116,9 +120,8 @@ def test_an_older_version_is_refused_as_a_rollback(coordinator: Coordinator,
     with coordinator.store.txn() as db:
         db.execute("INSERT INTO nodes VALUES ('n1','127.0.0.1',1,2,'b','chip','m',0)")
         db.execute("INSERT INTO vms VALUES ('c-1','counter','shim',4096,NULL,'suspended',3)")
-        db.execute("INSERT INTO checkpoints VALUES ('c-1',2,?,7,?,'committed')",
-                   (KEY, consumed))
-        db.execute("INSERT INTO checkpoints VALUES ('c-1',3,?,8,0,'committed')", (KEY,))
+        db.execute("INSERT INTO checkpoints VALUES ('c-1',2,7,?,'committed')", (consumed,))
+        db.execute("INSERT INTO checkpoints VALUES ('c-1',3,8,0,'committed')")
     reason, detail = _refused(coordinator, _ckpt("c-1", 2))
     assert reason == detail["reason"] == "rollback"
     assert coordinator.store.query("SELECT state FROM vms")[0][0] == "suspended"

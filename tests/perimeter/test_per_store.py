@@ -7,12 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from tvmm.hw.root_of_trust import Chip
+from tvmm.perimeter.identity import manufacturer
 from tvmm.perimeter.store import Store
 
 
+@pytest.fixture(scope="module")
+def chip(tmp_path_factory: pytest.TempPathFactory) -> Chip:
+    state = tmp_path_factory.mktemp("store-chip")
+    return Chip.load_or_create(state, manufacturer(state), "coordinator-c")
+
+
 @pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path / "c.db")
+def store(tmp_path: Path, chip: Chip):
+    s = Store(tmp_path / "c.db", chip, bytes(48))
     for i in range(4):
         s.log("launch", vm=f"c-{i}", node="n1")
     assert s.check() == []
@@ -38,7 +46,7 @@ def _vm(db, name: str, node: str | None, state: str, version: int) -> None:
 
 
 def _checkpoint(db, vm: str, version: int, state: str = "committed") -> None:
-    db.execute("INSERT INTO checkpoints VALUES (?,?,?,?,0,?)", (vm, version, "k", 1, state))
+    db.execute("INSERT INTO checkpoints VALUES (?,?,?,0,?)", (vm, version, 1, state))
 
 
 def _migration(db, vm: str) -> None:
