@@ -76,7 +76,7 @@ class Tee:
         vcpu = Vcpu(size, cpuid.serve)
         xts_key = self.random_bytes(64)
         mee = MemoryEncryptionEngine(xts_key) if features.encrypt_memory else None
-        memory = GuestMemory(vcpu, shared, mee, features.ownership)
+        memory = GuestMemory(vcpu, shared, mee, features.ownership, features.hide_ciphertext)
         vm = Vm(
             id=self.next_id,
             level=level,
