@@ -65,10 +65,11 @@ def _stores(s: int) -> int:
     return total
 
 
-REFERENCE = {"branches": _branches, "ttable": _ttable, "scan": _scan, "stores": _stores}
+REFERENCE = {"branches": _branches, "ttable": _ttable, "ttable_unrolled": _ttable,
+             "scan": _scan, "stores": _stores}
 
 
-def test_the_victims_are_the_four_shapes():
+def test_the_victims_are_the_declared_shapes():
     assert set(VICTIMS) == set(REFERENCE)
     for victim in VICTIMS.values():
         assert victim.summary  # the declaration's one-line description of the leak
