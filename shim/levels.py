@@ -32,7 +32,7 @@ FEATURES: dict[Level, Features] = {
     ),
     Level.SHIM: Features(
         encrypt_memory=True, hide_ciphertext=True, encrypt_registers=True,
-        restricted_view=True, ownership=True, sealed_state=True, sanitise_exits=True, step_policy=True, fault_policy=True,
-        irq_filter=True, shim_io=True, commit_writes=True,
+        restricted_view=True, ownership=True, sealed_state=True, sanitise_exits=True,
+        step_policy=True, fault_policy=True, irq_filter=True, shim_io=True, commit_writes=True,
     ),
 }
