@@ -19,7 +19,7 @@ from tvmm.perimeter.coordinator import Coordinator, checkpoint_meta
 from tvmm.perimeter.identity import Identity, PeerRefused, pinned_ark
 from tvmm.perimeter.node import Node
 from tvmm.perimeter.store import Store
-from tvmm.samples import build_sample
+from tvmm.samples import VICTIMS_DIR, build_sample
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,8 @@ def test_cli_processes(state: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
         assert moved["node"] == "n3" and moved["downtime_ms"] >= 0
         listed = run("vm", "list")["vms"]
         assert [(v["name"], v["node"], v["version"]) for v in listed] == [(vm, "n3", 3)]
+        # a guest by path whose secret is declared beside it (guests/victims) launches too
+        assert run("vm", "launch", str(VICTIMS_DIR / "scan.c"), "--node", "n1")["vm"]
         assert cli(["vm", "resume", str(ck), "--node", "n1", *common]) == 1
         assert json.loads(capsys.readouterr().out)["reason"] == "rollback"
     finally:

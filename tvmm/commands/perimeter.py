@@ -174,14 +174,13 @@ def run_status(args: argparse.Namespace) -> int:
 
 @_guarded
 def run_launch(args: argparse.Namespace) -> int:
-    from tvmm.samples import SAMPLES, resolve
+    from tvmm.samples import resolve
 
     image, sample = resolve(args.guest)
     secret = args.count.to_bytes(8, "little") if args.guest == "counter" else (
         sample.make_secret(__import__("random").Random(0)) if sample else b"")
     vm = _client(args).launch(image.path.read_bytes(), image.name if sample is None else
-                              SAMPLES[args.guest].name, args.node, args.level, args.memory,
-                              secret)
+                              sample.name, args.node, args.level, args.memory, secret)
     if args.json:
         emit_json({"vm": vm, "node": args.node})
     else:
