@@ -127,8 +127,8 @@ def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
     ctx = AttackContext(
         client=machine.client, image=image, guest=guest, level=level, seed=seed,
         rng=random.Random(seed ^ 0x5EED), memory=memory,
-        secret_blob=wrap_secret(machine, secret, seed), record=record, devices=devices,
-        owner=owner_endpoint(image, secret, seed, memory=memory),
+        secret_blob=wrap_secret(machine, secret), record=record, devices=devices,
+        owner=owner_endpoint(image, secret, memory=memory),
     )
     start = time.perf_counter()
     try:

@@ -182,7 +182,7 @@ def run_attest(args: argparse.Namespace) -> int:
     level = Level(args.level)
     # The owner's end of the host's link, kept here to read what the host relayed.
     secret = sample.make_secret(random.Random(args.seed)) if sample else b""
-    owner = owner_endpoint(image, secret, args.seed, memory=args.memory,
+    owner = owner_endpoint(image, secret, memory=args.memory,
                            policy=release_policy, nonce=args.nonce, state_dir=args.state_dir,
                            level=level)
     policy = DEFAULT_POLICY | (POLICY_DEBUG if args.debug_policy else 0)

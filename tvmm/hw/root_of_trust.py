@@ -11,9 +11,14 @@ INTEGERs for the struct version and SPLs, an IA5String product name, and the raw
 chip id as the extension value (hwID).
 
 Keys live as PEM files (mode 0600, unencrypted: this is a model) in a state directory,
-created on first use. Each directory is written under a temporary name and renamed into
-place, so a crash never leaves half a manufacturer and two racing processes agree on the
-one that won. The forms taking keys and ``now`` explicitly are pure apart from PSS salts.
+created on first use from the OS's randomness (``cryptography``'s generators). Each
+directory is written under a temporary name and renamed into place, so a crash never
+leaves half a manufacturer and two racing processes agree on the one that won. The forms
+taking keys and ``now`` explicitly are pure apart from PSS salts.
+
+Nothing here keeps a key: a loaded Manufacturer or Chip belongs to its caller (the TEE's
+``Tee`` holds its chip; a perimeter process's Identity its own), and ``public_chain``
+reads only the certificates, for the owner's side.
 """
 
 from __future__ import annotations
@@ -257,9 +262,11 @@ class Manufacturer:
                 _write_cert(tmp / "ask.pem", made.ask_cert)
 
             _create_dir_atomically(directory, populate)
+        # Our own files: cryptography's RSA private-key validation (about 1 s per key) is
+        # skipped; the pair check below still ties each key to its certificate.
         loaded = cls(
-            ark_key=_read_key(directory / "ark_key.pem", rsa.RSAPrivateKey),
-            ask_key=_read_key(directory / "ask_key.pem", rsa.RSAPrivateKey),
+            ark_key=_read_key(directory / "ark_key.pem", rsa.RSAPrivateKey, trusted=True),
+            ask_key=_read_key(directory / "ask_key.pem", rsa.RSAPrivateKey, trusted=True),
             ark_cert=_read_cert(directory / "ark.pem"),
             ask_cert=_read_cert(directory / "ask.pem"),
         )
@@ -386,6 +393,36 @@ class Chip:
         return target
 
 
+DEFAULT_CHIP = "chip-0"
+
+
+def load_chip(state_dir: Path | str | None = None, name: str = DEFAULT_CHIP) -> Chip:
+    """The chip ``name`` of the state directory with its manufacturer, created on first
+    use; the caller owns the keys it gets (nothing here keeps them)."""
+    return Chip.load_or_create(state_dir, Manufacturer.load_or_create(state_dir), name)
+
+
+def public_root(state_dir: Path | str | None = None
+                ) -> tuple[x509.Certificate, x509.Certificate]:
+    """(ARK, ASK) of the state directory's manufacturer: public, what a verifier pins.
+    Reads the certificate files only; creates the manufacturer if there is none yet."""
+    trust = _state(state_dir) / "root_of_trust"
+    if not trust.is_dir():
+        Manufacturer.load_or_create(state_dir)
+    return _read_cert(trust / "ark.pem"), _read_cert(trust / "ask.pem")
+
+
+def public_chain(state_dir: Path | str | None = None, name: str = DEFAULT_CHIP
+                 ) -> tuple[x509.Certificate, x509.Certificate, x509.Certificate]:
+    """(ARK, ASK, VCEK) of chip ``name``: public, as the vendor's key server publishes a
+    VCEK.  Reads the certificate files only; creates the chip if there is none yet."""
+    _check_chip_name(name)
+    vcek = _state(state_dir) / "chips" / name / "vcek.pem"
+    if not vcek.is_file():
+        load_chip(state_dir, name)
+    return (*public_root(state_dir), _read_cert(vcek))
+
+
 def _signed_by(cert: x509.Certificate, manufacturer: Manufacturer) -> bool:
     try:
         manufacturer.ask_cert.public_key().verify(  # type: ignore[call-arg]
@@ -466,8 +503,10 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
     _replace_file(path, cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _read_key(path: Path, kind: type) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+def _read_key(path: Path, kind: type, *, trusted: bool = False
+              ) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None,
+                                             unsafe_skip_rsa_key_validation=trusted)
     if not isinstance(key, kind):
         raise ValueError(f"{path} does not hold a {kind.__name__}")
     return key  # type: ignore[return-value]

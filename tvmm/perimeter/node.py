@@ -63,12 +63,12 @@ class Incoming:
 class Node:
     def __init__(self, name: str, identity: Identity, ark_pem: bytes, *, host: str = "127.0.0.1",
                  port: int = 0, host_port: int = 0, storage: Path | None = None,
-                 seed: int | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.name = name
         self.identity = identity
         self.ark = ark_pem
         self.measurement = identity.measurement
-        self.platform = Platform(seed=seed)
+        self.platform = Platform()
         lock = threading.RLock()
 
         def transport(request: object):
