@@ -11,7 +11,7 @@ and its reason goes to the inside trace only.
     HC_KEY_REQUEST(rdi = nonce gpa (32 B), rsi = out gpa (97 + 0x4A0 B)) -> 0
         A fresh P-384 key pair made and kept inside the TEE for the guest; writes the
         public key Q ‖ a report whose report_data = SHA-384(nonce ‖ Q) ‖ 0¹⁶
-        (tvmm.owner.key_release.report_data_for).  A new request replaces the old key.
+        (tvmm.abi.key_release.report_data_for).  A new request replaces the old key.
     HC_SECRET_KEY(rdi = wrapped secret gpa, rsi = length) -> secret length
         Opens the owner's WrappedSecret with that key, that nonce and this VM's launch
         digest, and writes the secret to the secrets page (u64 length ‖ bytes).  The key is
@@ -44,9 +44,7 @@ from tvmm.abi.guest import (
     GuestError,
     Hypercall,
 )
-from tvmm.abi.types import POLICY_RESERVED_ONE
-from tvmm.hw.report import SIGNING_KEY_NONE, AttestationReport, GuestPolicy, pack
-from tvmm.owner.key_release import (
+from tvmm.abi.key_release import (
     MAX_SECRET_SIZE,
     TAG_SIZE,
     KeyReleaseFormatError,
@@ -56,7 +54,9 @@ from tvmm.owner.key_release import (
     report_data_for,
     unwrap,
 )
-from tvmm.trace.events import EventKind
+from tvmm.abi.report import SIGNING_KEY_NONE, AttestationReport, GuestPolicy, pack
+from tvmm.abi.trace_events import EventKind
+from tvmm.abi.types import POLICY_RESERVED_ONE
 
 if TYPE_CHECKING:
     from shim.platform import Tee

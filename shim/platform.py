@@ -25,6 +25,7 @@ from shim.sealing import StateSealer
 from shim.vm import Vm, VmState
 from tvmm.abi import codec
 from tvmm.abi.messages import REQUESTS, CreateVm, Reply
+from tvmm.abi.trace_events import NullRecorder
 from tvmm.abi.types import Call, Level, Result
 from tvmm.hw import cpuid
 from tvmm.hw.measurement import LaunchDigest
@@ -33,7 +34,6 @@ from tvmm.hw.memory import GuestMemory
 from tvmm.hw.root_of_trust import DEFAULT_CHIP, Chip, load_chip
 from tvmm.hw.vcpu import PAGE, Vcpu
 from tvmm.hw.vmsa import DeterministicVmsaCipher
-from tvmm.trace.recorder import NullRecorder
 
 
 @dataclass
@@ -115,7 +115,7 @@ class Platform:
 
     @property
     def launch_public_key(self) -> ec.EllipticCurvePublicKey:
-        """The key owners wrap launch secrets to (tvmm.owner.launch_secret)."""
+        """The key owners wrap launch secrets to (tvmm.abi.launch_secret)."""
         return self.tee.launch_key.public_key()
 
     def handle(self, request: object) -> Reply:

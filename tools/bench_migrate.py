@@ -33,6 +33,7 @@ from rich.progress import Progress
 
 from shim import management
 from shim.platform import Platform
+from tvmm.abi import launch_secret
 from tvmm.abi.types import Level
 from tvmm.host.client import PlatformClient
 from tvmm.host.hypervisor import Devices
@@ -43,7 +44,6 @@ from tvmm.host.node_host import (
     export_round,
     feed_stream,
 )
-from tvmm.owner import launch_secret
 from tvmm.perimeter import wire
 from tvmm.samples import build_sample
 

@@ -28,6 +28,8 @@ from shim.launch import predict
 from shim.levels import FEATURES
 from shim.platform import Platform
 from shim.policies.config import PolicyConfig
+from tvmm.abi import launch_secret
+from tvmm.abi.trace_events import EventKind, NullRecorder, TraceHeader
 from tvmm.abi.types import Level
 from tvmm.guestimage import GuestImage
 from tvmm.host.client import PlatformClient, Transport, bytes_transport
@@ -35,13 +37,11 @@ from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor, RunResult
 from tvmm.hw.root_of_trust import public_chain
 from tvmm.launch_plan import plan_launch
-from tvmm.owner import launch_secret
 from tvmm.owner.broker import ReleasePolicy
 from tvmm.owner.endpoint import OwnerEndpoint
 from tvmm.owner.verify import CertChain
 from tvmm.samples import Sample, resolve
-from tvmm.trace.events import EventKind, TraceHeader
-from tvmm.trace.recorder import NullRecorder, TraceRecorder
+from tvmm.trace.recorder import TraceRecorder
 
 DEFAULT_MEMORY = 4 << 20
 SECRET_PATHS = ("attested", "launch")

@@ -13,9 +13,9 @@ from shim.policies.draws import Draws, OsDraws
 from shim.policies.faults import FaultPolicy
 from shim.policies.irq import IrqFilter
 from shim.policies.step import StepPolicy
+from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import ExitReason, Field, KillReason
 from tvmm.hw.vcpu import PAGE
-from tvmm.trace.events import EventKind
 
 if TYPE_CHECKING:
     from shim.exit_path import Exit

@@ -16,14 +16,14 @@ from cryptography.hazmat.primitives.ciphers import CipherContext
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shim.platform import Platform
+from tvmm.abi import launch_secret
 from tvmm.abi.guest import SHARED_BASE
+from tvmm.abi.key_release import KeyReleaseFormatError, UnwrapError, WrappedSecret, unwrap
 from tvmm.abi.messages import CreateVm
 from tvmm.abi.types import Level
 from tvmm.hw.vmsa import VMSA_SIZE
 from tvmm.machine import DEFAULT_MEMORY, boot, make_machine, owner_endpoint, wrap_secret
-from tvmm.owner import launch_secret
 from tvmm.owner.endpoint import OwnerEndpoint
-from tvmm.owner.key_release import KeyReleaseFormatError, UnwrapError, WrappedSecret, unwrap
 from tvmm.samples import SAMPLES, build_sample
 
 SEED = 0  # the CLI's default: public

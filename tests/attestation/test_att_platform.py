@@ -22,12 +22,13 @@ from tvmm.abi.guest import (
     GuestError,
     Hypercall,
 )
+from tvmm.abi.key_release import report_data_for
 from tvmm.abi.messages import ExitRecord
+from tvmm.abi.report import parse
 from tvmm.abi.types import DEFAULT_POLICY, POLICY_DEBUG, Field, Level
 from tvmm.host.devices import Console, InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor
 from tvmm.hw.measurement import PageType
-from tvmm.hw.report import parse
 from tvmm.judge import run_attack
 from tvmm.launch_plan import plan_launch
 from tvmm.machine import (
@@ -41,7 +42,6 @@ from tvmm.machine import (
 )
 from tvmm.matrix import outcome_class
 from tvmm.owner.broker import ReleasePolicy
-from tvmm.owner.key_release import report_data_for
 from tvmm.owner.verify import Expectations, VerificationError, VerifyFailure, verify_evidence
 from tvmm.samples import SAMPLES, build_sample, expected_console_ok, resolve
 

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from shim import management
 from shim.management.stream import HEADER, Kind, StreamCipher, parse_header
 from shim.platform import Platform
+from tvmm.abi import launch_secret
 from tvmm.abi.messages import AddPages, Enter, ExportVm, ImportVm
 from tvmm.abi.types import Level, PageType, Result
 from tvmm.host.client import HostCallError, PlatformClient
 from tvmm.host.hypervisor import Devices
 from tvmm.host.node_host import PausableHost, export_round, import_stream
-from tvmm.owner import launch_secret
 from tvmm.samples import build_sample
 
 MEM = 4 << 20

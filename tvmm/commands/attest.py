@@ -23,16 +23,16 @@ from rich.table import Table
 
 from shim.launch import predict
 from tvmm.abi.guest import NONCE_SIZE
+from tvmm.abi.key_release import KeyReleaseFormatError, report_data_for
+from tvmm.abi.report import AttestationReport
 from tvmm.abi.types import DEFAULT_POLICY, POLICY_DEBUG, Level
 from tvmm.commands.output import console, emit_json, fail
 from tvmm.guestbuild import GuestBuildError
 from tvmm.guestimage import GuestImageError
 from tvmm.hw.measurement import MEASUREMENT_VERSION, PageType
-from tvmm.hw.report import AttestationReport
 from tvmm.launch_plan import plan_launch
 from tvmm.machine import DEFAULT_MEMORY, boot, chip_chain, owner_endpoint
 from tvmm.owner.broker import PolicyError, load_policy
-from tvmm.owner.key_release import KeyReleaseFormatError, report_data_for
 from tvmm.owner.roots import (
     BUILT_IN,
     MODELED,

@@ -33,8 +33,8 @@ from tvmm.abi.guest import (
     OWNER_REFUSED,
     REPORT_SIZE,
 )
+from tvmm.abi.key_release import KeyReleaseFormatError
 from tvmm.owner.broker import KeyBroker, ReleasePolicy
-from tvmm.owner.key_release import KeyReleaseFormatError
 from tvmm.owner.verify import CertChain, VerificationError, VerifyFailure
 
 EVIDENCE_SIZE = len(OWNER_EVIDENCE) + NONCE_SIZE + GUEST_KEY_SIZE + REPORT_SIZE

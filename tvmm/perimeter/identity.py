@@ -31,8 +31,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tvmm.hw.report import AttestationReport, GuestPolicy, TcbVersion
-from tvmm.hw.root_of_trust import Chip, default_state_dir, load_chip, public_root
+from tvmm.abi.report import AttestationReport, GuestPolicy, TcbVersion
+from tvmm.abi.state_dir import default_state_dir
+from tvmm.hw.root_of_trust import Chip, load_chip, public_root
 from tvmm.owner.verify import (
     Expectations,
     VerificationError,
