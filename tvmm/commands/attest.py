@@ -77,7 +77,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.add_argument("guest")
     a.add_argument("--out", type=Path, required=True, help="evidence directory")
     a.add_argument("--level", choices=[lv.value for lv in Level], default="snp")
-    a.add_argument("--seed", type=int, default=0, help="seed for every random choice")
+    a.add_argument("--seed", type=int, default=0,
+                   help="seed for the public choices (the sample's secret); keys come from the OS")
     a.add_argument("--memory", type=lambda s: int(s, 0), default=DEFAULT_MEMORY)
     a.add_argument("--nonce", type=_hex_arg(NONCE_SIZE), help="the broker's challenge "
                    "(64 hex digits; default: a fresh one)")
