@@ -108,8 +108,7 @@ def test_injections_as_the_shim_names_them(tmp_path: Path) -> None:
 
 
 def test_names_the_fast_pattern_leaves_are_counted_by_parsing(tmp_path: Path) -> None:
-    from tvmm.trace.events import TraceHeader
-
+    from tvmm.abi.trace_events import TraceHeader
     from tvmm.trace.recorder import TraceRecorder
 
     trace = tmp_path / "names.jsonl"
@@ -141,8 +140,7 @@ def test_stats_of_a_16_mib_line_in_bounded_memory(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tvmm.trace.events import TraceHeader
-
+    from tvmm.abi.trace_events import TraceHeader
     from tvmm.trace.recorder import TraceRecorder
 
     trace = tmp_path / "long.jsonl"
