@@ -182,7 +182,7 @@ def benign_run(case: BenignCase, config: PolicyConfig, seed: int = 0
     try:
         devices = Devices(Console(), BlockDevice(None), InputDevice(["guess"]))
         host = case.host(machine.client, devices, quantum=case.quantum)
-        blob = wrap_secret(machine, secret, seed)
+        blob = wrap_secret(machine, secret)
         start = time.process_time()
         host.launch(image, Level.SHIM, DEFAULT_MEMORY, secret_blob=blob)
         result = host.run()

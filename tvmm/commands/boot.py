@@ -45,7 +45,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="arm the host's instruction timer (0: no timer)")
     p.add_argument("--memory", type=lambda s: int(s, 0), default=DEFAULT_MEMORY,
                    help="guest memory in bytes")
-    p.add_argument("--seed", type=int, default=0, help="seed for every random choice")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for the public choices (the sample's secret); keys come from the OS")
     add_policy_options(p)
 
 

@@ -17,6 +17,7 @@ from typing import TypeVar
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tvmm.abi.state_dir import default_state_dir
 from tvmm.commands.output import console, emit_json, fail
 from tvmm.operator import launcher
 from tvmm.operator.client import OperatorClient, PerimeterError
@@ -81,7 +82,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _state(args: argparse.Namespace) -> Path:
-    return args.state_dir or launcher.default_state_dir()
+    return args.state_dir or default_state_dir()
 
 
 def _client(args: argparse.Namespace) -> OperatorClient:

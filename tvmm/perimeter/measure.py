@@ -1,8 +1,10 @@
 """The measurement of the perimeter's trusted code: what a node's report attests.
 
-SHA-384 over the trusted packages' source files — tvmm/hw, shim, tvmm/abi, the
-owner-side verifier and launch-secret code the agents run, and tvmm/perimeter (all of
-it trusted or data only: the untrusted host and operator code lives elsewhere) — walked in sorted order: digest = SHA-384(digest ‖ path ‖ NUL ‖
+SHA-384 over the trusted packages' source files — tvmm/hw, shim, tvmm/abi (with the
+formats both sides share: launch secrets, key release, trace events), the owner-side
+verifier the agents run (and its package's __init__, which importing it runs), and
+tvmm/perimeter (all of it trusted or data only: the untrusted host and operator code
+lives elsewhere) — walked in sorted order: digest = SHA-384(digest ‖ path ‖ NUL ‖
 SHA-384(content)), starting from 48 zero bytes.  Changing one line of the shim changes
 the measurement, and a coordinator that pins the measurement of its own release refuses
 the node.  ``patch`` models a node running modified trusted code (the rogue node of the
@@ -17,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TRUSTED_TREES = ("tvmm/hw", "shim", "tvmm/abi")
-TRUSTED_FILES = ("tvmm/owner/verify.py", "tvmm/owner/launch_secret.py")
+TRUSTED_FILES = ("tvmm/owner/__init__.py", "tvmm/owner/verify.py")
 UNTRUSTED_PERIMETER = frozenset({"node_host.py", "client.py", "launcher.py"})
 PATCHED_FILE = "shim/exit_path.py"
 

@@ -27,13 +27,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shim import management
 from shim.platform import Platform
+from tvmm.abi import launch_secret
 from tvmm.abi.types import Level
 from tvmm.guestimage import load_elf
 from tvmm.host import node_host
 from tvmm.host.client import HostCallError, PlatformClient
 from tvmm.host.devices import Console
 from tvmm.host.hypervisor import Devices
-from tvmm.owner import launch_secret
 from tvmm.perimeter import wire
 from tvmm.perimeter.channel import DEFAULT_LIMITS, Acceptor, Limits, Server, Ticket, connect
 from tvmm.perimeter.checkpoint_file import Checkpoint
@@ -63,12 +63,12 @@ class Incoming:
 class Node:
     def __init__(self, name: str, identity: Identity, ark_pem: bytes, *, host: str = "127.0.0.1",
                  port: int = 0, host_port: int = 0, storage: Path | None = None,
-                 seed: int | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.name = name
         self.identity = identity
         self.ark = ark_pem
         self.measurement = identity.measurement
-        self.platform = Platform(seed=seed)
+        self.platform = Platform()
         lock = threading.RLock()
 
         def transport(request: object):
