@@ -11,29 +11,27 @@ and its reason goes to the inside trace only.
     HC_KEY_REQUEST(rdi = nonce gpa (32 B), rsi = out gpa (97 + 0x4A0 B)) -> 0
         A fresh P-384 key pair made and kept inside the TEE for the guest; writes the
         public key Q ‖ a report whose report_data = SHA-384(nonce ‖ Q) ‖ 0¹⁶
-        (tvmm.owner.key_release.report_data_for).  A new request replaces the old key.
+        (tvmm.abi.key_release.report_data_for).  A new request replaces the old key.
     HC_SECRET_KEY(rdi = wrapped secret gpa, rsi = length) -> secret length
         Opens the owner's WrappedSecret with that key, that nonce and this VM's launch
         digest, and writes the secret to the secrets page (u64 length ‖ bytes).  The key is
         discarded after one attempt, whatever its outcome: a new attempt needs a new nonce.
 
-The chip (tvmm.hw.root_of_trust) lives in the TEE's state directory and is loaded once per
-process, on the first request: generating the manufacturer's RSA-4096 keys takes seconds
-(once per state directory), and loading them with cryptography's RSA key validation about
-1 s per key, which ``chip_for`` skips for keys it finds in its own state directory.
+Every key is made here from the OS's randomness (the guest key pair by
+``ec.generate_private_key``, report ids by ``os.urandom``), never from the run's seed, and
+is held by the TEE's own objects: the pending guest key in this VM's VmAttestation, the
+chip (tvmm.hw.root_of_trust, loaded from the TEE's state directory on first use) in the
+Tee.  No module global holds a key.
 """
 
 from __future__ import annotations
 
+import os
 import struct
-import threading
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from shim.vm import Vm
 from tvmm.abi.guest import (
@@ -46,10 +44,7 @@ from tvmm.abi.guest import (
     GuestError,
     Hypercall,
 )
-from tvmm.abi.types import POLICY_RESERVED_ONE
-from tvmm.hw.report import SIGNING_KEY_NONE, AttestationReport, GuestPolicy, pack
-from tvmm.hw.root_of_trust import Chip, Manufacturer, default_state_dir
-from tvmm.owner.key_release import (
+from tvmm.abi.key_release import (
     MAX_SECRET_SIZE,
     TAG_SIZE,
     KeyReleaseFormatError,
@@ -59,55 +54,19 @@ from tvmm.owner.key_release import (
     report_data_for,
     unwrap,
 )
-from tvmm.trace.events import EventKind
+from tvmm.abi.report import SIGNING_KEY_NONE, AttestationReport, GuestPolicy, pack
+from tvmm.abi.trace_events import EventKind
+from tvmm.abi.types import POLICY_RESERVED_ONE
 
 if TYPE_CHECKING:
     from shim.platform import Tee
 
-DEFAULT_CHIP = "chip-0"
 REPORT_VERSION = 2
 PLATFORM_INFO_SMT_EN = 1
 FIRMWARE = (1, 52, 4)  # major, minor, build: what the Milan test machine reports
 SECRET_CAPACITY = PAGE_SIZE - 8  # the secrets page: u64 length, then the bytes
 MAX_WRAPPED = 118 + SECRET_CAPACITY + TAG_SIZE  # the largest WrappedSecret that can fit
 assert SECRET_CAPACITY <= MAX_SECRET_SIZE
-
-_chips: dict[tuple[str, str], Chip] = {}
-_chips_lock = threading.Lock()
-
-
-def chip_for(state_dir: Path | str | None, name: str = DEFAULT_CHIP) -> Chip:
-    """The chip ``name`` of the state directory (default: $TVMM_STATE_DIR, else
-    ~/.local/state/tvmm), created on first use and cached for the process."""
-    root = Path(state_dir) if state_dir is not None else default_state_dir()
-    key = (str(root.resolve()), name)
-    with _chips_lock:
-        chip = _chips.get(key)
-        if chip is None:
-            manufacturer = _load_manufacturer(root) or Manufacturer.load_or_create(root)
-            chip = Chip.load_or_create(root, manufacturer, name)
-            _chips[key] = chip
-    return chip
-
-
-def _load_manufacturer(root: Path) -> Manufacturer | None:
-    """The stored manufacturer, loaded without re-validating its RSA private keys (ours,
-    written by Manufacturer.load_or_create); None if there is none yet."""
-    directory = root / "root_of_trust"
-    if not directory.is_dir():
-        return None
-    keys = []
-    for stem in ("ark", "ask"):
-        key = serialization.load_pem_private_key(
-            (directory / f"{stem}_key.pem").read_bytes(), password=None,
-            unsafe_skip_rsa_key_validation=True)
-        cert = x509.load_pem_x509_certificate((directory / f"{stem}.pem").read_bytes())
-        if not isinstance(key, rsa.RSAPrivateKey) or cert.public_key() != key.public_key():
-            raise ValueError(f"{directory / (stem + '.pem')} does not certify its key")
-        keys.append((key, cert))
-    (ark_key, ark_cert), (ask_key, ask_cert) = keys
-    return Manufacturer(ark_key, ask_key, ark_cert, ask_cert)
-
 
 @dataclass
 class VmAttestation:
@@ -184,7 +143,7 @@ def _key_request(tee: Tee, vm: Vm, nonce_gpa: int, out_gpa: int) -> tuple[int, s
         return GuestError.INVAL, "key request buffers must be private guest memory"
     nonce = vm.memory.read(nonce_gpa, NONCE_SIZE)
     state = _state(tee, vm)
-    key = ec.derive_private_key(tee.attest_rng.getrandbits(383) | 1, ec.SECP384R1())
+    key = ec.generate_private_key(ec.SECP384R1())
     public = encode_public_key(key.public_key())
     try:
         report = build_report(tee, vm, report_data_for(nonce, public))
@@ -223,7 +182,7 @@ def _secret_key(tee: Tee, vm: Vm, gpa: int, length: int) -> tuple[int, str]:
 def _state(tee: Tee, vm: Vm) -> VmAttestation:
     state = tee.attestation.get(vm.id)
     if state is None:
-        state = tee.attestation[vm.id] = VmAttestation(report_id=tee.attest_rng.randbytes(32))
+        state = tee.attestation[vm.id] = VmAttestation(report_id=os.urandom(32))
     return state
 
 

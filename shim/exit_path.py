@@ -16,10 +16,10 @@ from shim.views import View, host_fields
 from shim.vm import Pending, PendingKind, VcpuContext, Vm, VmState
 from tvmm.abi.guest import exit_status
 from tvmm.abi.messages import ExitRecord, Reply
+from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import ExitReason, Field, KillReason, Result
 from tvmm.hw.vcpu import RAX, RDI, RDX, REG_NAMES, RIP, RSI, Access, Stop, StopKind
 from tvmm.hw.vmsa import slot_tags, unpack_plain
-from tvmm.trace.events import EventKind
 
 if TYPE_CHECKING:
     from shim.platform import Tee

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from shim import delivery
 from shim.vm import VcpuContext, Vm
-from tvmm.trace.events import EventKind
+from tvmm.abi.trace_events import EventKind
 
 if TYPE_CHECKING:
     from shim.platform import Tee

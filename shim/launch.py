@@ -2,28 +2,28 @@
 
 The launch digest is SEV-SNP's PAGE_INFO chain (tvmm.hw.measurement), fed in the order the
 host adds pages, then the initial vCPU state and the level's SEV_FEATURES as a VMSA page at
-finalize.  ``predict`` runs a launch plan (tvmm.launch_plan) at a level through the same
-chain without a VM: what ``tvmm measure`` prints, and what FINALIZE returns when the host
-follows the plan at that level.
+finalize.  ``predict`` runs a launch plan (tvmm.launch_plan, read through the ``Plan``
+protocol) at a level through the same chain without a VM: what ``tvmm measure`` prints,
+and what FINALIZE returns when the host follows the plan at that level.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
 
 from shim.errors import BadOperand
 from shim.levels import FEATURES
 from shim.vm import Vm, VmState
-from tvmm.abi.guest import BOOT_MAGIC, FEATURE_SHIM
+from tvmm.abi.guest import BOOT_MAGIC, FEATURE_SHIM, INITIAL_RFLAGS
+from tvmm.abi.guest import initial_registers as initial_register_values
+from tvmm.abi.launch_secret import LaunchSecretError, unwrap
 from tvmm.abi.types import LEVEL_CODES, Level, PageType
 from tvmm.hw import measurement
 from tvmm.hw.code_traps import sweep
 from tvmm.hw.vcpu import PAGE, REG_NAMES
 from tvmm.hw.vmsa import VMSA_GPA, pack_plain
-from tvmm.launch_plan import INITIAL_RFLAGS, LaunchPlan
-from tvmm.launch_plan import initial_registers as initial_register_values
-from tvmm.owner.launch_secret import LaunchSecretError, unwrap
 
 if TYPE_CHECKING:
     from shim.platform import Tee
@@ -32,6 +32,16 @@ _BOOT_INFO = struct.Struct("<6Q")
 _SECRET_LEN = struct.Struct("<Q")
 RFLAGS_RESET = INITIAL_RFLAGS
 _NORMAL = measurement.PageType.NORMAL
+
+
+class Plan(Protocol):
+    """What ``predict`` reads of a launch plan (tvmm.launch_plan.LaunchPlan, which the TEE
+    does not import: it is the host's and the owner's, not measured)."""
+
+    entry: int
+    memory_size: int
+
+    def parts(self) -> Iterator[tuple[int, PageType, int, memoryview | None]]: ...
 
 
 def check_unadded(vm: Vm, gpa: int, count: int) -> None:
@@ -127,7 +137,7 @@ def vmsa_page(entry: int, memory_size: int, level: Level) -> bytes:
     return bytes(page)
 
 
-def predict(plan: LaunchPlan, level: Level) -> measurement.LaunchDigest:
+def predict(plan: Plan, level: Level) -> measurement.LaunchDigest:
     """The launch digest FINALIZE will return for ``plan`` launched at ``level``, computed
     without a VM (the chain's ``digest``; its ``pages`` are the exact list hashed): the
     plan's pages as the TEE adds them, read in place, then the level's VMSA page."""

@@ -10,6 +10,7 @@ from tvmm.abi.types import Level
 @dataclass(frozen=True, slots=True)
 class Features:
     encrypt_memory: bool = False  # the host reads private pages as ciphertext
+    hide_ciphertext: bool = False  # ... or not even that: all ones (SNP ciphertext hiding)
     encrypt_registers: bool = False  # the host holds the register state encrypted (deterministic)
     ownership: bool = False  # the ownership table forbids host writes and remaps of private pages
     restricted_view: bool = False  # exits show only the registers the guest exposes
@@ -30,8 +31,8 @@ FEATURES: dict[Level, Features] = {
         encrypt_memory=True, encrypt_registers=True, restricted_view=True, ownership=True
     ),
     Level.SHIM: Features(
-        encrypt_memory=True, encrypt_registers=True, restricted_view=True, ownership=True,
-        sealed_state=True, sanitise_exits=True, step_policy=True, fault_policy=True,
-        irq_filter=True, shim_io=True, commit_writes=True,
+        encrypt_memory=True, hide_ciphertext=True, encrypt_registers=True,
+        restricted_view=True, ownership=True, sealed_state=True, sanitise_exits=True,
+        step_policy=True, fault_policy=True, irq_filter=True, shim_io=True, commit_writes=True,
     ),
 }

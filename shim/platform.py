@@ -8,14 +8,13 @@ the handler; every refusal becomes an error reply naming the operand, and change
 
 from __future__ import annotations
 
-import random
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from shim.attestation import chip_for
 from shim.bounce import BounceBuffers
 from shim.errors import BadState, Malformed, NoVm, PlatformError, VmDead
 from shim.exit_path import view_of
@@ -26,57 +25,52 @@ from shim.sealing import StateSealer
 from shim.vm import Vm, VmState
 from tvmm.abi import codec
 from tvmm.abi.messages import REQUESTS, CreateVm, Reply
+from tvmm.abi.trace_events import NullRecorder
 from tvmm.abi.types import Call, Level, Result
 from tvmm.hw import cpuid
 from tvmm.hw.measurement import LaunchDigest
 from tvmm.hw.mee import MemoryEncryptionEngine
 from tvmm.hw.memory import GuestMemory
+from tvmm.hw.root_of_trust import DEFAULT_CHIP, Chip, load_chip
 from tvmm.hw.vcpu import PAGE, Vcpu
 from tvmm.hw.vmsa import DeterministicVmsaCipher
-from tvmm.trace.recorder import NullRecorder
 
 
 @dataclass
 class Tee:
-    """What the handlers may use of the TEE: its randomness, keys, recorder and VM table.
+    """What the handlers may use of the TEE: its keys, recorder and VM table.
 
-    ``seed`` makes every random choice of the TEE (keys, nonces, policy draws) replayable;
-    a seeded TEE is for experiments, not for protecting anything."""
+    Every key and every policy draw comes from the OS, inside the TEE: nothing a host (or
+    whoever knows a run's seed) can reproduce.  The launch key is made here; each VM's
+    memory-encryption, save-area and sealing keys in ``new_vm``; the chip (the VCEK key
+    that signs reports) is loaded from the state directory on first use and held here."""
 
-    seed: int | None = None
     recorder: object = field(default_factory=NullRecorder)
     policy_config: object | None = None  # shim.policies.PolicyConfig for the shim level
     vms: dict[int, Vm] = field(default_factory=dict)
     next_id: int = 1
     state_dir: Path | str | None = None  # the chip's keys (None: $TVMM_STATE_DIR or ~)
-    chip_name: str = "chip-0"
+    chip_name: str = DEFAULT_CHIP
     attestation: dict[int, object] = field(default_factory=dict)  # shim.attestation per VM
+    _chip: Chip | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed) if self.seed is not None else random.SystemRandom()
-        self.launch_key = ec.derive_private_key(
-            self.rng.getrandbits(383) | 1, ec.SECP384R1()
-        )
-        # Its own stream, so that attesting leaves every other seeded draw where it was.
-        self.attest_rng = (random.Random(self.seed ^ 0xA77E57) if self.seed is not None
-                           else random.SystemRandom())
+        self.launch_key = ec.generate_private_key(ec.SECP384R1())
 
     @property
-    def chip(self):  # -> tvmm.hw.root_of_trust.Chip
+    def chip(self) -> Chip:
         """The chip whose VCEK key signs this TEE's reports (loaded on first use: the
         manufacturer's RSA keys are made, once per state directory, only if needed)."""
-        return chip_for(self.state_dir, self.chip_name)
-
-    def random_bytes(self, n: int) -> bytes:
-        return self.rng.getrandbits(8 * n).to_bytes(n, "little")
+        if self._chip is None:
+            self._chip = load_chip(self.state_dir, self.chip_name)
+        return self._chip
 
     def new_vm(
         self, level: Level, features: Features, size: int, shared: range, policy: int
     ) -> Vm:
         vcpu = Vcpu(size, cpuid.serve)
-        xts_key = self.random_bytes(64)
-        mee = MemoryEncryptionEngine(xts_key) if features.encrypt_memory else None
-        memory = GuestMemory(vcpu, shared, mee, features.ownership)
+        mee = MemoryEncryptionEngine() if features.encrypt_memory else None  # its own key
+        memory = GuestMemory(vcpu, shared, mee, features.ownership, features.hide_ciphertext)
         vm = Vm(
             id=self.next_id,
             level=level,
@@ -84,16 +78,15 @@ class Tee:
             vcpu=vcpu,
             memory=memory,
             policy=policy,
-            rng=random.Random(self.rng.getrandbits(64)),
-            vmsa_cipher=DeterministicVmsaCipher(self.random_bytes(32)),
-            sealer=StateSealer(self.random_bytes(32), self.random_bytes(4)),
+            vmsa_cipher=DeterministicVmsaCipher(os.urandom(32)),
+            sealer=StateSealer(),  # its own key and nonce field
             digest=LaunchDigest(),
             added=bytearray(size // PAGE),
         )
         if features.step_policy or features.fault_policy or features.irq_filter:
             from shim.policies import PolicySet  # only the shim level has policies
 
-            vm.policies = PolicySet(self.policy_config, vm.rng)
+            vm.policies = PolicySet(self.policy_config)  # draws from the OS
         if features.shim_io:
             vm.bounce = BounceBuffers(memory)
         vm.view = view_of(vm)
@@ -116,14 +109,13 @@ _ROUTES: dict[type, tuple[Call, Callable, frozenset[VmState]]] = {
 class Platform:
     """The modeled TEE as the host reaches it."""
 
-    def __init__(self, seed: int | None = None, recorder: object | None = None,
-                 policy_config: object | None = None, *,
+    def __init__(self, recorder: object | None = None, policy_config: object | None = None, *,
                  state_dir: Path | str | None = None) -> None:
-        self.tee = Tee(seed, recorder or NullRecorder(), policy_config, state_dir=state_dir)
+        self.tee = Tee(recorder or NullRecorder(), policy_config, state_dir=state_dir)
 
     @property
     def launch_public_key(self) -> ec.EllipticCurvePublicKey:
-        """The key owners wrap launch secrets to (tvmm.owner.launch_secret)."""
+        """The key owners wrap launch secrets to (tvmm.abi.launch_secret)."""
         return self.tee.launch_key.public_key()
 
     def handle(self, request: object) -> Reply:

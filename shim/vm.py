@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -72,7 +71,6 @@ class Vm:
     vcpu: Vcpu
     memory: GuestMemory
     policy: int
-    rng: random.Random
     vmsa_cipher: DeterministicVmsaCipher
     sealer: StateSealer
     digest: LaunchDigest = field(default_factory=LaunchDigest)

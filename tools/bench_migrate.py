@@ -33,6 +33,7 @@ from rich.progress import Progress
 
 from shim import management
 from shim.platform import Platform
+from tvmm.abi import launch_secret
 from tvmm.abi.types import Level
 from tvmm.host.client import PlatformClient
 from tvmm.host.hypervisor import Devices
@@ -43,7 +44,6 @@ from tvmm.host.node_host import (
     export_round,
     feed_stream,
 )
-from tvmm.owner import launch_secret
 from tvmm.perimeter import wire
 from tvmm.samples import build_sample
 
@@ -51,7 +51,7 @@ PAGE = 4096
 
 
 def _launch(memory: int, count: int) -> tuple[Platform, PlatformClient, PausableHost]:
-    src = Platform(seed=1)
+    src = Platform()
     lock = threading.RLock()
 
     def transport(req):
@@ -67,7 +67,7 @@ def _launch(memory: int, count: int) -> tuple[Platform, PlatformClient, Pausable
 
 def _receiver(sock: socket.socket, stream: int, level: Level, memory: int, policy: int,
               out: dict) -> None:
-    dst = Platform(seed=2)
+    dst = Platform()
     client = PlatformClient(dst.handle)
     management.open_import(dst.tee, out["key"], stream, "bench", 2)
     t = time.perf_counter()
@@ -152,7 +152,7 @@ def _dst_node(ready, key: bytes, stream: int, level: Level, memory: int, policy:
     the SHA-256 of guest memory ``check`` = (gpa, size), so the parent can verify the data,
     and the CPU seconds this process spent receiving and importing.
     Every blocking call has ``timeout``: the process ends even if the parent vanishes."""
-    dst = Platform(seed=2)
+    dst = Platform()
     client = PlatformClient(dst.handle)
     management.open_import(dst.tee, key, stream, "bench", 2)
     t = time.perf_counter()

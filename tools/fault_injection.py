@@ -40,8 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tvmm.abi.state_dir import default_state_dir
 from tvmm.operator.client import OperatorClient, PerimeterError
-from tvmm.operator.launcher import Perimeter, default_state_dir
+from tvmm.operator.launcher import Perimeter
 from tvmm.perimeter import measure, wire
 from tvmm.perimeter.channel import connect
 from tvmm.perimeter.identity import Identity, pinned_ark

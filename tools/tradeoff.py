@@ -182,7 +182,7 @@ def benign_run(case: BenignCase, config: PolicyConfig, seed: int = 0
     try:
         devices = Devices(Console(), BlockDevice(None), InputDevice(["guess"]))
         host = case.host(machine.client, devices, quantum=case.quantum)
-        blob = wrap_secret(machine, secret, seed)
+        blob = wrap_secret(machine, secret)
         start = time.process_time()
         host.launch(image, Level.SHIM, DEFAULT_MEMORY, secret_blob=blob)
         result = host.run()
@@ -395,9 +395,10 @@ mapped up front; each page mapped on its first fault).
 - Extending and counting act only on entries *shorter* than `min_progress`.  Without the
   jitter of longer quanta (row "no jitter of longer quanta"), an attacker that counts
   instructions with quanta of at least `min_progress` is neither stretched nor counted,
-  and the exit's RETIRED field tells it which quanta are honoured: the password's compare
-  region (input completion to the `denied` write, {region} instructions at `shim` without
-  jitter) then falls to threshold tests, whole and undetected.  With every timed quantum
+  and docs/policies.md tells it which quanta are honoured (min_progress; a timer exit at
+  shim shows no count): the password's compare region (input completion to the `denied`
+  write, {region} instructions at `shim` without jitter) then falls to threshold tests,
+  whole and undetected.  With every timed quantum
   jittered by 0..`extend_max`, the threshold tests no longer count exactly and the attack
   recovers nothing, at no measurable cost.  Single-stepping modexp, whose events are only
   6 or 14 instructions apart, is caught by the short-entry count at every `min_progress`.

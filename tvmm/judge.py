@@ -21,12 +21,12 @@ from pathlib import Path
 
 from shim.policies.config import PolicyConfig
 from tools.attacks.base import Attack, AttackContext, Outcome
+from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices
 from tvmm.machine import DEFAULT_MEMORY, make_machine, owner_endpoint, wrap_secret
 from tvmm.samples import PASSWORD_ALPHABET, expected_console_ok, resolve
-from tvmm.trace.events import EventKind
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,8 @@ def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
     ctx = AttackContext(
         client=machine.client, image=image, guest=guest, level=level, seed=seed,
         rng=random.Random(seed ^ 0x5EED), memory=memory,
-        secret_blob=wrap_secret(machine, secret, seed), record=record, devices=devices,
-        owner=owner_endpoint(image, secret, seed, memory=memory),
+        secret_blob=wrap_secret(machine, secret), record=record, devices=devices,
+        owner=owner_endpoint(image, secret, memory=memory),
     )
     start = time.perf_counter()
     try:

@@ -23,11 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tvmm.abi.guest import BOOT_INFO_GPA, PAGE_SIZE, SECRETS_GPA
+from tvmm.abi.guest import BOOT_INFO_GPA, PAGE_SIZE, SECRETS_GPA, initial_registers
 from tvmm.abi.types import PageType
 from tvmm.guestimage import GuestImage
-
-INITIAL_RFLAGS = 0x2  # only the always-one bit: interrupts off, as at reset
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +77,6 @@ class LaunchPlan:
     def initial_registers(self) -> dict[str, int]:
         """The registers FINALIZE sets and measures; every register not named is 0."""
         return initial_registers(self.entry, self.memory_size)
-
-
-def initial_registers(entry: int, memory_size: int) -> dict[str, int]:
-    """The launch ABI's initial vCPU: RIP at the entry, the stack at the top of memory."""
-    return {"rip": entry, "rsp": memory_size, "rflags": INITIAL_RFLAGS}
 
 
 def plan_launch(image: GuestImage, memory_size: int, *, secret_blob: bytes = b"") -> LaunchPlan:

@@ -24,24 +24,24 @@ import cryptography
 import unicorn
 
 import tvmm
-from shim.attestation import chip_for
 from shim.launch import predict
 from shim.levels import FEATURES
 from shim.platform import Platform
 from shim.policies.config import PolicyConfig
+from tvmm.abi import launch_secret
+from tvmm.abi.trace_events import EventKind, NullRecorder, TraceHeader
 from tvmm.abi.types import Level
 from tvmm.guestimage import GuestImage
 from tvmm.host.client import PlatformClient, Transport, bytes_transport
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor, RunResult
+from tvmm.hw.root_of_trust import public_chain
 from tvmm.launch_plan import plan_launch
-from tvmm.owner import launch_secret
 from tvmm.owner.broker import ReleasePolicy
 from tvmm.owner.endpoint import OwnerEndpoint
 from tvmm.owner.verify import CertChain
 from tvmm.samples import Sample, resolve
-from tvmm.trace.events import EventKind, TraceHeader
-from tvmm.trace.recorder import NullRecorder, TraceRecorder
+from tvmm.trace.recorder import TraceRecorder
 
 DEFAULT_MEMORY = 4 << 20
 SECRET_PATHS = ("attested", "launch")
@@ -85,22 +85,17 @@ def make_machine(*, seed: int | None = 0, trace: Path | str | None = None,
             elf=str(image.path) if image else None,
             elf_sha256=image.sha256 if image else None,
             symbols=list(image.symbols) if image else [], extra=extra_header or {}))
-    platform = Platform(seed=seed, recorder=recorder, policy_config=policy_config,
-                        state_dir=state_dir)
+    platform = Platform(recorder=recorder, policy_config=policy_config, state_dir=state_dir)
     transport: Transport = (bytes_transport(platform.handle_bytes) if wire else platform.handle)
     return Machine(platform, PlatformClient(transport), recorder, image)
 
 
-def wrap_secret(machine: Machine, secret: bytes, seed: int | None) -> bytes:
-    """The owner's side: wrap the secret to the platform's launch key."""
+def wrap_secret(machine: Machine, secret: bytes) -> bytes:
+    """The owner's side: wrap the secret to the platform's launch key (a fresh ephemeral
+    key and nonce from the OS: the run's seed is public)."""
     if not secret:
         return b""
-    rng = random.Random(seed)
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    eph = ec.derive_private_key(rng.getrandbits(383) | 1, ec.SECP384R1())
-    return launch_secret.wrap(secret, machine.platform.launch_public_key, ephemeral=eph,
-                              nonce=rng.getrandbits(96).to_bytes(12, "little"))
+    return launch_secret.wrap(secret, machine.platform.launch_public_key)
 
 
 def expected_measurement(image: GuestImage, memory: int = DEFAULT_MEMORY,
@@ -114,11 +109,10 @@ def expected_measurement(image: GuestImage, memory: int = DEFAULT_MEMORY,
 def chip_chain(state_dir: Path | str | None = None) -> CertChain:
     """The modeled chip's certificates (ARK, ASK, VCEK): public, as the vendor's key
     distribution service serves a VCEK; the chip of every Platform on ``state_dir``."""
-    chip = chip_for(state_dir)
-    return CertChain(chip.manufacturer.ark_cert, chip.manufacturer.ask_cert, chip.vcek_cert)
+    return CertChain(*public_chain(state_dir))
 
 
-def owner_endpoint(image: GuestImage, secret: bytes, seed: int | None, *,
+def owner_endpoint(image: GuestImage, secret: bytes, *,
                    memory: int = DEFAULT_MEMORY, policy: ReleasePolicy | None = None,
                    nonce: bytes | None = None, state_dir: Path | str | None = None,
                    level: Level = Level.SNP) -> OwnerEndpoint:
@@ -131,7 +125,6 @@ def owner_endpoint(image: GuestImage, secret: bytes, seed: int | None, *,
         policy, secret,
         trust_anchor=lambda: chip_chain(state_dir).ark,
         chain=lambda: chip_chain(state_dir),
-        rng=random.Random(seed ^ 0x0_4E4E) if seed is not None else None,
         nonce=nonce,
     )
 
@@ -192,12 +185,12 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
     if sample and sample.name == "password" and not input_lines:
         input_lines = ["guess", "letmein"]
     if secret_path == "attested" and owner is None:
-        owner = owner_endpoint(image, secret, seed, memory=memory, policy=release_policy,
+        owner = owner_endpoint(image, secret, memory=memory, policy=release_policy,
                                nonce=nonce, state_dir=state_dir, level=level)
     devices = Devices(Console(on_console), BlockDevice(disk), InputDevice(input_lines),
                       owner=owner if secret_path == "attested" else None)
     host = HonestHypervisor(machine.client, devices, quantum=quantum, tick_vector=tick_vector)
-    blob = wrap_secret(machine, secret, seed) if secret_path == "launch" else b""
+    blob = wrap_secret(machine, secret) if secret_path == "launch" else b""
     launch_options = {} if guest_policy is None else {"policy": guest_policy}
     try:
         start = time.perf_counter()

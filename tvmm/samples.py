@@ -5,8 +5,10 @@ image (the image is public and measured)."""
 
 from __future__ import annotations
 
+import functools
 import random
 import string
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,8 @@ from tvmm import guestbuild
 from tvmm.guestimage import GuestImage, GuestImageError, load_elf
 
 SAMPLES_DIR = guestbuild.GUESTS_DIR / "samples"
+VICTIMS_DIR = guestbuild.GUESTS_DIR / "victims"
+SECRET_CAPACITY = 4096 - 8  # the secrets page: u64 length, then the bytes
 PASSWORD_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -72,25 +76,64 @@ SAMPLES: dict[str, Sample] = {
 }
 
 
+def _random_bytes(size: int, rng: random.Random) -> bytes:
+    return rng.getrandbits(8 * size).to_bytes(size, "little")
+
+
+def declared(source: Path) -> Sample | None:
+    """The secret a guest's source declares in ``<name>.toml`` beside it (``secret_bytes``,
+    ``description``): random bytes of that size from the seed, as the samples' secrets.
+    None without such a file.  Provisional: how an owner declares a custom guest's secret
+    is still to be designed (only the size and a description for now)."""
+    spec = source.with_suffix(".toml")
+    if not spec.is_file():
+        return None
+    try:
+        data = tomllib.loads(spec.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise GuestImageError(f"{spec}: not a readable TOML file ({exc})") from None
+    size, description = data.get("secret_bytes"), data.get("description", "")
+    if type(size) is not int or not 0 <= size <= SECRET_CAPACITY:
+        raise GuestImageError(f"{spec}: secret_bytes must be an integer in [0, {SECRET_CAPACITY}]")
+    if not isinstance(description, str):
+        raise GuestImageError(f"{spec}: description must be a string")
+    unknown = set(data) - {"secret_bytes", "description"}
+    if unknown:
+        raise GuestImageError(f"{spec}: unknown setting {sorted(unknown)[0]!r}")
+    return Sample(source.stem, str(source), description, f"{size} random bytes",
+                  functools.partial(_random_bytes, size), "result=")
+
+
+def _victims() -> dict[str, Sample]:
+    """The victim guests of guests/victims: each a C source with its declaration."""
+    found = (declared(source) for source in sorted(VICTIMS_DIR.glob("*.c")))
+    return {v.name: v for v in found if v is not None}
+
+
+VICTIMS: dict[str, Sample] = _victims()
+
+
 def build_sample(name: str) -> GuestImage:
-    sample = SAMPLES.get(name)
+    sample = SAMPLES.get(name) or VICTIMS.get(name)
     if sample is None:
         raise KeyError(f"no sample guest {name!r}; try one of: {', '.join(SAMPLES)}")
-    path = guestbuild.build([SAMPLES_DIR / sample.source])
+    path = guestbuild.build([SAMPLES_DIR / sample.source])  # a victim's source is absolute
     return load_elf(path, name)
 
 
 def resolve(guest: str) -> tuple[GuestImage, Sample | None]:
-    """A sample name, a C source (built on demand) or an ELF path."""
-    if guest in SAMPLES:
-        return build_sample(guest), SAMPLES[guest]
+    """A sample or victim name, a C source (built on demand; its secret as declared beside
+    it, if it is) or an ELF path."""
+    known = SAMPLES.get(guest) or VICTIMS.get(guest)
+    if known is not None:
+        return build_sample(guest), known
     path = Path(guest)
     if not path.exists():
         raise GuestImageError(
             f"no sample guest {guest!r} (try one of: {', '.join(SAMPLES)}) and no such file"
         )
     if path.suffix in (".c", ".S", ".s"):
-        return load_elf(guestbuild.build([path]), path.stem), None
+        return load_elf(guestbuild.build([path]), path.stem), declared(path)
     return load_elf(path), None
 
 

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from shim.vm import Vm
 from tvmm.abi.messages import DropWrites, Reply
+from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Result
 from tvmm.hw.writeback import WriteBackBuffer
-from tvmm.trace.events import EventKind
 
 if TYPE_CHECKING:
     from shim.platform import Tee

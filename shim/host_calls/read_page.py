@@ -1,7 +1,9 @@
 """READ_PAGE(vm, gpa) -> data = the page as the host sees it.
 
 Shared pages in plaintext; private pages as the memory encryption engine's ciphertext
-from ``sev`` up (plaintext at ``plain``).  There is no call that returns private plaintext.
+from ``sev`` to ``snp`` (plaintext at ``plain``), and at ``shim`` as 4096 bytes of 0xff:
+SEV-SNP ciphertext hiding, where a host read of a private page sees a constant, not its
+ciphertext.  There is no call that returns private plaintext.
 Results: OK, MALFORMED, BAD_OPERAND, NO_VM.
 """
 

@@ -4,18 +4,18 @@ violation is kept (``violations``) so the owner and the judge can read it."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shim.errors import EntryRefused
 from shim.policies.config import PolicyConfig, Response
+from shim.policies.draws import Draws, OsDraws
 from shim.policies.faults import FaultPolicy
 from shim.policies.irq import IrqFilter
 from shim.policies.step import StepPolicy
+from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import ExitReason, Field, KillReason
 from tvmm.hw.vcpu import PAGE
-from tvmm.trace.events import EventKind
 
 if TYPE_CHECKING:
     from shim.exit_path import Exit
@@ -33,9 +33,9 @@ class Violation:
 
 
 class PolicySet:
-    def __init__(self, config: PolicyConfig | None, rng: random.Random) -> None:
+    def __init__(self, config: PolicyConfig | None, draws: Draws | None = None) -> None:
         self.config = config or PolicyConfig()
-        self.step = StepPolicy(self.config, rng)
+        self.step = StepPolicy(self.config, draws if draws is not None else OsDraws())
         self.faults = FaultPolicy(self.config)
         self.irq = IrqFilter(self.config)
         self.violations: list[Violation] = []

@@ -8,21 +8,22 @@ prevention mode), so a quantum of 1 never stops the guest after exactly one inst
 entry also runs a random 0..``extend_max`` further instructions, so that threshold tests at
 quanta above the minimum do not count instructions exactly either.
 Draws are ``int(random() * n)``: one C call where ``randint`` makes five Python ones, at
-every entry; its bias (below 2**-45) is far under anything a host could measure.
+every entry; its bias (below 2**-45) is far under anything a host could measure.  The
+draws come from the OS (shim.policies.draws): the host cannot predict them.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from shim.policies.config import PolicyConfig, StepMode
+from shim.policies.draws import Draws
 
 
 @dataclass(slots=True)
 class StepPolicy:
     config: PolicyConfig
-    rng: random.Random
+    rng: Draws
     window_start: int = 0
     short_in_window: int = 0
     # Read off the config once: this runs at every entry.

@@ -45,7 +45,7 @@ def _launch(guest: str, level: Level, *, seed: int = 0, inputs=(), policy_config
     secret = SAMPLES[guest].make_secret(random.Random(seed))
     machine = make_machine(seed=seed, image=image, level=level, policy_config=policy_config)
     host = host_cls(machine.client, Devices(input=InputDevice(inputs)), **host_kw)
-    host.launch(image, level, DEFAULT_MEMORY, secret_blob=wrap_secret(machine, secret, seed))
+    host.launch(image, level, DEFAULT_MEMORY, secret_blob=wrap_secret(machine, secret))
     return machine, host
 
 
@@ -57,7 +57,7 @@ def test_drop_writes_is_a_call_of_the_abi():
 
 
 def test_drop_writes_is_refused_outside_a_running_vm():
-    platform = Platform(seed=0)
+    platform = Platform()
     vm = PlatformClient(platform.handle).create_vm(Level.SEV, DEFAULT_MEMORY, SHARED_BASE,
                                                    SHARED_SIZE, DEFAULT_POLICY)
     assert platform.handle(DropWrites(vm)).result == Result.BAD_STATE  # not finalized

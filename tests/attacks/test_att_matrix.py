@@ -31,6 +31,13 @@ EXPECTATIONS = Path(__file__).resolve().parents[2] / "tools" / "matrix_expectati
 ROWS: list[dict] = tomllib.loads(EXPECTATIONS.read_text())["cell"]
 
 
+def _allowed(row: dict) -> set[str]:
+    """A row expects one class, or any of a list (a cell whose outcome rests on the TEE's
+    own random draws, which no seed replays: chance-level results are bounded by bits)."""
+    expect = row["expect"]
+    return {expect} if isinstance(expect, str) else set(expect)
+
+
 def _id(row: dict) -> str:
     return f"{row['attack']}-{row['victim']}-{row['level']}"
 
@@ -40,10 +47,11 @@ def test_expectations_are_well_formed():
     assert len(keys) == len(ROWS), "a cell has two rows"
     for row in ROWS:
         assert set(row) == {"attack", "victim", "level", "expect", "max_leaked_bits"}, row
-        assert row["expect"] in CLASSES and row["expect"] != "error", row
+        allowed = _allowed(row)
+        assert allowed <= set(CLASSES) and "error" not in allowed, row
         Level(row["level"])
         assert row["max_leaked_bits"] >= 0
-        if row["expect"] in ("none", "blocked", "tampered"):
+        if allowed <= {"none", "blocked", "tampered"}:
             assert row["max_leaked_bits"] == 0, row
 
 
@@ -58,7 +66,7 @@ def test_every_registered_cell_has_a_row_and_every_row_a_cell():
 def test_cell_meets_its_expectation(row: dict):
     verdict = run_cell(Cell(row["attack"], row["victim"], Level(row["level"])), seed=0)
     got = outcome_class(verdict)
-    assert got == row["expect"], f"{verdict.cell}: {verdict.detail}"
+    assert got in _allowed(row), f"{verdict.cell}: {verdict.detail}"
     assert verdict.leaked_bits <= row["max_leaked_bits"] + 0.05, verdict.detail
 
 

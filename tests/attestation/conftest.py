@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tvmm.hw.report import AttestationReport, GuestPolicy, TcbVersion
+from tvmm.abi.report import AttestationReport, GuestPolicy, TcbVersion
 from tvmm.hw.root_of_trust import Chip, Manufacturer
 from tvmm.owner.verify import CertChain, load_chain_dir, load_report
 

@@ -14,10 +14,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tvmm.hw.report import AttestationReport, GuestPolicy, TcbVersion
-from tvmm.hw.root_of_trust import Chip
-from tvmm.owner.broker import KeyBroker, PolicyError, ReleasePolicy, load_policy
-from tvmm.owner.key_release import (
+from tvmm.abi.key_release import (
     KeyReleaseFormatError,
     UnwrapError,
     WrappedSecret,
@@ -27,6 +24,9 @@ from tvmm.owner.key_release import (
     wrap_secret,
     wrap_secret_with,
 )
+from tvmm.abi.report import AttestationReport, GuestPolicy, TcbVersion
+from tvmm.hw.root_of_trust import Chip
+from tvmm.owner.broker import KeyBroker, PolicyError, ReleasePolicy, load_policy
 from tvmm.owner.verify import CertChain, VerificationError, VerifyFailure
 
 MEASUREMENT = bytes.fromhex("11" * 48)

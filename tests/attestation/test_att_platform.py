@@ -22,12 +22,13 @@ from tvmm.abi.guest import (
     GuestError,
     Hypercall,
 )
+from tvmm.abi.key_release import report_data_for
 from tvmm.abi.messages import ExitRecord
+from tvmm.abi.report import parse
 from tvmm.abi.types import DEFAULT_POLICY, POLICY_DEBUG, Field, Level
 from tvmm.host.devices import Console, InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor
 from tvmm.hw.measurement import PageType
-from tvmm.hw.report import parse
 from tvmm.judge import run_attack
 from tvmm.launch_plan import plan_launch
 from tvmm.machine import (
@@ -41,7 +42,6 @@ from tvmm.machine import (
 )
 from tvmm.matrix import outcome_class
 from tvmm.owner.broker import ReleasePolicy
-from tvmm.owner.key_release import report_data_for
 from tvmm.owner.verify import Expectations, VerificationError, VerifyFailure, verify_evidence
 from tvmm.samples import SAMPLES, build_sample, expected_console_ok, resolve
 
@@ -75,7 +75,7 @@ def test_predicted_digest_is_finalizes(images, guest, memory):
     machine = make_machine(seed=1, image=image, level=level)
     host = HonestHypervisor(machine.client)
     digest = host.launch(image, level, memory,
-                         secret_blob=wrap_secret(machine, _secret(guest, 1), 1))
+                         secret_blob=wrap_secret(machine, _secret(guest, 1)))
     assert digest == predicted.digest == expected_measurement(image, memory, level)
     measured = machine.platform.vm(host.vm).digest.pages
     assert measured == predicted.pages  # the exact page list, not only the end of the chain
@@ -165,21 +165,12 @@ def test_guest_report_verifies(tmp_path, level):
     assert report.host_data == bytes(32) and report.chip_id == machine.platform.chip.chip_id
 
 
-def test_reports_are_replayable_with_a_seed(tmp_path, images):
-    def once() -> bytes:
-        owner = owner_endpoint(images["modexp"], _secret("modexp", 4), 4)
-        boot("modexp", Level.SNP, seed=4, owner=owner)
-        return owner.releases[0].report
-
-    assert once() == once()
-
-
 # -- key release end to end -----------------------------------------------------------------
 @pytest.mark.parametrize("level", SIGNED)
 @pytest.mark.parametrize("guest", ["modexp", "password", "kvstore"])
 def test_key_release_through_a_booted_vm(images, guest, level):
     secret = _secret(guest, 5)
-    owner = owner_endpoint(images[guest], secret, 5, level=level)
+    owner = owner_endpoint(images[guest], secret, level=level)
     result = boot(guest, level, seed=5, owner=owner)
     assert result.how == "exit" and result.violations == []
     assert expected_console_ok(guest, secret, result.console)
@@ -212,11 +203,11 @@ def test_no_secret_below_snp(images, level):
 def test_an_owner_who_requires_shim_refuses_snp_and_releases_to_shim(images):
     secret = _secret("password", 15)
     for launched, released in ((Level.SNP, False), (Level.SHIM, True)):
-        owner = owner_endpoint(images["password"], secret, 15, level=Level.SHIM)
+        owner = owner_endpoint(images["password"], secret, level=Level.SHIM)
         result = boot("password", launched, seed=15, owner=owner)
         assert result.key_release["released"] is released, launched
         assert result.key_release["refusal"] == (None if released else "measurement")
-    snp_owner = owner_endpoint(images["password"], secret, 15)  # requires snp (the default)
+    snp_owner = owner_endpoint(images["password"], secret)  # requires snp (the default)
     assert not boot("password", Level.SHIM, seed=15, owner=snp_owner).key_release["released"]
 
 
@@ -225,7 +216,7 @@ def test_the_secret_reaches_only_the_secrets_page(images):
     secret = _secret("password", 6)
     machine = make_machine(seed=6, image=images["password"], level=Level.SHIM)
     devices = Devices(Console(), input=InputDevice([secret.decode()]),
-                      owner=owner_endpoint(images["password"], secret, 6, level=Level.SHIM))
+                      owner=owner_endpoint(images["password"], secret, level=Level.SHIM))
     host = HonestHypervisor(machine.client, devices)
     host.launch(images["password"], Level.SHIM, DEFAULT_MEMORY)
     assert host.run().status == 0 and devices.console.text == "granted\n"
@@ -243,14 +234,14 @@ def test_launch_secret_path_still_works(images):
 
 def test_debug_policy_is_in_the_report_and_refused(images):
     secret = _secret("modexp", 8)
-    owner = owner_endpoint(images["modexp"], secret, 8)
+    owner = owner_endpoint(images["modexp"], secret)
     result = boot("modexp", Level.SNP, seed=8, owner=owner, guest_policy=DEFAULT_POLICY
                   | POLICY_DEBUG)
     assert result.key_release == {**result.key_release, "released": False,
                                   "refusal": VerifyFailure.POLICY_DEBUG.value}
     assert parse(owner.releases[0].report).policy.debug
     assert not expected_console_ok("modexp", secret, result.console)  # computed without it
-    lenient = owner_endpoint(images["modexp"], secret, 8, policy=ReleasePolicy(
+    lenient = owner_endpoint(images["modexp"], secret, policy=ReleasePolicy(
         measurement=expected_measurement(images["modexp"]), allow_debug=True))
     assert boot("modexp", Level.SNP, seed=8, owner=lenient,
                 guest_policy=DEFAULT_POLICY | POLICY_DEBUG).key_release["released"]
@@ -287,7 +278,7 @@ def test_secure_processor_refuses_bad_requests(images):
 
 
 def test_owner_endpoint_refuses_what_is_not_evidence(images):
-    owner = owner_endpoint(images["modexp"], b"s", 11)
+    owner = owner_endpoint(images["modexp"], b"s")
     assert owner(b"hello") == b"TVKX" + b"malformed"
     nonce = owner(OWNER_CHALLENGE)
     assert len(nonce) == 32 and owner.challenges == [nonce]
@@ -320,7 +311,7 @@ def _context(images, guest: str, level: Level, owner) -> tuple[AttackContext, ob
 def test_tampered_guest_never_sees_the_secret(images, guest):
     secret = _secret(guest, 13)
     ctx, machine = _context(images, guest, Level.SHIM,
-                            owner_endpoint(images[guest], secret, 13, level=Level.SHIM))
+                            owner_endpoint(images[guest], secret, level=Level.SHIM))
     outcome = TamperedLaunch().run(ctx)
     assert outcome.notes["blocked"] and outcome.guess is None
     vm = machine.platform.vm(outcome.hosts[0].vm)
@@ -334,7 +325,7 @@ def test_tampered_launch_would_leak_to_a_gullible_owner(images, level):
     the secret, and the patch prints it — so "blocked" above is the broker's doing."""
     secret = _secret("password", 14)
     tampered_digest = expected_measurement(tamper(images["password"])[0], DEFAULT_MEMORY, level)
-    gullible = owner_endpoint(images["password"], secret, 14,
+    gullible = owner_endpoint(images["password"], secret,
                               policy=ReleasePolicy(measurement=tampered_digest))
     ctx, _ = _context(images, "password", level, gullible)
     outcome = TamperedLaunch().run(ctx)

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tvmm.hw import report as codec
-from tvmm.hw.report import (
+from tvmm.abi import report as codec
+from tvmm.abi.report import (
     OFFSETS,
     REPORT_SIZE,
     AttestationReport,

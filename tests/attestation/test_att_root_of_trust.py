@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tvmm.hw.report import TcbVersion
-from tvmm.hw.root_of_trust import (
+from tvmm.abi.report import TcbVersion
+from tvmm.abi.state_dir import default_state_dir
+from tvmm.abi.vcek import (
     OID_BL_SPL,
     OID_HW_ID,
     OID_PRODUCT_NAME,
@@ -22,14 +23,12 @@ from tvmm.hw.root_of_trust import (
     OID_UCODE_SPL,
     PRODUCT_NAME,
     PSS_SHA384,
-    Chip,
-    Manufacturer,
     chip_id_for,
-    default_state_dir,
     der_integer,
     parse_der_integer,
     vcek_info,
 )
+from tvmm.hw.root_of_trust import Chip, Manufacturer
 from tvmm.owner.verify import CertChain
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tvmm.hw.report import P384_ORDER
+from tvmm.abi.report import P384_ORDER
 from tvmm.hw.root_of_trust import Chip
 from tvmm.owner import roots
 from tvmm.owner.verify import (

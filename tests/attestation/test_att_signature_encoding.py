@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tvmm.hw.report import (
+from tvmm.abi.report import (
     OFFSETS,
     P384_ORDER,
     SIGNATURE_COMPONENT_SIZE,

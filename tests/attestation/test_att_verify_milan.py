@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tvmm.hw.report import REPORT_SIZE, SIGNED_SIZE, ReportFormatError, TcbVersion, parse
+from tvmm.abi.report import REPORT_SIZE, SIGNED_SIZE, ReportFormatError, TcbVersion, parse
 from tvmm.owner.verify import (
     CertChain,
     Expectations,

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from tvmm.hw.report import (
+from tvmm.abi.report import (
     SIGNED_SIZE,
     AttestationReport,
     GuestPolicy,
@@ -21,7 +21,8 @@ from tvmm.hw.report import (
     parse,
     sign_report,
 )
-from tvmm.hw.root_of_trust import PSS_SHA384, Chip, Manufacturer
+from tvmm.abi.vcek import PSS_SHA384
+from tvmm.hw.root_of_trust import Chip, Manufacturer
 from tvmm.owner.verify import (
     CertChain,
     Expectations,

@@ -29,7 +29,7 @@ class Launched:
         self.devices = Devices(Console(), input=InputDevice(inputs))
         self.host = host_cls(self.machine.client, self.devices, quantum=quantum)
         self.digest = self.host.launch(images[guest], level, DEFAULT_MEMORY,
-                                       secret_blob=wrap_secret(self.machine, self.secret, seed))
+                                       secret_blob=wrap_secret(self.machine, self.secret))
         self.client = self.machine.client
         self.vm_id = self.host.vm
 

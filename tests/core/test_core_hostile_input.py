@@ -13,12 +13,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shim.platform import Platform
-from tvmm.abi import codec
+from tvmm.abi import codec, launch_secret
 from tvmm.abi.guest import SECRETS_GPA, SHARED_BASE, SHARED_SIZE
+from tvmm.abi.launch_secret import MAX_SECRET, LaunchSecretError, unwrap
 from tvmm.abi.messages import AddPages, CreateVm, Enter
 from tvmm.abi.types import ExitReason, Field, Level, PageType, Result
-from tvmm.owner import launch_secret
-from tvmm.owner.launch_secret import MAX_SECRET, LaunchSecretError, unwrap
 
 PAGE = 0x1000
 MEM = 4 << 20
@@ -66,7 +65,7 @@ def test_an_oversized_launch_secret_is_refused_and_changes_nothing(level, gpa, s
     """Before: at SECRETS_GPA the host's plaintext spilled into the pages after the secrets
     page (unmeasured; the launch digest still matched the owner's prediction); at the end
     of memory the write raised UcError out of the TEE."""
-    p = Platform(seed=3)
+    p = Platform()
     vm = _vm(p, level)
     blob = host_wrap(b"\xa5" * size, p.launch_public_key, size)
     before = p.vm(vm).memory.read(0, MEM)
@@ -81,7 +80,7 @@ def test_an_oversized_launch_secret_is_refused_and_changes_nothing(level, gpa, s
 
 @pytest.mark.parametrize("level", [Level.SEV, Level.SHIM])
 def test_the_largest_launch_secret_fills_its_page_exactly(level):
-    p = Platform(seed=3)
+    p = Platform()
     vm = _vm(p, level)
     secret = b"\x5a" * MAX_SECRET
     gpa = MEM - PAGE

@@ -26,6 +26,22 @@ def test_private_memory_is_plaintext_only_at_plain(launch, level):
 
 
 @pytest.mark.parametrize("level", LEVELS)
+def test_private_ciphertext_is_hidden_at_shim_only(launch, level):
+    """SEV-SNP ciphertext hiding at shim: READ_PAGE of a private page is all ones, whatever
+    it holds (the host cannot even tell when it changes).  Below shim the ciphertext is
+    deterministic: the same plaintext reads back the same, a change shows (CipherLeaks)."""
+    v = launch("counter", level)
+    before = v.client.read_page(v.vm_id, SECRETS_GPA)
+    v.vm.memory.write(SECRETS_GPA, (7).to_bytes(8, "little"))  # the guest changes it
+    after = v.client.read_page(v.vm_id, SECRETS_GPA)
+    again = v.client.read_page(v.vm_id, SECRETS_GPA)
+    if level == "shim":
+        assert before == after == b"\xff" * 4096
+    else:
+        assert before != after and after == again and after != b"\xff" * 4096
+
+
+@pytest.mark.parametrize("level", LEVELS)
 def test_shared_memory_is_plaintext_at_every_level(launch, level):
     v = launch("hello", level)
     rec = first_exit(v)

@@ -16,10 +16,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tvmm.cli import main as cli
-from tvmm.hw.root_of_trust import Chip, CounterError
+from tvmm.hw.root_of_trust import Chip, CounterError, Manufacturer
 from tvmm.operator.client import OperatorClient
 from tvmm.perimeter.coordinator import Coordinator
-from tvmm.perimeter.identity import Identity, manufacturer, pinned_ark
+from tvmm.perimeter.identity import Identity, pinned_ark
 from tvmm.perimeter.node import Node
 from tvmm.perimeter.store import Problem
 from tvmm.samples import build_sample
@@ -176,7 +176,7 @@ def test_perimeter_status_reports_a_tampered_audit_log(
 
 
 def test_the_chip_seals_to_a_measurement_and_counts(tmp_path: Path) -> None:
-    maker = manufacturer(tmp_path)
+    maker = Manufacturer.load_or_create(tmp_path)
     a, b = (Chip.load_or_create(tmp_path, maker, n) for n in ("chip-a", "chip-b"))
     m1, m2 = bytes(48), b"\x01" * 48
     assert a.sealing_key(m1, "x") == Chip.load_or_create(tmp_path, maker, "chip-a") \
@@ -194,7 +194,7 @@ def test_the_chip_seals_to_a_measurement_and_counts(tmp_path: Path) -> None:
 
 
 def test_a_chip_kept_in_clear_is_wrapped_at_first_load(tmp_path: Path) -> None:
-    maker = manufacturer(tmp_path)
+    maker = Manufacturer.load_or_create(tmp_path)
     chip = Chip.load_or_create(tmp_path, maker, "old")
     assert chip.home is not None
     (chip.home / "vcek_key.pem").write_bytes(chip.key.private_bytes(

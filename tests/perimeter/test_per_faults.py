@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tools import fault_injection
-from tvmm.operator.launcher import default_state_dir
+from tvmm.abi.state_dir import default_state_dir
 
 
 @pytest.mark.parametrize("trials", [int(os.environ.get("TVMM_FAULT_TRIALS", "5"))])

@@ -23,7 +23,7 @@ from tvmm.perimeter.coordinator import Coordinator, checkpoint_meta
 from tvmm.perimeter.identity import Identity, pinned_ark
 from tvmm.perimeter.node import Node
 from tvmm.perimeter.store import Store
-from tvmm.samples import build_sample
+from tvmm.samples import VICTIMS_DIR, build_sample
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +51,16 @@ def _measured_from(root: Path) -> str:
 
 
 def test_measurement_is_of_the_code_loaded(tmp_path: Path) -> None:
-    """One changed line of trusted code, or of code it imports (the shim's trace events,
-    unmeasured before), changes the measurement; code no perimeter process loads does
-    not."""
+    """One changed line of trusted code, or of code of ours it imports from outside the
+    trusted trees (the owner's verifier), changes the measurement; code no perimeter
+    process loads does not."""
     root = tmp_path / "tree"
     for tree in ("tvmm", "shim"):
         shutil.copytree(measure.ROOT / tree, root / tree,
                         ignore=shutil.ignore_patterns("__pycache__"))
     before = _measured_from(root)
     assert before == measure.measurement().hex()
-    for rel, measured in (("shim/exit_path.py", True), ("tvmm/trace/events.py", True),
+    for rel, measured in (("shim/exit_path.py", True), ("tvmm/owner/verify.py", True),
                           ("tvmm/cli.py", False)):
         path = root / rel
         text = path.read_text()
@@ -75,7 +75,7 @@ def test_a_perimeter_process_loads_only_measured_code() -> None:
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(measure.ROOT)})
     assert out.stdout.strip() == ""
-    assert "tvmm.trace.events" in measure.measured_names()  # the shim imports it
+    assert "tvmm.owner.verify" in measure.measured_names()  # identity imports it
     # the node's host runs apart (tvmm.host.node_service): none of it is in the agent
     assert not [m for m in measure.measured_names() if m.startswith("tvmm.host")]
 
@@ -155,6 +155,8 @@ def test_cli_processes(state: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
         assert moved["node"] == "n3" and moved["downtime_ms"] >= 0
         listed = run("vm", "list")["vms"]
         assert [(v["name"], v["node"], v["version"]) for v in listed] == [(vm, "n3", 3)]
+        # a guest by path whose secret is declared beside it (guests/victims) launches too
+        assert run("vm", "launch", str(VICTIMS_DIR / "scan.c"), "--node", "n1")["vm"]
         assert cli(["vm", "resume", str(ck), "--node", "n1", *common]) == 1
         assert json.loads(capsys.readouterr().out)["reason"] == "rollback"
     finally:

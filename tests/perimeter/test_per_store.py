@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tvmm.hw.root_of_trust import Chip
-from tvmm.perimeter.identity import manufacturer
+from tvmm.hw.root_of_trust import Chip, load_chip
 from tvmm.perimeter.store import Store
 
 
 @pytest.fixture(scope="module")
 def chip(tmp_path_factory: pytest.TempPathFactory) -> Chip:
     state = tmp_path_factory.mktemp("store-chip")
-    return Chip.load_or_create(state, manufacturer(state), "coordinator-c")
+    return load_chip(state, "coordinator-c")
 
 
 @pytest.fixture

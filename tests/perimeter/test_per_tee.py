@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from shim import management
 from shim.management.stream import HEADER, Kind, StreamCipher, parse_header
 from shim.platform import Platform
+from tvmm.abi import launch_secret
 from tvmm.abi.messages import AddPages, Enter, ExportVm, ImportVm
 from tvmm.abi.types import Level, PageType, Result
 from tvmm.host.client import HostCallError, PlatformClient
 from tvmm.host.hypervisor import Devices
 from tvmm.host.node_host import PausableHost, export_round, import_stream
-from tvmm.owner import launch_secret
 from tvmm.samples import build_sample
 
 MEM = 4 << 20
@@ -30,8 +30,8 @@ def image():
     return build_sample("counter")
 
 
-def _launched(image, level: Level, count: int = 200, seed: int = 1):
-    platform = Platform(seed=seed)
+def _launched(image, level: Level, count: int = 200):
+    platform = Platform()
     client = PlatformClient(platform.handle)
     host = PausableHost(client, Devices())
     blob = launch_secret.wrap(count.to_bytes(8, "little"), platform.launch_public_key)
@@ -58,7 +58,7 @@ def test_live_export_import_keeps_counting(image, level: Level) -> None:
     assert kinds.count(Kind.PAGES) >= 2
     # the frozen source cannot run
     assert ca.call(Enter(host.vm, 0, 0, host.state)).result == Result.VM_DEAD
-    b = Platform(seed=2)
+    b = Platform()
     cb = PlatformClient(b.handle)
     management.open_import(b.tee, key, 7, "c-1", 2)
     vm2, state = import_stream(cb, 7, level, MEM, bundles, a.tee.vms[host.vm].policy)
@@ -82,7 +82,7 @@ def _stream(image, level=Level.SHIM):
 
 
 def _dest(key: bytes, policy: int, level=Level.SHIM):
-    b = Platform(seed=3)
+    b = Platform()
     cb = PlatformClient(b.handle)
     management.open_import(b.tee, key, 9, "c-9", 3)
     vm = cb.create_vm(level, MEM, 0x100000, 0x40000, policy)
@@ -160,7 +160,7 @@ def test_frozen_export_sends_exactly_the_nonzero_pages(image, max_pages: int) ->
     headers = [parse_header(b) for b in bundles]
     pages = [h.items for h in headers if h.kind == Kind.PAGES]
     assert sum(pages) == nonzero and max(pages) <= max_pages
-    b = Platform(seed=2)
+    b = Platform()
     cb = PlatformClient(b.handle)
     management.open_import(b.tee, key, 9, "c-1", 2)
     vm2, _state = import_stream(cb, 9, Level.SHIM, MEM, bundles, vm.policy)

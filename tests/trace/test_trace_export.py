@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tvmm.trace.events import EventKind
+from tvmm.abi.trace_events import EventKind
 from tvmm.trace.export import ATTACKER_TID, export_perfetto, validate_trace_event_json
 from tvmm.trace.reader import TraceReader
 from tvmm.trace.synthetic import write_synthetic_trace

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tvmm.trace.events import KIND_CODES, EventKind, Position, TraceEvent, TraceHeader
+from tvmm.abi.trace_events import KIND_CODES, EventKind, Position, TraceEvent, TraceHeader
 from tvmm.trace.reader import (
     TraceError,
     TraceErrorReason,

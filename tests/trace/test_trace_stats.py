@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tvmm.trace.events import EventKind
+from tvmm.abi.trace_events import EventKind
 from tvmm.trace.reader import TraceReader
 from tvmm.trace.recorder import index_path
 from tvmm.trace.stats import Verdict, stats_table, trace_stats
@@ -61,7 +61,7 @@ def test_stats_of_lines_in_another_key_order(tmp_path: Path) -> None:
 
 
 def test_verdict_tolerates_missing_keys() -> None:
-    from tvmm.trace.events import Position, TraceEvent
+    from tvmm.abi.trace_events import Position, TraceEvent
 
     v = Verdict.from_event(TraceEvent(Position(3), EventKind.VERDICT, "probe", {"n": "x"}))
     assert (v.attack, v.level, v.n, v.truth, v.seq) == ("probe", "?", None, None, 3)
@@ -85,7 +85,7 @@ def test_stats_table_renders(tmp_path: Path) -> None:
 
 
 def test_injections_as_the_shim_names_them(tmp_path: Path) -> None:
-    from tvmm.trace.events import TraceHeader
+    from tvmm.abi.trace_events import TraceHeader
     from tvmm.trace.recorder import TraceRecorder
 
     trace = tmp_path / "irq.jsonl"
@@ -108,7 +108,7 @@ def test_injections_as_the_shim_names_them(tmp_path: Path) -> None:
 
 
 def test_names_the_fast_pattern_leaves_are_counted_by_parsing(tmp_path: Path) -> None:
-    from tvmm.trace.events import TraceHeader
+    from tvmm.abi.trace_events import TraceHeader
     from tvmm.trace.recorder import TraceRecorder
 
     trace = tmp_path / "names.jsonl"
@@ -140,7 +140,7 @@ def test_stats_of_a_16_mib_line_in_bounded_memory(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tvmm.trace.events import TraceHeader
+    from tvmm.abi.trace_events import TraceHeader
     from tvmm.trace.recorder import TraceRecorder
 
     trace = tmp_path / "long.jsonl"

@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 from textual.widgets import Static
 
-from tvmm.trace.events import EventKind
+from tvmm.abi.trace_events import EventKind
 from tvmm.trace.reader import TraceReader
 from tvmm.trace.synthetic import write_synthetic_trace
 from tvmm.tui.app import TraceViewerApp

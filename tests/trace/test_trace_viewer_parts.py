@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tvmm.trace.events import EventKind, Position, TraceEvent, TraceHeader
+from tvmm.abi.trace_events import EventKind, Position, TraceEvent, TraceHeader
 from tvmm.trace.reader import TraceReader
 from tvmm.trace.synthetic import MUL_PAGE, SQR_PAGE, guest_elf_bytes, write_synthetic_trace
 from tvmm.tui.event_text import row_text, summary

@@ -206,15 +206,17 @@ def _decode_at(trace: Sequence[tuple[Hashable, ...]], key: int, head: Hashable,
 class Stepping:
     """Zero / single / multi steps of the entries the attacker armed as single steps.
 
-    An entry counts when it ended at the timer: the TIMER exit carries RETIRED (visible at
-    every level), the instructions that really retired — 0 is a zero step, 1 a single step,
-    more a multi step (e.g. the shim's extension of a short quantum).  An entry that ended
+    An entry counts when it ended at the timer: the TIMER exit carries RETIRED (up to snp),
+    the instructions that really retired — 0 is a zero step, 1 a single step, more a multi
+    step.  At shim a timer exit shows no count: such an entry is ``uncounted`` (the host
+    cannot tell a single step from the shim's extension of it).  An entry that ended
     earlier, by a fault or a hypercall, retired fewer instructions than armed but the host
     is not told how many below plain/sev, so it is counted apart as ``cut``."""
 
     zero: int = 0
     single: int = 0
     multi: int = 0
+    uncounted: int = 0
     cut: int = 0
     retired: list[int] = field(default_factory=list)
 
@@ -226,7 +228,7 @@ class Stepping:
             return
         retired = rec.get(Field.RETIRED)
         if retired is None:
-            self.cut += 1
+            self.uncounted += 1
             return
         self.retired.append(retired)
         if retired == 0:
@@ -237,4 +239,5 @@ class Stepping:
             self.multi += 1
 
     def histogram(self) -> dict[str, int]:
-        return {"zero": self.zero, "single": self.single, "multi": self.multi}
+        return {"zero": self.zero, "single": self.single, "multi": self.multi,
+                "uncounted": self.uncounted}

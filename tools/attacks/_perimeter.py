@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tools.attacks.base import AttackContext
+from tvmm.abi.state_dir import default_state_dir
 from tvmm.operator.client import OperatorClient, PerimeterError
-from tvmm.operator.launcher import Perimeter, default_state_dir
+from tvmm.operator.launcher import Perimeter
 
 COUNT = 10**9  # the counter keeps running for the whole attack
 

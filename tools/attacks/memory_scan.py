@@ -4,9 +4,9 @@ The host lets the victim run to its end under an honest schedule, then reads all
 memory page by page (READ_PAGE).  Where memory is not encrypted (``plain``) the secrets
 page at its public GPA holds the owner's secret in the documented layout (u64 length,
 then the bytes); copies elsewhere are located too.  From ``sev`` up every private page
-comes back as AES-XTS ciphertext: the secrets page no longer parses, no word of memory
-reproduces the printed modexp result, and the attack makes no guess at all (a random
-guess would score by chance, not by leakage).
+comes back as AES-XTS ciphertext (at ``shim`` as all ones: ciphertext hiding): the secrets
+page no longer parses, no word of memory reproduces the printed modexp result, and the
+attack makes no guess at all (a random guess would score by chance, not by leakage).
 """
 
 from __future__ import annotations

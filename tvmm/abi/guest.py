@@ -57,3 +57,13 @@ OWNER_CHALLENGE = b"TVKC"  # answer: the nonce (NONCE_SIZE bytes)
 OWNER_EVIDENCE = b"TVKE"  # ‖ nonce ‖ key ‖ report; answer: a wrapped secret ("TVKR...")
 OWNER_REFUSED = b"TVKX"  # an answer: the owner refused; ASCII reason follows
 OWNER_BUFFER = 4352  # the runtime's exchange buffer: the largest wrapped secret fits
+
+
+# The launch ABI's initial vCPU, set and measured at FINALIZE (the TEE, shim.launch) and
+# planned by the host and the owner (tvmm.launch_plan).
+INITIAL_RFLAGS = 0x2  # only the always-one bit: interrupts off, as at reset
+
+
+def initial_registers(entry: int, memory_size: int) -> dict[str, int]:
+    """RIP at the entry, the stack at the top of memory; every register not named is 0."""
+    return {"rip": entry, "rsp": memory_size, "rflags": INITIAL_RFLAGS}

@@ -110,7 +110,7 @@ class KillReason(IntEnum):
     INTERRUPT_POLICY = 6
 
 
-# Guest policy bits of CREATE_VM, in the SEV-SNP layout (tvmm.hw.report.GuestPolicy): the
+# Guest policy bits of CREATE_VM, in the SEV-SNP layout (tvmm.abi.report.GuestPolicy): the
 # attestation report carries them, and the owner's key broker refuses what it does not allow.
 POLICY_SMT = 1 << 16  # SMT allowed on the host
 POLICY_RESERVED_ONE = 1 << 17  # must be one in SNP (the TEE sets it in every report)

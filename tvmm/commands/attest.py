@@ -23,16 +23,16 @@ from rich.table import Table
 
 from shim.launch import predict
 from tvmm.abi.guest import NONCE_SIZE
+from tvmm.abi.key_release import KeyReleaseFormatError, report_data_for
+from tvmm.abi.report import AttestationReport
 from tvmm.abi.types import DEFAULT_POLICY, POLICY_DEBUG, Level
 from tvmm.commands.output import console, emit_json, fail
 from tvmm.guestbuild import GuestBuildError
 from tvmm.guestimage import GuestImageError
 from tvmm.hw.measurement import MEASUREMENT_VERSION, PageType
-from tvmm.hw.report import AttestationReport
 from tvmm.launch_plan import plan_launch
 from tvmm.machine import DEFAULT_MEMORY, boot, chip_chain, owner_endpoint
 from tvmm.owner.broker import PolicyError, load_policy
-from tvmm.owner.key_release import KeyReleaseFormatError, report_data_for
 from tvmm.owner.roots import (
     BUILT_IN,
     MODELED,
@@ -77,7 +77,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.add_argument("guest")
     a.add_argument("--out", type=Path, required=True, help="evidence directory")
     a.add_argument("--level", choices=[lv.value for lv in Level], default="snp")
-    a.add_argument("--seed", type=int, default=0, help="seed for every random choice")
+    a.add_argument("--seed", type=int, default=0,
+                   help="seed for the public choices (the sample's secret); keys come from the OS")
     a.add_argument("--memory", type=lambda s: int(s, 0), default=DEFAULT_MEMORY)
     a.add_argument("--nonce", type=_hex_arg(NONCE_SIZE), help="the broker's challenge "
                    "(64 hex digits; default: a fresh one)")
@@ -182,7 +183,7 @@ def run_attest(args: argparse.Namespace) -> int:
     level = Level(args.level)
     # The owner's end of the host's link, kept here to read what the host relayed.
     secret = sample.make_secret(random.Random(args.seed)) if sample else b""
-    owner = owner_endpoint(image, secret, args.seed, memory=args.memory,
+    owner = owner_endpoint(image, secret, memory=args.memory,
                            policy=release_policy, nonce=args.nonce, state_dir=args.state_dir,
                            level=level)
     policy = DEFAULT_POLICY | (POLICY_DEBUG if args.debug_policy else 0)

@@ -45,7 +45,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="arm the host's instruction timer (0: no timer)")
     p.add_argument("--memory", type=lambda s: int(s, 0), default=DEFAULT_MEMORY,
                    help="guest memory in bytes")
-    p.add_argument("--seed", type=int, default=0, help="seed for every random choice")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for the public choices (the sample's secret); keys come from the OS")
     add_policy_options(p)
 
 
@@ -109,7 +110,9 @@ def show(report, args: argparse.Namespace) -> None:
     ended = {"exit": f"exited with status {report.status}"}.get(report.how, report.how)
     table.add_row("ended", ended + (f" ({report.detail})" if report.detail else ""))
     if report.retired:
-        table.add_row("instructions retired", f"{report.retired:,} (counted by the timer)")
+        how = ("at least: the quanta asked for; a shim timer exit shows no count"
+               if report.level == "shim" else "counted by the timer")
+        table.add_row("instructions retired", f"{report.retired:,} ({how})")
         table.add_row("guest MIPS", f"{report.mips:.1f}")
     else:
         table.add_row("instructions retired", "not counted (no timer armed: use --quantum N)")

@@ -11,11 +11,11 @@ from rich.table import Table
 from tvmm import guestbuild
 from tvmm.commands.output import console, emit_json, fail
 from tvmm.guestimage import GuestImageError, load_elf
-from tvmm.samples import SAMPLES
+from tvmm.samples import SAMPLES, VICTIMS
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("guests", help="list the sample guests")
+    p = sub.add_parser("guests", help="list the sample and victim guests")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_list)
     g = sub.add_parser("guest", help="build your own guest")
@@ -28,17 +28,18 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    rows = [{"name": s.name, "summary": s.summary, "secret": s.secret_doc,
+    rows = [{"name": s.name, "kind": kind, "summary": s.summary, "secret": s.secret_doc,
              "source": str(guestbuild.GUESTS_DIR / "samples" / s.source)}
-            for s in SAMPLES.values()]
+            for kind, guests in (("sample", SAMPLES), ("victim", VICTIMS))
+            for s in guests.values()]
     if args.json:
         emit_json(rows)
         return 0
-    table = Table(title="sample guests")
-    for col in ("name", "what it does", "secret"):
+    table = Table(title="sample and victim guests")
+    for col in ("name", "kind", "what it does", "secret"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], escape(r["summary"]), escape(r["secret"]))
+        table.add_row(r["name"], r["kind"], escape(r["summary"]), escape(r["secret"]))
     console.print(table)
     return 0
 

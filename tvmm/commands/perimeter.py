@@ -17,6 +17,7 @@ from typing import TypeVar
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tvmm.abi.state_dir import default_state_dir
 from tvmm.commands.output import console, emit_json, fail
 from tvmm.operator import launcher
 from tvmm.operator.client import OperatorClient, PerimeterError
@@ -81,7 +82,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _state(args: argparse.Namespace) -> Path:
-    return args.state_dir or launcher.default_state_dir()
+    return args.state_dir or default_state_dir()
 
 
 def _client(args: argparse.Namespace) -> OperatorClient:
@@ -174,14 +175,13 @@ def run_status(args: argparse.Namespace) -> int:
 
 @_guarded
 def run_launch(args: argparse.Namespace) -> int:
-    from tvmm.samples import SAMPLES, resolve
+    from tvmm.samples import resolve
 
     image, sample = resolve(args.guest)
     secret = args.count.to_bytes(8, "little") if args.guest == "counter" else (
         sample.make_secret(__import__("random").Random(0)) if sample else b"")
     vm = _client(args).launch(image.path.read_bytes(), image.name if sample is None else
-                              SAMPLES[args.guest].name, args.node, args.level, args.memory,
-                              secret)
+                              sample.name, args.node, args.level, args.memory, secret)
     if args.json:
         emit_json({"vm": vm, "node": args.node})
     else:

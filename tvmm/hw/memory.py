@@ -3,9 +3,10 @@ the memory encryption engine and (at snp and above) the ownership table.
 
 The plaintext lives only in the vCPU's memory, inside the TEE.  The host reaches memory
 only through ``host_*`` methods: shared pages in plaintext, private pages as ciphertext
-(or plaintext at ``plain``); its writes to private pages land (decrypted under the VM's
-key: replayed ciphertext restores old plaintext) unless the ownership table forbids them.
-A remap is one host read and one host write: no host call moves private plaintext.
+(or plaintext at ``plain``, or all ones under ciphertext hiding); its writes to private
+pages land (decrypted under the VM's key: replayed ciphertext restores old plaintext)
+unless the ownership table forbids them.  A remap is one host read and one host write:
+no host call moves private plaintext.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from enum import IntEnum
 
 from tvmm.hw.mee import MemoryEncryptionEngine
 from tvmm.hw.vcpu import PAGE, Vcpu
+
+# What a host read of a private page returns under SEV-SNP ciphertext hiding (AMD EPYC
+# 9005 "Turin"; Linux 6.18's kvm-amd.ciphertext_hiding_asids): "reads will see constant
+# default values (0xff)", never the ciphertext.
+HIDDEN_PAGE = b"\xff" * PAGE
 
 
 class PageState(IntEnum):
@@ -32,12 +38,14 @@ class GuestMemory:
         shared: range,
         mee: MemoryEncryptionEngine | None,
         ownership: bool,
+        hide_ciphertext: bool = False,
     ) -> None:
         self.vcpu = vcpu
         self.size = vcpu.ram_size
         self.npages = self.size // PAGE
         self.mee = mee
         self.ownership = ownership
+        self.hide_ciphertext = hide_ciphertext
         self.state = bytearray([PageState.PRIVATE]) * self.npages
         for gpa in range(shared.start, shared.stop, PAGE):
             self.state[gpa // PAGE] = PageState.SHARED
@@ -56,6 +64,8 @@ class GuestMemory:
 
     # -- the host's view ---------------------------------------------------------------
     def host_read(self, gpa: int) -> bytes:
+        if self.hide_ciphertext and self.is_private(gpa):
+            return HIDDEN_PAGE  # not even ciphertext: no dictionary of pages over time
         data = self.vcpu.mem_read(gpa, PAGE)
         if self.mee is None or not self.is_private(gpa):
             return data

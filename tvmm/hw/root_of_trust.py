@@ -12,12 +12,18 @@ chip id as the extension value (hwID).
 
 The manufacturer's keys live as PEM files (mode 0600, unencrypted: they stand for the
 vendor's signing facility, which is no part of an operator's machine) in a state
-directory, created on first use.  A chip's directory models its silicon: a fused secret
-(``fuse``, raw random bytes), its VCEK private key wrapped under that secret (never as a
-PEM or DER key), and its monotonic counters; from the fused secret it derives sealing
-keys bound to a measurement (``Chip.sealing_key``, as SNP's MSG_KEY_REQ). Each directory is written under a temporary name and renamed into
-place, so a crash never leaves half a manufacturer and two racing processes agree on the
-one that won. The forms taking keys and ``now`` explicitly are pure apart from PSS salts.
+directory, created on first use from the OS's randomness (``cryptography``'s
+generators).  A chip's directory models its silicon: a fused secret (``fuse``, raw random
+bytes), its VCEK private key wrapped under that secret (never as a PEM or DER key), and
+its monotonic counters; from the fused secret it derives sealing keys bound to a
+measurement (``Chip.sealing_key``, as SNP's MSG_KEY_REQ).  Each directory is written
+under a temporary name and renamed into place, so a crash never leaves half a
+manufacturer and two racing processes agree on the one that won. The forms taking keys
+and ``now`` explicitly are pure apart from PSS salts.
+
+Nothing here keeps a key: a loaded Manufacturer or Chip belongs to its caller (the TEE's
+``Tee`` holds its chip; a perimeter process's Identity its own), and ``public_chain``
+reads only the certificates, for the owner's side.
 """
 
 from __future__ import annotations
@@ -35,30 +41,30 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
-from tvmm.hw.report import AttestationReport, TcbVersion, sign_report
-
-PRODUCT_NAME = "tvmm-Milan"
-RSA_BITS = 4096
-CHIP_ID_SIZE = 64
-
-_ARC = "1.3.6.1.4.1.3704.1"
-OID_STRUCT_VERSION = x509.ObjectIdentifier(f"{_ARC}.1")
-OID_PRODUCT_NAME = x509.ObjectIdentifier(f"{_ARC}.2")
-OID_BL_SPL = x509.ObjectIdentifier(f"{_ARC}.3.1")
-OID_TEE_SPL = x509.ObjectIdentifier(f"{_ARC}.3.2")
-OID_SNP_SPL = x509.ObjectIdentifier(f"{_ARC}.3.3")
-OID_UCODE_SPL = x509.ObjectIdentifier(f"{_ARC}.3.8")
-OID_HW_ID = x509.ObjectIdentifier(f"{_ARC}.4")
-# SPL slots AMD reserves (always 0 on Milan); written so our VCEK has AMD's shape.
-_OID_SPARE_SPLS = tuple(x509.ObjectIdentifier(f"{_ARC}.3.{n}") for n in (4, 5, 6, 7))
-
-PSS_SHA384 = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
-"""The one signature scheme of the chain (RSASSA-PSS, SHA-384, MGF1-SHA-384, salt 48)."""
+from tvmm.abi.report import AttestationReport, TcbVersion, sign_report
+from tvmm.abi.state_dir import default_state_dir
+from tvmm.abi.vcek import (
+    OID_BL_SPL,
+    OID_HW_ID,
+    OID_PRODUCT_NAME,
+    OID_SNP_SPL,
+    OID_SPARE_SPLS,
+    OID_STRUCT_VERSION,
+    OID_TEE_SPL,
+    OID_UCODE_SPL,
+    PRODUCT_NAME,
+    PSS_SHA384,
+    RSA_BITS,
+    chip_id_for,
+    der_ia5string,
+    der_integer,
+    vcek_info,
+)
 
 DEFAULT_TCB = TcbVersion(boot_loader=3, tee=0, snp=8, microcode=115)
 """The TCB of the Milan test report, so modeled chips look like that machine."""
@@ -69,103 +75,6 @@ _VCEK_WRAP = b"tvmm-chip-vcek-wrap-v1"
 _SEAL = b"tvmm-chip-seal-v1"
 _COUNTER_NAME = re.compile(r"[0-9a-f]{32}(\.[a-z]{1,16})?")
 _CHIP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
-
-
-def default_state_dir() -> Path:
-    """``$TVMM_STATE_DIR``, else ``~/.local/state/tvmm``."""
-    configured = os.environ.get("TVMM_STATE_DIR")
-    return Path(configured) if configured else Path.home() / ".local" / "state" / "tvmm"
-
-
-def chip_id_for(public_key: ec.EllipticCurvePublicKey) -> bytes:
-    """The 64-byte chip id: SHA-512 of the chip key's DER SubjectPublicKeyInfo."""
-    spki = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha512(spki).digest()
-
-
-def der_integer(value: int) -> bytes:
-    """DER INTEGER for a small non-negative value (AMD's SPL and version extensions)."""
-    if type(value) is not int or not 0 <= value < 1 << 64:
-        raise ValueError(f"{value!r} is not a small non-negative integer")
-    body = value.to_bytes(value.bit_length() // 8 + 1, "big")  # sign byte when bit 7 is set
-    return bytes((0x02, len(body))) + body
-
-
-def der_ia5string(text: str) -> bytes:
-    """DER IA5String (AMD's productName), short form only."""
-    body = text.encode("ascii")
-    if len(body) > 127:
-        raise ValueError("IA5String too long for the short form")
-    return bytes((0x16, len(body))) + body
-
-
-def _der_body(data: bytes, tag: int, what: str) -> bytes:
-    if len(data) < 2 or data[0] != tag or data[1] > 127 or data[1] != len(data) - 2:
-        raise ValueError(f"{what} is not a short-form DER value with tag {tag:#04x}")
-    return data[2:]
-
-
-def parse_der_integer(data: bytes) -> int:
-    """Strict inverse of der_integer: minimal encoding, non-negative."""
-    body = _der_body(data, 0x02, "INTEGER")
-    if not body or body[0] & 0x80 or (len(body) > 1 and body[0] == 0 and not body[1] & 0x80):
-        raise ValueError("INTEGER is empty, negative or not minimally encoded")
-    return int.from_bytes(body, "big")
-
-
-@dataclass(frozen=True)
-class VcekInfo:
-    """What a VCEK certifies about its chip, decoded from AMD's extensions."""
-
-    struct_version: int
-    product_name: str
-    tcb: TcbVersion
-    hw_id: bytes
-
-
-def vcek_info(cert: x509.Certificate) -> VcekInfo:
-    """Decode a VCEK's AMD extensions strictly; ValueError names what is wrong.
-
-    hwID is AMD's raw 64-byte chip id; a DER OCTET STRING wrapping it is accepted too.
-    """
-
-    def value(oid: x509.ObjectIdentifier) -> bytes:
-        try:
-            extension = cert.extensions.get_extension_for_oid(oid).value
-        except x509.ExtensionNotFound:
-            raise ValueError(f"VCEK lacks extension {oid.dotted_string}") from None
-        if not isinstance(extension, x509.UnrecognizedExtension):
-            raise ValueError(f"VCEK extension {oid.dotted_string} has an unexpected type")
-        return extension.value
-
-    def spl(oid: x509.ObjectIdentifier) -> int:
-        level = parse_der_integer(value(oid))
-        if level > 0xFF:
-            raise ValueError(f"VCEK SPL {oid.dotted_string} = {level} does not fit a byte")
-        return level
-
-    hw_id = value(OID_HW_ID)
-    if len(hw_id) == CHIP_ID_SIZE + 2:
-        hw_id = _der_body(hw_id, 0x04, "hwID")
-    if len(hw_id) != CHIP_ID_SIZE:
-        raise ValueError(f"VCEK hwID is {len(hw_id)} bytes, expected {CHIP_ID_SIZE}")
-    try:
-        product = _der_body(value(OID_PRODUCT_NAME), 0x16, "productName").decode("ascii")
-    except UnicodeDecodeError:
-        raise ValueError("VCEK productName is not ASCII") from None
-    return VcekInfo(
-        struct_version=parse_der_integer(value(OID_STRUCT_VERSION)),
-        product_name=product,
-        tcb=TcbVersion(
-            boot_loader=spl(OID_BL_SPL),
-            tee=spl(OID_TEE_SPL),
-            snp=spl(OID_SNP_SPL),
-            microcode=spl(OID_UCODE_SPL),
-        ),
-        hw_id=hw_id,
-    )
 
 
 def _name(common_name: str) -> x509.Name:
@@ -267,9 +176,11 @@ class Manufacturer:
                 _write_cert(tmp / "ask.pem", made.ask_cert)
 
             _create_dir_atomically(directory, populate)
+        # Our own files: cryptography's RSA private-key validation (about 1 s per key) is
+        # skipped; the pair check below still ties each key to its certificate.
         loaded = cls(
-            ark_key=_read_key(directory / "ark_key.pem", rsa.RSAPrivateKey),
-            ask_key=_read_key(directory / "ask_key.pem", rsa.RSAPrivateKey),
+            ark_key=_read_key(directory / "ark_key.pem", rsa.RSAPrivateKey, trusted=True),
+            ask_key=_read_key(directory / "ask_key.pem", rsa.RSAPrivateKey, trusted=True),
             ark_cert=_read_cert(directory / "ark.pem"),
             ask_cert=_read_cert(directory / "ask.pem"),
         )
@@ -291,7 +202,7 @@ class Manufacturer:
             (OID_PRODUCT_NAME, der_ia5string(product)),
             (OID_BL_SPL, der_integer(tcb.boot_loader)),
             (OID_TEE_SPL, der_integer(tcb.tee)),
-            *((oid, der_integer(0)) for oid in _OID_SPARE_SPLS),
+            *((oid, der_integer(0)) for oid in OID_SPARE_SPLS),
             (OID_SNP_SPL, der_integer(tcb.snp)),
             (OID_UCODE_SPL, der_integer(tcb.microcode)),
             (OID_HW_ID, chip_id_for(chip_public_key)),
@@ -495,6 +406,36 @@ def _read_fuse(directory: Path) -> bytes:
     return fuse
 
 
+DEFAULT_CHIP = "chip-0"
+
+
+def load_chip(state_dir: Path | str | None = None, name: str = DEFAULT_CHIP) -> Chip:
+    """The chip ``name`` of the state directory with its manufacturer, created on first
+    use; the caller owns the keys it gets (nothing here keeps them)."""
+    return Chip.load_or_create(state_dir, Manufacturer.load_or_create(state_dir), name)
+
+
+def public_root(state_dir: Path | str | None = None
+                ) -> tuple[x509.Certificate, x509.Certificate]:
+    """(ARK, ASK) of the state directory's manufacturer: public, what a verifier pins.
+    Reads the certificate files only; creates the manufacturer if there is none yet."""
+    trust = _state(state_dir) / "root_of_trust"
+    if not trust.is_dir():
+        Manufacturer.load_or_create(state_dir)
+    return _read_cert(trust / "ark.pem"), _read_cert(trust / "ask.pem")
+
+
+def public_chain(state_dir: Path | str | None = None, name: str = DEFAULT_CHIP
+                 ) -> tuple[x509.Certificate, x509.Certificate, x509.Certificate]:
+    """(ARK, ASK, VCEK) of chip ``name``: public, as the vendor's key server publishes a
+    VCEK.  Reads the certificate files only; creates the chip if there is none yet."""
+    _check_chip_name(name)
+    vcek = _state(state_dir) / "chips" / name / "vcek.pem"
+    if not vcek.is_file():
+        load_chip(state_dir, name)
+    return (*public_root(state_dir), _read_cert(vcek))
+
+
 def _signed_by(cert: x509.Certificate, manufacturer: Manufacturer) -> bool:
     try:
         manufacturer.ask_cert.public_key().verify(  # type: ignore[call-arg]
@@ -575,8 +516,10 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
     _replace_file(path, cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _read_key(path: Path, kind: type) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+def _read_key(path: Path, kind: type, *, trusted: bool = False
+              ) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None,
+                                             unsafe_skip_rsa_key_validation=trusted)
     if not isinstance(key, kind):
         raise ValueError(f"{path} does not hold a {kind.__name__}")
     return key  # type: ignore[return-value]

@@ -202,9 +202,3 @@ def stop_saved(state_dir: Path) -> list[str]:
             pass
     (state_dir / "perimeter" / "perimeter.json").unlink()
     return stopped
-
-
-def default_state_dir() -> Path:
-    """``$TVMM_STATE_DIR``, else ``~/.local/state/tvmm`` (as tvmm.hw.root_of_trust)."""
-    configured = os.environ.get("TVMM_STATE_DIR")
-    return Path(configured) if configured else Path.home() / ".local" / "state" / "tvmm"

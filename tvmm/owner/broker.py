@@ -31,7 +31,7 @@ policy releases to plain, sev or sev-es (VerifyFailure.SIGNING_KEY).
 
 Release order: the nonce is consumed (one attempt per challenge), the chain's root must be
 the pinned ARK, the evidence must verify against the policy with report_data bound to the
-nonce and the guest key (tvmm.owner.key_release), and only then is the secret wrapped.
+nonce and the guest key (tvmm.abi.key_release), and only then is the secret wrapped.
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tvmm.hw.report import TcbVersion
-from tvmm.owner.key_release import (
+from tvmm.abi.key_release import (
     IV_SIZE,
     NONCE_SIZE,
     KeyReleaseFormatError,
@@ -57,6 +56,7 @@ from tvmm.owner.key_release import (
     report_data_for,
     wrap_secret_with,
 )
+from tvmm.abi.report import TcbVersion
 from tvmm.owner.verify import (
     CertChain,
     Expectations,

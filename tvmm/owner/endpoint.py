@@ -20,12 +20,10 @@ error; it is no oracle on the secret.  Every attempt is logged in ``releases``.
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from tvmm.abi.guest import (
     GUEST_KEY_SIZE,
@@ -35,8 +33,8 @@ from tvmm.abi.guest import (
     OWNER_REFUSED,
     REPORT_SIZE,
 )
+from tvmm.abi.key_release import KeyReleaseFormatError
 from tvmm.owner.broker import KeyBroker, ReleasePolicy
-from tvmm.owner.key_release import IV_SIZE, KeyReleaseFormatError
 from tvmm.owner.verify import CertChain, VerificationError, VerifyFailure
 
 EVIDENCE_SIZE = len(OWNER_EVIDENCE) + NONCE_SIZE + GUEST_KEY_SIZE + REPORT_SIZE
@@ -72,20 +70,18 @@ class OwnerEndpoint:
     """Challenges and releases for one secret, against one release policy.
 
     ``trust_anchor`` gives the pinned ARK and ``chain`` the chip's certificates; both are
-    called only when evidence arrives.  ``rng`` makes nonces and the wrapping randomness
-    replayable (experiments only); ``nonce`` fixes the first challenge (``tvmm attest
-    --nonce``).
+    called only when evidence arrives.  Nonces and the wrapping randomness come from the
+    OS; ``nonce`` fixes the first challenge (``tvmm attest --nonce``).
     """
 
     def __init__(self, policy: ReleasePolicy, secret: bytes, *,
                  trust_anchor: Callable[[], x509.Certificate],
-                 chain: Callable[[], CertChain], rng: random.Random | None = None,
+                 chain: Callable[[], CertChain],
                  nonce: bytes | None = None) -> None:
         self.policy = policy
         self._secret = secret
         self._anchor = trust_anchor
         self._chain = chain
-        self._rng = rng
         self._fixed_nonce = nonce
         self._broker: KeyBroker | None = None
         self.challenges: list[bytes] = []
@@ -109,18 +105,14 @@ class OwnerEndpoint:
         if self._fixed_nonce is not None and not self.challenges:
             nonce = self._fixed_nonce
         else:
-            nonce = self._random(NONCE_SIZE)
+            nonce = os.urandom(NONCE_SIZE)
         self.challenges.append(self.broker.challenge_with(nonce))
         return nonce
 
     def _release(self, nonce: bytes, guest_key: bytes, report: bytes) -> bytes:
         try:
-            wrapped = self.broker.release_with(
-                report, self._chain(), nonce, guest_key, self._secret,
-                ephemeral_key=ec.derive_private_key(
-                    int.from_bytes(self._random(48), "big") % (1 << 383) | 1, ec.SECP384R1()),
-                iv=self._random(IV_SIZE),
-            )
+            wrapped = self.broker.release(report, self._chain(), nonce, guest_key,
+                                          self._secret)
         except VerificationError as exc:
             self.releases.append(Release(nonce, guest_key, report, False, exc.reason, str(exc)))
             return refusal(exc.reason.value)
@@ -130,6 +122,3 @@ class OwnerEndpoint:
             return refusal(VerifyFailure.MALFORMED.value)
         self.releases.append(Release(nonce, guest_key, report, True))
         return wrapped.to_bytes()
-
-    def _random(self, n: int) -> bytes:
-        return self._rng.randbytes(n) if self._rng is not None else os.urandom(n)

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 
-from tvmm.hw.report import (
+from tvmm.abi.report import (
     P384_ORDER,
     SIGNED_SIZE,
     SIGNING_KEY_NONE,
@@ -43,7 +43,7 @@ from tvmm.hw.report import (
     TcbVersion,
     parse,
 )
-from tvmm.hw.root_of_trust import PSS_SHA384, RSA_BITS, vcek_info
+from tvmm.abi.vcek import PSS_SHA384, RSA_BITS, vcek_info
 
 
 class VerifyFailure(Enum):

@@ -31,8 +31,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tvmm.hw.report import AttestationReport, GuestPolicy, TcbVersion
-from tvmm.hw.root_of_trust import Chip, Manufacturer, default_state_dir
+from tvmm.abi.report import AttestationReport, GuestPolicy, TcbVersion
+from tvmm.abi.state_dir import default_state_dir
+from tvmm.hw.root_of_trust import Chip, load_chip, public_root
 from tvmm.owner.verify import (
     Expectations,
     VerificationError,
@@ -63,18 +64,6 @@ def spki_of_cert(der: bytes) -> bytes:
     cert = x509.load_der_x509_certificate(der)
     return cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-_MANUFACTURERS: dict[str, Manufacturer] = {}
-
-
-def manufacturer(state_dir: Path) -> Manufacturer:
-    """The modeled manufacturer of ``state_dir``, loaded once per process (loading its
-    RSA-4096 keys costs about a second)."""
-    key = str(Path(state_dir).resolve())
-    if key not in _MANUFACTURERS:
-        _MANUFACTURERS[key] = Manufacturer.load_or_create(Path(state_dir))
-    return _MANUFACTURERS[key]
 
 
 def _now() -> datetime.datetime:
@@ -125,7 +114,7 @@ class Identity:
     @classmethod
     def create(cls, name: str, role: str, state_dir: Path | None = None) -> Identity:
         state_dir = Path(state_dir) if state_dir else default_state_dir()
-        chip = Chip.load_or_create(state_dir, manufacturer(state_dir), f"{role}-{name}")
+        chip = load_chip(state_dir, f"{role}-{name}")  # this Identity holds its keys
         ca_cert, ca_key = transport_ca(state_dir)
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{role} {name}")])
@@ -217,8 +206,8 @@ def verify_peer(sock: ssl.SSLSocket, msg: wire.Message, ark_pem: bytes,
 
 
 def pinned_ark(state_dir: Path | None = None) -> bytes:
-    m = manufacturer(Path(state_dir) if state_dir else default_state_dir())
-    return m.ark_cert.public_bytes(_PEM)
+    ark, _ = public_root(Path(state_dir) if state_dir else default_state_dir())
+    return ark.public_bytes(_PEM)
 
 
 __all__ = ["Identity", "Peer", "PeerRefused", "TcbVersion", "binding", "pinned_ark",

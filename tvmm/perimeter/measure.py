@@ -8,10 +8,10 @@ of any measured module (a rogue node: tvmm.operator.launcher runs one from a mod
 copy) loads other bytes and gets another measurement, which the coordinator refuses.
 
 The measured set is the trusted trees (tvmm/hw, shim, tvmm/abi, tvmm/perimeter: every
-module in them) and every module of ours that code imports: the owner-side verifier,
-launch-secret and key-release code, the shim's launch plan and guest-image parser, its
-trace events and recorder.  The node's host is not in it: it runs as a process of its
-own (tvmm.host.node_service), which the agent starts by name and never imports.  A
+module in them) and every other module of ours that code imports (``IMPORTED_BY_TRUSTED``:
+the owner-side verifier the agents run and its package's __init__).  The node's host is
+not in it: it runs as a process of its own (tvmm.host.node_service), which the agent
+starts by name and never imports.  A
 perimeter process checks at start that it loaded nothing of ours outside that set
 (``check_closed``), so trusted code cannot come to import unmeasured code unnoticed.
 """
@@ -29,12 +29,7 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[2]
 OURS = ("tvmm", "shim")
 TRUSTED_TREES = ("tvmm.hw", "shim", "tvmm.abi", "tvmm.perimeter")
-IMPORTED_BY_TRUSTED = (
-    "tvmm", "tvmm.owner", "tvmm.owner.verify", "tvmm.owner.launch_secret",
-    "tvmm.owner.key_release",  # shim.attestation
-    "tvmm.launch_plan", "tvmm.guestimage",  # shim.launch
-    "tvmm.trace", "tvmm.trace.events", "tvmm.trace.recorder",  # shim's trace points
-)
+IMPORTED_BY_TRUSTED = ("tvmm", "tvmm.owner", "tvmm.owner.verify")
 
 
 class UnmeasuredCode(RuntimeError):

@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shim import management
 from shim.platform import Platform
+from tvmm.abi import launch_secret
 from tvmm.abi.types import Level
-from tvmm.owner import launch_secret
 from tvmm.perimeter import wire
 from tvmm.perimeter.channel import DEFAULT_LIMITS, Limits, Server, connect
 from tvmm.perimeter.checkpoint_file import Checkpoint
@@ -142,12 +142,12 @@ def _field(answer: wire.Message, name: str, kind: type):
 class Node:
     def __init__(self, name: str, identity: Identity, ark_pem: bytes, *, host: str = "127.0.0.1",
                  port: int = 0, host_port: int = 0, storage: Path | None = None,
-                 seed: int | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.name = name
         self.identity = identity
         self.ark = ark_pem
         self.measurement = identity.measurement
-        self.platform = Platform(seed=seed)
+        self.platform = Platform()
         self.vms: dict[str, Hosted] = {}
         self.incoming: dict[int, str] = {}  # stream -> VM name, opened for import here
         self.storage = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="tvmm-node-"))

@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tvmm.hw.root_of_trust import default_state_dir
+from tvmm.abi.state_dir import default_state_dir
 from tvmm.perimeter import measure
 from tvmm.perimeter.coordinator import Coordinator
 from tvmm.perimeter.identity import Identity, pinned_ark

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
-from tvmm.trace.events import EventKind, TraceEvent
+from tvmm.abi.trace_events import EventKind, TraceEvent
 from tvmm.trace.reader import TraceReader
 
 PID = 1

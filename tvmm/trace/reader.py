@@ -25,7 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from tvmm.trace.events import (
+from tvmm.abi.trace_events import (
     CODE_KINDS,
     FORMAT,
     FORMAT_VERSION,

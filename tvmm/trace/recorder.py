@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from tvmm.trace.events import KIND_CODES, EventKind, Position, TraceEvent, TraceHeader
+from tvmm.abi.trace_events import KIND_CODES, EventKind, Position, TraceEvent, TraceHeader
 
 INDEX_SUFFIX = ".idx"
 _WORD = struct.Struct("<Q")
@@ -93,16 +93,3 @@ class TraceRecorder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class NullRecorder:
-    """Stands in when no trace was asked for, so callers never test for None."""
-
-    next_seq = 0
-    enabled = False
-
-    def emit(self, kind: EventKind, name: str, **_: object) -> None:
-        return None
-
-    def close(self) -> None:
-        return None

@@ -24,7 +24,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from tvmm.trace.events import EventKind, TraceEvent
+from tvmm.abi.trace_events import EventKind, TraceEvent
 from tvmm.trace.reader import TraceError, TraceReader
 
 MAX_LINE_BYTES = 1 << 20  # an event this long is damaged or not the recorder's

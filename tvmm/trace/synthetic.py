@@ -17,7 +17,7 @@ import struct
 from collections import Counter
 from pathlib import Path
 
-from tvmm.trace.events import EventKind, TraceHeader
+from tvmm.abi.trace_events import EventKind, TraceHeader
 from tvmm.trace.recorder import TraceRecorder
 
 TEXT_BASE = 0x401000

@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.text import Text
 
-from tvmm.trace.events import EventKind, TraceEvent
+from tvmm.abi.trace_events import EventKind, TraceEvent
 
 KIND_STYLES: dict[EventKind, str] = {
     EventKind.EXIT: "cyan",

@@ -16,7 +16,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tvmm.trace.events import KIND_CODES, EventKind
+from tvmm.abi.trace_events import KIND_CODES, EventKind
 from tvmm.trace.reader import TraceReader
 
 _PREFIX = rb'\n\{"seq":-?\d+,"icount":(?:-?\d+|null),"vcpu":-?\d+,"kind":"[a-z_]+",'

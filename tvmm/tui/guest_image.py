@@ -18,7 +18,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from tvmm.trace.events import TraceHeader
+from tvmm.abi.trace_events import TraceHeader
 
 _MODES = {"EM_X86_64": capstone.CS_MODE_64, "EM_386": capstone.CS_MODE_32}
 _MAX_INSN = 15  # longest x86 instruction

@@ -22,7 +22,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tvmm.hw.root_of_trust import default_state_dir
+from tvmm.abi.state_dir import default_state_dir
 from tvmm.owner.verify import VerificationError, VerifyFailure, load_certificate
 
 BUILT_IN = ("amd-milan", "amd-genoa")

@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 from textual.worker import get_current_worker
 
-from tvmm.trace.events import EventKind
+from tvmm.abi.trace_events import EventKind
 from tvmm.trace.reader import TraceError, TraceReader
 from tvmm.trace.stats import TraceStats, Verdict, stats_table, trace_stats
 from tvmm.tui.page_access import PageAccessMap, scan_page_faults

@@ -16,7 +16,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header
 from textual.worker import get_current_worker
 
-from tvmm.trace.events import EventKind
+from tvmm.abi.trace_events import EventKind
 from tvmm.trace.reader import TraceReader
 from tvmm.tui.filter_spec import FilterSpec, apply_filter
 from tvmm.tui.guest_image import GuestImage

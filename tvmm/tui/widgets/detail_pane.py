@@ -16,7 +16,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from tvmm.trace.events import EventKind, TraceEvent
+from tvmm.abi.trace_events import EventKind, TraceEvent
 from tvmm.trace.reader import TraceError, TraceReader
 from tvmm.tui import event_views
 from tvmm.tui.guest_image import GuestImage
