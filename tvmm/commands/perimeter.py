@@ -18,7 +18,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tvmm.abi.state_dir import default_state_dir
-from tvmm.commands.output import console, emit_json, fail
+from tvmm.abi.types import Level
+from tvmm.commands.output import console, emit_json, errors, fail
 from tvmm.operator import launcher
 from tvmm.operator.client import OperatorClient, PerimeterError
 
@@ -35,6 +36,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     _common(up)
     up.set_defaults(run=run_up)
     down = psub.add_parser("down", help="stop the perimeter's processes")
+    down.add_argument("--reset", action="store_true",
+                      help="then clear the perimeter's state (its VMs, checkpoints, audit "
+                           "log, node storage, logs) for a fresh start")
     _common(down)
     down.set_defaults(run=run_down)
     status = psub.add_parser("status", help="nodes of the perimeter and the audit log")
@@ -47,7 +51,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     la = vsub.add_parser("launch", help="launch a guest on a perimeter node")
     la.add_argument("guest")
     la.add_argument("--node", required=True)
-    la.add_argument("--level", default="shim")
+    la.add_argument("--level", default="shim", choices=[lv.value for lv in Level])
     la.add_argument("--memory", type=lambda s: int(s, 0), default=4 << 20)
     la.add_argument("--count", type=int, default=100000,
                     help="counter guest: count to this (its secret)")
@@ -70,9 +74,14 @@ def add(sub: argparse._SubParsersAction) -> None:
     mi.add_argument("--relay", default="", help=argparse.SUPPRESS)
     _common(mi)
     mi.set_defaults(run=run_migrate)
-    ls = vsub.add_parser("list", help="VMs, where they run and their versions")
+    ls = vsub.add_parser("list", help="VMs, where they run, their versions, how they ended")
     _common(ls)
     ls.set_defaults(run=run_list)
+    co = vsub.add_parser("console", help="the console log of a running VM (its node's host "
+                                         "keeps it)")
+    co.add_argument("vm")
+    _common(co)
+    co.set_defaults(run=run_console)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -87,7 +96,9 @@ def _state(args: argparse.Namespace) -> Path:
 
 def _client(args: argparse.Namespace) -> OperatorClient:
     if args.coordinator:
-        host, port = args.coordinator.rsplit(":", 1)
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise launcher.LaunchError(f"--coordinator {args.coordinator!r} is not host:port")
         return OperatorClient((host, int(port)), _state(args))
     info = launcher.saved(_state(args))["coordinator"]
     return OperatorClient((info["host"], info["port"]), _state(args))
@@ -110,13 +121,22 @@ def _guarded(fn):
 @_guarded
 def run_up(args: argparse.Namespace) -> int:
     state = _state(args)
+    if up := launcher.running(state):
+        # Refused rather than taken down: what runs may hold VMs the operator still wants
+        # (and a second coordinator on the same database would orphan the first).
+        return fail(f"a perimeter is already up on {state} ({', '.join(up)}); "
+                    "`tvmm perimeter down` first")
     state.mkdir(parents=True, exist_ok=True)
     per = launcher.Perimeter(state, die_with_parent=False)
-    with console.status("starting the coordinator (first run: creating the manufacturer)"):
-        per.start_coordinator()
-    per.start_nodes([f"n{i}" for i in range(1, args.nodes + 1)])
-    if args.rogue:
-        per.start_nodes(args.rogue, rogue=True)
+    try:
+        with console.status("starting the coordinator (first run: creating the manufacturer)"):
+            per.start_coordinator()
+        per.start_nodes([f"n{i}" for i in range(1, args.nodes + 1)])
+        if args.rogue:
+            per.start_nodes(args.rogue, rogue=True)
+    except BaseException:
+        per.stop()  # nothing is recorded yet: leave nothing running
+        raise
     path = per.save()
     rows = [{"name": "coordinator", "pid": per.coordinator.popen.pid,
              "address": f"{per.address[0]}:{per.address[1]}", "registered": "-"}]
@@ -125,8 +145,9 @@ def run_up(args: argparse.Namespace) -> int:
                      "address": f"{proc.info['host']}:{proc.info['port']}",
                      "registered": "yes" if proc.info.get("registered")
                      else f"refused: {proc.info.get('error', '?')[:60]}"})
+    earlier = _earlier_vms(args)
     if args.json:
-        emit_json({"processes": rows, "record": str(path)})
+        emit_json({"processes": rows, "record": str(path), "earlier_vms": earlier})
     else:
         table = Table(title="perimeter up")
         for col in ("name", "pid", "address", "registered"):
@@ -134,16 +155,34 @@ def run_up(args: argparse.Namespace) -> int:
         for r in rows:
             table.add_row(*(str(r[c]) for c in ("name", "pid", "address", "registered")))
         console.print(table)
+        if earlier:
+            console.print(f"the perimeter's state holds {len(earlier)} VM(s) from before "
+                          f"({', '.join(earlier[:4])}{', …' if len(earlier) > 4 else ''}): "
+                          "new VMs are numbered after them; `tvmm perimeter down --reset` "
+                          "starts afresh")
     return 0
+
+
+def _earlier_vms(args: argparse.Namespace) -> list[str]:
+    """The VMs a fresh coordinator found in its state (an earlier run's), "name (state)"."""
+    try:
+        return [f"{v['name']} ({v['state']})" for v in _client(args).vms()]
+    except (PerimeterError, OSError, KeyError, launcher.LaunchError):
+        return []
 
 
 @_guarded
 def run_down(args: argparse.Namespace) -> int:
-    stopped = launcher.stop_saved(_state(args))
+    state = _state(args)
+    stopped = launcher.stop_saved(state)
+    removed = launcher.reset(state) if args.reset else []
     if args.json:
-        emit_json({"stopped": stopped})
-    else:
-        console.print(f"stopped {', '.join(stopped) or 'nothing'}")
+        emit_json({"stopped": stopped, "reset": removed})
+        return 0
+    console.print(f"stopped {', '.join(stopped)}" if stopped else "nothing is up")
+    if args.reset:
+        console.print(f"reset: the perimeter's state in {state} is cleared "
+                      f"({', '.join(removed) or 'it was empty'})")
     return 0
 
 
@@ -175,9 +214,13 @@ def run_status(args: argparse.Namespace) -> int:
 
 @_guarded
 def run_launch(args: argparse.Namespace) -> int:
+    from tvmm.guestimage import GuestImageError
     from tvmm.samples import resolve
 
-    image, sample = resolve(args.guest)
+    try:
+        image, sample = resolve(args.guest)
+    except GuestImageError as exc:
+        return fail(str(exc))
     secret = args.count.to_bytes(8, "little") if args.guest == "counter" else (
         sample.make_secret(__import__("random").Random(0)) if sample else b"")
     vm = _client(args).launch(image.path.read_bytes(), image.name if sample is None else
@@ -219,6 +262,8 @@ def _with_progress(label: str, work: Callable[[], T], quiet: bool) -> T:
 
 @_guarded
 def run_suspend(args: argparse.Namespace) -> int:
+    if not args.out.parent.is_dir():  # checked first: a suspended VM's only copy is this file
+        return fail(f"--out {args.out}: no directory {args.out.parent}")
     client = _client(args)
     data = _with_progress(f"suspending {args.vm}", lambda: client.suspend(args.vm), args.json)
     args.out.write_bytes(data)
@@ -270,7 +315,20 @@ def run_list(args: argparse.Namespace) -> int:
     for col in ("vm", "guest", "level", "node", "state", "version"):
         t.add_column(col)
     for v in vms:
-        t.add_row(v["name"], v["guest"], v["level"], v["node"] or "—", v["state"],
+        state = f"ended: {v['ended']}" if v.get("ended") else v["state"]
+        t.add_row(v["name"], v["guest"], v["level"], v["node"] or "—", state,
                   str(v["version"]))
     console.print(t)
+    return 0
+
+
+@_guarded
+def run_console(args: argparse.Namespace) -> int:
+    out = _client(args).console(args.vm)
+    if args.json:
+        emit_json(out)
+        return 0
+    console.print(out["console"], end="", markup=False, highlight=False)
+    if out.get("ended"):
+        errors.print(f"({out['vm']} on {out['node']} ended: {out['ended']})")
     return 0

@@ -179,7 +179,9 @@ class VmRunner:
 
     @property
     def ended(self) -> str | None:
-        """How the guest ended ("exit", "killed", ...), or None while it may still run."""
+        """How the guest ended, as the operator reads it ("exited with status 0", "killed
+        (fault policy)", "fault (vector 6)"; "stopped" and "frozen" when its host stopped
+        or the TEE froze it), or None while it may still run."""
         r = self.result
         if r is None:
             return None
@@ -187,4 +189,6 @@ class VmRunner:
             return "stopped"
         if r.how == "refused" and r.last is not None and r.last.reason != ExitReason.SHUTDOWN:
             return "frozen"
-        return r.how
+        if r.how == "exit":
+            return f"exited with status {r.status}"
+        return r.how + (f" ({r.detail})" if r.detail else "")

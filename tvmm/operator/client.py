@@ -92,6 +92,10 @@ class OperatorClient:
     def vms(self) -> list[dict]:
         return self.ok("vms")["data"]["vms"]
 
+    def console(self, vm: str) -> dict:
+        """{vm, node, ended, console}: the console log of a running VM."""
+        return self.ok("console", vm=vm)["data"]
+
     def nodes(self) -> list[dict]:
         return self.ok("nodes")["data"]["nodes"]
 

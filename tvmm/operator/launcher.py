@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -185,20 +186,100 @@ class Perimeter:
         self.stop()
 
 
+def record_path(state_dir: Path) -> Path:
+    return state_dir / "perimeter" / "perimeter.json"
+
+
 def saved(state_dir: Path) -> dict:
-    path = state_dir / "perimeter" / "perimeter.json"
+    path = record_path(state_dir)
     if not path.exists():
         raise LaunchError(f"no perimeter is up (no {path}); run `tvmm perimeter up`")
     return json.loads(path.read_text())
 
 
-def stop_saved(state_dir: Path) -> list[str]:
-    stopped = []
-    for name, info in saved(state_dir).items():
-        try:
-            os.kill(int(info["pid"]), signal.SIGTERM)
-            stopped.append(name)
-        except ProcessLookupError:
-            pass
-    (state_dir / "perimeter" / "perimeter.json").unlink()
-    return stopped
+def is_ours(pid: int, state_dir: Path) -> bool:
+    """Whether ``pid`` is a live perimeter process of ``state_dir`` (not a zombie, and not
+    another program that got the pid after ours exited): its command line says so."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if b"tvmm.perimeter.service" not in argv or b"--state-dir" not in argv:
+        return False
+    i = argv.index(b"--state-dir") + 1
+    return i < len(argv) and Path(os.fsdecode(argv[i])).resolve() == state_dir.resolve()
+
+
+def running(state_dir: Path) -> dict[str, int]:
+    """The recorded processes that still run (name -> pid); {} when nothing is up."""
+    try:
+        record = saved(state_dir)
+    except (LaunchError, ValueError):
+        return {}
+    return {name: int(info["pid"]) for name, info in record.items()
+            if isinstance(info, dict) and is_ours(int(info.get("pid", 0)), state_dir)}
+
+
+def stop_saved(state_dir: Path, timeout: float = 10.0) -> list[str]:
+    """Stop the recorded processes and wait until they are gone (SIGKILL after
+    ``timeout``), so that what starts next finds the state directory free; the names
+    stopped, [] when nothing was up.  The record goes either way."""
+    procs = running(state_dir)
+    for pid in procs.values():
+        _signal(pid, signal.SIGTERM)
+    for name, pid in procs.items():
+        if not _await_exit(pid, timeout):
+            _signal(pid, signal.SIGKILL)
+            if not _await_exit(pid, timeout) and is_ours(pid, state_dir):
+                raise LaunchError(f"{name} (pid {pid}) did not exit")
+    record_path(state_dir).unlink(missing_ok=True)
+    return list(procs)
+
+
+def _await_exit(pid: int, timeout: float) -> bool:
+    """Wait for a process that need not be our child (a pidfd is readable once it has
+    exited, zombie or reaped); True once it has."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+# What ``tvmm perimeter down --reset`` clears: the coordinator's database (its VMs, their
+# versions and checkpoints, the audit log), the nodes' stored checkpoints and the logs.
+# The chips, the manufacturer and the transport CA stay: they are the machines, not the
+# perimeter's history.
+RESET_PATHS = ("perimeter", "storage", "rogue")
+
+
+def reset(state_dir: Path) -> list[str]:
+    """Clear the perimeter's state for a fresh start (the VM names start again at 1);
+    refused while any recorded process still runs.  The paths removed."""
+    if up := running(state_dir):
+        raise LaunchError(f"the perimeter is up ({', '.join(up)}): "
+                          "`tvmm perimeter down` first")
+    removed = []
+    for rel in RESET_PATHS:
+        path = state_dir / rel
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(rel)
+    for log in sorted(state_dir.glob("*.log")):  # coordinator.log and the nodes' (n1.log)
+        log.unlink()
+        removed.append(log.name)
+    return removed

@@ -109,10 +109,9 @@ class Coordinator:
                                                    "measurement", "chip_id"), r, strict=True))
                                          for r in rows])
             if op == "vms":
-                rows = self.store.query("SELECT name, guest, level, node, state, version "
-                                        "FROM vms ORDER BY name")
-                return wire.reply(vms=[dict(zip(("name", "guest", "level", "node", "state",
-                                                 "version"), r, strict=True)) for r in rows])
+                return wire.reply(vms=self.vms())
+            if op == "console":
+                return self.console(msg["vm"])
             if op == "audit":
                 return wire.reply(records=self.store.audit_records(msg["limit"]),
                                   problems=self.store.check())
@@ -133,6 +132,49 @@ class Coordinator:
             return wire.reply(False, error=str(exc), reason=exc.reason.value)
         except (PeerRefused, OSError, wire.WireError) as exc:
             return wire.reply(False, error=f"{type(exc).__name__}: {exc}", reason="node")
+
+    # -- what the operator sees of its VMs (issue 17: the operator's view; reads only) ---------
+    def vms(self) -> list[dict]:
+        """Every VM in the state and, for a running one, how its guest ended as its node
+        tells (``ended``: None while it runs, or when the node does not answer).  The
+        node's word is its host's, shown and never acted on: the state is not changed."""
+        rows = self.store.query("SELECT name, guest, level, node, state, version FROM vms "
+                                "ORDER BY name")
+        vms = [dict(zip(("name", "guest", "level", "node", "state", "version"), r,
+                        strict=True)) for r in rows]
+        listed = self._listed({v["node"] for v in vms if v["state"] == "running"})
+        for v in vms:
+            held = listed.get((v["node"], v["name"])) if v["state"] == "running" else None
+            ended = held.get("ended") if held else None
+            v["ended"] = ended if isinstance(ended, str) else None
+        return vms
+
+    def console(self, vm: str) -> wire.Message:
+        """The console log the node's host keeps for a running VM (a suspended one's
+        travels in its checkpoint)."""
+        node, state, *_ = self._vm(vm)
+        if state != "running":
+            raise Refused("state", f"{vm} is {state}: only a running VM's node has its "
+                                   "console")
+        held = self._listed({node}).get((node, vm))
+        if held is None:
+            raise Refused("node", f"{node} does not answer for {vm}")
+        text = held.get("console")
+        return wire.reply(vm=vm, node=node, ended=held.get("ended"),
+                          console=text if isinstance(text, str) else "")
+
+    def _listed(self, nodes: set[str]) -> dict[tuple[str, str], dict]:
+        """(node, vm) -> what that node lists of the VM, from every node that answers."""
+        out: dict[tuple[str, str], dict] = {}
+        for node in sorted(nodes):
+            try:
+                answer = self.node_call(node, wire.Message("node_list", {}), timeout=30)
+                for v in answer["data"]["vms"]:
+                    if isinstance(v, dict) and isinstance(v.get("vm"), str):
+                        out[(node, v["vm"])] = v
+            except (Refused, PeerRefused, OSError, wire.WireError, KeyError, TypeError):
+                continue
+        return out
 
     def register(self, peer: Peer | None, msg: wire.Message) -> wire.Message:
         if peer is None or peer.role != "node" or peer.name != msg["name"]:
