@@ -62,7 +62,7 @@ def enter(tee: Tee, vm: Vm, ctx: VcpuContext, quantum: int, state: bytes) -> Rep
         vm.writeback.begin_entry()
     if ctx.pending is not None:
         _apply_completion(tee, vm, ctx)
-    if ctx.irqs:
+    if ctx.irqs or ctx.virqs:
         interrupts.deliver_pending(tee, vm, ctx)
     budget = quantum if policies is None else policies.step_quantum(tee, vm, ctx, quantum)
     ctx.entries += 1

@@ -1,4 +1,5 @@
-"""Interrupts the host asks for: event injection below ``shim``, a filtered doorbell at it."""
+"""Interrupts the host asks for: below ``shim`` event injection (unconditional) or a
+virtual interrupt (delivered once the guest has IF = 1), at ``shim`` a filtered doorbell."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ from typing import TYPE_CHECKING
 from shim import delivery
 from shim.vm import VcpuContext, Vm
 from tvmm.abi.trace_events import EventKind
+from tvmm.abi.types import InjectMode
 
 if TYPE_CHECKING:
     from shim.platform import Tee
 
 
-def post(tee: Tee, vm: Vm, ctx: VcpuContext, vector: int) -> None:
+def post(tee: Tee, vm: Vm, ctx: VcpuContext, vector: int,
+         mode: InjectMode = InjectMode.EVENT) -> None:
+    """Queue an event (delivered at the next entry) or post a virtual interrupt (held
+    until the guest can take it); at shim both pass the filter, which holds them all."""
     if vm.policies is not None and vm.features.irq_filter:
         why = vm.policies.irq.refusal(ctx.registered, vector)
         if why:
@@ -23,18 +28,32 @@ def post(tee: Tee, vm: Vm, ctx: VcpuContext, vector: int) -> None:
                                                       "why": why}, vcpu=ctx.index,
             )
             return
-    ctx.irqs.append(vector)
+    if mode == InjectMode.VIRTUAL and not vm.features.irq_filter:
+        if vector in ctx.virqs:  # already pending: one bit per vector, as in the IRR
+            return
+        ctx.virqs.append(vector)
+        why = "pending until IF=1"
+    else:
+        ctx.irqs.append(vector)
+        why = "pending"
     tee.recorder.emit(EventKind.INJECT, "posted", inside={"vector": vector, "delivered": False,
-                                                          "why": "pending"}, vcpu=ctx.index)
+                                                          "why": why}, vcpu=ctx.index)
 
 
 def deliver_pending(tee: Tee, vm: Vm, ctx: VcpuContext) -> None:
-    """Deliver at most one pending interrupt at this entry, as VMRUN injects one event."""
-    if not ctx.irqs:
+    """Deliver at most one pending interrupt at this entry, as VMRUN injects one event:
+    a queued event first (below shim whatever the guest's state), else a virtual interrupt
+    if the guest has interrupts enabled (the CPU takes V_IRQ only when RFLAGS.IF = 1; a
+    handler runs with IF = 0 until its iretq, so none nests in it)."""
+    if ctx.irqs:
+        if vm.features.irq_filter and not delivery.interrupts_enabled(vm.vcpu):
+            return  # held until the guest can take it
+        queue = ctx.irqs
+    elif ctx.virqs and delivery.interrupts_enabled(vm.vcpu):
+        queue = ctx.virqs
+    else:
         return
-    if vm.features.irq_filter and not delivery.interrupts_enabled(vm.vcpu):
-        return  # held until the guest can take it
-    vector = ctx.irqs.popleft()
+    vector = queue.popleft()
     delivered = delivery.deliver(vm.vcpu, vm.memory, vector)
     if delivered:
         ctx.rip = vm.vcpu.read_rip()

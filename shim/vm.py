@@ -57,7 +57,8 @@ class VcpuContext:
     handed_out: bytes = b""  # the state the host got at the last exit
     pending: Pending | None = None
     completion: int | None = None  # the host's answer, applied at the next entry
-    irqs: deque[int] = field(default_factory=deque)
+    irqs: deque[int] = field(default_factory=deque)  # events (and the shim's doorbells)
+    virqs: deque[int] = field(default_factory=deque)  # virtual interrupts: until IF = 1
     registered: set[int] = field(default_factory=set)
     retired: int = 0  # instructions counted by the timer (timer exits only)
     entries: int = 0

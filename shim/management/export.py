@@ -206,7 +206,8 @@ def state_of(vm: Vm) -> bytes:
     ctx = vm.vcpus[0]
     meta = {
         "rip": ctx.rip, "seq": ctx.seq, "retired": ctx.retired, "entries": ctx.entries,
-        "registered": sorted(ctx.registered), "irqs": list(ctx.irqs), "tsc": vm.vcpu.tsc,
+        "registered": sorted(ctx.registered), "irqs": list(ctx.irqs),
+        "virqs": list(ctx.virqs), "tsc": vm.vcpu.tsc,
         "added": bytes(vm.added).hex(),
         "bounce": bytes(vm.bounce.used).hex() if vm.bounce is not None else "",
         "pending": _pending(ctx.pending), "completion": ctx.completion,

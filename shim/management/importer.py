@@ -127,6 +127,7 @@ class Importer:
         ctx.retired, ctx.entries = int(meta["retired"]), int(meta["entries"])
         ctx.registered = {int(v) for v in meta["registered"]}
         ctx.irqs = deque(int(v) for v in meta["irqs"])
+        ctx.virqs = deque(int(v) for v in meta.get("virqs", ()))  # absent: an older stream
         vm.vcpu.tsc = int(meta["tsc"])
         ctx.pending = _pending(meta["pending"])
         ctx.completion = None if meta["completion"] is None else int(meta["completion"])

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tvmm.abi import codec
 from tvmm.abi.messages import REQUESTS, ExitRecord, Reply
-from tvmm.abi.types import ExitReason, Field, Level, PageType, Result
+from tvmm.abi.types import ExitReason, Field, InjectMode, Level, PageType, Result
 
 I64 = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
 # What the TEE answers with is u64: the edges of the range are drawn often (hypothesis'
@@ -21,6 +21,7 @@ U64 = st.integers(min_value=0, max_value=(1 << 64) - 1) | st.sampled_from(
 _FIELD_STRATEGIES = {
     int: I64, bytes: st.binary(max_size=64), bool: st.booleans(), str: st.text(max_size=16),
     Level: st.sampled_from(Level), PageType: st.sampled_from(PageType),
+    InjectMode: st.sampled_from(InjectMode),
 }
 
 

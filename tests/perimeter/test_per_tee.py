@@ -16,7 +16,7 @@ from shim.management.stream import HEADER, Kind, StreamCipher, parse_header
 from shim.platform import Platform
 from tvmm.abi import launch_secret
 from tvmm.abi.messages import AddPages, Enter, ExportVm, ImportVm
-from tvmm.abi.types import Level, PageType, Result
+from tvmm.abi.types import InjectMode, Level, PageType, Result
 from tvmm.host.client import HostCallError, PlatformClient
 from tvmm.host.hypervisor import Devices
 from tvmm.host.node_host import PausableHost, export_round, import_stream
@@ -70,6 +70,23 @@ def test_live_export_import_keeps_counting(image, level: Level) -> None:
     result = h2.run()
     assert result.how == "exit" and result.status == 0
     assert _counts(host.devices.console.text + h2.devices.console.text) == list(range(1, 201))
+
+
+def test_a_pending_virtual_interrupt_travels_with_the_vm(image) -> None:
+    """A virtual interrupt the host posted and the guest has not taken yet (it waits for
+    IF = 1) is part of the vCPU's state: the destination delivers it, as the source would."""
+    a, ca, host = _launched(image, Level.PLAIN)
+    host.run(max_exits=20)
+    ca.inject(host.vm, 0x20, mode=InjectMode.VIRTUAL)
+    assert list(a.tee.vms[host.vm].vcpus[0].virqs) == [0x20]
+    key = os.urandom(32)
+    management.open_export(a.tee, host.vm, key, 5, "c-5", 2)
+    bundles = [bytes(b) for b in export_round(ca, host.vm, 5, True)]
+    b = Platform()
+    cb = PlatformClient(b.handle)
+    management.open_import(b.tee, key, 5, "c-5", 2)
+    vm2, _state = import_stream(cb, 5, Level.PLAIN, MEM, bundles, a.tee.vms[host.vm].policy)
+    assert list(b.tee.vms[vm2].vcpus[0].virqs) == [0x20]
 
 
 def _stream(image, level=Level.SHIM):
@@ -209,7 +226,7 @@ def _sealed(key: bytes, kind: Kind, counter: int, payload: bytes) -> bytes:
 _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=6),
                      lambda inner: st.lists(inner, max_size=3), max_leaves=6)
 _KEYS = ["vm", "epoch", "level", "memory", "shared", "policy", "digest", "entry", "code",
-         "rip", "seq", "retired", "entries", "registered", "irqs", "tsc", "pending",
+         "rip", "seq", "retired", "entries", "registered", "irqs", "virqs", "tsc", "pending",
          "completion", "added", "bounce", "bundles"]
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar
 
-from tvmm.abi.types import Call, ExitReason, Field, Level, PageType, Result
+from tvmm.abi.types import Call, ExitReason, Field, InjectMode, Level, PageType, Result
 
 U64 = Annotated[int, "u64"]  # 0 <= value < 2**64, unsigned on the wire
 
@@ -114,12 +114,15 @@ class WritePage:
 
 @dataclass(frozen=True, slots=True)
 class Inject:
-    """Ask for a virtual interrupt on ``vcpu`` (a doorbell at the shim level)."""
+    """Ask for an interrupt on ``vcpu``: injected as an event, or posted as a virtual
+    interrupt the CPU delivers once the guest can take it (``mode``; a doorbell at the
+    shim level either way)."""
 
     CALL: ClassVar[Call] = Call.INJECT
     vm: int
     vcpu: int
     vector: int
+    mode: InjectMode = InjectMode.EVENT
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,16 @@ class Call(IntEnum):
     IMPORT_VM = 15  # management: feed one bundle of a checkpoint stream into an empty VM
 
 
+class InjectMode(IntEnum):
+    """How INJECT asks for an interrupt (below ``shim``; the shim's filter holds every
+    vector until the guest can take it, whichever is asked)."""
+
+    EVENT = 0  # event injection (SVM EVENTINJ, VMX VM-entry injection): at the next
+    # entry, whether or not the guest can take it
+    VIRTUAL = 1  # a virtual interrupt (SVM V_IRQ, VMX interrupt-window exiting): held
+    # pending until the guest has RFLAGS.IF = 1, one pending per vector (as an IRR bit)
+
+
 class Result(IntEnum):
     OK = 0
     MALFORMED = 1  # the request could not be decoded or a field has the wrong type

@@ -26,7 +26,7 @@ from tvmm.abi.messages import (
     Unmap,
     WritePage,
 )
-from tvmm.abi.types import Level, PageType, Result
+from tvmm.abi.types import InjectMode, Level, PageType, Result
 
 Transport = Callable[[object], Reply]
 
@@ -95,8 +95,9 @@ class PlatformClient:
         self.calls += 1
         return self.call(WritePage(vm, gpa, data))
 
-    def inject(self, vm: int, vector: int, vcpu: int = 0) -> None:
-        self._ok("INJECT", Inject(vm, vcpu, vector))
+    def inject(self, vm: int, vector: int, vcpu: int = 0,
+               mode: InjectMode = InjectMode.EVENT) -> None:
+        self._ok("INJECT", Inject(vm, vcpu, vector, mode))
 
     def complete_io(self, vm: int, value: int, vcpu: int = 0) -> None:
         self._ok("COMPLETE_IO", CompleteIo(vm, vcpu, value))

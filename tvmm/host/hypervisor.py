@@ -23,6 +23,7 @@ from tvmm.abi.types import (
     Device,
     ExitReason,
     Field,
+    InjectMode,
     KillReason,
     Level,
     Result,
@@ -140,7 +141,7 @@ class HonestHypervisor:
             # At shim the count is not shown: the quantum asked for is a lower bound.
             self.retired += rec.get(Field.RETIRED, self.quantum) or 0
             if self.tick_vector is not None and self.exits["timer"] % self.tick_every == 0:
-                self.client.inject(self.vm, self.tick_vector)
+                self.tick()
             return True
         if reason == ExitReason.NPF:
             gpa = rec.get(Field.GPA)
@@ -157,10 +158,18 @@ class HonestHypervisor:
             return True
         if reason == ExitReason.HLT:
             if self.tick_vector is not None and self.tick_vector in self.registered:
-                self.client.inject(self.vm, self.tick_vector)
+                self.tick()
                 return True
             return False
         return True
+
+    def tick(self) -> None:
+        """Post a timer tick as an honest hypervisor does: a virtual interrupt, which the
+        CPU delivers once the guest has interrupts enabled (never into its handler).
+        Event injection would deliver it at the next entry whatever the guest's state: a
+        tick per short quantum then nests handlers until the stack runs into the image."""
+        assert self.tick_vector is not None
+        self.client.inject(self.vm, self.tick_vector, mode=InjectMode.VIRTUAL)
 
     # -- devices ---------------------------------------------------------------------------
     def serve_hypercall(self, rec: ExitRecord) -> int:
