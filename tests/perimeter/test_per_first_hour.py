@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tvmm.cli import main as cli
+from tvmm.host import node_host
+from tvmm.host.hypervisor import RunResult
 from tvmm.operator import launcher
 
 
@@ -54,6 +57,27 @@ def test_up_twice_refuses_and_down_twice_is_fine(tmp_path: Path,
     assert not any(launcher.is_ours(pid, state) for pid in first)
     assert run("perimeter", "down") == {"stopped": [], "reset": []}  # nothing is up: ok
     _reap(first)
+    # a record left by processes that are gone (a crash, a reboot; or a pid now another
+    # program's) is stale: nothing is up, and `down` clears it
+    launcher.record_path(state).write_text(json.dumps(
+        {"coordinator": {"pid": os.getpid(), "host": "127.0.0.1", "port": 1}}))
+    assert launcher.running(state) == {}
+    assert run("perimeter", "down") == {"stopped": [], "reset": []}
+    assert not launcher.record_path(state).exists()
+
+
+@pytest.mark.parametrize("result, shown", [
+    (RunResult("exit", 3, Counter(), 0, 0, 0), "exited with status 3"),
+    (RunResult("exit", -1, Counter(), 0, 0, 0), "exited with status -1"),
+    (RunResult("killed", None, Counter(), 0, 0, 0, "fault policy"), "killed (fault policy)"),
+    (RunResult("fault", None, Counter(), 0, 0, 0, "vector 6"), "fault (vector 6)"),
+    (RunResult("refused", None, Counter(), 0, 0, 0, "BAD_STATE (host stopped)"), "stopped"),
+    (None, None),
+])
+def test_how_a_vm_ended_is_said_in_words(result, shown) -> None:
+    runner = node_host.VmRunner(node_host.PausableHost(None))  # never started: no client
+    runner.result = result
+    assert runner.ended == shown
 
 
 def test_the_readme_walk_through_twice(tmp_path: Path, capsys: pytest.CaptureFixture,
@@ -101,6 +125,10 @@ def _ended_and_console(run) -> None:
 
 def _bad_names(run) -> None:
     run("vm", "launch", "nosuch", "--node", "n1", code=2)
+    Path("broken.c").write_text("int main(void) { return 0;\n")
+    run("vm", "launch", "broken.c", "--node", "n1", code=2)  # the compiler's error, one line
+    Path("broken.elf").write_bytes(b"not an ELF")
+    run("vm", "launch", "broken.elf", "--node", "n1", code=2)
     assert run("vm", "launch", "hello", "--node", "n9", code=1)["reason"] == "not_in_perimeter"
     assert run("vm", "suspend", "nosuch-1", "--out", "x.bin", code=1)["reason"] == "no_vm"
     run("vm", "suspend", "counter-1", "--out", "no/such/dir/x.bin", code=2)

@@ -30,7 +30,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("perimeter", help="the trusted perimeter: coordinator and nodes")
     psub = p.add_subparsers(dest="perimeter_cmd", required=True)
     up = psub.add_parser("up", help="start a coordinator and N nodes as local processes")
-    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--nodes", type=_count, default=3)
     up.add_argument("--rogue", action="append", default=[], metavar="NAME",
                     help="also start a node running modified trusted code (refused)")
     _common(up)
@@ -82,6 +82,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     co.add_argument("vm")
     _common(co)
     co.set_defaults(run=run_console)
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is below 0")
+    return n
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -214,12 +221,13 @@ def run_status(args: argparse.Namespace) -> int:
 
 @_guarded
 def run_launch(args: argparse.Namespace) -> int:
+    from tvmm.guestbuild import GuestBuildError
     from tvmm.guestimage import GuestImageError
     from tvmm.samples import resolve
 
     try:
         image, sample = resolve(args.guest)
-    except GuestImageError as exc:
+    except (GuestImageError, GuestBuildError) as exc:
         return fail(str(exc))
     secret = args.count.to_bytes(8, "little") if args.guest == "counter" else (
         sample.make_secret(__import__("random").Random(0)) if sample else b"")
