@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -98,6 +99,10 @@ def test_the_readme_walk_through_twice(tmp_path: Path, capsys: pytest.CaptureFix
             listed = run("vm", "list")["vms"]
             assert [(v["name"], v["node"], v["version"]) for v in listed] == [
                 ("counter-1", "n3", 3)]
+            shown = run("vm", "console", "counter-1")  # its log, carried across the moves
+            counts = [int(x) for x in re.findall(r"count=(\d+)", shown["console"])]
+            assert shown["node"] == "n3" and counts  # no gap, no repeat across the moves
+            assert counts == list(range(counts[0], counts[0] + len(counts)))
             if round_ == 1:
                 _ended_and_console(run)
                 _bad_names(run)
@@ -119,7 +124,6 @@ def _ended_and_console(run) -> None:
     assert "hello from a tvmm guest" in out["console"]
     hello = next(v for v in run("vm", "list")["vms"] if v["name"] == "hello-2")
     assert hello["state"] == "running" and hello["ended"] == "exited with status 0"
-    assert run("vm", "console", "counter-1")["node"] == "n3"  # carried across migration
     run("vm", "suspend", "hello-2", "--out", "hello.bin", code=1)  # it ended: refused
 
 
