@@ -164,11 +164,12 @@ class Coordinator:
                           console=text if isinstance(text, str) else "")
 
     def _listed(self, nodes: set[str]) -> dict[tuple[str, str], dict]:
-        """(node, vm) -> what that node lists of the VM, from every node that answers."""
+        """(node, vm) -> what that node lists of the VM, from every node that answers
+        within a few seconds (a listing is for show: a silent node only leaves it out)."""
         out: dict[tuple[str, str], dict] = {}
         for node in sorted(nodes):
             try:
-                answer = self.node_call(node, wire.Message("node_list", {}), timeout=30)
+                answer = self.node_call(node, wire.Message("node_list", {}), timeout=5)
                 for v in answer["data"]["vms"]:
                     if isinstance(v, dict) and isinstance(v.get("vm"), str):
                         out[(node, v["vm"])] = v
