@@ -42,8 +42,8 @@ class Verdict:
 
     attack: str
     level: str
-    n: int | None = None
-    bits_correct: int | None = None
+    n: float | None = None  # bits at stake: "n" or, as the judge writes it, "n_bits"
+    bits_correct: float | None = None
     leaked_bits: float | None = None
     full_recovery: bool | None = None
     detected: bool | None = None
@@ -64,8 +64,8 @@ class Verdict:
         return cls(
             attack=get("attack", str) or event.name or "?",
             level=get("level", str) or "?",
-            n=get("n", int),
-            bits_correct=get("bits_correct", int),
+            n=_number(inside, "n", "n_bits"),
+            bits_correct=_number(inside, "bits_correct"),
             leaked_bits=get("leaked_bits", (int, float)),
             full_recovery=get("full_recovery", bool),
             detected=get("detected", bool),
@@ -75,6 +75,15 @@ class Verdict:
             integrity_violated=get("integrity_violated", bool),
             seq=event.pos.seq,
         )
+
+
+def _number(inside: dict[str, Any], *keys: str) -> float | None:
+    """The first of ``keys`` holding a number (the judge writes counts as floats: 64.0)."""
+    for key in keys:
+        value = inside.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +225,7 @@ def stats_table(stats: TraceStats) -> Table:
         table.add_section()
         table.add_row(f"[bold]verdict: {escape(v.attack)} @ {escape(v.level)}[/]", "")
         if v.bits_correct is not None and v.n is not None:
-            table.add_row("  bits correct", f"{v.bits_correct}/{v.n}")
+            table.add_row("  bits correct", f"{v.bits_correct:g}/{v.n:g}")
         table.add_row("  leaked bits", "?" if v.leaked_bits is None else f"{v.leaked_bits:g}")
         table.add_row("  full recovery", _yes_no(v.full_recovery))
         detected = _yes_no(v.detected)

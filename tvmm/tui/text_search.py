@@ -33,24 +33,36 @@ def find_text(
     rows: array,
     *,
     cancelled: Callable[[], bool] = lambda: False,
+    progress: Callable[[float], None] = lambda _: None,
 ) -> int | None:
     """The first event after ``after`` (wrapping around) that is in ``rows`` and contains
-    ``query``; None if there is none or the search was cancelled."""
-    if not query or not len(reader):
+    ``query``; None if there is none or the search was cancelled.
+
+    The file is searched a block at a time (``TraceReader.blocks``: pages released as it
+    goes, so memory stays bounded on a trace of gigabytes); between blocks it checks
+    ``cancelled`` and reports the fraction of the file searched to ``progress``."""
+    n = len(reader)
+    if not query or not n:
         return None
     pattern = query_pattern(query)
-    start = reader.offset(after + 1) if after + 1 < len(reader) else reader.size
-    first = reader.offset(0)
-    for lo, hi in ((start, reader.size), (first, start)):
-        pos = lo
-        while pos < hi and not cancelled():
-            m = pattern.search(reader.buffer, pos, hi)
-            if m is None:
-                break
-            event = reader.event_at_offset(m.start())
-            if event >= 0 and _contains(rows, event):
-                return event
-            pos = reader.offset(event + 1) if event + 1 < len(reader) else hi
+    begin = min(after + 1, n)
+    total = max(1, reader.size - reader.offset(0))
+    done = 0
+    for lo_event, hi_event in ((begin, n), (0, begin)):
+        for lo, hi in reader.blocks(lo_event, hi_event):
+            if cancelled():
+                return None
+            pos = lo
+            while pos < hi:
+                m = pattern.search(reader.buffer, pos, hi)
+                if m is None:
+                    break
+                event = reader.event_at_offset(m.start())
+                if event >= 0 and _contains(rows, event):
+                    return event
+                pos = reader.offset(event + 1) if 0 <= event + 1 < n else hi
+            done += hi - lo
+            progress(min(1.0, done / total))
     return None
 
 
