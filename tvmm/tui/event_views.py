@@ -104,8 +104,8 @@ def outside_view(event: TraceEvent, level: str, delta: int | None = None) -> Ren
         meaning = STATE_MEANING.get(level, f"register state at level {level}")
         parts += [
             Text(f"state: {len(state) // 2} bytes, {meaning}", style="bold dim"),
-            HexDump(state, limit=192, ascii=False),
             *_decoded(event, state, level),
+            HexDump(state, limit=192, ascii=False),
         ]
     return Group(*parts)
 
@@ -141,21 +141,18 @@ def _compare(event: TraceEvent, found: list[host_learned.Finding]) -> Text | Non
 
 
 def _learned(found: list[host_learned.Finding]) -> RenderableType | None:
-    """Every other relation found: RIP, instruction counts, register values in fields."""
+    """Every other relation found: RIP, instruction counts, register values in fields;
+    one line each, wrapped rather than cut in a narrow pane."""
     rest = [f for f in found if f.fact != "fault address"]
     if not rest:
         return None
-    table = _kv()
+    lines: list[RenderableType] = [Text("the host learned", style="bold dim")]
     for f in rest:
-        table.add_row(
-            f.fact,
-            Text(f"{f.key} = {f.given:#x} ({f.how})" if f.fact not in _COUNTS
-                 else f"{f.key} = {f.given} ({f.how})", style=_EXPOSURE_STYLE[f.exposure]),
-        )
-    return Group(Text("the host learned", style="bold dim"), table)
-
-
-_COUNTS = {"instructions since the previous exit", "retired"}
+        given = str(f.given) if f.fact in host_learned.COUNTS else f"{f.given:#x}"
+        line = Text(f"{f.fact} ", style="bold")
+        line.append(f"← {f.key} = {given} ({f.how})", style=_EXPOSURE_STYLE[f.exposure])
+        lines.append(line)
+    return Group(*lines)
 
 
 def _decoded(event: TraceEvent, state: str, level: str) -> list[Text]:

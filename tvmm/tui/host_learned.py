@@ -17,6 +17,8 @@ from typing import Any
 from tvmm.tui.registers import registers_of
 
 PAGE_SHIFT = 12
+SINCE_PREVIOUS = "instructions since the previous exit"
+COUNTS = frozenset({SINCE_PREVIOUS, "retired"})  # facts that are counts, not addresses
 _COARSE_SHIFTS = range(PAGE_SHIFT + 1, 31)  # granules above a page up to 1 GiB
 _MIN_REGISTER = 0x100  # smaller register values match too much by chance to say anything
 
@@ -105,7 +107,7 @@ def findings(
             if exposure:
                 found.append(Finding(fact, value, key, given, exposure, how))
     retired = inside.get("retired")
-    for fact, value in (("instructions since the previous exit", delta), ("retired", retired)):
+    for fact, value in ((SINCE_PREVIOUS, delta), ("retired", retired)):
         if _is_int(value):
             found += [
                 Finding(fact, value, key, given, Exposure.EXACT, "exact")
