@@ -15,6 +15,7 @@ from tvmm.trace.export import export_perfetto, validate_trace_event_json
 from tvmm.trace.reader import TraceReader
 from tvmm.tui.app import TraceViewerApp
 from tvmm.tui.screens.overview import OverviewScreen
+from tvmm.tui.vms import created_vms, derived_vms
 from tvmm.tui.widgets.detail_pane import DetailPane
 from tvmm.tui.widgets.event_list import EventList
 
@@ -230,3 +231,55 @@ def test_perfetto_exit_slices_carry_the_outside_view(real_traces, tmp_path) -> N
         assert s["args"]["outside"] == outside
     npf = next(s for s in slices if s["name"] == "npf")
     assert "gpa_page" in npf["args"]["outside"]["fields"]
+
+
+def test_vms_of_a_trace_without_create_vm_events_are_derived(real_traces, tmp_path) -> None:
+    """A trace from before the TEE wrote create_vm: the VMs are found from the exits'
+    levels and their instruction counts starting again."""
+    lines = real_traces["ss-shim"].read_bytes().splitlines(keepends=True)
+    old = tmp_path / "old.jsonl"
+    old.write_bytes(b"".join(line for line in lines if b'"name":"create_vm"' not in line))
+    with TraceReader(old) as reader:
+        assert created_vms(reader) is None
+        reader.block_bytes = 2048  # and across many blocks
+        spans = derived_vms(reader)
+        assert [(s.number, s.level) for s in spans] == [(1, "shim"), (2, "snp")]
+        assert spans[0].first == 0 and spans[0].stop == spans[1].first
+        second = reader.event(spans[1].first)
+        assert second.kind is EventKind.ATTACK or (second.outside or {}).get("level") == "snp"
+        assert all((reader.event(i).outside or {}).get("level") in (None, "shim")
+                   for i in range(spans[0].stop))
+
+
+@sync
+async def test_esc_cancels_a_search_under_way(real_traces, monkeypatch) -> None:
+    """A search shows how far it is and Esc stops it (the UI never waits for it)."""
+    import threading
+
+    from tvmm.tui.screens import timeline
+
+    started, seen_cancel = threading.Event(), threading.Event()
+
+    def slow_find(reader, query, after, rows, *, cancelled, progress):  # noqa: ANN001
+        progress(0.42)
+        started.set()
+        for _ in range(2000):  # at most 10 s; Esc ends it at once
+            if cancelled():
+                seen_cancel.set()
+                return None
+            threading.Event().wait(0.005)
+        return None
+
+    monkeypatch.setattr(timeline, "find_text", slow_find)
+    app = TraceViewerApp(real_traces["boot-shim"])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("slash", *"anything", "enter")
+        assert started.wait(5)
+        await pilot.pause()
+        assert "42% (Esc cancels)" in screen_text(app)
+        await pilot.press("escape")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert seen_cancel.is_set()
+        assert "cancelled" in str(app.screen.query_one("#filter-status", Static).content)

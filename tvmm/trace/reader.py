@@ -319,8 +319,10 @@ class TraceReader:
         """Byte offset of event ``i``'s line in the trace."""
         return self._offsets[self._line(i)]
 
+    block_bytes = _CHUNK  # the size of a range ``blocks`` yields (tests make it small)
+
     def blocks(self, start: int = 0, stop: int | None = None,
-               chunk: int = _CHUNK) -> Iterator[tuple[int, int]]:
+               chunk: int | None = None) -> Iterator[tuple[int, int]]:
         """Byte ranges covering events ``start..stop`` about ``chunk`` bytes each, for a
         regex pass over ``buffer`` that keeps memory bounded: each range runs from the
         newline before its first line to the newline before the next range's (so a pattern
@@ -329,6 +331,7 @@ class TraceReader:
         stop = len(self) if stop is None else min(stop, len(self))
         if start >= stop:
             return
+        chunk = chunk or self.block_bytes
         pos = self.offset(start) - 1
         end = self.offset(stop) - 1 if stop < len(self) else self._size - 1
         while pos < end:

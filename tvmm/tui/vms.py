@@ -2,8 +2,8 @@
 victim), each with its level, and each must be read on its own.
 
 A VM starts at its ``create_vm`` management event (the TEE writes one at CREATE_VM).
-Traces without such events are split where an exit's outside view names another level
-or a vCPU's retired-instruction count goes back (a fresh VM counts from 0) — one regex
+Traces without such events are split where an exit's (or an attack action's) outside
+view names another level or a vCPU's retired-instruction count goes back (a fresh VM counts from 0) — one regex
 pass over the mapped file, a block at a time, meant for a worker.
 """
 
@@ -18,8 +18,8 @@ from tvmm.trace.events import EventKind
 from tvmm.trace.reader import TraceError, TraceReader
 
 CREATE_VM = "create_vm"
-_EXIT = re.compile(
-    rb'\n\{"seq":-?\d+,"icount":(-?\d+|null),"vcpu":(-?\d+),"kind":"exit",'
+_LEVELLED = re.compile(  # an event whose outside view names a level (exits, attack actions)
+    rb'\n\{"seq":-?\d+,"icount":(-?\d+|null),"vcpu":(-?\d+),"kind":"(exit|attack)",'
     rb'[^\n]*?"outside":\{[^\n]*?"level":"([a-z0-9_-]{1,32})"'
 )
 
@@ -79,9 +79,10 @@ def derived_vms(
         if cancelled():
             break
         progress(hi / size)
-        for m in _EXIT.finditer(reader.buffer, lo, hi):
-            icount, vcpu, this = m.group(1), m.group(2), m.group(3).decode()
-            count = None if icount == b"null" else int(icount)
+        for m in _LEVELLED.finditer(reader.buffer, lo, hi):
+            icount, vcpu, this = m.group(1), m.group(2), m.group(4).decode()
+            exit_ = m.group(3) == b"exit"
+            count = None if icount == b"null" or not exit_ else int(icount)
             went_back = count is not None and count < counts.get(vcpu, 0)
             if this != level or went_back:
                 first = reader.event_at_offset(m.start() + 1)
