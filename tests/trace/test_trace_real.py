@@ -7,8 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from textual.widgets import Input, Static
 from test_trace_tui import rows, settle, shown, sync
+from textual.widgets import Input, Static
 
 from tvmm.trace.events import EventKind
 from tvmm.trace.export import export_perfetto, validate_trace_event_json
