@@ -29,7 +29,7 @@ from tvmm.trace.reader import TraceError, TraceReader
 
 MAX_LINE_BYTES = 1 << 20  # an event this long is damaged or not the recorder's
 _NAME_MAX = 256  # longer names, and names with escapes, are counted by parsing
-_BLOCK_EVENTS = 1 << 16  # lines matched per findall (a match is a small tuple)
+_BLOCK_BYTES = 16 << 20  # bytes matched per findall (a match is a small tuple)
 _NAMED = re.compile(
     rb'\n\{"seq":-?\d{1,20},"icount":(?:-?\d{1,20}|null),"vcpu":-?\d{1,20},'
     rb'"kind":"(exit|policy)","name":"([^"\\\n]{0,%d})"' % _NAME_MAX
@@ -182,12 +182,10 @@ def _names(
 
 
 def _blocks(reader: TraceReader) -> Iterator[tuple[int, int]]:
-    """Byte ranges of _BLOCK_EVENTS event lines each, every one from the newline before its
-    first line (where _NAMED starts) to the newline before the next block's."""
-    n = len(reader)
-    for first in range(0, n, _BLOCK_EVENTS):
-        after = first + _BLOCK_EVENTS
-        yield reader.offset(first) - 1, reader.offset(after) - 1 if after < n else reader.size
+    """Byte ranges of about _BLOCK_BYTES each, every one from the newline before its first
+    line (where _NAMED starts) to the newline before the next block's; the reader releases
+    a block's pages when the next is asked for, so a gigabyte trace is never all resident."""
+    return reader.blocks(chunk=_BLOCK_BYTES)
 
 
 def _too_long(reader: TraceReader, i: int) -> bool:

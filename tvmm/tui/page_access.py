@@ -16,8 +16,9 @@ from tvmm.trace.reader import TraceError, TraceReader
 PAGE_SHIFT = 12
 _NPF = re.compile(
     rb'\n\{"seq":-?\d+,"icount":(?:-?\d+|null),"vcpu":-?\d+,"kind":"exit","name":"npf",'
-    rb'(?:[^\n]*?"fault_gpa":(\d+))?'
 )
+_FAULT_GPA = b'"fault_gpa":'
+_DIGITS = re.compile(rb"\d+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +71,14 @@ def scan_page_faults(
     for lo, hi in reader.blocks(start, stop):
         if cancelled():
             break
-        for m in _NPF.finditer(reader.buffer, lo, hi):
+        buf = reader.buffer
+        for m in _NPF.finditer(buf, lo, hi):
             i = reader.event_at_offset(m.start() + 1)
-            if m.group(1) is not None:
-                found.add(i, int(m.group(1)))
+            end = buf.find(b"\n", m.end(), hi + 1)
+            k = buf.find(_FAULT_GPA, m.end(), end if end >= 0 else hi)
+            digits = _DIGITS.match(buf, k + len(_FAULT_GPA)) if k >= 0 else None
+            if digits is not None:
+                found.add(i, int(digits.group()))
             else:
                 found.add_event(reader, i)
         progress(min(1.0, (hi - lo_byte) / span))
