@@ -110,7 +110,7 @@ class OverviewScreen(Screen):
             )
             if cancelled():
                 return
-            exits = _exit_counts(self.reader, span, cancelled)
+            exits = _exit_counts(self.reader, span, cancelled) if len(spans) > 1 else {}
             if cancelled():
                 return
             self.app.call_from_thread(self._scanned, n, access, exits)
