@@ -1,7 +1,7 @@
 """Real traces for the viewer's tests, recorded by ``tvmm boot`` and ``tvmm attack`` in
 this test session (once each, on first use): synthetic traces were all the viewer was
 built on, and real ones differ (floats in verdicts, ``gpa_page`` at shim, running
-instruction totals, two VMs in one attack)."""
+instruction totals, two VMs in one attack: a calibration VM, then the victim)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ REAL_TRACES: dict[str, list[str]] = {
     "pf-snp": ["attack", "page-fault", "--guest", "modexp", "--level", "snp"],
     "pf-shim": ["attack", "page-fault", "--guest", "modexp", "--level", "shim"],
     "ss-sev-es": ["attack", "single-step", "--guest", "modexp", "--level", "sev-es"],
-    # the victim at shim, then the attacker's own profiling VM at snp: two VMs, one trace
-    "ss-shim": ["attack", "single-step", "--guest", "modexp", "--level", "shim"],
+    # the attacker's own calibration VM at plain, then the victim at shim: two VMs
+    "two-vms": ["attack", "dropped-writes", "--guest", "counter", "--level", "shim"],
 }
 
 
