@@ -263,3 +263,16 @@ def test_registers_in_clear_follow_the_blob_layout() -> None:
     assert registers_in_clear({"regs": regs}, packed.hex()) == (3, 3)
     assert registers_in_clear({"regs": regs}, (b"\x55" * 48).hex()) == (0, 3)
     assert registers_in_clear({"regs": regs}, "zz") is None
+
+
+def test_page_map_of_lines_in_another_key_order(reader: TraceReader, tmp_path: Path) -> None:
+    """Lines another producer wrote with sorted keys are parsed one by one, same map."""
+    import json
+
+    lines = reader.path.read_bytes().splitlines()
+    sorted_keys = [lines[0]] + [json.dumps(json.loads(x), sort_keys=True).encode()
+                                for x in lines[1:]]
+    other = tmp_path / "sorted.jsonl"
+    other.write_bytes(b"\n".join(sorted_keys) + b"\n")
+    theirs, ours = scan_page_faults(TraceReader(other)), scan_page_faults(reader)
+    assert (theirs.faults, theirs.sequence) == (ours.faults, ours.sequence) and ours.faults

@@ -14,8 +14,8 @@ from tvmm.abi.trace_events import EventKind
 from tvmm.trace.reader import TraceError, TraceReader
 
 PAGE_SHIFT = 12
-_NPF = re.compile(
-    rb'\n\{"seq":-?\d+,"icount":(?:-?\d+|null),"vcpu":-?\d+,"kind":"exit","name":"npf",'
+_EXIT = re.compile(  # every exit line in the recorder's key order, with its name
+    rb'\n\{"seq":-?\d+,"icount":(?:-?\d+|null),"vcpu":-?\d+,"kind":"exit","name":"([^"\\\n]{0,64})",'
 )
 _FAULT_GPA = b'"fault_gpa":'
 _DIGITS = re.compile(rb"\d+")
@@ -68,11 +68,15 @@ def scan_page_faults(
     found = _Collector(limit)
     lo_byte = reader.offset(start) if start < stop else 0
     span = max(1, (reader.offset(stop) if stop < len(reader) else reader.size) - lo_byte)
+    matched = 0
     for lo, hi in reader.blocks(start, stop):
         if cancelled():
             break
         buf = reader.buffer
-        for m in _NPF.finditer(buf, lo, hi):
+        for m in _EXIT.finditer(buf, lo, hi):
+            matched += 1
+            if m.group(1) != b"npf":
+                continue
             i = reader.event_at_offset(m.start() + 1)
             end = buf.find(b"\n", m.end(), hi + 1)
             k = buf.find(_FAULT_GPA, m.end(), end if end >= 0 else hi)
@@ -82,9 +86,11 @@ def scan_page_faults(
             else:
                 found.add_event(reader, i)
         progress(min(1.0, (hi - lo_byte) / span))
-    if not found.faults and not cancelled():
-        exits = reader.indices({EventKind.EXIT})
-        for n, i in enumerate(exits[bisect_left(exits, start) : bisect_left(exits, stop)]):
+    exits = reader.indices({EventKind.EXIT})
+    exits = exits[bisect_left(exits, start) : bisect_left(exits, stop)]
+    if matched != len(exits) and not cancelled():  # lines in another key order: parse
+        found = _Collector(limit)
+        for n, i in enumerate(exits):
             if n % 2048 == 0 and cancelled():
                 break
             found.add_event(reader, int(i))
