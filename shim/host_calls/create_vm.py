@@ -14,8 +14,8 @@ from shim.host_calls import checks
 from shim.levels import FEATURES
 from tvmm.abi.guest import IMAGE_BASE
 from tvmm.abi.messages import CreateVm, Reply
+from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level, Result
-from tvmm.trace.events import EventKind
 
 if TYPE_CHECKING:
     from shim.platform import Tee

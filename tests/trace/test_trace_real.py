@@ -10,7 +10,7 @@ from pathlib import Path
 from test_trace_tui import rows, settle, shown, sync
 from textual.widgets import Input, Static
 
-from tvmm.trace.events import EventKind
+from tvmm.abi.trace_events import EventKind
 from tvmm.trace.export import export_perfetto, validate_trace_event_json
 from tvmm.trace.reader import TraceReader
 from tvmm.tui.app import TraceViewerApp

@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.text import Text
 
-from tvmm.trace.events import EventKind, Position, TraceEvent
+from tvmm.abi.trace_events import EventKind, Position, TraceEvent
 from tvmm.trace.stats import Verdict
 
 KIND_STYLES: dict[EventKind, str] = {

@@ -12,7 +12,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from tvmm.trace.events import EventKind, TraceEvent
+from tvmm.abi.trace_events import EventKind, TraceEvent
 from tvmm.tui import host_learned
 from tvmm.tui.event_text import KIND_STYLES, format_value
 from tvmm.tui.guest_image import GuestImage

@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 
-from tvmm.trace.events import EventKind, TraceEvent
+from tvmm.abi.trace_events import EventKind, TraceEvent
 from tvmm.trace.reader import TraceError, TraceReader
 
 LOOKBACK = 4096  # exits examined when looking for the same vCPU's previous exit

@@ -14,7 +14,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from tvmm.trace.events import EventKind
+from tvmm.abi.trace_events import EventKind
 from tvmm.trace.reader import TraceError, TraceReader
 from tvmm.tui import event_views
 from tvmm.tui.exit_chain import previous_exit, retired_delta

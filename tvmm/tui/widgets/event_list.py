@@ -21,7 +21,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from tvmm.trace.events import EventKind, TraceEvent
+from tvmm.abi.trace_events import EventKind, TraceEvent
 from tvmm.trace.reader import TraceError, TraceReader
 from tvmm.tui.event_text import error_row_text, row_text
 from tvmm.tui.exit_chain import previous_exit, retired_delta
