@@ -14,6 +14,7 @@ from shim.host_calls import checks
 from shim.levels import FEATURES
 from tvmm.abi.guest import IMAGE_BASE
 from tvmm.abi.messages import CreateVm, Reply
+from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level, Result
 
 if TYPE_CHECKING:
@@ -34,4 +35,7 @@ def handle(tee: Tee, req: CreateVm) -> Reply:
     checks.page_aligned("shared_size", shared)
     policy = checks.integer("policy", req.policy, 0, POLICY_BITS)
     vm = tee.new_vm(level, FEATURES[level], size, range(base, base + shared), policy)
+    if tee.recorder.enabled:  # marks where this VM's events start in a trace of several
+        tee.recorder.emit(EventKind.MGMT, "create_vm",
+                          inside={"vm": vm.id, "level": level.value, "memory": size})
     return Reply(Result.OK, value=vm.id)

@@ -64,3 +64,31 @@ def test_million_event_trace_opens_within_budget() -> None:
     for mode in ("index", "rebuild"):
         assert result[f"open_{mode}_s"] <= OPEN_BUDGET_S
         assert result[f"open_{mode}_rss_mb"] <= RSS_BUDGET_MB
+
+
+def test_viewer_benchmark_smoke(tmp_path: Path) -> None:
+    """The viewer's figures on a small synthetic and a small real trace are all reported
+    and land in the doc block (timings judged only by the bench run below)."""
+    from tools.bench_trace import markdown, run_viewer
+    from tools.doc_block import write_block
+
+    viewer = run_viewer(n=1500, seed=3, real_exits=200)
+    for name in ("synthetic", "real"):
+        figures = viewer["traces"][name]
+        assert figures["events"] > 0
+        for key in ("open_s", "search_s", "filter_s", "overview_s", "app_open_s",
+                    "app_search_s", "app_filter_s", "app_overview_s", "app_rss_mb"):
+            assert math.isfinite(figures[key]) and figures[key] >= 0, key
+    doc = tmp_path / "doc.md"
+    doc.write_text("before\n<!-- trace-bench:begin -->\nold\n<!-- trace-bench:end -->\nafter\n")
+    write_block(doc, "trace-bench", markdown(run(n=500, seed=3), viewer))
+    text = doc.read_text()
+    assert "old" not in text and "| synthetic | 1,500 |" in text and text.endswith("after\n")
+
+
+@pytest.mark.bench
+def test_viewer_within_budget_on_a_million_events_and_a_large_real_trace() -> None:
+    viewer = bench_trace.run_viewer()
+    for figures in viewer["traces"].values():
+        assert figures["open_s"] <= OPEN_BUDGET_S and figures["app_open_s"] <= OPEN_BUDGET_S
+        assert figures["app_rss_mb"] <= RSS_BUDGET_MB and figures["ops_rss_mb"] <= RSS_BUDGET_MB

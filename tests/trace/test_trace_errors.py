@@ -123,9 +123,15 @@ def test_file_changed_under_the_reader(tmp_path: Path) -> None:
 
 
 def _exercise(path: Path) -> None:
-    """Open and read everything; only TraceError may come out."""
+    """Open (as the CLI does, and as the viewer does: cut-short files allowed) and read
+    everything; only TraceError may come out."""
+    for allow in (False, True):
+        _exercise_one(path, allow)
+
+
+def _exercise_one(path: Path, allow_truncated: bool) -> None:
     try:
-        reader = TraceReader(path)
+        reader = TraceReader(path, allow_truncated=allow_truncated)
     except TraceError as exc:
         assert isinstance(exc.reason, TraceErrorReason)
         return
@@ -215,3 +221,55 @@ def _index_of(content: bytes) -> bytes:
         trace.write_bytes(content)
         TraceReader(trace).close()
         return index_path(trace).read_bytes()
+
+
+# -- a cut-short trace opened with allow_truncated ---------------------------------------------
+
+
+@SETTINGS
+@given(st.data())
+def test_random_truncation_opens_with_allow_truncated(data: st.DataObject) -> None:
+    """A crashed run's trace, cut anywhere after its header, opens with the whole lines
+    before the cut and says where it stops; the index, stale or fresh, never misleads."""
+    valid = _valid_trace()
+    header_end = valid.index(b"\n") + 1
+    cut = data.draw(st.integers(header_end, len(valid)))
+    index = data.draw(st.sampled_from(["none", "full", "cut"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "cut.jsonl"
+        trace.write_bytes(valid[:cut])
+        if index == "full":  # the recorder wrote the index of lines that did not land
+            index_path(trace).write_bytes(_index_of(valid))
+        elif index == "cut":  # ... or one word for the line the cut fell in
+            words = _index_of(valid)
+            index_path(trace).write_bytes(words[: 8 * (valid[:cut].count(b"\n") + 1)])
+        with TraceReader(trace, allow_truncated=True) as reader:
+            whole = valid[:cut].count(b"\n") - 1
+            assert len(reader) == whole
+            assert [e.pos.seq for e in reader.iter_events()] == list(range(whole))
+            if valid[cut - 1 : cut] == b"\n":
+                assert reader.truncation is None
+            else:
+                assert reader.truncation is not None and f"byte {cut:,}" in reader.truncation
+                assert reader.size == valid.rfind(b"\n", 0, cut) + 1
+
+
+def test_a_cut_short_trace_keeps_its_index(tmp_path: Path) -> None:
+    """The recorder's index holds one word for the partial line: it is trimmed, not a
+    reason to rebuild (which would read every byte of a large trace)."""
+    full = write_synthetic_trace(tmp_path / "t.jsonl", 300, seed=4)
+    data = full.read_bytes()
+    lines = data.splitlines(keepends=True)
+    full.write_bytes(b"".join(lines[:201]) + lines[201][:10])
+    words = index_path(full).read_bytes()
+    index_path(full).write_bytes(words[: 8 * 202])
+    assert reason_of(full) is R.TRUNCATED
+    with TraceReader(full, allow_truncated=True) as reader:
+        assert len(reader) == 200 and not reader.index_rebuilt
+        assert reader.event(199).pos.seq == 199
+
+
+def test_a_cut_inside_the_header_is_truncated_either_way(tmp_path: Path) -> None:
+    trace = tmp_path / "h.jsonl"
+    trace.write_bytes(HEADER[:30])
+    assert reason_of(trace, allow_truncated=True) is R.TRUNCATED

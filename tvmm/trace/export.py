@@ -3,7 +3,8 @@
 Perfetto (ui.perfetto.dev) and chrome://tracing open the JSON object format described in
 Google's "Trace Event Format" document.  Mapping: one process (pid 1) for the VM; one
 thread track per vCPU (tid = vCPU) on which every exit is a complete slice (``"ph":"X"``)
-lasting until the next event of that vCPU; the host's attack actions on their own track;
+lasting until the next event of that vCPU, with the inside facts and the outside view (what
+the host saw) in its args; the host's attack actions on their own track;
 policy decisions, injections, I/O, hypercalls and the rest as thread-scoped instants
 (``"ph":"i"``); a counter (``"ph":"C"``) of exits so far per exit reason; metadata events
 naming the process and threads.  The exporter streams: it holds one pending exit per vCPU,
@@ -89,6 +90,8 @@ def _slice(event: TraceEvent, end_ns: int) -> dict[str, Any]:
         args["fault_gpa"] = hex(inside["fault_gpa"])
     if event.pos.icount is not None:
         args["icount"] = event.pos.icount
+    if event.outside is not None:
+        args["outside"] = event.outside  # what the host saw: reason, level, fields, state
     return {
         "name": event.name,
         "cat": "exit",

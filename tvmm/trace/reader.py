@@ -225,9 +225,18 @@ class TraceReader:
     """Random access to the events of one trace file; ``len()`` excludes the header."""
 
     def __init__(
-        self, path: Path | str, *, rebuild_index: bool = True, write_index: bool = True
+        self,
+        path: Path | str,
+        *,
+        rebuild_index: bool = True,
+        write_index: bool = True,
+        allow_truncated: bool = False,
     ) -> None:
+        """``allow_truncated``: a file cut inside its last line (a crashed run) opens with
+        the whole lines before the cut, and ``truncation`` says where it stops; without
+        it such a file is a TRUNCATED error.  A file cut inside its header is one either way."""
         self.path = Path(path)
+        self.truncation: str | None = None  # where a cut-short recording stops, in words
         self.index_rebuilt = False  # True when the .idx file was missing or stale
         self.index_note: str | None = None  # why it was rebuilt
         self.index_written = False  # True when a rebuilt index was saved beside the trace
@@ -241,13 +250,24 @@ class TraceReader:
             if first_nl < 0 and _HEADER_START.startswith(self._mm[: len(_HEADER_START)]):
                 raise TraceError(TraceErrorReason.TRUNCATED, "the trace ends inside its header")
             self.header = parse_header(self._mm[: self._size if first_nl < 0 else first_nl])
+            cut = None
             if self._mm[self._size - 1] != _NL:
-                raise TraceError(
-                    TraceErrorReason.TRUNCATED,
-                    f"the last line is incomplete (the file ends at byte {self._size} without "
-                    "a newline): the recording was cut short",
-                )
+                if not allow_truncated:
+                    raise TraceError(
+                        TraceErrorReason.TRUNCATED,
+                        f"the last line is incomplete (the file ends at byte {self._size} "
+                        "without a newline): the recording was cut short",
+                    )
+                cut = self._size
+                self._size = self._mm.rfind(b"\n") + 1  # the whole lines before the cut
             offsets, kinds = self._load_index(rebuild_index, write_index)
+            if cut is not None:
+                events = len(kinds) - 1
+                self.truncation = (
+                    f"the recording was cut short: the file ends at byte {cut:,} inside the "
+                    f"line after event {events - 1:,}; the {events:,} whole events before "
+                    f"the cut are shown ({cut - self._size:,} bytes of a partial line left out)"
+                )
         except BaseException:
             self.close()
             raise
@@ -298,6 +318,28 @@ class TraceReader:
     def offset(self, i: int) -> int:
         """Byte offset of event ``i``'s line in the trace."""
         return self._offsets[self._line(i)]
+
+    block_bytes = _CHUNK  # the size of a range ``blocks`` yields (tests make it small)
+
+    def blocks(self, start: int = 0, stop: int | None = None,
+               chunk: int | None = None) -> Iterator[tuple[int, int]]:
+        """Byte ranges covering events ``start..stop`` about ``chunk`` bytes each, for a
+        regex pass over ``buffer`` that keeps memory bounded: each range runs from the
+        newline before its first line to the newline before the next range's (so a pattern
+        anchored on ``\\n{`` sees every line once), and the pages of a range are released
+        once the caller asks for the next one."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        if start >= stop:
+            return
+        chunk = chunk or self.block_bytes
+        pos = self.offset(start) - 1
+        end = self.offset(stop) - 1 if stop < len(self) else self._size - 1
+        while pos < end:
+            nxt = self._mm.find(b"\n", min(pos + chunk, end), end + 1)
+            nxt = end if nxt < 0 else nxt
+            yield pos, nxt
+            _release(self._mm, pos, nxt)
+            pos = nxt
 
     @property
     def buffer(self) -> mmap.mmap:
@@ -368,7 +410,8 @@ class TraceReader:
         idx = index_path(self.path)
         stale = "the index is missing"
         try:
-            with open(idx, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as raw:
+            with open(idx, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                raw = mm[: self._whole_lines_of_index(mm)] if self._size < len(self._mm) else mm
                 stale = self._check_index(raw)
                 if stale is None:
                     return unpack_index(raw)
@@ -385,7 +428,18 @@ class TraceReader:
             self.index_written = _write_atomically(idx, pack_index(offsets, kinds))
         return offsets, kinds
 
-    def _check_index(self, raw: mmap.mmap) -> str | None:
+    def _whole_lines_of_index(self, raw: mmap.mmap) -> int:
+        """Bytes of a cut-short trace's index that point at whole lines: the recorder may
+        have written the entry of the line the cut fell in."""
+        words = len(raw) // 8
+        while words > 1:
+            offset = unpack_index(raw[(words - 1) * 8 : words * 8])[0][0]
+            if offset < self._size:
+                break
+            words -= 1
+        return words * 8
+
+    def _check_index(self, raw: mmap.mmap | bytes) -> str | None:
         """Why the index cannot belong to this trace, or None; O(1) spot checks."""
         if len(raw) % 8 or len(raw) < 8:
             return "the index is not a whole number of 8-byte words"
@@ -413,7 +467,9 @@ class TraceReader:
         kinds: array = array("B")
         pos = 0
         while pos < self._size:
-            part_offsets, part_kinds, nxt = scan_lines(self._mm, pos, pos + _CHUNK)
+            part_offsets, part_kinds, nxt = scan_lines(
+                self._mm, pos, min(pos + _CHUNK, self._size)
+            )
             offsets.extend(part_offsets)
             kinds.extend(part_kinds)
             _release(self._mm, pos, nxt)

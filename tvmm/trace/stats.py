@@ -29,7 +29,7 @@ from tvmm.trace.reader import TraceError, TraceReader
 
 MAX_LINE_BYTES = 1 << 20  # an event this long is damaged or not the recorder's
 _NAME_MAX = 256  # longer names, and names with escapes, are counted by parsing
-_BLOCK_EVENTS = 1 << 16  # lines matched per findall (a match is a small tuple)
+_BLOCK_BYTES = 16 << 20  # bytes matched per findall (a match is a small tuple)
 _NAMED = re.compile(
     rb'\n\{"seq":-?\d{1,20},"icount":(?:-?\d{1,20}|null),"vcpu":-?\d{1,20},'
     rb'"kind":"(exit|policy)","name":"([^"\\\n]{0,%d})"' % _NAME_MAX
@@ -42,8 +42,8 @@ class Verdict:
 
     attack: str
     level: str
-    n: int | None = None
-    bits_correct: int | None = None
+    n: float | None = None  # bits at stake: "n" or, as the judge writes it, "n_bits"
+    bits_correct: float | None = None
     leaked_bits: float | None = None
     full_recovery: bool | None = None
     detected: bool | None = None
@@ -64,8 +64,8 @@ class Verdict:
         return cls(
             attack=get("attack", str) or event.name or "?",
             level=get("level", str) or "?",
-            n=get("n", int),
-            bits_correct=get("bits_correct", int),
+            n=_number(inside, "n", "n_bits"),
+            bits_correct=_number(inside, "bits_correct"),
             leaked_bits=get("leaked_bits", (int, float)),
             full_recovery=get("full_recovery", bool),
             detected=get("detected", bool),
@@ -75,6 +75,15 @@ class Verdict:
             integrity_violated=get("integrity_violated", bool),
             seq=event.pos.seq,
         )
+
+
+def _number(inside: dict[str, Any], *keys: str) -> float | None:
+    """The first of ``keys`` holding a number (the judge writes counts as floats: 64.0)."""
+    for key in keys:
+        value = inside.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,12 +182,10 @@ def _names(
 
 
 def _blocks(reader: TraceReader) -> Iterator[tuple[int, int]]:
-    """Byte ranges of _BLOCK_EVENTS event lines each, every one from the newline before its
-    first line (where _NAMED starts) to the newline before the next block's."""
-    n = len(reader)
-    for first in range(0, n, _BLOCK_EVENTS):
-        after = first + _BLOCK_EVENTS
-        yield reader.offset(first) - 1, reader.offset(after) - 1 if after < n else reader.size
+    """Byte ranges of about _BLOCK_BYTES each, every one from the newline before its first
+    line (where _NAMED starts) to the newline before the next block's; the reader releases
+    a block's pages when the next is asked for, so a gigabyte trace is never all resident."""
+    return reader.blocks(chunk=_BLOCK_BYTES)
 
 
 def _too_long(reader: TraceReader, i: int) -> bool:
@@ -216,7 +223,7 @@ def stats_table(stats: TraceStats) -> Table:
         table.add_section()
         table.add_row(f"[bold]verdict: {escape(v.attack)} @ {escape(v.level)}[/]", "")
         if v.bits_correct is not None and v.n is not None:
-            table.add_row("  bits correct", f"{v.bits_correct}/{v.n}")
+            table.add_row("  bits correct", f"{v.bits_correct:g}/{v.n:g}")
         table.add_row("  leaked bits", "?" if v.leaked_bits is None else f"{v.leaked_bits:g}")
         table.add_row("  full recovery", _yes_no(v.full_recovery))
         detected = _yes_no(v.detected)

@@ -46,7 +46,7 @@ class TraceViewerApp(App[None]):
     def _open(self) -> None:
         """Open the trace (perhaps rebuilding its index) and load the guest image."""
         try:
-            reader = TraceReader(self.path)
+            reader = TraceReader(self.path, allow_truncated=True)
             image = GuestImage.load(reader.header, self.path.parent)
         except TraceError as exc:
             self.call_from_thread(self._failed, exc)
@@ -59,7 +59,7 @@ class TraceViewerApp(App[None]):
     def _opened(self, reader: TraceReader, image: GuestImage) -> None:
         self.reader = reader
         self.add_mode("timeline", lambda: TimelineScreen(reader, image))
-        self.add_mode("overview", lambda: OverviewScreen(reader))
+        self.add_mode("overview", lambda: OverviewScreen(reader, image))
         self.switch_mode("timeline")
 
     def _failed(self, error: TraceError) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 
 from rich.text import Text
 
-from tvmm.abi.trace_events import EventKind, TraceEvent
+from tvmm.abi.trace_events import EventKind, Position, TraceEvent
+from tvmm.trace.stats import Verdict
 
 KIND_STYLES: dict[EventKind, str] = {
     EventKind.EXIT: "cyan",
@@ -28,8 +29,9 @@ KIND_STYLES: dict[EventKind, str] = {
 }
 
 
-def row_text(event: TraceEvent) -> Text:
-    """The list row: seq, time, vCPU, kind, name, summary."""
+def row_text(event: TraceEvent, delta: int | None = None) -> Text:
+    """The list row: seq, time, vCPU, kind, name, summary; ``delta`` is an exit's
+    instructions retired since the same vCPU's previous exit (``exit_chain``)."""
     t_ms = event.t_ns / 1e6
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(f"{event.pos.seq:>8} ", style="dim")
@@ -37,7 +39,7 @@ def row_text(event: TraceEvent) -> Text:
     text.append(f"{event.pos.vcpu:>2} ")
     text.append(f"{event.kind.value:<9} ", style=KIND_STYLES.get(event.kind, ""))
     text.append(f"{event.name[:18]:<18} ", style="bold")
-    text.append(summary(event))
+    text.append(summary(event, delta))
     return text
 
 
@@ -50,15 +52,26 @@ def error_row_text(line: int, message: str) -> Text:
     )
 
 
-def summary(event: TraceEvent) -> str:
+def summary(event: TraceEvent, delta: int | None = None) -> str:
     """The one-line gist of an event; missing keys are skipped, never an error."""
     inside = event.inside or {}
     outside = event.outside or {}
+    if event.kind is EventKind.EXIT:
+        return _exit(inside, outside, delta)
+    if event.kind is EventKind.MGMT and event.name == "create_vm":
+        return _create_vm(inside)
     handler = _SUMMARIES.get(event.kind)
     return handler(inside, outside) if handler else compact(inside or outside)
 
 
-def _exit(inside: dict, outside: dict) -> str:
+def _create_vm(inside: dict) -> str:
+    head = f"━━ VM {inside.get('vm', '?')} created at {inside.get('level', '?')}"
+    if isinstance(inside.get("memory"), int):
+        head += f", {inside['memory'] >> 20} MiB"
+    return head + " ━━"
+
+
+def _exit(inside: dict, outside: dict, delta: int | None = None) -> str:
     parts = []
     if isinstance(inside.get("rip"), int):
         parts.append(f"rip {inside['rip']:#x}")
@@ -66,8 +79,8 @@ def _exit(inside: dict, outside: dict) -> str:
         parts.append(str(inside["symbol"]))
     if isinstance(inside.get("fault_gpa"), int):
         parts.append(f"gpa {inside['fault_gpa']:#x}")
-    if isinstance(inside.get("retired"), int):
-        parts.append(f"+{inside['retired']} insns")
+    if delta is not None:
+        parts.append(f"+{delta} insn" + ("" if delta == 1 else "s"))
     if not parts and outside:
         parts.append("host: " + compact(outside.get("fields") or outside))
     return "  ".join(parts)
@@ -108,10 +121,12 @@ def _attack(inside: dict, outside: dict) -> str:
 
 def _verdict(inside: dict, outside: dict) -> str:
     head = f"{inside.get('attack', '?')} @ {inside.get('level', '?')}"
-    if inside.get("bits_correct") is not None:
-        head += f": {inside['bits_correct']}/{inside.get('n', '?')} bits"
-    if inside.get("leaked_bits") is not None:
-        head += f", leaked {inside['leaked_bits']}"
+    verdict = Verdict.from_event(TraceEvent(Position(0), EventKind.VERDICT, "", inside))
+    if verdict.bits_correct is not None:
+        n = "?" if verdict.n is None else f"{verdict.n:g}"
+        head += f": {verdict.bits_correct:g}/{n} bits"
+    if verdict.leaked_bits is not None:
+        head += f", leaked {verdict.leaked_bits:g}"
     detected = inside.get("detected")
     if detected is not None:
         head += ", detected" if detected else ", undetected"
@@ -130,7 +145,6 @@ def _end(inside: dict, outside: dict) -> str:
 
 
 _SUMMARIES = {
-    EventKind.EXIT: _exit,
     EventKind.POLICY: _policy,
     EventKind.INJECT: _inject,
     EventKind.IO: _io,

@@ -8,17 +8,16 @@ bounce-buffer contents against the slot the host saw.  Every key is optional.
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from tvmm.abi.trace_events import EventKind, TraceEvent
+from tvmm.tui import host_learned
 from tvmm.tui.event_text import KIND_STYLES, format_value
 from tvmm.tui.guest_image import GuestImage
-from tvmm.tui.hexdump import hexdump
-from tvmm.tui.registers import ORDER, Change, diff_table, register_table, registers_of
+from tvmm.tui.hexdump import HexDump, hexdump
+from tvmm.tui.registers import Change, RegisterTable, diff_table, registers_of
 
 STATE_MEANING = {
     "plain": "plaintext register file",
@@ -41,7 +40,9 @@ def title(event: TraceEvent) -> Text:
     return text
 
 
-def inside_view(event: TraceEvent, image: GuestImage, changed: set[str]) -> RenderableType:
+def inside_view(
+    event: TraceEvent, image: GuestImage, changed: set[str], delta: int | None = None
+) -> RenderableType:
     inside = dict(event.inside or {})
     if not inside:
         return Text("(no inside view recorded)", style="dim")
@@ -54,6 +55,8 @@ def inside_view(event: TraceEvent, image: GuestImage, changed: set[str]) -> Rend
     gpa = inside.pop("fault_gpa", None)
     if isinstance(gpa, int):
         facts.add_row("fault gpa", f"{gpa:#x}  (page {gpa >> 12:#x}, offset {gpa & 0xFFF:#x})")
+    if delta is not None:
+        facts.add_row("since prev exit", f"{delta:,} instruction" + ("" if delta == 1 else "s"))
     regs = registers_of(inside)
     inside.pop("regs", None)
     data = inside.pop("data", None) if event.kind is EventKind.IO else None
@@ -61,7 +64,7 @@ def inside_view(event: TraceEvent, image: GuestImage, changed: set[str]) -> Rend
         facts.add_row(key, format_value(value, key))
     parts.append(facts)
     if regs:
-        parts += [Text("registers", style="bold dim"), register_table(regs, changed)]
+        parts += [Text("registers", style="bold dim"), RegisterTable(regs, changed)]
     if isinstance(data, str):
         parts += [
             Text("bounce buffer (inside)", style="bold dim"),
@@ -70,7 +73,10 @@ def inside_view(event: TraceEvent, image: GuestImage, changed: set[str]) -> Rend
     return Group(*parts)
 
 
-def outside_view(event: TraceEvent, level: str) -> RenderableType:
+def outside_view(event: TraceEvent, level: str, delta: int | None = None) -> RenderableType:
+    """What the host got, and what it learned from it (``host_learned``: every number in
+    the outside view against what the TEE knew; ``delta`` is the instructions retired
+    since the vCPU's previous exit)."""
     outside = dict(event.outside or {})
     if not outside:
         return Text("(the host got nothing for this event)", style="dim")
@@ -87,54 +93,80 @@ def outside_view(event: TraceEvent, level: str) -> RenderableType:
         for key, value in fields.items():
             table.add_row(key, format_value(value, key))
         parts += [Text("exit fields", style="bold dim"), table]
-    compare = _compare(event, fields if isinstance(fields, dict) else {})
+    found = host_learned.findings(event.inside, event.outside, delta)
+    compare = _compare(event, found)
     if compare is not None:
         parts.append(compare)
+    learned = _learned(found)
+    if learned is not None:
+        parts.append(learned)
     if isinstance(state, str):
         meaning = STATE_MEANING.get(level, f"register state at level {level}")
         parts += [
             Text(f"state: {len(state) // 2} bytes, {meaning}", style="bold dim"),
-            hexdump(state, limit=192, ascii=False),
             *_decoded(event, state, level),
+            HexDump(state, limit=192, ascii=False),
         ]
     return Group(*parts)
 
 
-def _compare(event: TraceEvent, fields: dict[str, Any]) -> Text | None:
-    """The fault address the TEE knew next to the one the host was given."""
+_EXPOSURE_STYLE = {
+    host_learned.Exposure.EXACT: "red",
+    host_learned.Exposure.PAGE: "yellow",
+    host_learned.Exposure.COARSENED: "yellow",
+}
+
+
+def _compare(event: TraceEvent, found: list[host_learned.Finding]) -> Text | None:
+    """The fault address the TEE knew next to the most the host got of it, from any field."""
     gpa = (event.inside or {}).get("fault_gpa")
-    if not isinstance(gpa, int):
+    if not isinstance(gpa, int) or isinstance(gpa, bool):
         return None
-    given = next(
-        (fields[k] for k in ("fault_gpa", "gpa", "exit_info_2") if isinstance(fields.get(k), int)),
-        None,
-    )
     text = Text("fault address: TEE ", style="bold")
     text.append(f"{gpa:#x}")
     text.append(" → host ", style="bold")
-    if given is None:
+    best = host_learned.fault_exposure(found)
+    if best is None:
         text.append("hidden", style="green")
-    elif given == gpa:
-        text.append(f"{given:#x} (exact)", style="red")
-    elif given >> 12 == gpa >> 12:
-        text.append(f"{given:#x} (page only)", style="yellow")
-    else:
-        text.append(f"{given:#x} (coarsened)", style="green")
+        text.append(" (no outside field relates to it)", style="dim")
+        return text
+    label = {
+        host_learned.Exposure.EXACT: "exact",
+        host_learned.Exposure.PAGE: "page only",
+        host_learned.Exposure.COARSENED: "coarsened",
+    }[best.exposure]
+    text.append(f"{best.given:#x} ({label}: {best.key}, {best.how})",
+                style=_EXPOSURE_STYLE[best.exposure])
     return text
 
 
+def _learned(found: list[host_learned.Finding]) -> RenderableType | None:
+    """Every other relation found: RIP, instruction counts, register values in fields;
+    one line each, wrapped rather than cut in a narrow pane."""
+    rest = [f for f in found if f.fact != "fault address"]
+    if not rest:
+        return None
+    lines: list[RenderableType] = [Text("the host learned", style="bold dim")]
+    for f in rest:
+        given = str(f.given) if f.fact in host_learned.COUNTS else f"{f.given:#x}"
+        line = Text(f"{f.fact} ", style="bold")
+        line.append(f"← {f.key} = {given} ({f.how})", style=_EXPOSURE_STYLE[f.exposure])
+        lines.append(line)
+    return Group(*lines)
+
+
 def _decoded(event: TraceEvent, state: str, level: str) -> list[Text]:
-    """At plain and sev the blob is the register file: say how much of it the host can read."""
-    regs = registers_of(event.inside)
-    if level not in ("plain", "sev") or not regs or len(state) != 16 * len(ORDER):
+    """Where the blob is the register file in plaintext (plain, sev), say how much of it
+    the host can read; the count comes from the blob and this exit's registers, so a
+    level that leaks registers is shown whatever its name."""
+    counted = host_learned.registers_in_clear(event.inside, state)
+    if counted is None:
         return []
-    try:
-        blob = bytes.fromhex(state)
-    except ValueError:
+    same, total = counted
+    if not same and level not in ("plain", "sev"):
         return []
-    words = [int.from_bytes(blob[i : i + 8], "little") for i in range(0, len(blob), 8)]
-    same = sum(regs.get(name) == word for name, word in zip(ORDER, words, strict=True))
-    return [Text(f"host reads {same} of {len(regs)} registers in clear", style="red")]
+    style = "red" if same else "green"
+    return [Text(f"host reads {same} of {total} registers in clear", style=style)]
 
 
 def diff_view(changes: list[Change] | None, previous: TraceEvent | None) -> RenderableType:

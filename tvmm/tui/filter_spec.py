@@ -74,13 +74,16 @@ def _kind(word: str) -> EventKind:
 
 
 def apply_filter(
-    reader: TraceReader, spec: FilterSpec, cancelled: Callable[[], bool] = lambda: False
+    reader: TraceReader,
+    spec: FilterSpec,
+    cancelled: Callable[[], bool] = lambda: False,
+    progress: Callable[[float], None] = lambda _: None,
 ) -> array:
     """Event numbers matching ``spec``, ascending (an empty array if cancelled)."""
     rows = reader.indices(spec.kinds)
     for terms, pattern in ((spec.names, _name_pattern), (spec.levels, _level_pattern)):
         if terms and not cancelled():
-            hits = _events_matching(reader, pattern(terms), cancelled)
+            hits = _events_matching(reader, pattern(terms), cancelled, progress)
             rows = array("Q", (i for i in hits if _contains(rows, i)))
     return array("Q") if cancelled() else rows
 
@@ -101,17 +104,24 @@ def _glob(glob: str) -> bytes:
 
 
 def _events_matching(
-    reader: TraceReader, pattern: re.Pattern[bytes], cancelled: Callable[[], bool]
-) -> list[int]:
-    hits: list[int] = []
+    reader: TraceReader,
+    pattern: re.Pattern[bytes],
+    cancelled: Callable[[], bool],
+    progress: Callable[[float], None] = lambda _: None,
+) -> array:
+    """Events with a match, a block of the file at a time (bounded memory)."""
+    hits: array = array("Q")
     last = -2
-    for n, m in enumerate(pattern.finditer(reader.buffer)):
-        if n % 4096 == 0 and cancelled():
+    size = max(1, reader.size)
+    for lo, hi in reader.blocks():
+        if cancelled():
             break
-        event = reader.event_at_offset(m.start() + 1)  # +1: past the newline, if any
-        if event >= 0 and event != last:
-            hits.append(event)
-            last = event
+        for m in pattern.finditer(reader.buffer, lo, hi):
+            event = reader.event_at_offset(m.start() + 1)  # +1: past the newline, if any
+            if event >= 0 and event != last:
+                hits.append(event)
+                last = event
+        progress(hi / size)
     return hits
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
+
+_WIDTHS = (16, 12, 8, 4, 2, 1)  # bytes per row, the widest that fits is used
 
 
 def hexdump(data: str | bytes, width: int = 16, limit: int = 512, ascii: bool = True) -> Text:
@@ -29,3 +32,22 @@ def hexdump(data: str | bytes, width: int = 16, limit: int = 512, ascii: bool = 
         text.append("(empty)", style="dim")
     text.rstrip()
     return text
+
+
+class HexDump:
+    """A hex dump that picks its bytes per row from the width it is given, so a narrow
+    pane shows fewer bytes a row instead of cutting rows off at its edge."""
+
+    def __init__(self, data: str | bytes, limit: int = 512, ascii: bool = True) -> None:
+        self.data, self.limit, self.ascii = data, limit, ascii
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield hexdump(self.data, row_width(options.max_width, self.ascii), self.limit, self.ascii)
+
+
+def row_width(columns: int, ascii: bool) -> int:
+    """Bytes per row that fit in ``columns``: offset (6), 3 per byte, ASCII (2 + 1 per byte)."""
+    for width in _WIDTHS:
+        if 6 + 3 * width - 1 + (2 + width if ascii else 0) <= columns:
+            return width
+    return 1

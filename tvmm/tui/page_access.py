@@ -6,6 +6,7 @@ with square-and-multiply the order of the two code pages spells the key.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,10 +14,11 @@ from tvmm.abi.trace_events import EventKind
 from tvmm.trace.reader import TraceError, TraceReader
 
 PAGE_SHIFT = 12
-_NPF = re.compile(
-    rb'\n\{"seq":-?\d+,"icount":(?:-?\d+|null),"vcpu":-?\d+,"kind":"exit","name":"npf",'
-    rb'(?:[^\n]*?"fault_gpa":(\d+))?'
+_EXIT = re.compile(  # every exit line in the recorder's key order, with its name
+    rb'\n\{"seq":-?\d+,"icount":(?:-?\d+|null),"vcpu":-?\d+,"kind":"exit","name":"([^"\\\n]{0,64})",'
 )
+_FAULT_GPA = b'"fault_gpa":'
+_DIGITS = re.compile(rb"\d+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,29 +46,55 @@ class PageAccessMap:
 
 
 def scan_page_faults(
-    reader: TraceReader, *, limit: int = 4096, cancelled: Callable[[], bool] = lambda: False
+    reader: TraceReader,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    limit: int = 4096,
+    cancelled: Callable[[], bool] = lambda: False,
+    progress: Callable[[float], None] = lambda _: None,
+    symbolize: Callable[[int], str | None] = lambda _: None,
 ) -> PageAccessMap:
-    """Collect every npf exit; meant for a worker thread.
+    """Collect every npf exit among events ``start..stop`` (one VM); for a worker thread.
 
-    One regex pass over the mapped trace finds npf exits written in the recorder's key
-    order and their ``fault_gpa``; only lines it cannot read are parsed, and a trace in
-    another key order is read event by event.
+    One regex pass over the mapped trace, a block at a time (``TraceReader.blocks``:
+    bounded memory, ``cancelled`` checked and ``progress`` told between blocks), finds npf
+    exits written in the recorder's key order and their ``fault_gpa``; only lines it
+    cannot read are parsed, and a trace in another key order is read event by event.
+    ``symbolize`` names the code a page first faulted in when the exit carries no symbol
+    (real traces carry RIP only; the viewer passes the guest image's symbols).
     """
+    stop = len(reader) if stop is None else min(stop, len(reader))
     found = _Collector(limit)
-    for n, m in enumerate(_NPF.finditer(reader.buffer)):
-        if n % 4096 == 0 and cancelled():
+    lo_byte = reader.offset(start) if start < stop else 0
+    span = max(1, (reader.offset(stop) if stop < len(reader) else reader.size) - lo_byte)
+    matched = 0
+    for lo, hi in reader.blocks(start, stop):
+        if cancelled():
             break
-        i = reader.event_at_offset(m.start() + 1)
-        if m.group(1) is not None:
-            found.add(i, int(m.group(1)))
-        else:
-            found.add_event(reader, i)
-    if not found.faults and not cancelled():
-        for n, i in enumerate(reader.indices({EventKind.EXIT})):
+        buf = reader.buffer
+        for m in _EXIT.finditer(buf, lo, hi):
+            matched += 1
+            if m.group(1) != b"npf":
+                continue
+            i = reader.event_at_offset(m.start() + 1)
+            end = buf.find(b"\n", m.end(), hi + 1)
+            k = buf.find(_FAULT_GPA, m.end(), end if end >= 0 else hi)
+            digits = _DIGITS.match(buf, k + len(_FAULT_GPA)) if k >= 0 else None
+            if digits is not None:
+                found.add(i, int(digits.group()))
+            else:
+                found.add_event(reader, i)
+        progress(min(1.0, (hi - lo_byte) / span))
+    exits = reader.indices({EventKind.EXIT})
+    exits = exits[bisect_left(exits, start) : bisect_left(exits, stop)]
+    if matched != len(exits) and not cancelled():  # lines in another key order: parse
+        found = _Collector(limit)
+        for n, i in enumerate(exits):
             if n % 2048 == 0 and cancelled():
                 break
             found.add_event(reader, int(i))
-    return found.result(reader)
+    return found.result(reader, symbolize)
 
 
 class _Collector:
@@ -96,20 +124,29 @@ class _Collector:
         if gpa is not None:
             self.add(i, gpa)
 
-    def result(self, reader: TraceReader) -> PageAccessMap:
+    def result(
+        self, reader: TraceReader, symbolize: Callable[[int], str | None]
+    ) -> PageAccessMap:
         pages = tuple(
-            PageFaults(page, count, first, last, _symbol(reader, first))
+            PageFaults(page, count, first, last, _symbol(reader, first, symbolize))
             for page, (count, first, last) in self.pages.items()
         )
         return PageAccessMap(pages, tuple(self.sequence), self.faults, self.unreadable)
 
 
-def _symbol(reader: TraceReader, i: int) -> str | None:
+def _symbol(
+    reader: TraceReader, i: int, symbolize: Callable[[int], str | None]
+) -> str | None:
+    """The symbol the exit names, else its RIP's symbol from the guest's symbol table."""
     try:
-        symbol = (reader.event(i).inside or {}).get("symbol")
+        inside = reader.event(i).inside or {}
     except TraceError:
         return None
-    return symbol if isinstance(symbol, str) else None
+    symbol = inside.get("symbol")
+    if isinstance(symbol, str):
+        return symbol
+    rip = inside.get("rip")
+    return symbolize(rip) if isinstance(rip, int) and not isinstance(rip, bool) else None
 
 
 def _fault_gpa(inside: dict | None, outside: dict | None) -> int | None:

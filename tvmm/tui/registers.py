@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -49,11 +50,28 @@ def register_table(
     cells: list[Text] = []
     for name in names:
         style = "bold yellow" if name in changed else ""
-        cells += [Text(name), Text(f"{regs[name]:#x}", style=style)]
+        value = Text(f"{regs[name]:#x}", style=style, no_wrap=True, overflow="ellipsis")
+        cells += [Text(name), value]
     for i in range(0, len(cells), 2 * pairs):
         row = cells[i : i + 2 * pairs]
         table.add_row(*row, *[Text("")] * (2 * pairs - len(row)))
     return table
+
+
+class RegisterTable:
+    """``register_table`` with as many name/value pairs a row as fit the width it is given
+    (two, else one): a value is never cut at the pane's edge; in a pane too narrow for
+    one whole value it ends in an ellipsis."""
+
+    def __init__(self, regs: dict[str, int], changed: set[str] | frozenset[str] = frozenset()):
+        self.regs, self.changed = regs, changed
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        pairs = 2 if options.max_width >= 2 * (_NAME + 1 + _VALUE) + 1 else 1
+        yield register_table(self.regs, self.changed, pairs)
+
+
+_NAME, _VALUE = 6, 18  # "rflags", "0x" and 16 hex digits
 
 
 def diff_table(changes: list[Change]) -> Table:

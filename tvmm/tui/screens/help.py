@@ -18,7 +18,9 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("/", "search the trace text (Enter: next match, Esc: close)"),
     ("f", "filter: kinds (exit policy -attack), name=GLOB, level=X"),
     ("Tab", "move between the list, the detail pane and the bars"),
-    ("o", "overview: page-access map, verdict, statistics (o again: back)"),
+    ("o", "overview: verdict, per VM page-access map and exits, statistics (o: back)"),
+    ("v  V", "overview: next / previous VM of the trace"),
+    ("Esc", "stop a search, filter or overview under way"),
     ("?", "this help"),
     ("q", "quit"),
 )

@@ -21,6 +21,7 @@ from tvmm.trace.reader import TraceReader
 from tvmm.tui.filter_spec import FilterSpec, apply_filter
 from tvmm.tui.guest_image import GuestImage
 from tvmm.tui.text_search import find_text
+from tvmm.tui.vms import VmSpan, created_vms, derived_vms, span_of
 from tvmm.tui.widgets.detail_pane import DetailPane
 from tvmm.tui.widgets.event_list import EventList
 from tvmm.tui.widgets.filter_bar import FilterBar
@@ -47,6 +48,8 @@ class TimelineScreen(Screen):
         self.reader = reader
         self.image = image
         self.spec = FilterSpec()
+        self.spans: list[VmSpan] = [VmSpan(1, reader.header.level, 0, len(reader))]
+        self._searching: str | None = None  # the query of the search under way
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -57,43 +60,112 @@ class TimelineScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        header = self.reader.header
-        self.sub_title = (
-            f"{self.reader.path.name} — {header.guest} @ {header.level}, "
-            f"{len(self.reader):,} events"
-        )
+        self._title()
         self.query_one(FilterBar).status = f"{len(self.reader):,} events"
         self.query_one(EventList).focus()
         if self.reader.index_rebuilt:
             saved = "saved beside the trace" if self.reader.index_written else "not saved"
             self.notify(f"index rebuilt ({self.reader.index_note}); {saved}")
+        if self.reader.truncation is not None:
+            self.notify(self.reader.truncation, severity="warning", timeout=30)
+        self._find_vms()
+
+    def _title(self, selected: int | None = None) -> None:
+        """The file, the guest, and the VM(s): with several, each VM's level in order and
+        the one the selected event belongs to."""
+        header = self.reader.header
+        stops = f"; cut short after event {len(self.reader) - 1}" if self.reader.truncation else ""
+        if len(self.spans) == 1:
+            self.sub_title = (
+                f"{self.reader.path.name} — {header.guest} @ {self.spans[0].level}, "
+                f"{len(self.reader):,} events{stops}"
+            )
+            return
+        span = span_of(self.spans, selected) if selected is not None else None
+        vms = ", ".join(f"{s.number}: {s.level}" for s in self.spans)
+        here = f" — showing {span.title()}" if span is not None else ""
+        self.sub_title = (
+            f"{self.reader.path.name} — {header.guest}, {len(self.spans)} VMs ({vms}), "
+            f"{len(self.reader):,} events{stops}{here}"
+        )
+
+    @work(thread=True, exclusive=True, group="vms")
+    def _find_vms(self) -> None:
+        worker = get_current_worker()
+        spans = created_vms(self.reader)
+        if spans is None:
+            spans = derived_vms(self.reader, cancelled=lambda: worker.is_cancelled)
+        if not worker.is_cancelled:
+            self.app.call_from_thread(self._vms_found, spans)
+
+    def _vms_found(self, spans: list[VmSpan]) -> None:
+        self.spans = spans
+        events = self.query_one(EventList)
+        events.vm_starts = [s.first for s in spans if s.created or s.number > 1]
+        pane = self.query_one(DetailPane)
+        pane.spans = spans
+        self._title(events.selected)
+        if len(spans) > 1:
+            pane.watch_event_index(pane.event_index)
 
     # -- messages up -------------------------------------------------------------------
 
     def on_event_list_highlighted(self, message: EventList.Highlighted) -> None:
         self.query_one(DetailPane).event_index = message.index
+        if len(self.spans) > 1:
+            self._title(message.index)
 
     def on_filter_bar_changed(self, message: FilterBar.Changed) -> None:
-        self.query_one(FilterBar).status = "filtering…"
+        self.query_one(FilterBar).status = "filtering… (Esc cancels)"
         self._filter(message.spec)
 
     def on_search_bar_search(self, message: SearchBar.Search) -> None:
         events = self.query_one(EventList)
         selected = events.selected
-        self.query_one(FilterBar).status = f"searching for {message.query!r}…"
+        self._searching = message.query
+        self.query_one(FilterBar).status = f"searching for {message.query!r}… (Esc cancels)"
         self._search(message.query, -1 if selected is None else selected, events.rows)
 
     def on_search_bar_closed(self, message: SearchBar.Closed) -> None:
+        self._cancel()
         self.query_one(EventList).focus()
+
+    def _cancel(self) -> None:
+        """Esc: stop a search or filter under way and say so."""
+        running = [w for w in self.workers if w.group in ("search", "filter") and w.is_running]
+        if not running:
+            return
+        for worker in running:
+            worker.cancel()
+        self._searching = None
+        self.query_one(FilterBar).status = "cancelled"
 
     # -- workers -----------------------------------------------------------------------
 
     @work(thread=True, exclusive=True, group="filter")
     def _filter(self, spec: FilterSpec) -> None:
         worker = get_current_worker()
-        rows = apply_filter(self.reader, spec, lambda: worker.is_cancelled)
+        rows = apply_filter(self.reader, spec, lambda: worker.is_cancelled,
+                            self._progress(worker, "filtering"))
         if not worker.is_cancelled:
             self.app.call_from_thread(self._filtered, spec, rows)
+
+    def _progress(self, worker, what: str):  # noqa: ANN001, ANN202 - a Worker, a callback
+        """A callback for a worker's scan: the status bar shows how far it is."""
+        last = [-1]
+
+        def report(fraction: float) -> None:
+            percent = int(fraction * 100)
+            if percent != last[0] and not worker.is_cancelled:
+                last[0] = percent
+                self.app.call_from_thread(self._status, worker,
+                                          f"{what}… {percent}% (Esc cancels)")
+
+        return report
+
+    def _status(self, worker, text: str) -> None:  # noqa: ANN001 - a Worker
+        if not worker.is_cancelled:
+            self.query_one(FilterBar).status = text
 
     def _filtered(self, spec: FilterSpec, rows: array) -> None:
         self.spec = spec
@@ -107,11 +179,13 @@ class TimelineScreen(Screen):
     @work(thread=True, exclusive=True, group="search")
     def _search(self, query: str, after: int, rows: array) -> None:
         worker = get_current_worker()
-        found = find_text(self.reader, query, after, rows, cancelled=lambda: worker.is_cancelled)
+        found = find_text(self.reader, query, after, rows, cancelled=lambda: worker.is_cancelled,
+                          progress=self._progress(worker, f"searching for {query!r}"))
         if not worker.is_cancelled:
             self.app.call_from_thread(self._searched, query, found)
 
     def _searched(self, query: str, found: int | None) -> None:
+        self._searching = None
         bar = self.query_one(FilterBar)
         if found is None or not self.query_one(EventList).select_event(found):
             bar.status = f"no match for {query!r}"
@@ -143,4 +217,5 @@ class TimelineScreen(Screen):
         self.query_one(FilterBar).focus_input()
 
     def action_focus_list(self) -> None:
+        self._cancel()
         self.query_one(EventList).focus()

@@ -8,21 +8,19 @@ for the UI thread.
 
 from __future__ import annotations
 
-from bisect import bisect_left
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from tvmm.abi.trace_events import EventKind, TraceEvent
+from tvmm.abi.trace_events import EventKind
 from tvmm.trace.reader import TraceError, TraceReader
 from tvmm.tui import event_views
+from tvmm.tui.exit_chain import previous_exit, retired_delta
 from tvmm.tui.guest_image import GuestImage
 from tvmm.tui.registers import diff, registers_of
-
-_LOOKBACK = 4096  # exits examined when looking for the same vCPU's previous exit
+from tvmm.tui.vms import VmSpan, span_of
 
 
 class DetailPane(VerticalScroll):
@@ -44,6 +42,7 @@ class DetailPane(VerticalScroll):
         self.reader = reader
         self.image = image
         self._composed = False  # the panes exist only once mounted
+        self.spans: list[VmSpan] = []  # the trace's VMs, once the screen has found them
 
     def compose(self) -> ComposeResult:
         yield Static(id="detail-title")
@@ -79,13 +78,23 @@ class DetailPane(VerticalScroll):
             for pane in (inside, outside, regdiff, disasm):
                 pane.update("")
             return
-        previous = self._previous_exit(index, event) if event.kind is EventKind.EXIT else None
+        span = span_of(self.spans, index)
+        previous = delta = None
+        if event.kind is EventKind.EXIT:
+            floor = span.first if span is not None else 0
+            previous = previous_exit(self.reader, index, event.pos.vcpu, floor=floor)
+            delta = retired_delta(event, previous)
         changes = None
         if previous is not None:
             changes = diff(registers_of(previous.inside), registers_of(event.inside))
-        title.update(event_views.title(event))
-        inside.update(event_views.inside_view(event, self.image, {c.name for c in changes or ()}))
-        outside.update(event_views.outside_view(event, self.reader.header.level))
+        heading = event_views.title(event)
+        if span is not None and len(self.spans) > 1:
+            heading.append(f"   {span.title()}", style="bold magenta")
+        title.update(heading)
+        inside.update(event_views.inside_view(event, self.image, {c.name for c in changes or ()},
+                                              delta))
+        level = span.level if span is not None else self.reader.header.level
+        outside.update(event_views.outside_view(event, level, delta))
         lower = self.query_one("#lower")
         lower.display = event.kind is EventKind.EXIT
         if event.kind is EventKind.EXIT:
@@ -99,15 +108,3 @@ class DetailPane(VerticalScroll):
 
     def _statics(self, *ids: str) -> list[Static]:
         return [self.query_one(i, Static) for i in ids]
-
-    def _previous_exit(self, index: int, event: TraceEvent) -> TraceEvent | None:
-        exits = self.reader.indices({EventKind.EXIT})
-        at = bisect_left(exits, index)
-        for j in range(at - 1, max(-1, at - 1 - _LOOKBACK), -1):
-            try:
-                candidate = self.reader.event(exits[j])
-            except TraceError:
-                continue
-            if candidate.pos.vcpu == event.pos.vcpu:
-                return candidate
-        return None

@@ -8,7 +8,7 @@ parsing that one event through a small LRU cache; nothing else is parsed.
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 
 from rich.style import Style
 from rich.text import Text
@@ -21,8 +21,10 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from tvmm.abi.trace_events import EventKind, TraceEvent
 from tvmm.trace.reader import TraceError, TraceReader
 from tvmm.tui.event_text import error_row_text, row_text
+from tvmm.tui.exit_chain import previous_exit, retired_delta
 
 _HEADER = Text(
     f"{'seq':>8} {'t (ms)':>11} {'vc':>2} {'kind':<9} {'name':<18} summary",
@@ -66,6 +68,20 @@ class EventList(ScrollView, can_focus=True):
         self.reader = reader
         self._rows: array = reader.indices()
         self._lines: LRUCache[tuple[int, int], Strip] = LRUCache(512)
+        self._events: LRUCache[int, TraceEvent] = LRUCache(1024)
+        self._vm_starts: list[int] = [0]
+
+    @property
+    def vm_starts(self) -> list[int]:
+        return self._vm_starts
+
+    @vm_starts.setter
+    def vm_starts(self, starts: list[int]) -> None:
+        """The first event of each VM: a VM's first event is drawn as a marker row, and an
+        exit's instruction count never reaches back into another VM."""
+        self._vm_starts = sorted(starts) or [0]
+        self._lines.clear()
+        self.refresh()
 
     # -- data in -----------------------------------------------------------------------
 
@@ -124,15 +140,37 @@ class EventList(ScrollView, can_focus=True):
             strip = strip.apply_style(Style.parse(highlight))
         return strip
 
+    def _event(self, index: int) -> TraceEvent:
+        event = self._events.get(index)
+        if event is None:
+            event = self._events[index] = self.reader.event(index)
+        return event
+
     def _row_text(self, index: int) -> Text:
         try:
-            return row_text(self.reader.event(index))
+            event = self._event(index)
+            delta = None
+            if event.kind is EventKind.EXIT:
+                floor = self._vm_starts[max(0, bisect_right(self._vm_starts, index) - 1)]
+                previous = previous_exit(self.reader, index, event.pos.vcpu, floor=floor,
+                                         read=self._event)
+                delta = retired_delta(event, previous)
+            text = row_text(event, delta)
+            if index in self._vm_starts[1:] or (
+                event.kind is EventKind.MGMT and event.name == "create_vm"
+            ):
+                text.stylize("bold reverse")  # a new VM begins here
+            return text
         except TraceError as exc:
             return error_row_text(exc.line if exc.line is not None else index + 1, exc.message)
 
     def _strip(self, text: Text, width: int) -> Strip:
-        segments = list(text.render(self.app.console, end=""))
-        strip = Strip(segments).apply_style(self.rich_style)  # the widget's colours beneath
+        """The row cut to ``width`` by Rich (an ellipsis where it is cut), never by the
+        strip: a number must not end silently at the edge."""
+        console = self.app.console
+        lines = console.render_lines(text, console.options.update_width(max(1, width)),
+                                     pad=False)
+        strip = Strip(lines[0] if lines else []).apply_style(self.rich_style)
         return strip.crop_extend(0, width, self.rich_style)
 
     # -- moving ------------------------------------------------------------------------

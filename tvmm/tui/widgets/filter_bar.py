@@ -24,7 +24,9 @@ class FilterBar(Horizontal):
     FilterBar { height: 1; }
     FilterBar Label { padding: 0 1; }
     FilterBar #filter-label { background: $primary; color: $text; }
-    FilterBar Input { width: 1fr; height: 1; border: none; padding: 0 1; }
+    FilterBar Input, FilterBar Input:focus {
+        width: 1fr; height: 1; border: none; padding: 0 1;
+    }
     FilterBar #filter-status { color: $text-muted; }
     FilterBar #filter-status.-error { color: $error; }
     """

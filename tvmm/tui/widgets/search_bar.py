@@ -12,7 +12,8 @@ class SearchBar(Input):
     """Posts ``SearchBar.Search`` on Enter and ``SearchBar.Closed`` on Escape."""
 
     DEFAULT_CSS = """
-    SearchBar { dock: bottom; height: 1; border: none; padding: 0 1; display: none; }
+    SearchBar, SearchBar:focus { height: 1; border: none; padding: 0 1; }
+    SearchBar { display: none; }
     SearchBar.-open { display: block; }
     """
     BINDINGS = [Binding("escape", "close", "close search")]

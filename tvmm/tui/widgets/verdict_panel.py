@@ -33,7 +33,7 @@ def render_verdict(v: Verdict) -> RenderableType:
     facts.add_column()
     facts.add_row("attack", Text(f"{v.attack} @ {v.level}", style="bold"))
     if v.bits_correct is not None:
-        facts.add_row("bits correct", f"{v.bits_correct} of {v.n if v.n is not None else '?'}")
+        facts.add_row("bits correct", f"{v.bits_correct:g} of {'?' if v.n is None else f'{v.n:g}'}")
     if v.leaked_bits is not None:
         facts.add_row("leaked bits", f"{v.leaked_bits:g}")
     facts.add_row("full recovery", _flag(v.full_recovery, bad=True))
