@@ -13,6 +13,7 @@ n × max(0, 2·accuracy − 1): 0 for guessing, n for full recovery.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -27,6 +28,12 @@ from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices
 from tvmm.machine import DEFAULT_MEMORY, make_machine, owner_endpoint, wrap_secret
 from tvmm.samples import PASSWORD_ALPHABET, expected_console_ok, resolve
+
+
+def public_rng_seed(seed: int) -> int:
+    """The seed of the attack's public random stream: derived from the run's seed one way
+    (the run's seed also makes the owner's secret)."""
+    return int.from_bytes(hashlib.sha256(b"tvmm attack rng %d" % seed).digest()[:8], "little")
 
 
 @dataclass(frozen=True)
@@ -125,8 +132,8 @@ def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
         return Devices(Console(), BlockDevice(None), InputDevice())
 
     ctx = AttackContext(
-        client=machine.client, image=image, guest=guest, level=level, seed=seed,
-        rng=random.Random(seed ^ 0x5EED), memory=memory,
+        client=machine.client, image=image, guest=guest, level=level,
+        rng=random.Random(public_rng_seed(seed)), memory=memory,
         secret_blob=wrap_secret(machine, secret), record=record, devices=devices,
         owner=owner_endpoint(image, secret, memory=memory),
     )
