@@ -72,11 +72,12 @@ class NoteWriter:
 
 
 def attack_named(job: dict) -> Attack:
+    """The registered attack of that name, or the one in the user's file (its first if the
+    name is not there): a user's file is loaded here, never in the judge's process."""
     if job.get("file"):
-        found = {cls.name: cls for cls in load_file(job["file"])}
-    else:
-        found = {**registry(), **BENIGN}
-    return found[job["attack"]]()
+        classes = load_file(job["file"])
+        return next((c for c in classes if c.name == job.get("attack")), classes[0])()
+    return {**registry(), **BENIGN}[job["attack"]]()
 
 
 def run_boot(job: dict, client: PlatformClient, link: Launcher) -> dict:
@@ -105,7 +106,7 @@ def run_attack(job: dict, client: PlatformClient, link: Launcher, notes: NoteWri
         secret_blob=bytes.fromhex(job["secret_blob"]), record=notes,
         devices=lambda: Devices(Console(), BlockDevice(None), InputDevice()),
         owner=link.owner)
-    return outcome_to_data(attack.run(ctx))
+    return {**outcome_to_data(attack.run(ctx)), "attack": attack.name, "kind": attack.kind}
 
 
 def main(argv: list[str]) -> int:

@@ -25,7 +25,8 @@ from tools.attacks import registry
 from tools.attacks.base import Attack
 from tools.benign import BENIGN
 from tvmm.abi.types import Level
-from tvmm.judge import Verdict, run_attack
+from tvmm.harness.judge import error_verdict, run_attack
+from tvmm.judge import Verdict
 
 LEVELS: tuple[Level, ...] = tuple(Level)
 CLASSES = ("leak", "partial", "none", "detected", "blocked", "tampered", "error")
@@ -65,20 +66,17 @@ def cells(attacks: Iterable[str] | None = None,
 
 def run_cell(cell: Cell, *, seed: int = 0, policy_config: PolicyConfig | None = None
              ) -> Verdict:
-    """One cell through the judge; an attack that crashes gives an "error" verdict (the
-    exception as its detail) instead of ending the whole matrix."""
+    """One cell through the judge, the attack in a process of its own (tvmm.harness.judge);
+    an attack that crashes gives an "error" verdict (the exception as its detail) instead
+    of ending the whole matrix."""
     cls = attack_class(cell.attack)
     start = time.perf_counter()
     try:
-        return run_attack(cls(), cell.victim, cell.level, seed=seed,
+        return run_attack(cell.attack, cls.kind, cell.victim, cell.level, seed=seed,
                           policy_config=policy_config)
     except Exception as exc:  # noqa: BLE001 - reported in the cell, the run goes on
-        return Verdict(
-            attack=cell.attack, guest=cell.victim, level=cell.level.value, kind=cls.kind,
-            n_bits=0.0, bits_correct=0.0, leaked_bits=0.0, full_recovery=False,
-            detected=False, detected_after_exits=None, integrity_violated=False,
-            blocked=False, exits=0, wall_s=time.perf_counter() - start,
-            detail=f"error: {type(exc).__name__}: {exc}", notes={"error": True})
+        return error_verdict(cell.attack, cls.kind, cell.victim, cell.level,
+                             time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
 
 
 def run_matrix(seed: int = 0, attacks: Iterable[str] | None = None,

@@ -1,6 +1,7 @@
 """The one place that drives both sides: it starts the TEE's process and the host's, holds
 the guest owner, and (for an attack) judges.
 
+    tee_server.py the TEE's process: the Platform (shim, tvmm.hw) behind a byte link
     launcher.py  the processes and what crosses between them: a byte link host ↔ TEE
                  (shared-memory mailbox, or a socket), a message link host ↔ launcher
                  (owner relay, console, the result), the attack's note pipe to the TEE, and

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shim.policies.config import PolicyConfig
+from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level
 from tvmm.harness import launcher
 from tvmm.machine import (
@@ -25,7 +26,6 @@ from tvmm.machine import (
 from tvmm.owner.broker import ReleasePolicy
 from tvmm.owner.endpoint import OwnerEndpoint
 from tvmm.samples import resolve
-from tvmm.abi.trace_events import EventKind
 
 
 @dataclass(frozen=True)

@@ -185,3 +185,42 @@ def start(*, policy_config: object | None = None,
     key = load_pem_public_key(hello["launch_public_key"].encode())
     return Session(tee, control, host, link_sock, key,
                    host_job={"tee": client_spec, "notes_fd": note_w})
+
+
+@dataclass
+class TeeOnly:
+    """A TEE process whose host is the caller (benchmarks): ``end.call`` carries ABI bytes."""
+
+    tee: subprocess.Popen
+    control: socket.socket
+    end: object  # tvmm.link client end
+
+    def close(self) -> None:
+        self.end.close()
+        try:
+            send_frame(self.control, json.dumps({"op": "close"}).encode())
+            recv_frame(self.control)
+        except (LinkError, OSError):
+            pass
+        self.control.close()
+        self.tee.wait(timeout=10)
+
+
+def start_tee(*, link: str = DEFAULT_LINK,
+              policy_config: object | None = None) -> TeeOnly:
+    """A TEE process alone, its host link's client end in this process."""
+    client_spec, server_spec, _ = ends.specs(link)
+    control, control_tee = socket.socketpair()
+    control_tee.set_inheritable(True)
+    tee = _spawn("tvmm.harness.tee_server", control_tee.fileno(),
+                 (control_tee.fileno(), *_fds(server_spec)))
+    control_tee.close()
+    end = ends.client(client_spec)
+    for fd in _fds(server_spec):  # the TEE's end (and the memfd, mapped by now)
+        os.close(fd)
+    send_frame(control, json.dumps({"policy": policy_data(policy_config),
+                                    "host": server_spec}).encode())
+    hello = json.loads(recv_frame(control))
+    if not hello.get("ok"):
+        raise HarnessError(f"the TEE process did not start: {hello.get('error')}")
+    return TeeOnly(tee, control, end)

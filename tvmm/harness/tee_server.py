@@ -35,11 +35,11 @@ from shim.policies.config import from_mapping
 from shim.vm import Vm
 from tvmm.abi import codec
 from tvmm.abi.messages import Reply
+from tvmm.abi.trace_events import EventKind, NullRecorder, TraceHeader
 from tvmm.abi.types import Result
 from tvmm.link import ends
 from tvmm.link.errors import FrameError, LinkError, PeerGone
 from tvmm.link.frames import LENGTH, recv_frame, send_frame
-from tvmm.abi.trace_events import EventKind, NullRecorder, TraceHeader
 from tvmm.trace.recorder import TraceRecorder
 
 NOTE_LIMIT = 1 << 20

@@ -76,7 +76,7 @@ class _End:
     """What both ends share: the mapping, the waiting and the ringing."""
 
     def __init__(self, spec: dict, *, mine: tuple[int, int, int, int],
-                 spin_s: float = DEFAULT_SPIN_S) -> None:
+                 spin_s: float | None = None) -> None:
         capacity = spec["capacity"]
         self.capacity = capacity
         self.map = mmap.mmap(spec["memory"], HEADER + 2 * capacity, mmap.MAP_SHARED,
@@ -87,7 +87,7 @@ class _End:
         self.bell_in = spec["bell_in"]
         self.bell_out = spec["bell_out"]
         os.set_blocking(self.bell_out, False)
-        self.spin_s = spin_s
+        self.spin_s = DEFAULT_SPIN_S if spin_s is None else spin_s
         in_seq, in_len, my_sleep, peer_sleep = mine
         out_seq = REP_SEQ if in_seq == REQ_SEQ else REQ_SEQ
         self._in_seq, self._out_seq = in_seq // 8, out_seq // 8
@@ -175,7 +175,7 @@ class _End:
 class MailboxClient(_End):
     """The calling end (the host): ``call`` one request, get its reply."""
 
-    def __init__(self, spec: dict, spin_s: float = DEFAULT_SPIN_S) -> None:
+    def __init__(self, spec: dict, spin_s: float | None = None) -> None:
         super().__init__(spec, mine=(REP_SEQ, REP_LEN, CLIENT_SLEEPS, SERVER_SLEEPS),
                          spin_s=spin_s)
 
@@ -187,7 +187,7 @@ class MailboxClient(_End):
 class MailboxServer(_End):
     """The answering end (the TEE): ``recv`` a request, ``send`` its reply."""
 
-    def __init__(self, spec: dict, spin_s: float = DEFAULT_SPIN_S) -> None:
+    def __init__(self, spec: dict, spin_s: float | None = None) -> None:
         super().__init__(spec, mine=(REQ_SEQ, REQ_LEN, SERVER_SLEEPS, CLIENT_SLEEPS),
                          spin_s=spin_s)
 
