@@ -24,7 +24,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 DOC = Path("docs/performance.md")
-BEGIN, END = "<!-- tvmm bench --write-docs: begin -->", "<!-- tvmm bench --write-docs: end -->"
+BLOCK = "bench-core"  # <!-- bench-core:begin --> … <!-- bench-core:end -->
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +89,9 @@ def doc_block(results: dict) -> str:
                 f"trip {value['transport_us']:.1f} µs | "
                 f"{value['cost_vs_bare_plus_transport']:.2f}× |")
         elif "cost_vs_bare" in value:
-            rows.append(f"| {key} (in one process) | {value['tvmm_us']:.1f} µs | bare "
+            how = ("in one process, through the ABI codec" if key.endswith("_codec")
+                   else "in one process")
+            rows.append(f"| {key} ({how}) | {value['tvmm_us']:.1f} µs | bare "
                         f"{value['bare_us']:.1f} µs | {value['cost_vs_bare']:.2f}× |")
         elif "exits_per_s" in value:
             rows.append(f"| {key} (in one process) | {value['exits_per_s']:,}/s | bare "
@@ -97,13 +99,10 @@ def doc_block(results: dict) -> str:
                         f"{value['exits_per_s'] / value['bare_steps_per_s']:.2f} |")
     head = (f"Written by `tvmm bench --write-docs` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
             f", {os.cpu_count()} CPUs, load average {_load()} when it ended.")
-    return "\n".join([BEGIN, head, "", *rows, END])
+    return "\n".join([head, "", *rows])
 
 
 def write_docs(path: Path, results: dict) -> None:
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path} has no block marked {BEGIN} … {END}")
-    before, rest = text.split(BEGIN, 1)
-    _, after = rest.split(END, 1)
-    path.write_text(before + doc_block(results) + after)
+    from tools.doc_block import write_block
+
+    write_block(path, BLOCK, doc_block(results))

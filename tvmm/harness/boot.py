@@ -66,7 +66,7 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
         input_lines = ["guess", "letmein"]
     if secret_path == "attested" and owner is None:
         owner = owner_endpoint(image, secret, memory=memory, policy=release_policy,
-                               nonce=nonce, state_dir=state_dir)
+                               nonce=nonce, state_dir=state_dir, level=level)
     session = launcher.start(policy_config=policy_config, state_dir=state_dir,
                              trace=trace, header=trace_header(image, level, seed),
                              link=link)
