@@ -1,4 +1,5 @@
-"""A request/reply mailbox in shared memory: a round trip in about a microsecond.
+"""A request/reply mailbox in shared memory: a round trip in microseconds when both sides
+have a core.
 
 Two processes share one mapping (a memfd, inherited across exec): a header of sequence
 numbers and lengths, then a request area and a reply area of ``capacity`` bytes each.  The
