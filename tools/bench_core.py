@@ -17,21 +17,28 @@ the median ratio is reported.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import struct
 import sys
 import time
+from collections.abc import Callable
 
 import unicorn as uc_mod
 from unicorn import x86_const as X
 
 from tvmm import guestbuild
+from tvmm.abi import codec
 from tvmm.abi.guest import BOOT_INFO_GPA, BOOT_MAGIC, SHARED_BASE, SHARED_SIZE
 from tvmm.abi.messages import Enter
 from tvmm.abi.types import ExitReason, Level
 from tvmm.guestimage import GuestImage, load_elf
+from tvmm.harness import launcher
+from tvmm.harness.boot import boot
+from tvmm.host.client import PlatformClient, bytes_transport
 from tvmm.host.hypervisor import HonestHypervisor
-from tvmm.machine import DEFAULT_MEMORY, boot, make_machine
+from tvmm.link import ends
+from tvmm.machine import DEFAULT_MEMORY, make_machine
 
 COMPUTE = guestbuild.GUESTS_DIR / "bench" / "compute.c"
 
@@ -72,21 +79,27 @@ def bare_unicorn(image: GuestImage, quantum: int = 0, memory: int = DEFAULT_MEMO
 
 
 def tvmm_compute(level: Level, quantum: int) -> float:
+    """The compute guest booted as ``tvmm boot`` does: the TEE in a process of its own;
+    the time is the host's run loop (launch and process start-up excluded)."""
     report = boot(str(guestbuild.build([COMPUTE])), level, quantum=quantum)
     if report.how != "exit":
         raise RuntimeError(f"compute guest did not finish: {report.how} {report.detail}")
     return report.wall_s
 
 
-def round_trip(level: Level, quantum: int, exits: int, rounds: int = 1) -> tuple[float, float]:
+def round_trip(level: Level, quantum: int, exits: int, rounds: int = 1,
+               wire: bool = False) -> tuple[float, float]:
     """(seconds per timer exit through tvmm, seconds per bare stop/resume), the medians of
     ``rounds`` rounds of ``exits`` each, tvmm and bare taking turns so that both see the
-    same machine."""
+    same machine.  ``wire``: every request and reply through the ABI codec, as across the
+    process boundary, still in one process."""
     image = compute_image()
     machine = make_machine(seed=0, image=image, level=level)
     host = HonestHypervisor(machine.client, quantum=quantum)
     host.launch(image, level, DEFAULT_MEMORY)
     handle, vm, timer = machine.platform.handle, host.vm, ExitReason.TIMER
+    if wire:
+        handle = bytes_transport(machine.platform.handle_bytes)
     state = b""
     uc = bare_machine(image, DEFAULT_MEMORY)
     bare_rip = image.entry
@@ -124,16 +137,127 @@ def round_trip(level: Level, quantum: int, exits: int, rounds: int = 1) -> tuple
     return (statistics.median(t for t, _ in pairs), statistics.median(b for _, b in pairs))
 
 
+def _echo_server(link: str, size: int) -> tuple[object, int]:
+    """A process that answers every frame with ``size`` bytes over the same link as the
+    TEE's, with nothing of tvmm behind it: the bare transport."""
+    client_spec, server_spec, fds = ends.specs(link)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for fd in set(_link_fds(client_spec)) - set(_link_fds(server_spec)):
+                os.close(fd)
+            server = ends.server(server_spec)
+            answer = bytes(size)
+            while True:
+                server.recv()
+                server.send(answer)
+        except BaseException:  # noqa: BLE001 - the peer is gone: the benchmark is over
+            pass
+        finally:
+            os._exit(0)
+    client = ends.client(client_spec)
+    for fd in set(_link_fds(server_spec)) - set(_link_fds(client_spec)):
+        os.close(fd)
+    return client, pid
+
+
+def _link_fds(spec: dict) -> list[int]:
+    return [spec[k] for k in ("memory", "bell_in", "bell_out", "fd") if k in spec]
+
+
+def boundary_round_trip(level: Level, quantum: int, exits: int, rounds: int,
+                        link: str = "mailbox") -> dict:
+    """Timer exits with the TEE in its own process (this process the host, as an attack
+    is), bare Unicorn stop/resume, and the bare round trip of the same link to a process
+    that only echoes a reply of the same size — taking turns, wall time, medians."""
+    image = compute_image()
+    tee = launcher.start_tee(link=link)
+    client = PlatformClient(bytes_transport(tee.end.call))
+    host = HonestHypervisor(client, quantum=quantum)
+    host.launch(image, level, DEFAULT_MEMORY)
+    vm, timer = host.vm, ExitReason.TIMER
+    state = b""
+    sizes: list[tuple[int, int]] = []
+    uc = bare_machine(image, DEFAULT_MEMORY)
+    bare_rip = image.entry
+
+    def across() -> float:
+        nonlocal state
+        done = 0
+        start = time.perf_counter()
+        while done < exits:
+            reply = client.enter(vm, quantum, state)
+            rec = reply.exit
+            if rec is None:
+                raise RuntimeError(f"entry refused: {reply.result.name} {reply.operand}")
+            state = rec.state
+            if rec.reason != timer:
+                if rec.reason in (ExitReason.SHUTDOWN, ExitReason.FAULT, ExitReason.KILLED) \
+                        or not host.on_exit(rec):
+                    raise RuntimeError(f"the compute guest stopped: {rec.reason.name}")
+                continue
+            done += 1
+        if not sizes:
+            sizes.append((len(codec.encode(Enter(vm, 0, quantum, state))),
+                          len(codec.encode(reply))))
+        return (time.perf_counter() - start) / exits
+
+    def bare() -> float:
+        nonlocal bare_rip
+        rip = bare_rip
+        start = time.perf_counter()
+        for _ in range(exits):
+            uc.emu_start(rip, 0xFFFF_FFFF_FFFF_FFFF, 0, quantum)
+            rip = uc.reg_read(X.UC_X86_REG_RIP)
+        bare_rip = rip
+        return (time.perf_counter() - start) / exits
+
+    first = across()
+    request_size, reply_size = sizes[0]
+    echo, pid = _echo_server(link, reply_size)
+    request = bytes(request_size)
+
+    def transport() -> float:
+        start = time.perf_counter()
+        for _ in range(exits):
+            echo.call(request)
+        return (time.perf_counter() - start) / exits
+
+    try:
+        triples = [(first if i == 0 else across(), bare(), transport()) for i in range(rounds)]
+    finally:
+        echo.close()
+        os.waitpid(pid, 0)
+        tee.close()
+    a, b, t = (statistics.median(x[i] for x in triples) for i in range(3))
+    return {"quantum": quantum, "link": link, "across_us": round(a * 1e6, 2),
+            "bare_us": round(b * 1e6, 2), "transport_us": round(t * 1e6, 2),
+            "cost_vs_bare_plus_transport": round(a / (b + t), 2),
+            "exits_per_s": round(1 / a), "rounds": [[round(x * 1e6, 2) for x in r]
+                                                    for r in triples]}
+
+
+def for_seconds(run_once: Callable[[], float], seconds: float) -> float:
+    """Seconds per run of ``run_once`` (which returns its own time), run until the runs
+    add up to ``seconds``: each side of a ratio is timed for seconds, not one short run."""
+    total, runs = 0.0, 0
+    while total < seconds:
+        total += run_once()
+        runs += 1
+    return total / runs
+
+
 def run(rounds: int = 3, quick: bool = False) -> dict:
     image = compute_image()
     quantum = 100_000
-    results: dict = {"guest": "compute", "rounds": rounds}
+    side_s = 0.5 if quick else 2.0
+    results: dict = {"guest": "compute", "rounds": rounds, "seconds_per_side": side_s}
     for label, q in (("no_timer", 0), ("timer", quantum)):
         for level in (Level.PLAIN, Level.SHIM):
             ratios, tv, bare = [], [], []
             for _ in range(rounds):
-                b = bare_unicorn(image, q)
-                t = tvmm_compute(level, q)
+                b = for_seconds(lambda q=q: bare_unicorn(image, q), side_s)
+                t = for_seconds(lambda q=q, level=level: tvmm_compute(level, q), side_s)
                 bare.append(b)
                 tv.append(t)
                 ratios.append(b / t)
@@ -148,11 +272,22 @@ def run(rounds: int = 3, quick: bool = False) -> dict:
         "quantum": 64, "tvmm_us": round(tv_s * 1e6, 2), "bare_us": round(bare_s * 1e6, 2),
         "cost_vs_bare": round(tv_s / bare_s, 2),
     }
+    tv_s, bare_s = round_trip(Level.SHIM, 64, n_exits, rounds=9, wire=True)
+    results["exit_round_trip_shim_codec"] = {
+        "quantum": 64, "tvmm_us": round(tv_s * 1e6, 2), "bare_us": round(bare_s * 1e6, 2),
+        "cost_vs_bare": round(tv_s / bare_s, 2),
+    }
     for level in (Level.SEV_ES,):  # at shim single-stepping is refused by design
         tv_s, bare_s = round_trip(level, 1, n_exits, rounds=5)
         results[f"single_step_{level.value}"] = {
             "exits_per_s": round(1 / tv_s), "bare_steps_per_s": round(1 / bare_s),
         }
+    across_exits = 2_000 if quick else 10_000
+    for link in launcher.LINKS:
+        results[f"exit_round_trip_shim_across_{link}"] = boundary_round_trip(
+            Level.SHIM, 64, across_exits, rounds=5, link=link)
+    results["single_step_sev-es_across_mailbox"] = boundary_round_trip(
+        Level.SEV_ES, 1, across_exits, rounds=5)
     return results
 
 

@@ -3,7 +3,7 @@
 For each setting of one policy knob this harness measures, in the same run:
 
 - leakage: the bits the relevant confidentiality attacks get at ``shim`` with that policy
-  (tvmm.judge.run_attack, averaged over seeds), and whether the shim detected them;
+  (tvmm.harness.judge.run_attack: the attack in its own process; averaged over seeds), and whether the shim detected them;
 - cost: benign guests under honest hosts with the same policy, timed side by side with the
   default policy (interleaved repetitions, median wall time, ratio), and whether the
   policy fired on them (a false positive: a violation, a kill or a refused entry).
@@ -42,10 +42,10 @@ from tools.attacks.page_fault import PageFault
 from tools.attacks.single_step import SingleStep
 from tvmm.abi.guest import PAGE_SIZE
 from tvmm.abi.types import Level
+from tvmm.harness.judge import run_attack
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor
 from tvmm.hw.vcpu import RCX, RSP, StopKind, Vcpu
-from tvmm.judge import run_attack
 from tvmm.machine import DEFAULT_MEMORY, make_machine, wrap_secret
 from tvmm.samples import resolve
 
@@ -232,8 +232,8 @@ def sweep(settings: list[Setting], attacks: list[AttackSpec], benign: list[Benig
     for setting in settings:
         row = Row(setting)
         for key, cls, guest in attacks:
-            verdicts = [run_attack(cls(), guest, Level.SHIM, seed=s, policy_config=setting.config)
-                        for s in range(seeds)]
+            verdicts = [run_attack(cls.name, cls.kind, guest, Level.SHIM, seed=s,
+                                   policy_config=setting.config) for s in range(seeds)]
             row.leaks[key] = statistics.mean(v.leaked_bits for v in verdicts)
             row.detected[key] = statistics.mean(1.0 if v.detected else 0.0 for v in verdicts)
             row.blocked[key] = statistics.mean(1.0 if v.blocked else 0.0 for v in verdicts)
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     step_rows = sweep(step_settings(), STEP_ATTACKS, STEP_BENIGN, args.seeds, args.reps, print)
     fault_rows = sweep(fault_settings(), FAULT_ATTACKS, FAULT_BENIGN, args.seeds, args.reps,
                        print)
-    probe = run_attack(SingleStep(), "password", Level.SHIM, seed=0,
+    probe = run_attack(SingleStep.name, SingleStep.kind, "password", Level.SHIM, seed=0,
                        policy_config=PolicyConfig(jitter=False))
     region = (probe.notes.get("length_counts") or ["?"])[0]
     wall = time.perf_counter() - start

@@ -1,9 +1,10 @@
-"""The judge: runs an attack against a victim and scores it, knowing what the attack does not.
+"""The judge: scores an attack against a victim, knowing what the attack does not.
 
-It owns the secret (made by the owner side from the seed), builds the platform, hands the
-attack only a host client, and afterwards reads the truth: the attack's guess against the
-secret, whether the shim detected anything (its recorded violations, a killed VM), and
-whether the victim's result was changed without anyone noticing.
+``judge`` reads the truth: the attack's guess (its Outcome, as data) against the secret,
+whether the shim detected anything (the TEE's own records: violations, a killed VM), and
+whether the victim's result was changed without anyone noticing.  Scored runs go through
+tvmm.harness.judge (the attack in a process of its own); ``run_attack`` here keeps the
+attack in this process, next to the platform, for unit tests.
 
 Scoring (DESIGN.md §9): a secret is n bits; for secrets made of symbols (password
 characters) each symbol counts log2(alphabet) bits and accuracy is per symbol.
@@ -13,6 +14,7 @@ n × max(0, 2·accuracy − 1): 0 for guessing, n for full recovery.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -20,13 +22,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shim.policies.config import PolicyConfig
-from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.base import Attack, AttackContext, outcome_to_data
 from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level
+from tvmm.harness.tee_server import vm_record
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices
 from tvmm.machine import DEFAULT_MEMORY, make_machine, owner_endpoint, wrap_secret
 from tvmm.samples import PASSWORD_ALPHABET, expected_console_ok, resolve
+
+
+def public_rng_seed(seed: int) -> int:
+    """The seed of the attack's public random stream: derived from the run's seed one way
+    (the run's seed also makes the owner's secret)."""
+    return int.from_bytes(hashlib.sha256(b"tvmm attack rng %d" % seed).digest()[:8], "little")
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,8 @@ class Verdict:
 def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
                trace: Path | str | None = None, policy_config: PolicyConfig | None = None,
                memory: int = DEFAULT_MEMORY) -> Verdict:
+    """The attack in this process, next to the platform: for unit tests only — the attack
+    could reach the platform's objects here.  Scored runs: tvmm.harness.judge."""
     image, sample = resolve(guest)
     secret = sample.make_secret(random.Random(seed)) if sample else b""
     machine = make_machine(seed=seed, trace=trace, image=image, level=level,
@@ -125,57 +136,61 @@ def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
         return Devices(Console(), BlockDevice(None), InputDevice())
 
     ctx = AttackContext(
-        client=machine.client, image=image, guest=guest, level=level, seed=seed,
-        rng=random.Random(seed ^ 0x5EED), memory=memory,
+        client=machine.client, image=image, guest=guest, level=level,
+        rng=random.Random(public_rng_seed(seed)), memory=memory,
         secret_blob=wrap_secret(machine, secret), record=record, devices=devices,
         owner=owner_endpoint(image, secret, memory=memory),
     )
     start = time.perf_counter()
     try:
-        outcome = attack.run(ctx)
+        outcome = outcome_to_data(attack.run(ctx))
         wall = time.perf_counter() - start
-        verdict = _judge(attack, guest, level, secret, outcome, machine, wall)
-        recorder.emit(EventKind.VERDICT, attack.name, inside={
-            **verdict.to_dict(), "truth": secret.hex(),
-            "guess": outcome.guess.hex() if outcome.guess is not None else None})
+        records = [vm_record(vm) for vm in machine.platform.tee.vms.values()]
+        verdict = judge(attack.name, attack.kind, guest, level, secret, outcome, records, wall)
+        recorder.emit(EventKind.VERDICT, attack.name, inside=verdict_event(verdict, secret,
+                                                                           outcome))
         return verdict
     finally:
         machine.close()
 
 
-def _judge(attack: Attack, guest: str, level: Level, secret: bytes, outcome: Outcome,
-           machine, wall: float) -> Verdict:
+def verdict_event(verdict: Verdict, secret: bytes, outcome: dict) -> dict:
+    """The trace's VERDICT event: the verdict, the truth and the guess."""
+    return {**verdict.to_dict(), "truth": secret.hex(), "guess": outcome["guess"]}
+
+
+def judge(name: str, kind: str, guest: str, level: Level, secret: bytes, outcome: dict,
+          records: list[dict], wall: float) -> Verdict:
+    """Score an attack's outcome (as data: tools.attacks.base.outcome_to_data) against the
+    secret, with the TEE's own records of the VMs (shim.server.vm_record): the first
+    violation, or a kill, is a detection, whatever the attack reports."""
     spec = secret_spec(guest, secret)
-    correct, leaked, full = score(spec, outcome.guess, guest)
+    guess = bytes.fromhex(outcome["guess"]) if outcome.get("guess") is not None else None
+    correct, leaked, full = score(spec, guess, guest)
+    notes = outcome.get("notes") or {}
     detected_at: int | None = None
-    blocked = bool(outcome.notes.get("blocked"))
-    for host in outcome.hosts:
-        vm = machine.platform.tee.vms.get(host.vm)
-        if vm is not None and vm.policies is not None and vm.policies.violations:
-            seq = vm.policies.violations[0].exit_seq
+    for rec in records:
+        if rec["violations"]:
+            seq = rec["violations"][0]["exit_seq"]
             detected_at = seq if detected_at is None else min(detected_at, seq)
-        if vm is not None and vm.kill_reason is not None and detected_at is None:
-            detected_at = vm.vcpus[0].seq
+    if detected_at is None:
+        kills = [rec["seq"] for rec in records if rec["kill_reason"] is not None]
+        detected_at = min(kills) if kills else None
     violated = False
-    if attack.kind in ("integrity", "benign"):  # benign: an honest host's result must hold
+    if kind in ("integrity", "benign"):  # benign: an honest host's result must hold
         violated = any(
-            not expected_console_ok(guest, secret, h.devices.console.text,
-                                    h.devices.input.served)
-            for h in outcome.hosts if _ran_to_end(h))
+            not expected_console_ok(guest, secret, h["console"],
+                                    [bytes.fromhex(line) for line in h["served"]])
+            for h in outcome.get("hosts", []) if h["ended"] == "exit")
         violated = violated and detected_at is None
     bits_per = spec.bits_per_symbol
     return Verdict(
-        attack=attack.name, guest=guest, level=level.value, kind=attack.kind,
+        attack=name, guest=guest, level=level.value, kind=kind,
         n_bits=round(spec.n_bits, 1), bits_correct=round(correct * bits_per, 1),
         leaked_bits=round(leaked, 1), full_recovery=full,
         detected=detected_at is not None, detected_after_exits=detected_at,
-        integrity_violated=violated, blocked=blocked, exits=outcome.exits, wall_s=wall,
-        stepping=outcome.stepping,
-        detail=str(outcome.notes.get("detail", "")),
-        notes={k: v for k, v in outcome.notes.items() if k not in ("detail",)},
+        integrity_violated=violated, blocked=bool(notes.get("blocked")),
+        exits=outcome.get("exits", 0), wall_s=wall, stepping=outcome.get("stepping"),
+        detail=str(notes.get("detail", "")),
+        notes={k: v for k, v in notes.items() if k not in ("detail",)},
     )
-
-
-def _ran_to_end(host) -> bool:
-    result = host.run_result
-    return result is not None and result.how == "exit"

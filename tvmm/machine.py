@@ -72,6 +72,17 @@ class Machine:
         self.recorder.close()
 
 
+def trace_header(image: GuestImage | None, level: Level, seed: int | None,
+                 extra: dict | None = None) -> dict:
+    """The fields of a run's trace header (tvmm.abi.trace_events.TraceHeader), as data."""
+    return {"guest": image.name if image else "?", "level": level.value,
+            "seed": seed if seed is not None else -1, "versions": versions(),
+            "elf": str(image.path) if image else None,
+            "elf_sha256": image.sha256 if image else None,
+            "symbols": [list(s) for s in image.symbols] if image else [],
+            "extra": extra or {}}
+
+
 def make_machine(*, seed: int | None = 0, trace: Path | str | None = None,
                  image: GuestImage | None = None, level: Level = Level.PLAIN,
                  policy_config: PolicyConfig | None = None, wire: bool = False,
@@ -79,12 +90,8 @@ def make_machine(*, seed: int | None = 0, trace: Path | str | None = None,
                  state_dir: Path | str | None = None) -> Machine:
     recorder: object = NullRecorder()
     if trace is not None:
-        recorder = TraceRecorder(trace, TraceHeader(
-            guest=image.name if image else "?", level=level.value,
-            seed=seed if seed is not None else -1, versions=versions(),
-            elf=str(image.path) if image else None,
-            elf_sha256=image.sha256 if image else None,
-            symbols=list(image.symbols) if image else [], extra=extra_header or {}))
+        recorder = TraceRecorder(trace, TraceHeader(**trace_header(image, level, seed,
+                                                                   extra_header)))
     platform = Platform(recorder=recorder, policy_config=policy_config, state_dir=state_dir)
     transport: Transport = (bytes_transport(platform.handle_bytes) if wire else platform.handle)
     return Machine(platform, PlatformClient(transport), recorder, image)

@@ -22,102 +22,15 @@ from rich.table import Table
 
 from shim.policies.config import PolicyConfig
 from tools.attacks import registry
-from tools.attacks.base import Attack, AttackContext, Outcome
-from tvmm.abi.messages import ExitRecord
+from tools.attacks.base import Attack
+from tools.benign import BENIGN
 from tvmm.abi.types import Level
-from tvmm.host.devices import InputDevice
-from tvmm.host.hypervisor import Devices, HonestHypervisor
-from tvmm.judge import Verdict, run_attack
+from tvmm.harness.judge import error_verdict, run_attack
+from tvmm.judge import Verdict
 
 LEVELS: tuple[Level, ...] = tuple(Level)
 CLASSES = ("leak", "partial", "none", "detected", "blocked", "tampered", "error")
 Progress = Callable[[int, int, str], None]  # (cells done, cells in all, what runs now)
-
-
-# -- the benign suite -----------------------------------------------------------------------
-class _StormHost(HonestHypervisor):
-    """Honest, and rings the guest's registered vector at every exit."""
-
-    def on_exit(self, rec: ExitRecord) -> bool:
-        served = super().on_exit(rec)
-        if self.tick_vector is not None:
-            self.client.inject(self.vm, self.tick_vector)
-        return served
-
-
-class BenignWorkload(Attack):
-    """An honest host with many legitimate exits (not an attack: kind "benign")."""
-
-    kind = "benign"
-    published = ("AEX-Notify's authors rejected rate heuristics for their false positives: "
-                 "ours must show none on the benign suite (ATTACKS.md, metrics)")
-    quantum = 0
-    tick_vector: int | None = None
-    storm = False
-    inputs: tuple[bytes, ...] = ()
-
-    def run(self, ctx: AttackContext) -> Outcome:
-        cls = _StormHost if self.storm else HonestHypervisor
-        host = cls(ctx.client, Devices(input=InputDevice(self.inputs)), quantum=self.quantum,
-                   tick_vector=None if self.storm else self.tick_vector)
-        if self.storm:
-            host.tick_vector = self.tick_vector
-        ctx.launch(host)
-        result = host.run()
-        exits = sum(host.exits.values())
-        return Outcome(hosts=[host], exits=exits, notes={
-            "how": result.how, "exit_kinds": dict(host.exits),
-            "detail": f"{exits} exits ({', '.join(f'{n} {k}' for k, n in host.exits.items())})"
-                      f", ended: {result.how}"})
-
-
-class BenignConsole(BenignWorkload):
-    name = "benign-console"
-    summary = "heavy console output: 300 console writes, no timer"
-    victims = ("counter",)
-
-
-class BenignInput(BenignWorkload):
-    name = "benign-input"
-    summary = "300 wrong password lines: an input request and a console write each"
-    victims = ("password",)
-    inputs = tuple(f"wrong{i:04d}".encode() for i in range(300))  # 9 chars: never the secret
-
-
-class BenignBlock(BenignWorkload):
-    name = "benign-block"
-    summary = "block I/O of the key-value store, no timer"
-    victims = ("kvstore",)
-
-
-class BenignTimer(BenignWorkload):
-    name = "benign-timer"
-    summary = "frequent legitimate timer exits: quantum 10,000 on the key-value store"
-    victims = ("kvstore",)
-    quantum = 10_000
-
-
-class BenignTicks(BenignWorkload):
-    name = "benign-ticks"
-    summary = "timer ticks: quantum 50 and vector 0x20 injected at every timer exit"
-    victims = ("counter",)
-    quantum = 50
-    tick_vector = 0x20
-
-
-class BenignIrqStorm(BenignWorkload):
-    name = "benign-irq-storm"
-    summary = "interrupt storm: the registered vector 0x20 rung at every exit (quantum 200)"
-    victims = ("counter",)
-    quantum = 200
-    tick_vector = 0x20
-    storm = True
-
-
-BENIGN: dict[str, type[BenignWorkload]] = {
-    cls.name: cls for cls in (BenignConsole, BenignInput, BenignBlock, BenignTimer,
-                              BenignTicks, BenignIrqStorm)
-}
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -153,20 +66,17 @@ def cells(attacks: Iterable[str] | None = None,
 
 def run_cell(cell: Cell, *, seed: int = 0, policy_config: PolicyConfig | None = None
              ) -> Verdict:
-    """One cell through the judge; an attack that crashes gives an "error" verdict (the
-    exception as its detail) instead of ending the whole matrix."""
+    """One cell through the judge, the attack in a process of its own (tvmm.harness.judge);
+    an attack that crashes gives an "error" verdict (the exception as its detail) instead
+    of ending the whole matrix."""
     cls = attack_class(cell.attack)
     start = time.perf_counter()
     try:
-        return run_attack(cls(), cell.victim, cell.level, seed=seed,
+        return run_attack(cell.attack, cls.kind, cell.victim, cell.level, seed=seed,
                           policy_config=policy_config)
     except Exception as exc:  # noqa: BLE001 - reported in the cell, the run goes on
-        return Verdict(
-            attack=cell.attack, guest=cell.victim, level=cell.level.value, kind=cls.kind,
-            n_bits=0.0, bits_correct=0.0, leaked_bits=0.0, full_recovery=False,
-            detected=False, detected_after_exits=None, integrity_violated=False,
-            blocked=False, exits=0, wall_s=time.perf_counter() - start,
-            detail=f"error: {type(exc).__name__}: {exc}", notes={"error": True})
+        return error_verdict(cell.attack, cls.kind, cell.victim, cell.level,
+                             time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
 
 
 def run_matrix(seed: int = 0, attacks: Iterable[str] | None = None,

@@ -169,7 +169,7 @@ def test_state_tamper_reads_the_length_register_off_the_binary():
     from tools.attacks.base import AttackContext
 
     ctx = AttackContext(client=None, image=build_sample("password"), guest="password",
-                        level=Level.SEV, seed=0, rng=random.Random(0), memory=DEFAULT_MEMORY,
+                        level=Level.SEV, rng=random.Random(0), memory=DEFAULT_MEMORY,
                         secret_blob=b"", record=lambda *a, **k: None, devices=Devices)
     assert length_register(ctx) in ("rbx", "rbp", "r12", "r13", "r14", "r15")
 

@@ -301,7 +301,7 @@ def test_tampered_launch_is_blocked(images, level):
 def _context(images, guest: str, level: Level, owner) -> tuple[AttackContext, object]:
     machine = make_machine(seed=13, image=images[guest], level=level)
     ctx = AttackContext(
-        client=machine.client, image=images[guest], guest=guest, level=level, seed=13,
+        client=machine.client, image=images[guest], guest=guest, level=level,
         rng=random.Random(13), memory=DEFAULT_MEMORY, secret_blob=b"",
         record=lambda *a, **k: None, devices=Devices, owner=owner)
     return ctx, machine

@@ -22,3 +22,25 @@ def test_core_benchmark_ratios():
                 "single_step_sev-es"):
         assert key in results
     print(results)
+
+
+def test_the_boundary_round_trip_measures_all_three_sides():
+    """One short round: the exit across the boundary, bare stop/resume and the bare link's
+    round trip are all measured, and the ratio is theirs."""
+    r = bench_core.boundary_round_trip(Level.SHIM, 64, 200, 1, link="socket")
+    assert r["across_us"] > 0 and r["bare_us"] > 0 and r["transport_us"] > 0
+    assert r["cost_vs_bare_plus_transport"] == round(
+        r["rounds"][0][0] / (r["rounds"][0][1] + r["rounds"][0][2]), 2)
+
+
+def test_bench_writes_its_block_of_the_doc_and_nothing_else(tmp_path):
+    from tvmm.commands.bench import BLOCK, write_docs
+
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"prose before\n<!-- {BLOCK}:begin -->\nold\n<!-- {BLOCK}:end -->\nafter\n")
+    write_docs(doc, {"exit_round_trip_shim_across_mailbox": {
+        "quantum": 64, "link": "mailbox", "across_us": 30.0, "bare_us": 10.0,
+        "transport_us": 5.0, "cost_vs_bare_plus_transport": 2.0, "exits_per_s": 33_333}})
+    text = doc.read_text()
+    assert text.startswith("prose before\n") and text.endswith("\nafter\n")
+    assert "old" not in text and "| 2.00× |" in text and "33,333 exits/s" in text

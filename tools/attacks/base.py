@@ -2,9 +2,12 @@
 
 An attack gets an ``AttackContext``: the host side of the platform ABI (a
 ``PlatformClient``), the victim's public image (with its symbols — the binary is public),
-a way to launch the victim with the owner's opaque secret blob, and a trace hook for its
-own actions.  It returns an ``Outcome``: its guess of the secret (confidentiality) and
-what it observed.  It never sees the secret; the judge (tvmm.judge) scores the outcome.
+a way to launch the victim with the owner's opaque secret blob, a link to the owner, a
+public random stream and a trace hook for its own actions.  It returns an ``Outcome``: its
+guess of the secret (confidentiality) and what it observed.  It never sees the secret; the
+judge scores the outcome.  Scored runs (tvmm.harness) run the attack in a process of its
+own: the client's transport is a byte pipe to the TEE's process, the owner a message link
+to the judge's, and the Outcome travels back as data (``outcome_to_data``).
 
 Writing a new attack is one file: subclass ``Attack``, set the class attributes, implement
 ``run``; ``tvmm attack --file my_attack.py`` runs it.  See docs/attacks.md.
@@ -30,8 +33,7 @@ class AttackContext:
     image: GuestImage  # the victim's public image
     guest: str  # the victim's name
     level: Level
-    seed: int
-    rng: random.Random
+    rng: random.Random  # public randomness derived from the run's seed
     memory: int  # guest memory size the owner asked for
     secret_blob: bytes  # the owner's wrapped secret: opaque, relayed at launch
     record: Callable[..., None]  # record(action, **outside) traces an attack action
@@ -71,3 +73,33 @@ class Attack(ABC):
     @abstractmethod
     def run(self, ctx: AttackContext) -> Outcome:
         """Drive the victim through ``ctx.client`` and return what was learned."""
+
+
+def outcome_to_data(outcome: Outcome) -> dict:
+    """The Outcome as JSON-ready data: what the judge reads of an attack run elsewhere.
+
+    Each host becomes what it saw: its VM's id, its console, the input lines it served and
+    whether its run ended with the guest's own exit."""
+    return {
+        "guess": outcome.guess.hex() if outcome.guess is not None else None,
+        "exits": outcome.exits,
+        "stepping": outcome.stepping,
+        "notes": jsonable(outcome.notes),
+        "hosts": [{"vm": h.vm, "console": h.devices.console.text,
+                   "served": [line.hex() for line in h.devices.input.served],
+                   "ended": h.run_result.how if h.run_result is not None else None}
+                  for h in outcome.hosts],
+    }
+
+
+def jsonable(value: object) -> object:
+    """``value`` with bytes as hex, tuples and sets as lists, anything else unknown as text."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

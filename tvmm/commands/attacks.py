@@ -58,15 +58,15 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_one(args: argparse.Namespace) -> int:
-    from tools.attacks import load_file, registry
-    from tvmm.judge import run_attack
+    from tools.attacks import registry
+    from tvmm.harness.judge import run_attack
 
     if args.file:
-        try:
-            classes = load_file(args.file)
-        except (ImportError, OSError, SyntaxError) as exc:
-            return fail(f"cannot load {args.file}: {exc}")
-        cls = next((c for c in classes if c.name == args.name), classes[0])
+        if not Path(args.file).is_file():
+            return fail(f"cannot load {args.file}: no such file")
+        verdict = run_attack(args.name, "?", args.guest, Level(args.level), seed=args.seed,
+                             trace=args.trace, policy_config=load_policy(args),
+                             file=args.file)
     else:
         attacks = registry()
         if args.name is None:
@@ -74,9 +74,11 @@ def run_one(args: argparse.Namespace) -> int:
                         f"the attacks: {', '.join(attacks)}")
         if args.name not in attacks:
             return fail(f"no attack {args.name!r}; try one of: {', '.join(attacks)}")
-        cls = attacks[args.name]
-    verdict = run_attack(cls(), args.guest, Level(args.level), seed=args.seed,
-                         trace=args.trace, policy_config=load_policy(args))
+        verdict = run_attack(args.name, attacks[args.name].kind, args.guest,
+                             Level(args.level), seed=args.seed, trace=args.trace,
+                             policy_config=load_policy(args))
+    if verdict.notes.get("error"):
+        return fail(f"the attack failed: {verdict.detail}")
     if args.json:
         emit_json(verdict.to_dict())
         return 0

@@ -29,9 +29,11 @@ from tvmm.abi.types import DEFAULT_POLICY, POLICY_DEBUG, Level
 from tvmm.commands.output import console, emit_json, fail
 from tvmm.guestbuild import GuestBuildError
 from tvmm.guestimage import GuestImageError
+from tvmm.harness.boot import boot
+from tvmm.harness.launcher import HarnessError
 from tvmm.hw.measurement import MEASUREMENT_VERSION, PageType
 from tvmm.launch_plan import plan_launch
-from tvmm.machine import DEFAULT_MEMORY, boot, chip_chain, owner_endpoint
+from tvmm.machine import DEFAULT_MEMORY, chip_chain, owner_endpoint
 from tvmm.owner.broker import PolicyError, load_policy
 from tvmm.owner.roots import (
     BUILT_IN,
@@ -135,7 +137,7 @@ def _hex_arg(size: int, *, exact: bool = True):
 def run_measure(args: argparse.Namespace) -> int:
     try:
         image, _sample = resolve(args.guest)
-    except (GuestBuildError, GuestImageError, KeyError, OSError) as exc:
+    except (GuestBuildError, GuestImageError, KeyError, OSError, HarnessError) as exc:
         return fail(str(exc).strip("'\""))
     level = Level(args.level)
     chain = predict(plan_launch(image, args.memory), level)
@@ -191,7 +193,7 @@ def run_attest(args: argparse.Namespace) -> int:
         report = boot(args.guest, level, seed=args.seed, memory=args.memory, secret=secret,
                       input_lines=args.input, owner=owner, state_dir=args.state_dir,
                       guest_policy=policy, secret_path="attested")
-    except (GuestBuildError, GuestImageError, KeyError, OSError) as exc:
+    except (GuestBuildError, GuestImageError, KeyError, OSError, HarnessError) as exc:
         return fail(str(exc).strip("'\""))
     if not owner.releases:
         return fail(f"{image.name} never asked its owner for a secret, so there is no report "

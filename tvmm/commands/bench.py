@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
 from pathlib import Path
 
 from rich.table import Table
@@ -16,13 +18,21 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="fewer rounds and exits")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="print JSON (or write it to FILE)")
+    p.add_argument("--write-docs", nargs="?", const=DOC, type=Path, metavar="FILE",
+                   help=f"rewrite the measured block of {DOC} with this run's figures")
     p.set_defaults(run=run)
+
+
+DOC = Path("docs/performance.md")
+BLOCK = "bench-core"  # <!-- bench-core:begin --> … <!-- bench-core:end -->
 
 
 def run(args: argparse.Namespace) -> int:
     from tools import bench_core
 
     results = bench_core.run(rounds=1 if args.quick else 3, quick=args.quick)
+    if args.write_docs:
+        write_docs(args.write_docs, results)
     if args.json == "-":
         emit_json(results)
         return 0
@@ -39,6 +49,12 @@ def run(args: argparse.Namespace) -> int:
         if "speed_vs_bare" in value:
             table.add_row(key, f"{value['tvmm_s']:.3f} s", f"{value['bare_s']:.3f} s",
                           f"{value['speed_vs_bare']:.2f}× speed")
+        elif "cost_vs_bare_plus_transport" in value:
+            table.add_row(key, f"{value['across_us']:.1f} µs",
+                          f"{value['bare_us']:.1f} + {value['transport_us']:.1f} µs "
+                          f"({value['link']})",
+                          f"{value['cost_vs_bare_plus_transport']:.2f}× cost, "
+                          f"{value['exits_per_s']:,} exits/s")
         elif "cost_vs_bare" in value:
             table.add_row(key, f"{value['tvmm_us']:.1f} µs", f"{value['bare_us']:.1f} µs",
                           f"{value['cost_vs_bare']:.2f}× cost")
@@ -47,3 +63,46 @@ def run(args: argparse.Namespace) -> int:
                           f"{value['exits_per_s'] / value['bare_steps_per_s']:.2f}")
     console.print(table)
     return 0
+
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "?"
+
+
+def doc_block(results: dict) -> str:
+    """The measured block of docs/performance.md: this run's figures, side by side."""
+    rows = ["| measure | tvmm | baseline (same run) | ratio |", "|---|---|---|---|"]
+    for key, value in results.items():
+        if not isinstance(value, dict):
+            continue
+        if "speed_vs_bare" in value:
+            rows.append(f"| {key} | {value['tvmm_s']:.3f} s | bare Unicorn {value['bare_s']:.3f} s"
+                        f" | {value['speed_vs_bare']:.2f}× speed |")
+        elif "cost_vs_bare_plus_transport" in value:
+            rows.append(
+                f"| {key} (quantum {value['quantum']}, {value['link']}) | "
+                f"{value['across_us']:.1f} µs ({value['exits_per_s']:,} exits/s) | "
+                f"bare stop/resume {value['bare_us']:.1f} µs + bare {value['link']} round "
+                f"trip {value['transport_us']:.1f} µs | "
+                f"{value['cost_vs_bare_plus_transport']:.2f}× |")
+        elif "cost_vs_bare" in value:
+            how = ("in one process, through the ABI codec" if key.endswith("_codec")
+                   else "in one process")
+            rows.append(f"| {key} ({how}) | {value['tvmm_us']:.1f} µs | bare "
+                        f"{value['bare_us']:.1f} µs | {value['cost_vs_bare']:.2f}× |")
+        elif "exits_per_s" in value:
+            rows.append(f"| {key} (in one process) | {value['exits_per_s']:,}/s | bare "
+                        f"{value['bare_steps_per_s']:,}/s | "
+                        f"{value['exits_per_s'] / value['bare_steps_per_s']:.2f} |")
+    head = (f"Written by `tvmm bench --write-docs` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+            f", {os.cpu_count()} CPUs, load average {_load()} when it ended.")
+    return "\n".join([head, "", *rows])
+
+
+def write_docs(path: Path, results: dict) -> None:
+    from tools.doc_block import write_block
+
+    write_block(path, BLOCK, doc_block(results))

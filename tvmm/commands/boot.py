@@ -14,7 +14,9 @@ from tvmm.abi.types import Level
 from tvmm.commands.output import console, emit_json, fail
 from tvmm.guestbuild import GuestBuildError
 from tvmm.guestimage import GuestImageError
-from tvmm.machine import DEFAULT_MEMORY, SECRET_PATHS, boot
+from tvmm.harness.boot import boot
+from tvmm.harness.launcher import DEFAULT_LINK, LINKS, HarnessError
+from tvmm.machine import DEFAULT_MEMORY, SECRET_PATHS
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +29,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tick", type=lambda s: int(s, 0), metavar="VECTOR",
                    help="inject this vector at every timer exit (if the guest registered it)")
     p.add_argument("--max-exits", type=int, help="stop after this many exits")
-    p.add_argument("--wire", action="store_true",
-                   help="send every ABI call through the bytes codec")
+    p.add_argument("--link", choices=LINKS, default=DEFAULT_LINK,
+                   help="how the host's process reaches the TEE's: a shared-memory mailbox "
+                   "(default) or a socket")
     p.add_argument("--secret-path", choices=SECRET_PATHS,
                    help="attested: the owner's key broker releases the secret after "
                    "verifying a report (the default at snp and shim); launch: the SEV-style "
@@ -86,12 +89,13 @@ def run(args: argparse.Namespace) -> int:
         report = boot(
             args.guest, Level(args.level), seed=args.seed, trace=args.trace,
             quantum=args.quantum, memory=args.memory, policy_config=load_policy(args),
-            input_lines=args.input, disk=args.disk, on_console=live, wire=args.wire,
+            input_lines=args.input, disk=args.disk, on_console=live, link=args.link,
             tick_vector=args.tick, max_exits=args.max_exits, secret_path=args.secret_path,
         )
     except KeyError as exc:
         return fail(str(exc.args[0]))
-    except (GuestBuildError, GuestImageError, policy_config.PolicyConfigError, OSError) as exc:
+    except (GuestBuildError, GuestImageError, policy_config.PolicyConfigError, OSError,
+            HarnessError) as exc:
         return fail(str(exc))
     if args.json:
         emit_json({**asdict(report), "mips": report.mips})

@@ -1,0 +1,179 @@
+"""The boundary: the TEE in a process of its own, reached only through a byte link.
+
+The links (shared-memory mailbox, framed socket) carry any frame up to their limit, refuse
+a bigger one with an error on either end, and turn a dead peer into PeerGone instead of a
+hang.  The TEE's server answers a frame it cannot read with MALFORMED ("frame").  Every
+sample boots at every level across the boundary with the console it has in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tvmm.abi import codec
+from tvmm.abi.messages import CreateVm, Reply
+from tvmm.abi.types import Level, Result
+from tvmm.harness.boot import boot as boot_across
+from tvmm.link import ends, frames, mailbox
+from tvmm.link.errors import FrameError, PeerGone
+from tvmm.machine import boot as boot_in_process
+from tvmm.samples import SAMPLES
+
+
+def _pair(kind: str, capacity: int = 1 << 16):
+    client_spec, server_spec, _fds = ends.specs(kind, capacity)
+    pair = ends.client(client_spec), ends.server(server_spec)
+    if kind == "mailbox":
+        os.close(client_spec["memory"])  # both ends have mapped it
+    return pair
+
+
+def _echo(server, count: int) -> threading.Thread:
+    def run() -> None:
+        for _ in range(count):
+            server.send(server.recv()[::-1])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("kind", ends.KINDS)
+@settings(max_examples=25, deadline=None)
+@given(data=st.lists(st.binary(max_size=3000), min_size=1, max_size=5))
+def test_a_link_carries_any_frame_up_to_its_limit(kind, data):
+    client, server = _pair(kind)
+    thread = _echo(server, len(data))
+    try:
+        for frame in data:
+            assert client.call(frame) == frame[::-1]
+        thread.join(5)
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_mailbox_between_two_processes_answers_every_call_once():
+    """100,000 numbered calls to an echo server in another process: each reply is its own
+    call's (a sequence number read half-written once made a side take a frame twice)."""
+    client_spec, server_spec, fds = ends.specs("mailbox", 4096)
+    pid = os.fork()
+    if pid == 0:  # the server
+        try:
+            for fd in (client_spec["bell_in"], client_spec["bell_out"]):
+                os.close(fd)
+            server = ends.server(server_spec)
+            while True:
+                server.send(server.recv())
+        finally:
+            os._exit(0)
+    for fd in (server_spec["bell_in"], server_spec["bell_out"]):
+        os.close(fd)
+    client = ends.client(client_spec)
+    os.close(fds[0])
+    try:
+        bad = [i for i in range(100_000) if client.call(i.to_bytes(4, "little")) !=
+               i.to_bytes(4, "little")]
+    finally:
+        client.close()
+        os.waitpid(pid, 0)
+    assert bad == []
+
+
+@pytest.mark.parametrize("kind", ends.KINDS)
+def test_an_oversized_frame_is_refused_and_the_link_goes_on(kind):
+    client, server = _pair(kind, capacity=1024)
+    thread = _echo(server, 1)
+    with pytest.raises(FrameError):
+        client.call(bytes(1025))  # refused before anything is sent
+    assert client.call(b"abc") == b"cba"
+    thread.join(5)
+    client.close()
+    server.close()
+
+
+def test_a_forged_length_in_shared_memory_is_a_frame_error_for_the_server():
+    client, server = _pair("mailbox", capacity=1024)
+    client.w[mailbox.REQ_LEN // 4] = 1 << 30  # the host scribbles on shared memory
+    client.sent += 1
+    client.q[mailbox.REQ_SEQ // 8] = client.sent
+    with pytest.raises(FrameError):
+        server.recv()
+    client.close()
+    server.close()
+
+
+def test_an_oversized_frame_on_a_socket_is_read_away():
+    a, b = socket.socketpair()
+    a.sendall(struct.pack("<I", 5000) + bytes(5000) + struct.pack("<I", 2) + b"ok")
+    with pytest.raises(FrameError):
+        frames.recv_frame(b, limit=4096)
+    assert frames.recv_frame(b, limit=4096) == b"ok"
+
+
+@pytest.mark.parametrize("kind", ends.KINDS)
+def test_a_dead_peer_is_peer_gone_not_a_hang(kind):
+    client_spec, server_spec, fds = ends.specs(kind, 1024)
+    client = ends.client(client_spec)
+    server_side = {server_spec.get(k) for k in ("bell_in", "bell_out", "fd")} - {None}
+    for fd in server_side:  # the server's process is gone: its descriptors are closed
+        os.close(fd)
+    if kind == "mailbox":
+        os.close(server_spec["memory"])
+    with pytest.raises(PeerGone):
+        client.call(b"anyone?")
+    client.close()
+
+
+@pytest.mark.parametrize("kind", ends.KINDS)
+def test_the_tee_server_answers_what_it_cannot_read_with_malformed(kind, tmp_path):
+    from tvmm.harness.tee_server import TeeServer
+
+    client_spec, server_spec, _fds = ends.specs(kind, 4096)
+    server = TeeServer({"host": server_spec})
+    thread = threading.Thread(target=server.serve_host, daemon=True)
+    thread.start()
+    client = ends.client(client_spec)
+    if kind == "mailbox":
+        os.close(client_spec["memory"])
+    try:
+        if kind == "mailbox":  # a length over the capacity, forged in shared memory
+            client.w[mailbox.REQ_LEN // 4] = 1 << 20
+            client.sent += 1
+            client.q[mailbox.REQ_SEQ // 8] = client.sent
+            reply = codec.decode(client._take())
+        else:
+            client.sock.sendall(struct.pack("<I", 5000) + bytes(5000))
+            reply = codec.decode(frames.recv_frame(client.sock))
+        assert reply == Reply(Result.MALFORMED, operand="frame")
+        assert codec.decode(client.call(b"\xff" * 40)).result == Result.MALFORMED
+        ok = codec.decode(client.call(codec.encode(CreateVm(Level.PLAIN, 1 << 20, 0, 0))))
+        assert ok.result in (Result.OK, Result.BAD_OPERAND)  # answered, still serving
+    finally:
+        client.close()
+        thread.join(5)
+    assert not thread.is_alive()  # the host's end closed: the server stopped serving
+
+
+@pytest.mark.parametrize("level", [lv.value for lv in Level])
+@pytest.mark.parametrize("guest", list(SAMPLES))
+def test_every_sample_boots_across_the_boundary_as_in_process(guest, level):
+    across = boot_across(guest, Level(level), seed=3)
+    alone = boot_in_process(guest, Level(level), seed=3)
+    assert (across.how, across.status, across.console) == (alone.how, alone.status,
+                                                           alone.console)
+    assert across.exits == alone.exits and across.launch_digest == alone.launch_digest
+    assert across.key_release == alone.key_release
+
+
+def test_the_socket_link_boots_the_same_and_the_launch_secret_crosses():
+    across = boot_across("modexp", Level.SNP, seed=4, link="socket", secret_path="launch")
+    alone = boot_in_process("modexp", Level.SNP, seed=4, secret_path="launch")
+    assert across.console == alone.console and across.status == 0

@@ -1,0 +1,102 @@
+"""``tvmm boot`` across the boundary: the TEE in one process, the honest host in another,
+the guest owner here (a third party the host reaches only by relayed messages)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from shim.policies.config import PolicyConfig
+from tvmm.abi.trace_events import EventKind
+from tvmm.abi.types import Level
+from tvmm.harness import launcher
+from tvmm.machine import (
+    DEFAULT_MEMORY,
+    SECRET_PATHS,
+    BootReport,
+    _key_release_summary,
+    default_secret_path,
+    owner_endpoint,
+    trace_header,
+    wrap_secret,
+)
+from tvmm.owner.broker import ReleasePolicy
+from tvmm.owner.endpoint import OwnerEndpoint
+from tvmm.samples import resolve
+
+
+@dataclass(frozen=True)
+class LaunchKey:
+    """What the owner's wrapping needs of a platform: its public launch key."""
+
+    launch_public_key: object
+
+
+@dataclass(frozen=True)
+class PublicPlatform:
+    platform: LaunchKey
+
+
+def wrap_to(session: launcher.Session, secret: bytes) -> bytes:
+    """The owner wraps ``secret`` to the TEE process's public launch key."""
+    return wrap_secret(PublicPlatform(LaunchKey(session.launch_key)), secret)
+
+
+def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
+         trace: Path | str | None = None, quantum: int = 0, memory: int = DEFAULT_MEMORY,
+         policy_config: PolicyConfig | None = None, secret: bytes | None = None,
+         input_lines: Iterable[str] = (), disk: Path | None = None,
+         on_console: Callable[[str], None] | None = None, link: str = launcher.DEFAULT_LINK,
+         tick_vector: int | None = None, max_exits: int | None = None,
+         secret_path: str | None = None, owner: OwnerEndpoint | None = None,
+         release_policy: ReleasePolicy | None = None, nonce: bytes | None = None,
+         state_dir: Path | str | None = None, guest_policy: int | None = None) -> BootReport:
+    """As tvmm.machine.boot, with the TEE and the host in processes of their own."""
+    if secret_path is None:
+        secret_path = default_secret_path(level)
+    if secret_path not in SECRET_PATHS:
+        raise ValueError(f"secret path {secret_path!r} is not one of {SECRET_PATHS}")
+    image, sample = resolve(guest)
+    if secret is None:
+        secret = sample.make_secret(random.Random(seed)) if sample else b""
+    if sample and sample.name == "password" and not input_lines:
+        input_lines = ["guess", "letmein"]
+    if secret_path == "attested" and owner is None:
+        owner = owner_endpoint(image, secret, memory=memory, policy=release_policy,
+                               nonce=nonce, state_dir=state_dir, level=level)
+    session = launcher.start(policy_config=policy_config, state_dir=state_dir,
+                             trace=trace, header=trace_header(image, level, seed),
+                             link=link)
+    try:
+        blob = wrap_to(session, secret) if secret_path == "launch" else b""
+        session.start_job({
+            "job": "boot", "image": str(image.path), "guest": image.name,
+            "level": level.value, "memory": memory, "secret_blob": blob.hex(),
+            "quantum": quantum, "tick_vector": tick_vector, "max_exits": max_exits,
+            "input": [str(line) for line in input_lines],
+            "disk": str(disk) if disk is not None else None, "live": True,
+            "owner": secret_path == "attested", "guest_policy": guest_policy})
+        start = time.perf_counter()
+        result = session.serve(owner if secret_path == "attested" else None, on_console)
+        wall = time.perf_counter() - start
+        if result is None or "error" in result:
+            why = "the host process died" if result is None else result["error"]
+            raise launcher.HarnessError(f"boot failed: {why}")
+        records = {r["id"]: r for r in session.records()}
+        violations = records.get(result["vm"], {}).get("violations", [])
+        session.emit(EventKind.END.value, result["how"], inside={
+            "how": result["how"], "status": result["status"],
+            "instructions": result["retired"] or None, "exits": result["exits"],
+            "wall_s": wall})
+    finally:
+        session.close()
+    return BootReport(
+        guest=image.name, level=level.value, how=result["how"], status=result["status"],
+        expected_status=0 if sample else None, console=result["console"],
+        exits=result["exits"], wall_s=result["wall_s"], retired=result["retired"],
+        entries=result["entries"], launch_digest=result["launch_digest"],
+        detail=result["detail"], violations=violations, secret_path=secret_path,
+        key_release=_key_release_summary(owner) if secret_path == "attested" else None)

@@ -1,0 +1,69 @@
+"""A scored attack run: the judge here (it holds the secret and the owner), the TEE in one
+process, the attack — untrusted host code — in another.
+
+The attack's process gets only its job (tools/host_process.py): the link to the TEE, the
+victim's public image path, level, memory, the public random stream's seed, the owner's
+wrapped secret blob, a pipe for its trace notes, and this process at the end of a message
+link for owner messages.  Its Outcome comes back as data; detections come from the TEE's
+own records of every VM the run created (the judge-only control link), not from anything
+the attack says.  A crash or a dead attack process is an "error" verdict.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from shim.policies.config import PolicyConfig
+from tvmm.abi.trace_events import EventKind
+from tvmm.abi.types import Level
+from tvmm.harness import launcher
+from tvmm.harness.boot import wrap_to
+from tvmm.judge import Verdict, judge, public_rng_seed, verdict_event
+from tvmm.machine import DEFAULT_MEMORY, owner_endpoint, trace_header
+from tvmm.samples import resolve
+
+
+def error_verdict(name: str, kind: str, guest: str, level: Level, wall: float,
+                  why: str) -> Verdict:
+    return Verdict(
+        attack=name, guest=guest, level=level.value, kind=kind, n_bits=0.0,
+        bits_correct=0.0, leaked_bits=0.0, full_recovery=False, detected=False,
+        detected_after_exits=None, integrity_violated=False, blocked=False, exits=0,
+        wall_s=wall, detail=f"error: {why}", notes={"error": True})
+
+
+def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: int = 0,
+               trace: Path | str | None = None, policy_config: PolicyConfig | None = None,
+               memory: int = DEFAULT_MEMORY, file: Path | str | None = None,
+               link: str = launcher.DEFAULT_LINK) -> Verdict:
+    """Run the attack ``name`` (registered, with ``kind`` as its class says) against
+    ``guest`` at ``level`` across the boundary, and judge it.  With ``file`` (a user's
+    attack, loaded only in the attack's process) the name and kind are the file's."""
+    image, sample = resolve(guest)
+    secret = sample.make_secret(random.Random(seed)) if sample else b""
+    owner = owner_endpoint(image, secret, memory=memory)
+    session = launcher.start(policy_config=policy_config, trace=trace,
+                             header=trace_header(image, level, seed, {"attack": name or str(file)}),
+                             link=link, notes=True)
+    try:
+        session.start_job({
+            "job": "attack", "attack": name, "file": str(file) if file else None,
+            "image": str(image.path), "guest": guest, "level": level.value,
+            "memory": memory, "rng_seed": public_rng_seed(seed),
+            "secret_blob": wrap_to(session, secret).hex()})
+        start = time.perf_counter()
+        outcome = session.serve(owner)
+        wall = time.perf_counter() - start
+        if outcome is None or "error" in outcome:
+            why = "the attack's process died" if outcome is None else outcome["error"]
+            return error_verdict(name or "?", kind, guest, level, wall, why)
+        if file:
+            name, kind = str(outcome.get("attack")), str(outcome.get("kind"))
+        verdict = judge(name, kind, guest, level, secret, outcome, session.records(), wall)
+        session.emit(EventKind.VERDICT.value, name,
+                     inside=verdict_event(verdict, secret, outcome))
+        return verdict
+    finally:
+        session.close()

@@ -1,0 +1,226 @@
+"""Start the TEE's process and the host's, wire them, and speak for the trusted side.
+
+    launcher (this process: owner, judge)
+      ├── control link (socket, JSON frames) ──────────────► TEE process (python -m tvmm.harness.tee_server)
+      ├── message link (socket, tagged frames) ──► host process (python -m tools.host_process)
+      │                                              │  platform ABI bytes (mailbox / socket)
+      │                                              └───────────────────────────► TEE process
+      └ (the host's trace notes go on a pipe of their own straight to the TEE process)
+
+Both children are fresh interpreters (exec, not fork): the host's process holds nothing of
+this one's memory — no secret, no owner, no key.  The launcher closes its copies of the
+link's descriptors once both children hold theirs, so a child's death is end of file to its
+peer (no hang).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from tvmm.link import ends
+from tvmm.link.errors import LinkError
+from tvmm.link.frames import recv_frame, send_frame
+
+LINKS = ends.KINDS
+DEFAULT_LINK = "mailbox"
+NOTE_PIPE_SIZE = 1 << 20
+_ROOT = str(Path(__file__).resolve().parents[2])
+_F_SETPIPE_SZ = 1031
+
+
+class HarnessError(RuntimeError):
+    """A process of the run could not be started or configured."""
+
+
+def _spawn(module: str, fd: int, keep: tuple[int, ...]) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+    return subprocess.Popen([sys.executable, "-m", module, str(fd)], pass_fds=keep, env=env,
+                            stdin=subprocess.DEVNULL)
+
+
+def _fds(spec: dict) -> tuple[int, ...]:
+    return tuple(spec[k] for k in ("memory", "bell_in", "bell_out", "fd") if k in spec)
+
+
+def policy_data(config: object | None) -> dict | None:
+    """A PolicyConfig as JSON-ready settings (shim.policies.config.from_mapping's input)."""
+    if config is None:
+        return None
+    from dataclasses import fields
+
+    out = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = value.value if isinstance(value, Enum) else value
+    return out
+
+
+@dataclass
+class Session:
+    """One run's two processes and the launcher's three links to them."""
+
+    tee: subprocess.Popen
+    control: socket.socket
+    host: subprocess.Popen
+    link: socket.socket
+    launch_key: ec.EllipticCurvePublicKey
+    host_job: dict = field(default_factory=dict)  # the link specs the host is handed
+    result: dict | None = None
+
+    def start_job(self, job: dict) -> None:
+        send_frame(self.link, json.dumps({**job, **self.host_job}).encode())
+
+    def serve(self, owner: Callable[[bytes], bytes] | None = None,
+              on_console: Callable[[str], None] | None = None) -> dict | None:
+        """Answer the host until it hands in its result (None: it died without one)."""
+        while True:
+            try:
+                frame = recv_frame(self.link)
+            except LinkError:
+                return None
+            tag, body = frame[:1], frame[1:]
+            if tag == b"O":
+                answer = b"O" + owner(body) if owner is not None else b"X"
+                try:
+                    send_frame(self.link, answer)
+                except LinkError:
+                    return None
+            elif tag == b"C":
+                if on_console is not None:
+                    on_console(body.decode("utf-8", errors="replace"))
+            elif tag == b"R":
+                try:
+                    self.result = json.loads(body)
+                except ValueError:
+                    return None
+                return self.result if isinstance(self.result, dict) else None
+            else:
+                return None
+
+    def control_call(self, request: dict) -> dict:
+        send_frame(self.control, json.dumps(request).encode())
+        return json.loads(recv_frame(self.control))
+
+    def records(self) -> list[dict]:
+        """The TEE's records of every VM the run created (judge-only)."""
+        return self.control_call({"op": "records"})["vms"]
+
+    def emit(self, kind: str, name: str, *, inside: dict | None = None,
+             outside: dict | None = None) -> None:
+        self.control_call({"op": "emit", "kind": kind, "name": name, "inside": inside,
+                           "outside": outside})
+
+    def close(self) -> None:
+        try:
+            self.control_call({"op": "close"})
+        except (LinkError, OSError, ValueError):
+            pass
+        for sock in (self.control, self.link):
+            sock.close()
+        for proc in (self.host, self.tee):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def start(*, policy_config: object | None = None,
+          state_dir: Path | str | None = None, trace: Path | str | None = None,
+          header: dict | None = None, link: str = DEFAULT_LINK, notes: bool = False
+          ) -> Session:
+    """Start the TEE's process (configured) and the host's (waiting for its job)."""
+    client_spec, server_spec, link_fds = ends.specs(link)
+    note_r = note_w = None
+    if notes and trace is not None:
+        note_r, note_w = os.pipe()
+        try:
+            import fcntl
+
+            fcntl.fcntl(note_w, _F_SETPIPE_SZ, NOTE_PIPE_SIZE)
+        except OSError:
+            pass  # the default size: a burst of notes may then wait for the next call
+        os.set_inheritable(note_r, True)
+        os.set_inheritable(note_w, True)
+    control, control_tee = socket.socketpair()
+    link_sock, link_host = socket.socketpair()
+    for s in (control_tee, link_host):
+        s.set_inheritable(True)
+    tee_keep = (control_tee.fileno(), *_fds(server_spec), *([note_r] if note_r else []))
+    host_keep = (link_host.fileno(), *_fds(client_spec), *([note_w] if note_w else []))
+    tee = _spawn("tvmm.harness.tee_server", control_tee.fileno(), tee_keep)
+    host = _spawn("tools.host_process", link_host.fileno(), host_keep)
+    for fd in (*link_fds, *(f for f in (note_r, note_w) if f is not None)):
+        os.close(fd)
+    control_tee.close()
+    link_host.close()
+    config = {"policy": policy_data(policy_config),
+              "state_dir": str(state_dir) if state_dir is not None else None,
+              "trace": str(trace) if trace is not None else None, "header": header,
+              "host": server_spec, "notes_fd": note_r}
+    try:
+        send_frame(control, json.dumps(config).encode())
+        hello = json.loads(recv_frame(control))
+    except (LinkError, ValueError) as exc:
+        hello = {"ok": False, "error": str(exc)}
+    if not hello.get("ok"):
+        for proc in (host, tee):
+            proc.kill()
+            proc.wait()
+        control.close()
+        link_sock.close()
+        raise HarnessError(f"the TEE process did not start: {hello.get('error')}")
+    key = load_pem_public_key(hello["launch_public_key"].encode())
+    return Session(tee, control, host, link_sock, key,
+                   host_job={"tee": client_spec, "notes_fd": note_w})
+
+
+@dataclass
+class TeeOnly:
+    """A TEE process whose host is the caller (benchmarks): ``end.call`` carries ABI bytes."""
+
+    tee: subprocess.Popen
+    control: socket.socket
+    end: object  # tvmm.link client end
+
+    def close(self) -> None:
+        self.end.close()
+        try:
+            send_frame(self.control, json.dumps({"op": "close"}).encode())
+            recv_frame(self.control)
+        except (LinkError, OSError):
+            pass
+        self.control.close()
+        self.tee.wait(timeout=10)
+
+
+def start_tee(*, link: str = DEFAULT_LINK,
+              policy_config: object | None = None) -> TeeOnly:
+    """A TEE process alone, its host link's client end in this process."""
+    client_spec, server_spec, _ = ends.specs(link)
+    control, control_tee = socket.socketpair()
+    control_tee.set_inheritable(True)
+    tee = _spawn("tvmm.harness.tee_server", control_tee.fileno(),
+                 (control_tee.fileno(), *_fds(server_spec)))
+    control_tee.close()
+    end = ends.client(client_spec)
+    for fd in _fds(server_spec):  # the TEE's end (and the memfd, mapped by now)
+        os.close(fd)
+    send_frame(control, json.dumps({"policy": policy_data(policy_config),
+                                    "host": server_spec}).encode())
+    hello = json.loads(recv_frame(control))
+    if not hello.get("ok"):
+        raise HarnessError(f"the TEE process did not start: {hello.get('error')}")
+    return TeeOnly(tee, control, end)
