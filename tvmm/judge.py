@@ -21,11 +21,14 @@ from pathlib import Path
 
 from shim.policies.config import PolicyConfig
 from tools.attacks.base import Attack, AttackContext, Outcome
+from tvmm.abi.guest import OWNER_LAUNCH_SECRET, OWNER_REFUSED
 from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices
-from tvmm.machine import DEFAULT_MEMORY, make_machine, owner_endpoint, wrap_secret
+from tvmm.machine import DEFAULT_MEMORY, make_machine, owner_endpoint
+from tvmm.owner.broker import ReleasePolicy
+from tvmm.owner.ledger import LaunchLedger
 from tvmm.samples import PASSWORD_ALPHABET, expected_console_ok, resolve
 
 
@@ -110,7 +113,11 @@ class Verdict:
 
 def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
                trace: Path | str | None = None, policy_config: PolicyConfig | None = None,
-               memory: int = DEFAULT_MEMORY) -> Verdict:
+               memory: int = DEFAULT_MEMORY, release_policy: ReleasePolicy | None = None,
+               ledger: LaunchLedger | None = None) -> Verdict:
+    """Run ``attack`` against ``guest`` at ``level`` and score it.  The victim's owner
+    serves each launch a launch secret (and the attested path its key release) under
+    ``release_policy``, counted in ``ledger`` (its launch budget bounds relaunches)."""
     image, sample = resolve(guest)
     secret = sample.make_secret(random.Random(seed)) if sample else b""
     machine = make_machine(seed=seed, trace=trace, image=image, level=level,
@@ -124,11 +131,20 @@ def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
     def devices() -> Devices:
         return Devices(Console(), BlockDevice(None), InputDevice())
 
+    owner = owner_endpoint(image, secret, memory=memory, policy=release_policy, ledger=ledger,
+                           launch_key=lambda: machine.platform.launch_public_key)
+
+    def launch_secret() -> bytes:  # the host asks the owner for one launch's secret
+        answer = owner(OWNER_LAUNCH_SECRET)
+        if answer.startswith(OWNER_REFUSED):
+            record("owner_refused_launch_secret", reason=answer[len(OWNER_REFUSED):].decode())
+            return b""
+        return answer
+
     ctx = AttackContext(
         client=machine.client, image=image, guest=guest, level=level, seed=seed,
-        rng=random.Random(seed ^ 0x5EED), memory=memory,
-        secret_blob=wrap_secret(machine, secret), record=record, devices=devices,
-        owner=owner_endpoint(image, secret, memory=memory),
+        rng=random.Random(seed ^ 0x5EED), memory=memory, secret_blob=b"", record=record,
+        devices=devices, owner=owner, launch_secret=launch_secret,
     )
     start = time.perf_counter()
     try:
