@@ -5,7 +5,6 @@ secrets open for one launch only."""
 from __future__ import annotations
 
 import json
-import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tvmm.abi.guest import OWNER_CHALLENGE, OWNER_EVIDENCE, OWNER_LAUNCH_SECRET, OWNER_REFUSED
+from tools.attacks.base import Attack, AttackContext, Outcome
+from tvmm.abi.guest import (
+    OWNER_CHALLENGE,
+    OWNER_EVIDENCE,
+    OWNER_LAUNCH_SECRET,
+    OWNER_REFUSED,
+    SECRETS_GPA,
+)
 from tvmm.abi.key_release import encode_public_key, report_data_for
 from tvmm.abi.launch_secret import wrap
 from tvmm.abi.report import AttestationReport
@@ -99,12 +105,14 @@ def test_a_second_release_to_the_same_nonce_is_refused(
     """Replaying a released exchange, byte for byte, gets nothing and is audited."""
     owner = OwnerEndpoint(policy(expected_measurement), b"volume key",
                           trust_anchor=lambda: own_chain.ark, chain=lambda: own_chain,
-                          rng=random.Random(1), ledger=ledger, clock=lambda: T0)
+                          ledger=ledger, clock=lambda: T0)
     nonce = owner(OWNER_CHALLENGE)
     report = chip.sign_report(make_report(report_data=report_data_for(nonce, point())))
     evidence = OWNER_EVIDENCE + nonce + point() + report
     assert owner(evidence).startswith(b"TVKR")
     assert owner(evidence) == OWNER_REFUSED + b"nonce"
+    assert [(r.released, r.reason) for r in owner.releases] == [(True, None),
+                                                                 (False, VerifyFailure.NONCE)]
     assert [(r.released, r.reason) for r in ledger.records()] == [(True, ""), (False, "nonce")]
     assert ledger.records()[1].nonce == nonce.hex()
     assert owner.budget().used == 1
@@ -295,13 +303,94 @@ def test_launch_secrets_spend_the_same_budget(
     now = [T0]
     owner = OwnerEndpoint(policy(expected_measurement, launches=2), b"volume key",
                           trust_anchor=lambda: own_chain.ark, chain=lambda: own_chain,
-                          rng=random.Random(2), launch_key=lambda: platform_key,
+                          launch_key=lambda: platform_key,
                           ledger=ledger, clock=lambda: now[0])
     answers = [owner(OWNER_LAUNCH_SECRET) for _ in range(3)]
     assert [a[:4] for a in answers] == [b"TVLS", b"TVLS", OWNER_REFUSED]
     assert answers[2] == OWNER_REFUSED + b"launch_budget"
     assert answers[0] != answers[1]
+    assert [(r.path, r.reason) for r in owner.releases] == [
+        ("launch", None), ("launch", None), ("launch", VerifyFailure.LAUNCH_BUDGET)]
     assert [(r.path, r.released, r.reason) for r in ledger.records()] == [
         ("launch", True, ""), ("launch", True, ""), ("launch", False, "launch_budget")]
     now[0] = T0 + HOUR
     assert owner(OWNER_LAUNCH_SECRET).startswith(b"TVLS")
+
+
+class _Relauncher(Attack):
+    """Launches the victim four times at plain and reads its secrets page each time."""
+
+    name = "relauncher"
+    summary = "relaunch the victim; read the secrets page (plaintext at plain) each time"
+    victims = ("modexp",)
+    kind = "confidentiality"
+
+    def run(self, ctx: AttackContext) -> Outcome:
+        hosts, pages = [], []
+        for _ in range(4):
+            host = ctx.host()
+            ctx.launch(host)
+            pages.append(ctx.client.read_page(host.vm, SECRETS_GPA))
+            hosts.append(host)
+        with_secret = [int.from_bytes(page[:8], "little") > 0 for page in pages]
+        return Outcome(guess=pages[0][8:16], hosts=hosts, notes={"with_secret": with_secret})
+
+
+def test_the_judge_bounds_an_attackers_relaunches(tmp_path: Path) -> None:
+    """Each launch asks the owner for a launch secret; past the budget it gets none."""
+    from tvmm.judge import run_attack
+    from tvmm.machine import expected_measurement
+    from tvmm.samples import build_sample
+
+    measurement = expected_measurement(build_sample("modexp"))
+    ledger = LaunchLedger(tmp_path / "modexp.ledger")
+    verdict = run_attack(_Relauncher(), "modexp", Level.PLAIN, seed=5,
+                         release_policy=policy(measurement, launches=2), ledger=ledger)
+    assert verdict.notes["with_secret"] == [True, True, False, False]
+    assert verdict.full_recovery  # the first launch's plaintext page: plain leaks it
+    assert [(r.path, r.released, r.reason) for r in ledger.records()] == [
+        ("launch", True, ""), ("launch", True, ""),
+        ("launch", False, "launch_budget"), ("launch", False, "launch_budget")]
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict]:
+    from tvmm.cli import main
+
+    code = main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_attest_shows_the_budget_and_owner_audit_prints_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tvmm.cli import main
+
+    policy_file, ledger_file = tmp_path / "p.toml", tmp_path / "modexp.ledger"
+    code, _ = _json(capsys, ["measure", "modexp", "--policy-out", str(policy_file),
+                             "--launches", "1", "--window", "600"])
+    assert code == 0 and "launches = 1\nwindow_s = 600\n" in policy_file.read_text()
+    attest = ["attest", "modexp", "--release-policy", str(policy_file), "--ledger",
+              str(ledger_file)]
+    code, first = _json(capsys, [*attest, "--out", str(tmp_path / "a")])
+    assert code == 0 and first["released"]
+    assert (first["budget"]["launches"], first["budget"]["left"]) == (1, 0)
+    code, second = _json(capsys, [*attest, "--out", str(tmp_path / "b"), "--seed", "1"])
+    assert code == 1 and second["refusal"] == "launch_budget"
+    code, audit = _json(capsys, ["owner", "audit", str(ledger_file), "--policy",
+                                 str(policy_file)])
+    assert code == 0 and audit["budget"]["left"] == 0
+    assert [(r["released"], r["reason"]) for r in audit["records"]] == [
+        (True, ""), (False, "launch_budget")]
+    assert audit["records"][0]["nonce"] == first["nonce"]
+    code, later = _json(capsys, ["owner", "audit", str(ledger_file), "--policy",
+                                 str(policy_file), "--now", str(audit["records"][0]["time"] + 600)])
+    assert later["budget"]["left"] == 1
+    ledger_file.write_bytes(ledger_file.read_bytes()[:-20])  # cut
+    assert main(["owner", "audit", str(ledger_file)]) == 1
+    code, cut = _json(capsys, [*attest, "--out", str(tmp_path / "c"), "--seed", "2"])
+    assert code == 1 and cut["refusal"] == "ledger" and "error" in cut["budget"]
+    assert main(["attest", "modexp", "--release-policy", str(policy_file),
+                 "--out", str(tmp_path / "d")]) == 2  # a budget without a ledger
