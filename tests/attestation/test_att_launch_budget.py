@@ -116,6 +116,8 @@ def test_a_second_release_to_the_same_nonce_is_refused(
     assert [(r.released, r.reason) for r in ledger.records()] == [(True, ""), (False, "nonce")]
     assert ledger.records()[1].nonce == nonce.hex()
     assert owner.budget().used == 1
+    assert owner(b"junk") == OWNER_REFUSED + b"malformed"  # audited too
+    assert ledger.records()[-1].reason == "malformed"
 
 
 # --- the budget ------------------------------------------------------------------------------
