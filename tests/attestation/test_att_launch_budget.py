@@ -120,6 +120,26 @@ def test_a_second_release_to_the_same_nonce_is_refused(
     assert ledger.records()[-1].reason == "malformed"
 
 
+def test_a_restarted_broker_releases_to_a_nonce_once(
+    own_chain: CertChain, chip: Chip, make_report: MakeReport, expected_measurement: bytes,
+    ledger: LaunchLedger,
+) -> None:
+    """A broker restarted on the same ledger that issues the same nonce again (tvmm attest
+    --nonce) does not release to it twice: the ledger remembers the nonce."""
+    nonce = bytes(range(32))
+    for expected in (None, VerifyFailure.NONCE):
+        broker = KeyBroker(policy(expected_measurement, launches=None), own_chain.ark, ledger)
+        broker.challenge_with(nonce)
+        report = chip.sign_report(make_report(report_data=report_data_for(nonce, point())))
+        try:
+            broker.release(report, own_chain, nonce, point(), b"k", now=T0)
+            got = None
+        except VerificationError as exc:
+            got = exc.reason
+        assert got == expected
+    assert [(r.released, r.reason) for r in ledger.records()] == [(True, ""), (False, "nonce")]
+
+
 # --- the budget ------------------------------------------------------------------------------
 
 

@@ -330,10 +330,13 @@ class KeyBroker:
             self._released += 1
             return
         try:
-            admitted = self._ledger.admit(self._policy.budget, record)
+            refused = self._ledger.admit(self._policy.budget, record)
         except LedgerError as exc:
             raise VerificationError(VerifyFailure.LEDGER, str(exc)) from None
-        if not admitted:
+        if refused == VerifyFailure.NONCE.value:
+            raise VerificationError(VerifyFailure.NONCE, "the ledger shows a release to this "
+                                    "nonce already")
+        if refused:
             budget = self._policy.budget
             assert budget is not None
             raise VerificationError(VerifyFailure.LAUNCH_BUDGET,

@@ -120,17 +120,24 @@ class LaunchLedger:
             return budget_state(self._load(), budget, now)
 
     # -- deciding --------------------------------------------------------------------------
-    def admit(self, budget: LaunchBudget | None, record: AuditRecord) -> bool:
-        """Record a release if the budget allows it at ``record.time`` (True), else record
-        it as refused with reason ``launch_budget`` (False).  One locked read-check-write."""
+    def admit(self, budget: LaunchBudget | None, record: AuditRecord) -> str:
+        """Record a release if the ledger allows it at ``record.time`` ("" ), else record
+        it as refused and return the reason: ``nonce`` if a release to this nonce is on
+        record already (so a restarted broker that issues a nonce again still releases
+        once), ``launch_budget`` if the budget is spent.  One locked read-check-write."""
         with self._locked():
             records = self._load()
             left = budget_state(records, budget, record.time).left
-            if left is not None and left <= 0:
+            reason = ""
+            if record.nonce and any(r.released and r.nonce == record.nonce for r in records):
+                reason = "nonce"
+            elif left is not None and left <= 0:
+                reason = "launch_budget"
+            if reason:
                 record = AuditRecord(record.time, record.nonce, record.measurement,
-                                     record.path, False, "launch_budget")
+                                     record.path, False, reason)
             self._store([*records, record])
-        return record.released
+        return reason
 
     def refuse(self, record: AuditRecord) -> None:
         """Audit a refusal (the broker refuses whatever happens here)."""
