@@ -203,6 +203,25 @@ def test_the_budget_survives_a_broker_restart(
         VerifyFailure.LAUNCH_BUDGET
 
 
+def test_brokers_sharing_a_ledger_do_not_overspend(tmp_path: Path) -> None:
+    """Eight brokers (each its own LaunchLedger on one file) admit at once: exactly the
+    budget is released, every decision recorded (the lock serialises read-check-write)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "shared.ledger"
+    budget = LaunchBudget(3, HOUR)
+
+    def one(i: int) -> str:
+        return LaunchLedger(path).admit(budget, AuditRecord(T0 + i, f"{i:02x}", "", "launch",
+                                                            True))
+
+    with ThreadPoolExecutor(8) as pool:
+        reasons = list(pool.map(one, range(8)))
+    assert sorted(reasons) == [""] * 3 + ["launch_budget"] * 5
+    records = LaunchLedger(path).records()
+    assert len(records) == 8 and sum(r.released for r in records) == 3
+
+
 # --- a damaged ledger fails closed -----------------------------------------------------------
 
 
