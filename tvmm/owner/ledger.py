@@ -28,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -211,14 +212,12 @@ class LaunchLedger:
 
     def _write(self, path: Path, data: bytes) -> None:
         """Write ``data`` under a temporary name, fsync, rename into place, fsync the dir."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            with os.fdopen(fd, "wb") as out:  # 0600, as mkstemp makes it
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
             os.replace(tmp, path)
             directory = os.open(path.parent, os.O_RDONLY)
             try:
