@@ -50,6 +50,7 @@ import os
 import threading
 import tomllib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,13 +198,17 @@ class KeyBroker:
     """Hands out nonces and releases secrets against one policy and one pinned ARK, within
     the policy's launch budget, counted and audited in ``ledger`` (the owner's state)."""
 
-    def __init__(self, policy: ReleasePolicy, trust_anchor_ark: x509.Certificate,
+    def __init__(self, policy: ReleasePolicy,
+                 trust_anchor_ark: x509.Certificate | Callable[[], x509.Certificate],
                  ledger: LaunchLedger | None = None) -> None:
+        """``trust_anchor_ark`` is the pinned ARK, or a function that gives it, called
+        when the first evidence arrives (a broker that only issues launch secrets never
+        needs it)."""
         if policy.budget is not None and ledger is None:
             raise PolicyError("launches: a launch budget needs a ledger to count in")
         self._policy = policy
-        self._anchor = trust_anchor_ark
-        self._anchor_der = trust_anchor_ark.public_bytes(serialization.Encoding.DER)
+        self._anchor_source = trust_anchor_ark
+        self._anchor: x509.Certificate | None = None
         self._ledger = ledger
         self._released = 0  # without a ledger: this broker's releases, for budget_state
         self._outstanding: OrderedDict[bytes, None] = OrderedDict()
@@ -281,7 +286,9 @@ class KeyBroker:
             if not issued:
                 raise VerificationError(VerifyFailure.NONCE,
                                         "nonce was not issued or already used")
-            if chain.ark.public_bytes(serialization.Encoding.DER) != self._anchor_der:
+            anchor = self._pinned_ark()
+            der = serialization.Encoding.DER
+            if chain.ark.public_bytes(der) != anchor.public_bytes(der):
                 raise VerificationError(VerifyFailure.CHAIN_ARK,
                                         "chain root is not the pinned ARK")
             try:
@@ -290,7 +297,7 @@ class KeyBroker:
                 raise VerificationError(VerifyFailure.MALFORMED, str(exc)) from None
             report = verify_evidence(
                 report_bytes,
-                self._anchor,
+                anchor,
                 chain.ask,
                 chain.vcek,
                 self._policy.expectations(report_data),
@@ -324,6 +331,12 @@ class KeyBroker:
     def refuse_malformed(self, now: float) -> None:
         """Audit a message that is no request at all (the endpoint answers "malformed")."""
         self._refuse(AuditRecord(now, "", "", "attested", False, VerifyFailure.MALFORMED.value))
+
+    def _pinned_ark(self) -> x509.Certificate:
+        if self._anchor is None:
+            source = self._anchor_source
+            self._anchor = source if isinstance(source, x509.Certificate) else source()
+        return self._anchor
 
     def _admit(self, record: AuditRecord) -> None:
         if self._ledger is None:

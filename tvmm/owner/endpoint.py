@@ -112,7 +112,7 @@ class OwnerEndpoint:
     @property
     def broker(self) -> KeyBroker:
         if self._broker is None:
-            self._broker = KeyBroker(self.policy, self._anchor(), self._ledger)
+            self._broker = KeyBroker(self.policy, self._anchor, self._ledger)
         return self._broker
 
     def budget(self) -> BudgetState:
