@@ -18,7 +18,7 @@ from shim.levels import FEATURES
 from shim.vm import Vm, VmState
 from tvmm.abi.guest import BOOT_MAGIC, FEATURE_SHIM, INITIAL_RFLAGS
 from tvmm.abi.guest import initial_registers as initial_register_values
-from tvmm.abi.launch_secret import LaunchSecretError, unwrap
+from tvmm.abi.launch_secret import LaunchSecretError, launch_secret_identity, unwrap
 from tvmm.abi.types import LEVEL_CODES, Level, PageType
 from tvmm.hw import measurement
 from tvmm.hw.code_traps import sweep
@@ -82,13 +82,23 @@ def add_pages(
 
 def _secrets_page(tee: Tee, blob: bytes) -> bytes:
     """The one page measured as SECRETS: ``u64 length ‖ secret``, zero-padded.  Built
-    whole before anything is written, so a refusal leaves the VM as it was."""
+    whole before anything is written, so a refusal leaves the VM as it was.
+
+    A blob opens for one launch: the TEE keeps the identity of every blob it opened
+    (its ephemeral key and nonce, which the AEAD binds to the ciphertext) and refuses it
+    again, so a host that relaunches the victim needs the owner's broker for each launch,
+    and the broker's launch budget bounds them (docs/attestation.md, "Launch budget")."""
     try:
         secret = unwrap(blob, tee.launch_key) if blob else b""
     except LaunchSecretError as exc:
         raise BadOperand("data", str(exc)) from None
     if _SECRET_LEN.size + len(secret) > PAGE:
         raise BadOperand("data", f"a {len(secret)}-byte secret does not fit the secrets page")
+    if blob:
+        identity = launch_secret_identity(blob)
+        if identity in tee.opened_launch_secrets:
+            raise BadOperand("data", "this launch secret was opened for an earlier launch")
+        tee.opened_launch_secrets.add(identity)
     return (_SECRET_LEN.pack(len(secret)) + secret).ljust(PAGE, b"\0")
 
 

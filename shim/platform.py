@@ -53,6 +53,8 @@ class Tee:
     chip_name: str = DEFAULT_CHIP
     attestation: dict[int, object] = field(default_factory=dict)  # shim.attestation per VM
     _chip: Chip | None = field(default=None, init=False, repr=False)
+    # Launch secrets opened so far (shim.launch): each blob opens for one launch only.
+    opened_launch_secrets: set[bytes] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.launch_key = ec.generate_private_key(ec.SECP384R1())

@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 
 from tools.attacks import load_file, registry
-from tools.attacks.base import Attack, AttackContext, jsonable, outcome_to_data
+from tools.attacks.base import Attack, AttackContext, jsonable, launch_secrets_from, outcome_to_data
 from tools.benign import BENIGN
 from tvmm.abi.types import Level
 from tvmm.guestimage import load_elf
@@ -103,9 +103,9 @@ def run_attack(job: dict, client: PlatformClient, link: Launcher, notes: NoteWri
     ctx = AttackContext(
         client=client, image=load_elf(Path(job["image"]), job["guest"]), guest=job["guest"],
         level=Level(job["level"]), rng=random.Random(job["rng_seed"]), memory=job["memory"],
-        secret_blob=bytes.fromhex(job["secret_blob"]), record=notes,
+        secret_blob=b"", record=notes,
         devices=lambda: Devices(Console(), BlockDevice(None), InputDevice()),
-        owner=link.owner)
+        owner=link.owner, launch_secret=launch_secrets_from(link.owner, notes))
     return {**outcome_to_data(attack.run(ctx)), "attack": attack.name, "kind": attack.kind}
 
 

@@ -22,13 +22,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shim.policies.config import PolicyConfig
-from tools.attacks.base import Attack, AttackContext, outcome_to_data
+from tools.attacks.base import Attack, AttackContext, launch_secrets_from, outcome_to_data
 from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level
 from tvmm.harness.tee_server import vm_record
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices
-from tvmm.machine import DEFAULT_MEMORY, make_machine, owner_endpoint, wrap_secret
+from tvmm.machine import DEFAULT_MEMORY, make_machine, owner_endpoint
+from tvmm.owner.broker import ReleasePolicy
+from tvmm.owner.ledger import LaunchLedger
 from tvmm.samples import PASSWORD_ALPHABET, expected_console_ok, resolve
 
 
@@ -119,9 +121,12 @@ class Verdict:
 
 def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
                trace: Path | str | None = None, policy_config: PolicyConfig | None = None,
-               memory: int = DEFAULT_MEMORY) -> Verdict:
+               memory: int = DEFAULT_MEMORY, release_policy: ReleasePolicy | None = None,
+               ledger: LaunchLedger | None = None) -> Verdict:
     """The attack in this process, next to the platform: for unit tests only — the attack
-    could reach the platform's objects here.  Scored runs: tvmm.harness.judge."""
+    could reach the platform's objects here.  Scored runs: tvmm.harness.judge.  The
+    victim's owner serves each launch a launch secret (and the attested path its key
+    release) under ``release_policy``, counted in ``ledger`` (its budget bounds relaunches)."""
     image, sample = resolve(guest)
     secret = sample.make_secret(random.Random(seed)) if sample else b""
     machine = make_machine(seed=seed, trace=trace, image=image, level=level,
@@ -135,11 +140,13 @@ def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
     def devices() -> Devices:
         return Devices(Console(), BlockDevice(None), InputDevice())
 
+    owner = owner_endpoint(image, secret, memory=memory, policy=release_policy, ledger=ledger,
+                           launch_key=lambda: machine.platform.launch_public_key)
     ctx = AttackContext(
         client=machine.client, image=image, guest=guest, level=level,
-        rng=random.Random(public_rng_seed(seed)), memory=memory,
-        secret_blob=wrap_secret(machine, secret), record=record, devices=devices,
-        owner=owner_endpoint(image, secret, memory=memory),
+        rng=random.Random(public_rng_seed(seed)), memory=memory, secret_blob=b"",
+        record=record, devices=devices, owner=owner,
+        launch_secret=launch_secrets_from(owner, record),
     )
     start = time.perf_counter()
     try:

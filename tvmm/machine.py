@@ -22,6 +22,7 @@ from pathlib import Path
 import capstone
 import cryptography
 import unicorn
+from cryptography.hazmat.primitives.asymmetric import ec
 
 import tvmm
 from shim.launch import predict
@@ -39,6 +40,7 @@ from tvmm.hw.root_of_trust import public_chain
 from tvmm.launch_plan import plan_launch
 from tvmm.owner.broker import ReleasePolicy
 from tvmm.owner.endpoint import OwnerEndpoint
+from tvmm.owner.ledger import LaunchLedger, LedgerError
 from tvmm.owner.verify import CertChain
 from tvmm.samples import Sample, resolve
 from tvmm.trace.recorder import TraceRecorder
@@ -122,17 +124,21 @@ def chip_chain(state_dir: Path | str | None = None) -> CertChain:
 def owner_endpoint(image: GuestImage, secret: bytes, *,
                    memory: int = DEFAULT_MEMORY, policy: ReleasePolicy | None = None,
                    nonce: bytes | None = None, state_dir: Path | str | None = None,
-                   level: Level = Level.SNP) -> OwnerEndpoint:
+                   level: Level = Level.SNP, ledger: LaunchLedger | None = None,
+                   launch_key: Callable[[], ec.EllipticCurvePublicKey] | None = None,
+                   clock: Callable[[], float] = time.time) -> OwnerEndpoint:
     """The guest owner's key broker for ``secret``: it releases only to ``image`` launched
     at ``level`` as the owner predicts its measurement (or to what ``policy`` says), on a
-    chip of the modeled manufacturer, whose root (ARK) it pins."""
+    chip of the modeled manufacturer, whose root (ARK) it pins; with ``launch_key`` it
+    also issues launch secrets, one per launch; ``ledger`` counts and audits releases
+    against the policy's launch budget."""
     if policy is None:
         policy = ReleasePolicy(measurement=expected_measurement(image, memory, level))
     return OwnerEndpoint(
         policy, secret,
         trust_anchor=lambda: chip_chain(state_dir).ark,
         chain=lambda: chip_chain(state_dir),
-        nonce=nonce,
+        nonce=nonce, launch_key=launch_key, ledger=ledger, clock=clock,
     )
 
 
@@ -229,10 +235,15 @@ def _key_release_summary(owner: OwnerEndpoint | None) -> dict | None:
     if owner is None:
         return None
     last = owner.releases[-1] if owner.releases else None
+    try:
+        budget: dict = owner.budget().to_dict()
+    except LedgerError as exc:
+        budget = {"error": str(exc)}
     return {
         "expected_measurement": owner.policy.measurement.hex(),
         "challenges": len(owner.challenges),
         "attempts": len(owner.releases),
         "released": bool(last and last.released),
         "refusal": last.reason.value if last is not None and last.reason is not None else None,
+        "budget": budget,  # launches used and left (launches/left None: no budget)
     }

@@ -7,7 +7,8 @@ VMSA pages cannot be added by the host (the TEE measures the initial vCPU at fin
 The TEE fills the CPUID page with the boot info and the SECRETS page with the secret
 (``u64 length ‖ secret``, one page).  The launch key is public, so the host can wrap a
 secret of any size: one that would not fit the page is refused (``data``) before
-anything is written.
+anything is written, and so is a blob this TEE already opened for an earlier launch
+(each launch secret opens once: shim.launch).
 Preconditions: state CREATED; pages inside memory, private, not yet added.
 Results: OK, MALFORMED, BAD_OPERAND, BAD_STATE.
 """

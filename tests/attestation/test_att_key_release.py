@@ -50,6 +50,7 @@ GUEST_KEY = ec.derive_private_key(0xC0FFEE_1234, ec.SECP384R1())
 EPHEMERAL_KEY = ec.derive_private_key(0xE9_4E_3E_4A_1, ec.SECP384R1())
 NONCE = bytes(range(32))
 IV = bytes(range(100, 112))
+NOW = 1_800_000_000.0  # the broker decides at an explicit time
 
 MakeReport = Callable[..., AttestationReport]
 
@@ -263,7 +264,7 @@ def guest_evidence(chip: Chip, make_report: MakeReport, nonce: bytes, **override
 
 def release_reason(broker: KeyBroker, *args: object) -> VerifyFailure | None:
     try:
-        broker.release(*args)
+        broker.release(*args, now=NOW)
     except VerificationError as exc:
         return exc.reason
     return None
@@ -274,7 +275,8 @@ def test_release_end_to_end(
 ) -> None:
     nonce = broker.challenge()
     evidence = guest_evidence(chip, make_report, nonce)
-    wrapped = broker.release(evidence, own_chain, nonce, guest_point(), b"the volume key")
+    wrapped = broker.release(evidence, own_chain, nonce, guest_point(), b"the volume key",
+                             now=NOW)
     received = WrappedSecret.from_bytes(wrapped.to_bytes())  # through the untrusted host
     assert unwrap(received, GUEST_KEY, nonce, MEASUREMENT) == b"the volume key"
 
@@ -285,8 +287,8 @@ def test_release_with_fixed_randomness_is_reproducible(
     nonce = broker.challenge_with(NONCE)
     evidence = guest_evidence(chip, make_report, nonce)
     wrapped = broker.release_with(
-        evidence, own_chain, nonce, guest_point(), b"k", ephemeral_key=EPHEMERAL_KEY, iv=IV
-    )
+        evidence, own_chain, nonce, guest_point(), b"k", now=NOW, ephemeral_key=EPHEMERAL_KEY,
+        iv=IV)
     assert wrapped == wrap_secret_with(
         b"k", guest_point(), NONCE, MEASUREMENT, ephemeral_key=EPHEMERAL_KEY, iv=IV
     )

@@ -2,8 +2,8 @@
 
 An attack gets an ``AttackContext``: the host side of the platform ABI (a
 ``PlatformClient``), the victim's public image (with its symbols — the binary is public),
-a way to launch the victim with the owner's opaque secret blob, a link to the owner, a
-public random stream and a trace hook for its own actions.  It returns an ``Outcome``: its
+a way to launch the victim with a fresh opaque secret blob from its owner (one per
+launch), a link to the owner, a public random stream and a trace hook for its own actions.  It returns an ``Outcome``: its
 guess of the secret (confidentiality) and what it observed.  It never sees the secret; the
 judge scores the outcome.  Scored runs (tvmm.harness) run the attack in a process of its
 own: the client's transport is a byte pipe to the TEE's process, the owner a message link
@@ -27,6 +27,24 @@ from tvmm.host.client import PlatformClient
 from tvmm.host.hypervisor import Devices, HonestHypervisor
 
 
+def launch_secrets_from(owner: Callable[[bytes], bytes], record: Callable[..., None]
+                        ) -> Callable[[], bytes]:
+    """``AttackContext.launch_secret`` over an owner link: each call asks the owner's
+    broker for one launch's secret; a refusal (its launch budget is spent) is recorded and
+    gives b"" (the victim then launches without its secret)."""
+    from tvmm.abi.guest import OWNER_LAUNCH_SECRET, OWNER_REFUSED
+
+    def launch_secret() -> bytes:
+        answer = owner(OWNER_LAUNCH_SECRET)
+        if answer.startswith(OWNER_REFUSED):
+            record("owner_refused_launch_secret",
+                   reason=answer[len(OWNER_REFUSED):].decode(errors="replace"))
+            return b""
+        return answer
+
+    return launch_secret
+
+
 @dataclass
 class AttackContext:
     client: PlatformClient  # the host side of the ABI: all an attack may touch
@@ -35,13 +53,21 @@ class AttackContext:
     level: Level
     rng: random.Random  # public randomness derived from the run's seed
     memory: int  # guest memory size the owner asked for
-    secret_blob: bytes  # the owner's wrapped secret: opaque, relayed at launch
+    secret_blob: bytes  # a fixed launch secret (tests); the judge gives launch_secret instead
     record: Callable[..., None]  # record(action, **outside) traces an attack action
     devices: Callable[[], Devices]  # fresh honest devices (console, disk, input)
     # The host's link to the victim owner's key broker (attested key release): message
     # in, answer out.  Only attacks on that path use it (Devices(owner=...)); launching
     # with an empty secret blob makes the guest ask for its secret through it.
     owner: Callable[[bytes], bytes] | None = None
+    # The owner's launch secrets: each call asks the owner's broker for a blob good for one
+    # launch (the TEE opens each blob once), or b"" if the owner refused (its launch
+    # budget is used up).  Each launch of the victim costs one.
+    launch_secret: Callable[[], bytes] | None = None
+
+    def fresh_secret_blob(self) -> bytes:
+        """A launch secret for the next launch: one from the owner, else ``secret_blob``."""
+        return self.launch_secret() if self.launch_secret is not None else self.secret_blob
 
     def host(self, cls: type[HonestHypervisor] = HonestHypervisor, **kwargs: object
              ) -> HonestHypervisor:
@@ -51,7 +77,7 @@ class AttackContext:
     def launch(self, host: HonestHypervisor, *, image: GuestImage | None = None) -> bytes:
         """Launch the victim (or a tampered ``image``) on ``host``; the launch digest."""
         return host.launch(image or self.image, self.level, self.memory,
-                           secret_blob=self.secret_blob)
+                           secret_blob=self.fresh_secret_blob())
 
 
 @dataclass

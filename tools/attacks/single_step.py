@@ -164,7 +164,7 @@ def _gaps(events: list[tuple[str, int]]) -> list[tuple[int, str]]:
 
 
 def _exponent(ctx: AttackContext) -> Outcome:
-    host = _step_run(ctx, ctx.level, ctx.secret_blob)
+    host = _step_run(ctx, ctx.level, ctx.fresh_secret_blob())
     profile_exits = 0
     printed = printed_result(host.devices.console.text)
     how = host.run_result.how if host.run_result else "?"

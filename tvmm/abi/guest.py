@@ -56,6 +56,8 @@ KEY_EVIDENCE_SIZE = GUEST_KEY_SIZE + REPORT_SIZE  # what HC_KEY_REQUEST writes: 
 OWNER_CHALLENGE = b"TVKC"  # answer: the nonce (NONCE_SIZE bytes)
 OWNER_EVIDENCE = b"TVKE"  # ‖ nonce ‖ key ‖ report; answer: a wrapped secret ("TVKR...")
 OWNER_REFUSED = b"TVKX"  # an answer: the owner refused; ASCII reason follows
+# host → owner, before a launch: a launch secret for one launch (answer "TVLS..." or TVKX)
+OWNER_LAUNCH_SECRET = b"TVKL"
 OWNER_BUFFER = 4352  # the runtime's exchange buffer: the largest wrapped secret fits
 
 

@@ -9,6 +9,10 @@ SEV-style pre-attestation channel.)
 Blob = b"TVLS" ‖ ephemeral public key (97 bytes, uncompressed point) ‖ nonce (12) ‖
 AES-GCM ciphertext and tag; the associated data is the first 101 bytes.
 
+Each blob opens for one launch only: the TEE refuses a blob it opened before
+(``launch_secret_identity``, shim.launch), so the owner is asked for every launch and its
+broker counts them (tvmm.owner.broker, ``launch_secret``).
+
 The launch key is public, so anyone (the host included) can wrap a secret of any size:
 ``unwrap`` enforces ``MAX_SECRET`` itself, before it decrypts, and does not rely on the
 owner's ``wrap`` having done so.  The TEE writes ``u64 length ‖ secret`` into one page.
@@ -60,6 +64,13 @@ def wrap(
     )
     head = MAGIC + point
     return head + nonce + _kek(eph, platform_key).encrypt(nonce, secret, head)
+
+
+def launch_secret_identity(blob: bytes) -> bytes:
+    """What names a blob for the TEE's one-open rule: its ephemeral key and nonce.  The
+    AEAD binds both to the ciphertext (the key through the KEK, the head as associated
+    data), so another blob that opens has another identity."""
+    return blob[: HEAD + NONCE]
 
 
 def unwrap(blob: bytes, platform_key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -35,6 +35,7 @@ from tvmm.hw.measurement import MEASUREMENT_VERSION, PageType
 from tvmm.launch_plan import plan_launch
 from tvmm.machine import DEFAULT_MEMORY, chip_chain, owner_endpoint
 from tvmm.owner.broker import PolicyError, load_policy
+from tvmm.owner.ledger import LaunchBudget, LaunchLedger
 from tvmm.owner.roots import (
     BUILT_IN,
     MODELED,
@@ -71,6 +72,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--pages", action="store_true", help="list every page hashed, in order")
     m.add_argument("--policy-out", type=Path, metavar="TOML",
                    help="write a key-release policy for this measurement")
+    m.add_argument("--launches", type=int, metavar="N",
+                   help="with --policy-out: release the secret to at most N launches ...")
+    m.add_argument("--window", type=int, default=3600, metavar="SECONDS",
+                   help="... in any window of this many seconds (default 3600)")
     m.add_argument("--json", action="store_true", help="machine-readable output")
     m.set_defaults(run=run_measure)
 
@@ -90,6 +95,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--release-policy", type=Path, metavar="TOML",
                    help="the broker's release policy (default: the measurement predicted at --level)")
     a.add_argument("--state-dir", type=Path, help="chip keys (default: $TVMM_STATE_DIR)")
+    a.add_argument("--ledger", type=Path, metavar="FILE",
+                   help="the owner's launch ledger: releases counted against the release "
+                   "policy's launch budget and audited (needed when the policy sets launches)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(run=run_attest)
 
@@ -148,9 +156,17 @@ def run_measure(args: argparse.Namespace) -> int:
         for i, page in enumerate(chain.pages)
     ] if args.pages else []
     if args.policy_out:
+        budget = ""
+        if args.launches is not None:
+            try:
+                LaunchBudget(args.launches, args.window)
+            except ValueError as exc:
+                return fail(str(exc))
+            budget = f"launches = {args.launches}\nwindow_s = {args.window}\n"
         args.policy_out.write_text(
             f'# key-release policy for {image.name} ({image.sha256[:16]}…) launched at '
-            f'{level.value}, memory {args.memory:#x}\nversion = 1\nmeasurement = "{digest}"\n')
+            f'{level.value}, memory {args.memory:#x}\nversion = 1\nmeasurement = "{digest}"\n'
+            + budget)
     if args.json:
         emit_json({"guest": image.name, "elf_sha256": image.sha256, "level": level.value,
                    "memory": args.memory,
@@ -185,9 +201,13 @@ def run_attest(args: argparse.Namespace) -> int:
     level = Level(args.level)
     # The owner's end of the host's link, kept here to read what the host relayed.
     secret = sample.make_secret(random.Random(args.seed)) if sample else b""
-    owner = owner_endpoint(image, secret, memory=args.memory,
-                           policy=release_policy, nonce=args.nonce, state_dir=args.state_dir,
-                           level=level)
+    try:
+        owner = owner_endpoint(image, secret, memory=args.memory,
+                               policy=release_policy, nonce=args.nonce,
+                               state_dir=args.state_dir, level=level,
+                               ledger=LaunchLedger(args.ledger) if args.ledger else None)
+    except PolicyError as exc:
+        return fail(f"{args.release_policy}: {exc} (--ledger FILE)")
     policy = DEFAULT_POLICY | (POLICY_DEBUG if args.debug_policy else 0)
     try:
         report = boot(args.guest, level, seed=args.seed, memory=args.memory, secret=secret,
@@ -214,6 +234,7 @@ def run_attest(args: argparse.Namespace) -> int:
         "released": attempt.released,
         "refusal": attempt.reason.value if attempt.reason else None,
         "guest_status": report.status,
+        "budget": report.key_release["budget"] if report.key_release else None,
         "files": sorted({p.name for p in out.iterdir()} | {EVIDENCE_FILE}),
     }
     (out / EVIDENCE_FILE).write_text(json.dumps(summary, indent=2) + "\n")
@@ -230,6 +251,7 @@ def run_attest(args: argparse.Namespace) -> int:
             ("nonce", summary["nonce"]),
             ("report_data", summary["report_data"] + "  = SHA-384(nonce ‖ guest key) ‖ 0¹⁶"),
             ("key broker", broker),
+            ("launch budget", _budget_text(summary["budget"])),
             ("evidence", f"{out}/ " + ", ".join(summary["files"])),
         ):
             console.print(f"[bold]{name:>13}[/]  {value}", soft_wrap=True)
@@ -237,6 +259,17 @@ def run_attest(args: argparse.Namespace) -> int:
                       f"{summary['expected_measurement']} --nonce {summary['nonce']}",
                       soft_wrap=True)
     return 0 if attempt.released else 1
+
+
+def _budget_text(budget: dict | None) -> str:
+    if not budget:
+        return "-"
+    if "error" in budget:
+        return f"[bold red]ledger unusable[/]: {budget['error']}"
+    if budget["launches"] is None:
+        return f"none set ({budget['used']} released)"
+    return (f"{budget['left']} of {budget['launches']} launches left in {budget['window_s']} s"
+            + (f" (next at {budget['next_at']:.0f})" if budget["next_at"] else ""))
 
 
 # -- verify -------------------------------------------------------------------------------

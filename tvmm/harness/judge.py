@@ -2,8 +2,7 @@
 process, the attack — untrusted host code — in another.
 
 The attack's process gets only its job (tools/host_process.py): the link to the TEE, the
-victim's public image path, level, memory, the public random stream's seed, the owner's
-wrapped secret blob, a pipe for its trace notes, and this process at the end of a message
+victim's public image path, level, memory, the public random stream's seed, a pipe for its trace notes, and this process at the end of a message
 link for owner messages.  Its Outcome comes back as data; detections come from the TEE's
 own records of every VM the run created (the judge-only control link), not from anything
 the attack says.  A crash or a dead attack process is an "error" verdict.
@@ -19,7 +18,6 @@ from shim.policies.config import PolicyConfig
 from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level
 from tvmm.harness import launcher
-from tvmm.harness.boot import wrap_to
 from tvmm.judge import Verdict, judge, public_rng_seed, verdict_event
 from tvmm.machine import DEFAULT_MEMORY, owner_endpoint, trace_header
 from tvmm.samples import resolve
@@ -43,16 +41,17 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
     attack, loaded only in the attack's process) the name and kind are the file's."""
     image, sample = resolve(guest)
     secret = sample.make_secret(random.Random(seed)) if sample else b""
-    owner = owner_endpoint(image, secret, memory=memory)
     session = launcher.start(policy_config=policy_config, trace=trace,
                              header=trace_header(image, level, seed, {"attack": name or str(file)}),
                              link=link, notes=True)
+    # The owner issues a launch secret per launch (each opens once in the TEE), counted
+    # against its launch budget, wrapped to the TEE process's public launch key.
+    owner = owner_endpoint(image, secret, memory=memory, launch_key=lambda: session.launch_key)
     try:
         session.start_job({
             "job": "attack", "attack": name, "file": str(file) if file else None,
             "image": str(image.path), "guest": guest, "level": level.value,
-            "memory": memory, "rng_seed": public_rng_seed(seed),
-            "secret_blob": wrap_to(session, secret).hex()})
+            "memory": memory, "rng_seed": public_rng_seed(seed)})
         start = time.perf_counter()
         outcome = session.serve(owner)
         wall = time.perf_counter() - start

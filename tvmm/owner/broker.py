@@ -29,9 +29,19 @@ GUEST --level shim --policy-out p.toml`` writes a policy that refuses the same i
 launched at snp, and the reverse. Below snp the chip does not sign reports at all, so no
 policy releases to plain, sev or sev-es (VerifyFailure.SIGNING_KEY).
 
+A launch budget bounds how often the secret is released, whatever the host does::
+
+    launches = 3                       # at most 3 releases ...
+    window_s = 3600                    # ... in any 3600 s (default 3600 when launches is set)
+
+The broker counts releases in its LaunchLedger (tvmm.owner.ledger: the owner's persistent
+audit log), so a restarted broker still knows; a policy with a budget needs a ledger.
+
 Release order: the nonce is consumed (one attempt per challenge), the chain's root must be
 the pinned ARK, the evidence must verify against the policy with report_data bound to the
-nonce and the guest key (tvmm.abi.key_release), and only then is the secret wrapped.
+nonce and the guest key (tvmm.abi.key_release), the secret is wrapped, and only if the
+ledger admits the release within the budget (and records it) is the wrapped secret
+handed out.  Every refusal is recorded in the ledger with its reason.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import os
 import threading
 import tomllib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +59,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tvmm.abi import launch_secret as launch_secret_format
+from tvmm.abi.guest import REPORT_SIZE
 from tvmm.abi.key_release import (
     IV_SIZE,
     NONCE_SIZE,
@@ -57,6 +70,7 @@ from tvmm.abi.key_release import (
     wrap_secret_with,
 )
 from tvmm.abi.report import TcbVersion
+from tvmm.owner.ledger import AuditRecord, BudgetState, LaunchBudget, LaunchLedger, LedgerError
 from tvmm.owner.verify import (
     CertChain,
     Expectations,
@@ -67,6 +81,8 @@ from tvmm.owner.verify import (
 
 POLICY_VERSION = 1
 MAX_OUTSTANDING_NONCES = 1024
+DEFAULT_WINDOW_S = 3600
+MEASUREMENT_OFFSET = 0x90  # in the ATTESTATION_REPORT
 
 _BOOLEANS = {
     "allow_debug": False,
@@ -74,7 +90,8 @@ _BOOLEANS = {
     "allow_smt": True,
     "require_single_socket": False,
 }
-_TOP_LEVEL = {"version", "measurement", "min_guest_svn", "vmpl", "host_data", "min_tcb", "min_abi"}
+_TOP_LEVEL = {"version", "measurement", "min_guest_svn", "vmpl", "host_data", "min_tcb", "min_abi",
+              "launches", "window_s"}
 _TCB_KEYS = ("boot_loader", "tee", "snp", "microcode")
 
 
@@ -96,6 +113,7 @@ class ReleasePolicy:
     host_data: bytes | None = None
     min_tcb: TcbVersion | None = None
     min_abi: tuple[int, int] | None = None
+    budget: LaunchBudget | None = None  # launches per window; None: no bound
 
     def __post_init__(self) -> None:
         try:
@@ -130,6 +148,15 @@ class ReleasePolicy:
                 raise PolicyError(f"{key}: must be true or false")
             flags[key] = value
         host_data = document.get("host_data")
+        if "window_s" in document and "launches" not in document:
+            raise PolicyError("window_s: given without launches")
+        budget = None
+        if "launches" in document:
+            try:
+                budget = LaunchBudget(document["launches"],
+                                      document.get("window_s", DEFAULT_WINDOW_S))
+            except ValueError as exc:
+                raise PolicyError(str(exc)) from None
         return cls(
             measurement=_hex(document, "measurement", 48),
             min_guest_svn=_integer(document, "min_guest_svn", 0, 0xFFFFFFFF),
@@ -137,6 +164,7 @@ class ReleasePolicy:
             host_data=None if host_data is None else _hex(document, "host_data", 32),
             min_tcb=_min_tcb(document.get("min_tcb")),
             min_abi=_min_abi(document.get("min_abi")),
+            budget=budget,
             **flags,
         )
 
@@ -167,18 +195,38 @@ def load_policy(path: Path | str) -> ReleasePolicy:
 
 
 class KeyBroker:
-    """Hands out nonces and releases secrets against one policy and one pinned ARK."""
+    """Hands out nonces and releases secrets against one policy and one pinned ARK, within
+    the policy's launch budget, counted and audited in ``ledger`` (the owner's state)."""
 
-    def __init__(self, policy: ReleasePolicy, trust_anchor_ark: x509.Certificate) -> None:
+    def __init__(self, policy: ReleasePolicy,
+                 trust_anchor_ark: x509.Certificate | Callable[[], x509.Certificate],
+                 ledger: LaunchLedger | None = None) -> None:
+        """``trust_anchor_ark`` is the pinned ARK, or a function that gives it, called
+        when the first evidence arrives (a broker that only issues launch secrets never
+        needs it)."""
+        if policy.budget is not None and ledger is None:
+            raise PolicyError("launches: a launch budget needs a ledger to count in")
         self._policy = policy
-        self._anchor = trust_anchor_ark
-        self._anchor_der = trust_anchor_ark.public_bytes(serialization.Encoding.DER)
+        self._anchor_source = trust_anchor_ark
+        self._anchor: x509.Certificate | None = None
+        self._ledger = ledger
+        self._released = 0  # without a ledger: this broker's releases, for budget_state
         self._outstanding: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
     def policy(self) -> ReleasePolicy:
         return self._policy
+
+    @property
+    def ledger(self) -> LaunchLedger | None:
+        return self._ledger
+
+    def budget_state(self, now: float) -> BudgetState:
+        """Launches used and left at ``now`` (LedgerError if the ledger is unusable)."""
+        if self._ledger is None:
+            return BudgetState(None, None, self._released, None, None)
+        return self._ledger.state(self._policy.budget, now)
 
     def challenge(self) -> bytes:
         """A fresh 32-byte nonce for one release attempt."""
@@ -202,6 +250,7 @@ class KeyBroker:
         nonce: bytes,
         guest_public_key: bytes,
         secret: bytes,
+        now: float,
     ) -> WrappedSecret:
         """Verify the evidence, then wrap ``secret`` to ``guest_public_key``."""
         return self.release_with(
@@ -210,6 +259,7 @@ class KeyBroker:
             nonce,
             guest_public_key,
             secret,
+            now=now,
             ephemeral_key=ec.generate_private_key(ec.SECP384R1()),
             iv=os.urandom(IV_SIZE),
         )
@@ -222,32 +272,108 @@ class KeyBroker:
         guest_public_key: bytes,
         secret: bytes,
         *,
+        now: float,
         ephemeral_key: ec.EllipticCurvePrivateKey,
         iv: bytes,
     ) -> WrappedSecret:
         """release with the wrapping randomness given, for known-answer tests."""
-        with self._lock:
-            issued = isinstance(nonce, bytes) and nonce in self._outstanding
-            if issued:
-                del self._outstanding[nonce]  # consumed by this attempt, whatever its outcome
-        if not issued:
-            raise VerificationError(VerifyFailure.NONCE, "nonce was not issued or already used")
-        if chain.ark.public_bytes(serialization.Encoding.DER) != self._anchor_der:
-            raise VerificationError(VerifyFailure.CHAIN_ARK, "chain root is not the pinned ARK")
+        claimed = _claimed_measurement(report_bytes)
         try:
-            report_data = report_data_for(nonce, guest_public_key)
-        except KeyReleaseFormatError as exc:
-            raise VerificationError(VerifyFailure.MALFORMED, str(exc)) from None
-        report = verify_evidence(
-            report_bytes,
-            self._anchor,
-            chain.ask,
-            chain.vcek,
-            self._policy.expectations(report_data),
-        )
-        return wrap_secret_with(
-            secret, guest_public_key, nonce, report.measurement, ephemeral_key=ephemeral_key, iv=iv
-        )
+            with self._lock:
+                issued = isinstance(nonce, bytes) and nonce in self._outstanding
+                if issued:
+                    del self._outstanding[nonce]  # consumed by this attempt, whatever its outcome
+            if not issued:
+                raise VerificationError(VerifyFailure.NONCE,
+                                        "nonce was not issued or already used")
+            anchor = self._pinned_ark()
+            der = serialization.Encoding.DER
+            if chain.ark.public_bytes(der) != anchor.public_bytes(der):
+                raise VerificationError(VerifyFailure.CHAIN_ARK,
+                                        "chain root is not the pinned ARK")
+            try:
+                report_data = report_data_for(nonce, guest_public_key)
+            except KeyReleaseFormatError as exc:
+                raise VerificationError(VerifyFailure.MALFORMED, str(exc)) from None
+            report = verify_evidence(
+                report_bytes,
+                anchor,
+                chain.ask,
+                chain.vcek,
+                self._policy.expectations(report_data),
+            )
+            try:
+                wrapped = wrap_secret_with(secret, guest_public_key, nonce, report.measurement,
+                                           ephemeral_key=ephemeral_key, iv=iv)
+            except KeyReleaseFormatError as exc:
+                raise VerificationError(VerifyFailure.MALFORMED, str(exc)) from None
+        except VerificationError as exc:
+            self._refuse(AuditRecord(now, _hex_of(nonce), claimed, "attested", False,
+                                     exc.reason.value))
+            raise
+        self._admit(AuditRecord(now, nonce.hex(), report.measurement.hex(), "attested", True))
+        return wrapped
+
+    def launch_secret(self, secret: bytes, platform_key: ec.EllipticCurvePublicKey, now: float,
+                      *, ephemeral_key: ec.EllipticCurvePrivateKey | None = None,
+                      nonce: bytes | None = None) -> bytes:
+        """A launch secret for one launch (tvmm.owner.launch_secret), within the budget.
+
+        Nothing is verified first: below snp there is no signed report.  What binds the
+        blob to one launch is the TEE, which opens each blob once (shim.launch); so each
+        launch needs the owner again, and each counts here as a release (path "launch")."""
+        nonce = nonce if nonce is not None else os.urandom(launch_secret_format.NONCE)
+        blob = launch_secret_format.wrap(secret, platform_key, ephemeral=ephemeral_key,
+                                         nonce=nonce)
+        self._admit(AuditRecord(now, nonce.hex(), "", "launch", True))
+        return blob
+
+    def refuse_malformed(self, now: float) -> None:
+        """Audit a message that is no request at all (the endpoint answers "malformed")."""
+        self._refuse(AuditRecord(now, "", "", "attested", False, VerifyFailure.MALFORMED.value))
+
+    def _pinned_ark(self) -> x509.Certificate:
+        if self._anchor is None:
+            source = self._anchor_source
+            self._anchor = source if isinstance(source, x509.Certificate) else source()
+        return self._anchor
+
+    def _admit(self, record: AuditRecord) -> None:
+        if self._ledger is None:
+            self._released += 1
+            return
+        try:
+            refused = self._ledger.admit(self._policy.budget, record)
+        except LedgerError as exc:
+            raise VerificationError(VerifyFailure.LEDGER, str(exc)) from None
+        if refused == VerifyFailure.NONCE.value:
+            raise VerificationError(VerifyFailure.NONCE, "the ledger shows a release to this "
+                                    "nonce already")
+        if refused:
+            budget = self._policy.budget
+            assert budget is not None
+            raise VerificationError(VerifyFailure.LAUNCH_BUDGET,
+                                    f"{budget.launches} launches per {budget.window_s} s "
+                                    "already released")
+
+    def _refuse(self, record: AuditRecord) -> None:
+        if self._ledger is None:
+            return
+        try:
+            self._ledger.refuse(record)
+        except LedgerError as exc:
+            raise VerificationError(VerifyFailure.LEDGER, str(exc)) from None
+
+
+def _claimed_measurement(report: bytes) -> str:
+    """The measurement a report claims (unverified; for the audit of a refusal)."""
+    if isinstance(report, bytes) and len(report) == REPORT_SIZE:
+        return report[MEASUREMENT_OFFSET : MEASUREMENT_OFFSET + 48].hex()
+    return ""
+
+
+def _hex_of(value: object) -> str:
+    return value.hex() if isinstance(value, bytes) else ""
 
 
 def _hex(document: dict[str, Any], key: str, size: int) -> bytes:

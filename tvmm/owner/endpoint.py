@@ -8,33 +8,42 @@ answers (constants in tvmm.abi.guest):
     "TVKC"                                            nonce (32 bytes): a fresh challenge
     "TVKE" ‖ nonce (32) ‖ Q (97) ‖ report (0x4A0)     WrappedSecret ("TVKR…") on success,
                                                       "TVKX" ‖ reason (ASCII) on refusal
+    "TVKL" (from the host, before a launch)           a launch secret ("TVLS…") for one
+                                                      launch, or "TVKX" ‖ reason
     anything else                                     "TVKX" ‖ "malformed"
 
 The endpoint adds the chip's certificate chain (as an owner fetches a VCEK from the
 vendor's key distribution service, by chip id and TCB) and hands everything to the
 KeyBroker, whose release order is in tvmm.owner.broker.  The refusal reason is the
 verifier's VerifyFailure value: the host learns it, as it would from a broker's HTTP
-error; it is no oracle on the secret.  Every attempt is logged in ``releases``.
+error; it is no oracle on the secret.  Every attempt is logged in ``releases``, and, with
+a ledger, in the owner's persistent audit log (tvmm.owner.ledger), where the release
+policy's launch budget is counted: each release, attested or launch secret, is one
+launch.  The time of each decision comes from ``clock`` (tests pass their own).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tvmm.abi.guest import (
     GUEST_KEY_SIZE,
     NONCE_SIZE,
     OWNER_CHALLENGE,
     OWNER_EVIDENCE,
+    OWNER_LAUNCH_SECRET,
     OWNER_REFUSED,
     REPORT_SIZE,
 )
-from tvmm.abi.key_release import KeyReleaseFormatError
-from tvmm.owner.broker import KeyBroker, ReleasePolicy
+from tvmm.abi.launch_secret import NONCE as LAUNCH_NONCE_SIZE
+from tvmm.owner.broker import KeyBroker, PolicyError, ReleasePolicy
+from tvmm.owner.ledger import BudgetState, LaunchLedger
 from tvmm.owner.verify import CertChain, VerificationError, VerifyFailure
 
 EVIDENCE_SIZE = len(OWNER_EVIDENCE) + NONCE_SIZE + GUEST_KEY_SIZE + REPORT_SIZE
@@ -50,6 +59,7 @@ class Release:
     released: bool
     reason: VerifyFailure | None = None
     detail: str = ""
+    path: str = "attested"  # or "launch": a launch secret (no key, no report)
 
 
 def refusal(reason: str) -> bytes:
@@ -70,19 +80,31 @@ class OwnerEndpoint:
     """Challenges and releases for one secret, against one release policy.
 
     ``trust_anchor`` gives the pinned ARK and ``chain`` the chip's certificates; both are
-    called only when evidence arrives.  Nonces and the wrapping randomness come from the
-    OS; ``nonce`` fixes the first challenge (``tvmm attest --nonce``).
+    called only when evidence arrives.  ``launch_key`` gives the platform's launch key,
+    which the owner knows by other means (on SEV, its PDH certified by the chip); without
+    it launch secrets are refused.  ``ledger`` is where launches are counted and audited
+    (required if the policy has a budget); ``clock`` the time of each decision.  Nonces
+    and the wrapping randomness come from the OS; ``nonce`` fixes the first challenge
+    (``tvmm attest --nonce``).
     """
 
     def __init__(self, policy: ReleasePolicy, secret: bytes, *,
                  trust_anchor: Callable[[], x509.Certificate],
                  chain: Callable[[], CertChain],
-                 nonce: bytes | None = None) -> None:
+                 nonce: bytes | None = None,
+                 launch_key: Callable[[], ec.EllipticCurvePublicKey] | None = None,
+                 ledger: LaunchLedger | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        if policy.budget is not None and ledger is None:
+            raise PolicyError("launches: a launch budget needs a ledger to count in")
         self.policy = policy
         self._secret = secret
         self._anchor = trust_anchor
         self._chain = chain
         self._fixed_nonce = nonce
+        self._launch_key = launch_key
+        self._ledger = ledger
+        self._clock = clock
         self._broker: KeyBroker | None = None
         self.challenges: list[bytes] = []
         self.releases: list[Release] = []
@@ -90,15 +112,25 @@ class OwnerEndpoint:
     @property
     def broker(self) -> KeyBroker:
         if self._broker is None:
-            self._broker = KeyBroker(self.policy, self._anchor())
+            self._broker = KeyBroker(self.policy, self._anchor, self._ledger)
         return self._broker
+
+    def budget(self) -> BudgetState:
+        """Launches used and left now (LedgerError if the ledger is unusable)."""
+        return self.broker.budget_state(self._clock())
 
     def __call__(self, message: bytes) -> bytes:
         if message == OWNER_CHALLENGE:
             return self._challenge()
+        if message == OWNER_LAUNCH_SECRET:
+            return self._launch_secret()
         evidence = parse_evidence(message)
         if evidence is None:
-            return refusal("malformed")
+            try:
+                self.broker.refuse_malformed(self._clock())
+            except VerificationError as exc:
+                return refusal(exc.reason.value)
+            return refusal(VerifyFailure.MALFORMED.value)
         return self._release(*evidence)
 
     def _challenge(self) -> bytes:
@@ -112,13 +144,25 @@ class OwnerEndpoint:
     def _release(self, nonce: bytes, guest_key: bytes, report: bytes) -> bytes:
         try:
             wrapped = self.broker.release(report, self._chain(), nonce, guest_key,
-                                          self._secret)
+                                          self._secret, now=self._clock())
         except VerificationError as exc:
             self.releases.append(Release(nonce, guest_key, report, False, exc.reason, str(exc)))
             return refusal(exc.reason.value)
-        except KeyReleaseFormatError as exc:
-            self.releases.append(Release(nonce, guest_key, report, False,
-                                         VerifyFailure.MALFORMED, str(exc)))
-            return refusal(VerifyFailure.MALFORMED.value)
         self.releases.append(Release(nonce, guest_key, report, True))
         return wrapped.to_bytes()
+
+    def _launch_secret(self) -> bytes:
+        nonce = os.urandom(LAUNCH_NONCE_SIZE)
+        if self._launch_key is None:
+            self.releases.append(Release(nonce, b"", b"", False, VerifyFailure.MALFORMED,
+                                         "this owner issues no launch secrets", "launch"))
+            return refusal(VerifyFailure.MALFORMED.value)
+        try:
+            blob = self.broker.launch_secret(self._secret, self._launch_key(), self._clock(),
+                                             nonce=nonce)
+        except VerificationError as exc:
+            self.releases.append(Release(nonce, b"", b"", False, exc.reason, str(exc),
+                                         "launch"))
+            return refusal(exc.reason.value)
+        self.releases.append(Release(nonce, b"", b"", True, path="launch"))
+        return blob

@@ -69,6 +69,8 @@ class VerifyFailure(Enum):
     GUEST_SVN = "guest_svn"
     TCB_TOO_OLD = "tcb_too_old"
     NONCE = "nonce"  # the key broker did not issue this nonce, or it was already used
+    LAUNCH_BUDGET = "launch_budget"  # (broker) the secret's launches in this window are used up
+    LEDGER = "ledger"  # (broker) its launch ledger is unreadable, tampered or missing
 
 
 class VerificationError(Exception):
