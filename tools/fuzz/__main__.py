@@ -1,5 +1,5 @@
-"""python -m tools.fuzz list | <target>|all --seconds N --seed S [--json] [--write-docs]
-| replay <finding dir>
+"""python -m tools.fuzz list | <target>|all --seconds N --seed S [--inputs N] [--calls N]
+[--json] [--write-docs] | replay <finding dir>
 
 Runs each target in a child process for N seconds and prints inputs run, inputs/s and
 findings (new ones, and known ones being fixed: tools.fuzz.known).  Exit status 1 when a
@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path", nargs="?", help="replay: a finding's directory")
     p.add_argument("--seconds", type=float, default=10.0, help="per target")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inputs", type=int, default=0,
+                   help="stop a target after this many inputs (--seconds still caps it)")
+    p.add_argument("--calls", type=int, default=0,
+                   help="stop a target after this many host calls (stateful and guest)")
     p.add_argument("--out", type=Path, default=engine.DEFAULT_OUT,
                    help="where findings and per-target stats go")
     p.add_argument("--engine", choices=("auto", "atheris", "random"), default="auto")
@@ -43,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"no target {name!r}; try: list")
     results = []
     for name in names:
-        result = engine.run(name, args.seconds, args.seed, args.out, args.engine)
+        result = engine.run(name, args.seconds, args.seed, args.out, args.engine,
+                            inputs=args.inputs, calls=args.calls)
         results.append(result)
         if not args.json:
             _print(result)
@@ -96,8 +101,10 @@ def _child(argv: list[str]) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--out", type=Path)
     p.add_argument("--engine")
+    p.add_argument("--inputs", type=int, default=0)
+    p.add_argument("--calls", type=int, default=0)
     a = p.parse_args(argv)
-    return engine.child_main(a.target, a.seconds, a.seed, a.out, a.engine)
+    return engine.child_main(a.target, a.seconds, a.seed, a.out, a.engine, a.inputs, a.calls)
 
 
 if __name__ == "__main__":

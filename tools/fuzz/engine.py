@@ -71,8 +71,10 @@ def have_atheris() -> bool:
 
 
 # -- the parent side -------------------------------------------------------------------
-def run(name: str, seconds: float, seed: int, out: Path, engine: str = "auto") -> RunResult:
-    """Fuzz one target for ``seconds`` in a child process; its figures and findings."""
+def run(name: str, seconds: float, seed: int, out: Path, engine: str = "auto", *,
+        inputs: int = 0, calls: int = 0) -> RunResult:
+    """Fuzz one target for ``seconds`` in a child process (or until it has run ``inputs``
+    inputs or made ``calls`` host calls, if given); its figures and findings."""
     target = TARGETS[name]
     if engine == "auto":
         engine = "atheris" if have_atheris() else "random"
@@ -81,7 +83,8 @@ def run(name: str, seconds: float, seed: int, out: Path, engine: str = "auto") -
     stats_path = tdir / "stats.json"
     stats_path.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "tools.fuzz", "_child", name, "--seconds", str(seconds),
-           "--seed", str(seed), "--out", str(out), "--engine", engine]
+           "--seed", str(seed), "--out", str(out), "--engine", engine,
+           "--inputs", str(inputs), "--calls", str(calls)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.run(cmd, capture_output=True, env=env,
@@ -112,8 +115,11 @@ def _hard_crash(target: Target, tdir: Path, stderr: str) -> dict | None:
 
 # -- the child side --------------------------------------------------------------------
 class _Child:
-    def __init__(self, target: Target, out: Path, seconds: float) -> None:
+    def __init__(self, target: Target, out: Path, seconds: float, inputs: int = 0,
+                 calls: int = 0) -> None:
         self.target = target
+        self.limit_inputs = inputs
+        self.limit_calls = calls
         self.dir = out / target.name
         self.seconds = seconds
         self.inputs = 0
@@ -136,6 +142,12 @@ class _Child:
         now = time.monotonic()
         if now - self.last_write > 0.25:
             self.write_stats(now)
+        if (self.limit_inputs and self.inputs >= self.limit_inputs) or (
+                self.limit_calls and self.calls >= self.limit_calls):
+            self.write_stats(now)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)  # libFuzzer's loop has no other way out
 
     def record(self, data: bytes, exc: BaseException) -> None:
         finding = finding_of(self.target.name, exc)
@@ -183,9 +195,10 @@ def _save(tdir: Path, finding: Finding, data: bytes, text: str, count: int) -> d
     return record
 
 
-def child_main(name: str, seconds: float, seed: int, out: Path, engine: str) -> int:
+def child_main(name: str, seconds: float, seed: int, out: Path, engine: str, inputs: int = 0,
+               calls: int = 0) -> int:
     target = TARGETS[name]
-    child = _Child(target, out, seconds)
+    child = _Child(target, out, seconds, inputs, calls)
     child.dir.mkdir(parents=True, exist_ok=True)
     if engine == "atheris":
         import atheris

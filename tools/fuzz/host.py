@@ -30,7 +30,6 @@ the oracles); larger sizes are tried only where they are refused.
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 import tempfile
@@ -295,12 +294,18 @@ def wrap_any(secret: bytes, platform_key: ec.EllipticCurvePublicKey, rng: random
 
 # -- the operations -------------------------------------------------------------------------
 def op_launch(s: Session) -> None:
-    level = s.c.pick(list(Level))
+    launch(s, s.c.pick(list(Level)), finalize=not s.c.chance(1, 4))
+
+
+def launch(s: Session, level: Level, finalize: bool = True) -> int | None:
+    """The honest launch of the counter guest with a planted secret and a marker page
+    (stopped before FINALIZE if not ``finalize``); the VM id, or None if CREATE_VM was
+    refused."""
     secret = struct.pack("<Q", 100) + s.rng.randbytes(24)  # counter counts to 100
     marker = s.rng.randbytes(PAGE)
     reply = s.call(CreateVm(level, MEMORY, SHARED_BASE, SHARED_SIZE, DEFAULT_POLICY))
     if reply is None or not reply.ok:
-        return
+        return None
     vm = reply.value
     s.info[vm] = VmInfo(level, secret, marker)
     image = _image()
@@ -310,13 +315,22 @@ def op_launch(s: Session) -> None:
     s.call(AddPages(vm, MARKER_GPA, PageType.NORMAL, 1, marker))
     for gpa, data, executable in image.runs():
         s.call(AddPages(vm, gpa, PageType.NORMAL, len(data) // PAGE, data, executable))
+    if not finalize:
+        return vm
     s.call(Finalize(vm, image.entry))
     s.call(Map(vm, 0, MEMORY // PAGE))
+    return vm
 
 
 def op_create(s: Session) -> None:
     c = s.c
     level = c.pick(list(Level))
+    if c.chance(3, 4):  # mostly a VM that exists, for the calls that follow
+        reply = s.call(CreateVm(level, c.pick((MEMORY, IMAGE_BASE + 0x10000, 1 << 22)),
+                                SHARED_BASE, SHARED_SIZE, DEFAULT_POLICY))
+        if reply is not None and reply.ok:
+            s.info[reply.value] = VmInfo(level)
+        return
     size = c.pick((MEMORY, IMAGE_BASE + 0x10000, IMAGE_BASE + 0xF000, 1 << 22, (1 << 30) + PAGE,
                    MEMORY + 1, -PAGE, 0))
     base = c.pick((SHARED_BASE, 0x1000, 0, SHARED_BASE + 1, IMAGE_BASE, c.int64()))
@@ -331,7 +345,7 @@ def op_add_pages(s: Session) -> None:
     c = s.c
     vm = s.vm_id()
     page_type = c.pick(list(PageType))
-    count = c.pick((1, 1, 2, 0, -1, 1 << 16, (1 << 16) + 1))
+    count = c.pick((1, 1, 1, 1, 1, 2, 0, -1, 1 << 16, (1 << 16) + 1))
     k = c.below(6)
     if page_type == PageType.SECRETS and k < 4:
         length = c.pick((0, 8, 32, 4088, 4089, 4096, 6000))
@@ -344,7 +358,8 @@ def op_add_pages(s: Session) -> None:
         data = s.rng.randbytes(PAGE * max(0, min(count, 2)))
     else:
         data = c.blob(64)
-    s.call(AddPages(vm, s.gpa(vm), page_type, count, data, c.chance(1, 2)))
+    gpa = c.below(0x100) * PAGE if c.chance(1, 2) else s.gpa(vm)  # low pages: mostly unadded
+    s.call(AddPages(vm, gpa, page_type, count, data, c.chance(1, 2)))
 
 
 def op_finalize(s: Session) -> None:
@@ -458,8 +473,8 @@ OPS: tuple[Callable[[Session], None], ...] = (
 def run(data: bytes) -> int:
     c = Choices(data)
     s = Session(c)
-    if c.chance(3, 4):  # most programs start from a running guest
-        op_launch(s)
+    if c.chance(3, 4):  # most programs start from a guest, running (or not yet finalized)
+        launch(s, c.pick(list(Level)), finalize=not c.chance(1, 4))
     steps = 0
     while c.left() > 0 and steps < MAX_STEPS:
         c.pick(OPS)(s)
@@ -472,14 +487,17 @@ def runner(name: str) -> Callable[[bytes], int]:
 
 
 def seeds(name: str) -> list[bytes]:
+    """Per level: an honest run, and for every operation a program that repeats it with
+    random operands (so that mutation starts from every call)."""
     rng = random.Random(0)
     out = []
     honest = bytes([OPS.index(op_honest), 1])  # serve the last exit of the first VM
-    for level in range(5):
+    for level in range(len(Level)):
         out.append(bytes([0, level]) + honest * 60)
-        out.append(bytes([0, level]) + honest * 20 + rng.randbytes(300))
+        for i in range(len(OPS)):
+            for finalized in (0, 1):  # the launch stops before FINALIZE, or does not
+                out.append(bytes([0, level, finalized]) + b"".join(
+                    bytes([i]) + rng.randbytes(7) for _ in range(12)))
     return out
 
 
-if os.environ.get("TVMM_FUZZ_DEBUG"):  # pragma: no cover
-    print("host target loaded")

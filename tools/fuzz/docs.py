@@ -1,0 +1,59 @@
+"""The figures block of docs/security.md, written by the fuzz command that measured it
+(``--write-docs``), never by hand: one row per target, the last run of each kept."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+from tools.fuzz.engine import RunResult
+
+BEGIN = "<!-- fuzz:begin -->"
+END = "<!-- fuzz:end -->"
+HEAD = ("| target | engine | inputs | inputs/s | host calls | findings (new / known) | seed "
+        "| seconds | date (UTC) | machine |")
+RULE = "|---|---|---|---|---|---|---|---|---|---|"
+
+
+class DocsError(ValueError):
+    pass
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def row(r: RunResult, when: datetime.datetime | None = None) -> str:
+    when = when or datetime.datetime.now(datetime.UTC)
+    calls = f"{r.calls:,}" if r.calls else "—"
+    known = ", ".join(sorted({f["known"] for f in r.known}))
+    findings = f"{len(r.new)} / {len(r.known)}" + (f" ({known})" if known else "")
+    return (f"| {r.target} | {r.engine} | {r.inputs:,} | {r.rate:,.0f} | {calls} | {findings} "
+            f"| {r.seed} | {r.seconds:.0f} | {when:%Y-%m-%d %H:%M} | {machine()} |")
+
+
+def write(path: Path, results: list[RunResult]) -> None:
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise DocsError(f"{path} has no {BEGIN} … {END} block")
+    head, rest = text.split(BEGIN, 1)
+    block, tail = rest.split(END, 1)
+    rows = {line.split("|")[1].strip(): line for line in block.splitlines()
+            if line.startswith("| ") and not line.startswith("| target")}
+    for r in results:
+        rows[r.target] = row(r)
+    from tools.fuzz.targets import TARGETS
+
+    ordered = [rows[n] for n in TARGETS if n in rows]
+    body = "\n".join([HEAD, RULE, *ordered])
+    path.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
