@@ -14,8 +14,8 @@ from tools.fuzz.known import KNOWN, Finding, known_id
 from tools.fuzz.targets import TARGETS
 
 # CI's budget: about a minute of fuzzing across all targets.
-SHORT_RUN = {"abi-codec": 5, "wire": 5, "checkpoint": 5, "stream": 5, "trace": 5,
-             "host-abi": 20, "guest-hypercalls": 10}
+SHORT_RUN = {"abi-codec": 4, "wire": 4, "checkpoint": 4, "stream": 4, "trace": 4,
+             "host-abi": 15, "guest-hypercalls": 8}
 
 
 def test_list_names_every_target(capsys):
