@@ -61,7 +61,8 @@ def test_known_signatures_match_their_findings_only():
                                  "conversion", {}),
         "checkpoint-meta": Finding("checkpoint", "RecursionError",
                                    "tvmm/perimeter/checkpoint_file.py:read_meta", "", {}),
-        "import-session-leak": Finding("host-abi", "import_session_leaked", "", "", {}),
+        "import-session-leak": Finding("host-abi", "refusal_changed_state", "IMPORT_VM:snp",
+                                       "", {}),
     }
     assert set(examples) == {k.id for k in KNOWN}
     for kid, finding in examples.items():

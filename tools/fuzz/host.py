@@ -53,7 +53,9 @@ from tvmm.abi.messages import (
     Destroy,
     DropWrites,
     Enter,
+    ExportVm,
     Finalize,
+    ImportVm,
     Inject,
     Map,
     ReadPage,
@@ -94,18 +96,23 @@ class Session:
         self.info: dict[int, VmInfo] = {}
         self.calls: list[str] = []
         self.snaps: dict[int, bytearray] = {}
+        self.destination: Platform | None = None  # a second TEE, for migrations
+        self.streams = 0
+        self.imported = 0  # streams carried whole and compared
         self.rng = random.Random(int.from_bytes(c.data[:8].ljust(8, b"\0"), "little"))
 
     # -- one call, with the oracles -------------------------------------------------------
-    def call(self, request: object, raw: bytes | None = None) -> Reply | None:
+    def call(self, request: object, raw: bytes | None = None, platform: Platform | None = None
+             ) -> Reply | None:
+        platform = platform or self.platform
         name = type(request).__name__ if raw is None else "raw"
         call = getattr(request, "CALL", None)
         self.calls.append(call.name if call is not None else name)
         if raw is None:
             raw = codec.encode(request)
         vm_id = getattr(request, "vm", None)
-        vm = self.tee.vms.get(vm_id) if isinstance(vm_id, int) else None
-        info = self.info.get(vm_id) if vm is not None else None
+        vm = platform.tee.vms.get(vm_id) if isinstance(vm_id, int) else None
+        info = self.info.get(vm_id) if vm is not None and platform is self.platform else None
         level = vm.level if vm is not None else getattr(request, "level", None)
         ctx = {"call": call.name if call is not None else name, "level": str(level or ""),
                "calls": tuple(self.calls[-24:])}
@@ -113,7 +120,7 @@ class Session:
         snap = self._snapshot(vm) if vm is not None else None
         state_before = vm.state if vm is not None else None
         try:
-            out = self.platform.handle_bytes(raw)
+            out = platform.handle_bytes(raw)
         except Exception as exc:
             exc.add_note(f"fuzz context: {ctx}")
             raise
@@ -184,9 +191,9 @@ class Session:
     def _snapshot(self, vm: Vm) -> bytearray:
         """The VM's memory before the call, in a buffer kept per VM (a fresh 2.5 MiB
         allocation each call costs page faults)."""
-        buf = self.snaps.get(vm.id)
+        buf = self.snaps.get(id(vm))
         if buf is None or len(buf) != vm.memory.size:
-            buf = self.snaps[vm.id] = bytearray(vm.memory.size)
+            buf = self.snaps[id(vm)] = bytearray(vm.memory.size)
         buf[:] = vm.vcpu.ram(0, vm.memory.size)
         return buf
 
@@ -463,10 +470,93 @@ def op_raw(s: Session) -> None:
     s.call(Destroy(0), raw=bytes(raw))
 
 
+def op_migrate(s: Session) -> None:
+    """A migration the host carries, tampering with it: the trusted agents (inside) open
+    an export stream on a running VM and an import stream on a second TEE under one key;
+    the host pumps EXPORT_VM, then feeds IMPORT_VM the bundles as they were or changed
+    (a byte flipped, dropped, replayed, reordered, cut short, another stream's).  Oracle:
+    the importer accepts exactly the bundles the exporter made, in order (anything else is
+    refused), and a stream carried faithfully ends with the source's memory."""
+    from shim import management
+
+    c = s.c
+    running = [vid for vid, i in s.info.items() if i.level is not None
+               and vid in s.tee.vms and s.tee.vms[vid].state.name == "RUNNABLE"]
+    if not running:
+        return
+    vid = c.pick(running)
+    src = s.tee.vms[vid]
+    if s.destination is None:
+        s.destination = Platform(seed=2, state_dir=_state_dir())
+    dst = s.destination
+    s.streams += 1
+    stream, key = 0x5000 + s.streams, s.rng.randbytes(32)
+    management.open_export(s.tee, vid, key, stream, "fuzz", s.streams)
+    management.open_import(dst.tee, key, stream, "fuzz", s.streams)
+    bundles, final = [], False
+    for _ in range(64):
+        final = final or c.chance(1, 3)
+        reply = s.call(ExportVm(vid, stream, final, c.pick((256, 256, 256, 64, 0, 257))))
+        if reply is None or reply.result == Result.BAD_STATE:
+            break
+        if not reply.ok:
+            continue
+        if reply.data:
+            bundles.append(reply.data)
+        if final and reply.value == 0:
+            break
+    created = s.call(CreateVm(src.level, src.memory.size, src.memory.shared.start,
+                              len(src.memory.shared), src.policy), platform=dst)
+    if created is None or not created.ok:
+        return
+    target, accepted, tampered, failed = created.value, 0, False, False
+    for i, bundle in enumerate(list(bundles)):
+        k = c.below(24)  # mostly carried as it is: a whole stream must get through too
+        fed = bundle
+        if k == 0:
+            fed = bytearray(bundle)
+            fed[c.below(len(fed))] ^= 1 << c.below(8)
+            fed = bytes(fed)
+        elif k == 1:
+            continue  # dropped
+        elif k == 2 and i:
+            fed = bundles[i - 1]  # replayed
+        elif k == 3 and i + 1 < len(bundles):
+            fed = bundles[i + 1]  # reordered
+        elif k == 4:
+            fed = bundle[: c.below(len(bundle))]
+        reply = s.call(ImportVm(target, stream, fed), platform=dst)
+        if reply is None:
+            return
+        expected = not failed and fed == bundles[accepted]
+        if reply.ok and not expected:
+            raise OracleViolation("tampered_bundle_accepted", f"bundle {i} changed ({k}) "
+                                  "was accepted", call="IMPORT_VM", level=str(src.level),
+                                  calls=tuple(s.calls[-24:]))
+        if reply.ok:
+            accepted += 1
+        else:
+            failed = failed or reply.result == Result.DENIED or expected
+        tampered = tampered or fed != bundle
+        if accepted == len(bundles) and reply.ok and reply.value == target and final \
+                and not tampered:
+            s.imported += 1
+            moved, kept = dst.tee.vms[target], src
+            if moved.vcpu.mem_read(0, moved.memory.size) != kept.vcpu.mem_read(
+                    0, kept.memory.size):
+                raise OracleViolation("import_mismatch", "a faithful stream ended with "
+                                      "other memory", call="IMPORT_VM",
+                                      level=str(src.level), calls=tuple(s.calls[-24:]))
+    if c.chance(1, 2):  # the agents give up or commit: the source thaws or goes
+        management.close(s.tee, stream)
+        management.close(dst.tee, stream)
+        management.thaw(s.tee, vid)
+
+
 OPS: tuple[Callable[[Session], None], ...] = (
     op_launch, op_create, op_add_pages, op_finalize, op_enter, op_enter, op_enter, op_honest,
     op_honest, op_honest, op_map, op_remap, op_read, op_write, op_inject, op_complete, op_drop,
-    op_destroy, op_raw,
+    op_destroy, op_raw, op_migrate,
 )
 
 

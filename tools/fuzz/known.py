@@ -51,8 +51,9 @@ KNOWN: tuple[Known, ...] = (
     Known("checkpoint-meta", "checkpoint read_meta raises ValueError/RecursionError",
           lambda f: f.target == "checkpoint" and f.name in ("ValueError", "RecursionError")
           and "checkpoint_file.py" in f.where),
-    Known("import-session-leak", "a tampered checkpoint leaks an import session",
-          lambda f: f.name == "import_session_leaked"),
+    Known("import-session-leak", "a tampered checkpoint leaks an import session (a refused "
+          "first bundle leaves the empty VM sealed off, DEAD, bound to the failed stream)",
+          lambda f: f.name == "refusal_changed_state" and f.where.startswith("IMPORT_VM")),
 )
 
 
