@@ -59,15 +59,38 @@ def seeds_abi() -> list[bytes]:
 
 # -- the perimeter's wire format -------------------------------------------------------
 def run_wire(data: bytes) -> None:
-    for parse in (wire.decode, wire.decode_frame):
+    for parse in (wire.decode, wire.decode_frame, _recv):
         try:
             msg = parse(data)
-        except wire.WireError:
+        except (wire.WireError, _Closed):
             continue
         frame = wire.encode(msg)
         again = wire.decode_frame(frame)
         _check(again.op == msg.op and again.blob == msg.blob and _same_json(
             again.fields, msg.fields), "round_trip", "decode(encode(m)) != m")
+
+
+class _Closed(Exception):
+    """The stream ended inside a frame: recv's documented ConnectionError."""
+
+
+def _recv(data: bytes) -> wire.Message:
+    """wire.recv (frames, a split blob's parts joined) reading ``data`` from a socket."""
+    import socket
+
+    if len(data) < 4 or struct.unpack_from("<I", data)[0] > len(data):
+        raise _Closed("truncated")  # what recv says, without allocating the claimed frame
+    a, b = socket.socketpair()
+    try:
+        a.sendall(data)
+        a.shutdown(socket.SHUT_WR)
+        try:
+            return wire.recv(b)
+        except ConnectionError as exc:
+            raise _Closed(str(exc)) from None
+    finally:
+        a.close()
+        b.close()
 
 
 def _same_json(a: object, b: object) -> bool:
@@ -82,6 +105,8 @@ def seeds_wire() -> list[bytes]:
         frame = wire.encode(wire.Message(op, fields, b"blob" if op == "bundle" else b""))
         frames += [frame, frame[4:]]
     frames.append(wire.encode(wire.reply(False, error="no", reason="r", x=1)))
+    split = wire.Message("bundle", {"parts": 2}, b"a" * 5)
+    frames.append(wire.encode(split) + wire.encode(wire.Message("part", {}, b"b" * 7)) * 2)
     frames += [_frame(b'{"op":"audit","limit":' + b"9" * 5000 + b"}"),  # boundary values:
                _frame(b'{"op":"reply","ok":true,"data":{"x":' + b"[" * 2000 + b"]" * 2000
                       + b"}}")]  # digits and nesting past Python's limits

@@ -38,7 +38,8 @@ TARGETS: dict[str, Target] = {
         Target("abi-codec", "parser", "tools.fuzz.parsers",
                "tvmm.abi.codec.decode: DecodeError only; encode(decode(x)) == x"),
         Target("wire", "parser", "tools.fuzz.parsers",
-               "tvmm.perimeter.wire.decode/decode_frame: WireError only; decode(encode(m)) == m"),
+               "tvmm.perimeter.wire decode/decode_frame/recv: WireError only; "
+               "decode(encode(m)) == m"),
         Target("checkpoint", "parser", "tools.fuzz.parsers",
                "tvmm.perimeter.checkpoint_file read_meta/from_bytes: CheckpointFormatError "
                "only; from_bytes(to_bytes(c)) == c"),
