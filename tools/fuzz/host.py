@@ -224,11 +224,14 @@ class Session:
             return info.state
         if k == 4:
             return b""
-        if k == 5 and info.state:
-            i = self.c.below(len(info.state))
-            flipped = bytearray(info.state)
-            flipped[i] ^= 1 << self.c.below(8)
-            return bytes(flipped)
+        if k == 5 and info.state:  # a bit flipped, or a register-sized word overwritten
+            forged = bytearray(info.state)
+            i = self.c.below(len(forged))
+            if self.c.chance(1, 2):
+                forged[i] ^= 1 << self.c.below(8)
+            else:
+                forged[i : i + 8] = (self.c.int64() & ((1 << 64) - 1)).to_bytes(8, "little")
+            return bytes(forged[: len(info.state)])
         if k == 6 and info.states:
             return self.c.pick(info.states)
         others = [o.state for o in self.info.values() if o.state and o is not info]
