@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tools.doc_block import DocBlockError
 from tools.fuzz import __main__ as cli
 from tools.fuzz import docs, engine, parsers
 from tools.fuzz.known import KNOWN, Finding, known_id
@@ -85,7 +86,7 @@ def test_the_docs_block_is_rewritten_in_place_one_row_per_target(tmp_path):
     assert [r.split("|")[1].strip() for r in rows] == ["wire", "host-abi"]
     assert "| atheris | 1,000 | 200 |" in rows[0] and "old" not in text
     doc.write_text("no block\n")
-    with pytest.raises(docs.DocsError):
+    with pytest.raises(DocBlockError):
         docs.write(doc, [first])
 
 

@@ -10,15 +10,11 @@ from pathlib import Path
 
 from tools.fuzz.engine import RunResult
 
-BEGIN = "<!-- fuzz:begin -->"
-END = "<!-- fuzz:end -->"
+BLOCK = "fuzz"
+BEGIN, END = f"<!-- {BLOCK}:begin -->", f"<!-- {BLOCK}:end -->"
 HEAD = ("| target | engine | inputs | inputs/s | host calls | findings (new / known) | seed "
         "| seconds | date (UTC) | commit | machine |")
 RULE = "|---|---|---|---|---|---|---|---|---|---|---|"
-
-
-class DocsError(ValueError):
-    pass
 
 
 def machine() -> str:
@@ -59,17 +55,15 @@ def row(r: RunResult, when: datetime.datetime | None = None) -> str:
 
 
 def write(path: Path, results: list[RunResult]) -> None:
+    """Rewrite the block with these runs' rows, keeping the other targets' rows."""
+    from tools.doc_block import replace_block
+    from tools.fuzz.targets import TARGETS
+
     text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise DocsError(f"{path} has no {BEGIN} … {END} block")
-    head, rest = text.split(BEGIN, 1)
-    block, tail = rest.split(END, 1)
-    rows = {line.split("|")[1].strip(): line for line in block.splitlines()
+    old = text.split(BEGIN, 1)[-1].split(END, 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in old.splitlines()
             if line.startswith("| ") and not line.startswith("| target")}
     for r in results:
         rows[r.target] = row(r)
-    from tools.fuzz.targets import TARGETS
-
     ordered = [rows[n] for n in TARGETS if n in rows]
-    body = "\n".join([HEAD, RULE, *ordered])
-    path.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+    path.write_text(replace_block(text, BLOCK, "\n".join([HEAD, RULE, *ordered])))

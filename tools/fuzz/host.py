@@ -290,6 +290,17 @@ def _image():
     return _IMAGE
 
 
+_RUNS: list[tuple[int, bytes, bool]] | None = None
+
+
+def _image_runs() -> list[tuple[int, bytes, bool]]:
+    """The image's ADD_PAGES runs as the honest host makes them: (gpa, contents, exec)."""
+    global _RUNS
+    if _RUNS is None:
+        _RUNS = [(r.gpa, b"".join(r.parts), r.executable) for r in _image().runs()]
+    return _RUNS
+
+
 def wrap_any(secret: bytes, platform_key: ec.EllipticCurvePublicKey, rng: random.Random
              ) -> bytes:
     """launch_secret.wrap without its length check: a host may wrap anything to the
@@ -318,12 +329,12 @@ def launch(s: Session, level: Level, finalize: bool = True) -> int | None:
         return None
     vm = reply.value
     s.info[vm] = VmInfo(level, secret, marker)
-    image = _image()
+    image, runs = _image(), _image_runs()
     blob = wrap_any(secret, s.platform.launch_public_key, s.rng)
     s.call(AddPages(vm, BOOT_INFO_GPA, PageType.CPUID, 1))
     s.call(AddPages(vm, SECRETS_GPA, PageType.SECRETS, 1, blob))
     s.call(AddPages(vm, MARKER_GPA, PageType.NORMAL, 1, marker))
-    for gpa, data, executable in image.runs():
+    for gpa, data, executable in runs:
         s.call(AddPages(vm, gpa, PageType.NORMAL, len(data) // PAGE, data, executable))
     if not finalize:
         return vm
