@@ -31,10 +31,6 @@ class Known:
     matches: Callable[[Finding], bool]
 
 
-def _is(f: Finding, name: str, where: str = "", text: str = "") -> bool:
-    return f.name == name and where in f.where and text in f.message
-
-
 KNOWN: tuple[Known, ...] = (
     Known("secrets-overflow", "an oversized launch secret overflows the secrets page "
           "(ADD_PAGES SECRETS)",
@@ -46,11 +42,6 @@ KNOWN: tuple[Known, ...] = (
               "calls", ())),
     Known("exit-field-u64", "an exit field >= 2^63 crashes the bytes codec",
           lambda f: f.name in ("EncodeError", "error") and "abi/codec.py" in f.where),
-    Known("wire-huge-int", "wire.decode on a huge JSON integer raises ValueError",
-          lambda f: _is(f, "ValueError", "wire.py", "integer string conversion")),
-    Known("checkpoint-meta", "checkpoint read_meta raises ValueError/RecursionError",
-          lambda f: f.target == "checkpoint" and f.name in ("ValueError", "RecursionError")
-          and "checkpoint_file.py" in f.where),
     Known("import-session-leak", "a tampered checkpoint leaks an import session (a refused "
           "first bundle leaves the empty VM sealed off, DEAD, bound to the failed stream)",
           lambda f: f.name == "refusal_changed_state" and f.where.startswith("IMPORT_VM")),
