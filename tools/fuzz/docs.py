@@ -29,29 +29,13 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def commit() -> str:
-    """The commit the run fuzzed (+ if the tree had changes)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
-                                "tvmm", "shim", "tools", "guests"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    return (head or "?") + ("+" if dirty else "")
-
-
 def row(r: RunResult, when: datetime.datetime | None = None) -> str:
     when = when or datetime.datetime.now(datetime.UTC)
     calls = f"{r.calls:,}" if r.calls else "—"
     known = ", ".join(sorted({f["known"] for f in r.known}))
     findings = f"{len(r.new)} / {len(r.known)}" + (f" ({known})" if known else "")
     return (f"| {r.target} | {r.engine} | {r.inputs:,} | {r.rate:,.0f} | {calls} | {findings} "
-            f"| {r.seed} | {r.seconds:.0f} | {when:%Y-%m-%d %H:%M} | {commit()} | {machine()} |")
+            f"| {r.seed} | {r.seconds:.0f} | {when:%Y-%m-%d %H:%M} | {r.commit or '?'} | {machine()} |")
 
 
 def write(path: Path, results: list[RunResult]) -> None:

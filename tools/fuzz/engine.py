@@ -44,6 +44,7 @@ class RunResult:
     calls: int  # host calls made (stateful and guest targets), 0 for parsers
     findings: list[dict] = field(default_factory=list)  # one per signature
     error: str = ""  # the child failed outside any input (setup, a hard crash)
+    commit: str = ""  # the code fuzzed: git HEAD when the run started (+: changed files)
 
     @property
     def rate(self) -> float:
@@ -87,11 +88,12 @@ def run(name: str, seconds: float, seed: int, out: Path, engine: str = "auto", *
            "--inputs", str(inputs), "--calls", str(calls)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    commit = current_commit()
     proc = subprocess.run(cmd, capture_output=True, env=env,
                           timeout=seconds + target.timeout + 120)
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     result = RunResult(name, engine, seed, stats.get("seconds", 0.0), stats.get("inputs", 0),
-                       stats.get("calls", 0), stats.get("findings", []))
+                       stats.get("calls", 0), stats.get("findings", []), commit=commit)
     done = _DONE.search(proc.stderr)
     if done:
         result.inputs = max(result.inputs, int(done.group(1)))
@@ -102,6 +104,20 @@ def run(name: str, seconds: float, seed: int, out: Path, engine: str = "auto", *
         if crash is not None:
             result.findings.append(crash)
     return result
+
+
+def current_commit() -> str:
+    """git HEAD of the code fuzzed, + if its code has uncommitted changes."""
+    git = ["git", "-C", str(REPO)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "tvmm", "shim", "tools",
+                                "guests"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (head or "?") + ("+" if dirty else "")
 
 
 def _hard_crash(target: Target, tdir: Path, stderr: str) -> dict | None:
