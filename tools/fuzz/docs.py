@@ -35,7 +35,7 @@ def row(r: RunResult, when: datetime.datetime | None = None) -> str:
     known = ", ".join(sorted({f["known"] for f in r.known}))
     findings = f"{len(r.new)} / {len(r.known)}" + (f" ({known})" if known else "")
     return (f"| {r.target} | {r.engine} | {r.inputs:,} | {r.rate:,.0f} | {calls} | {findings} "
-            f"| {r.seed} | {r.seconds:.0f} | {when:%Y-%m-%d %H:%M} | {r.commit or '?'} | {machine()} |")
+            f"| {r.seed} | {r.seconds:.0f} | {when:%Y-%m-%d %H:%M} | {getattr(r, 'commit', '') or '?'} | {machine()} |")
 
 
 def write(path: Path, results: list[RunResult]) -> None:
