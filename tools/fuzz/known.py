@@ -32,16 +32,6 @@ class Known:
 
 
 KNOWN: tuple[Known, ...] = (
-    Known("secrets-overflow", "an oversized launch secret overflows the secrets page "
-          "(ADD_PAGES SECRETS)",
-          lambda f: f.name == "add_pages_outside_range"
-          and f.context.get("page_type") == "SECRETS"),
-    Known("remap-plaintext", "REMAP moves plaintext at sev/sev-es",
-          lambda f: f.name in ("plaintext_in_reply", "private_page_plaintext")
-          and f.context.get("level") in ("sev", "sev-es") and "REMAP" in f.context.get(
-              "calls", ())),
-    Known("exit-field-u64", "an exit field >= 2^63 crashes the bytes codec",
-          lambda f: f.name in ("EncodeError", "error") and "abi/codec.py" in f.where),
     Known("import-session-leak", "a tampered checkpoint leaks an import session (a refused "
           "first bundle leaves the empty VM sealed off, DEAD, bound to the failed stream)",
           lambda f: f.name == "refusal_changed_state" and f.where.startswith("IMPORT_VM")),

@@ -46,7 +46,8 @@ def seeds_abi() -> list[bytes]:
 
     from tvmm.abi.messages import AddPages, CreateVm
 
-    rec = ExitRecord(ExitReason.HYPERCALL, 3, 0, ((Field.NR, 1), (Field.ARG0, -5)), b"st")
+    rec = ExitRecord(ExitReason.HYPERCALL, 3, 0, ((Field.NR, 1), (Field.ARG0, (1 << 64) - 5)),
+                     b"st")
     zero = {int: 0, bool: False, bytes: b"\x01" * 8, "int": 0, "bool": False,
             "bytes": b"\x01" * 8}
     msgs: list[object] = [cls(**{f.name: zero[f.type] for f in fields(cls)})
