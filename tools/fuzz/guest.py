@@ -19,12 +19,12 @@ from shim.platform import Platform
 from tools.fuzz.host import _state_dir
 from tools.fuzz.targets import OracleViolation
 from tvmm import guestbuild
+from tvmm.abi import launch_secret
 from tvmm.abi.types import Field, KillReason, Level
 from tvmm.guestimage import load_elf
 from tvmm.host.client import HostCallError, PlatformClient, bytes_transport
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor
-from tvmm.owner import launch_secret
 
 SOURCE = guestbuild.GUESTS_DIR / "fuzz" / "hypercalls.c"
 MEMORY = 4 << 20
@@ -47,7 +47,7 @@ def run(data: bytes) -> int:
     seed = struct.unpack_from("<Q", data, 1)[0] or 1
     rounds = 1 + struct.unpack_from("<H", data, 9)[0] % MAX_ROUNDS
     mask = (1 << 64) - 1 if data[11] & 1 else (1 << 63) - 1
-    platform = Platform(seed=seed & 0xFFFF, state_dir=_state_dir())
+    platform = Platform(state_dir=_state_dir())
     calls = [0]
 
     def send(raw: bytes) -> bytes:

@@ -44,7 +44,7 @@ from shim.platform import Platform
 from shim.vm import Vm
 from tools.fuzz.input import Choices
 from tools.fuzz.targets import OracleViolation
-from tvmm.abi import codec
+from tvmm.abi import codec, launch_secret
 from tvmm.abi.guest import BOOT_INFO_GPA, IMAGE_BASE, SECRETS_GPA, SHARED_BASE, SHARED_SIZE
 from tvmm.abi.messages import (
     AddPages,
@@ -65,7 +65,6 @@ from tvmm.abi.messages import (
     WritePage,
 )
 from tvmm.abi.types import DEFAULT_POLICY, Call, ExitReason, Field, Level, PageType, Result
-from tvmm.owner import launch_secret
 
 PAGE = 0x1000
 MEMORY = 0x280000  # the counter guest's image at 2 MiB, its stack below 2.5 MiB
@@ -91,7 +90,7 @@ class VmInfo:
 class Session:
     def __init__(self, c: Choices) -> None:
         self.c = c
-        self.platform = Platform(seed=1, state_dir=_state_dir())
+        self.platform = Platform(state_dir=_state_dir())
         self.tee = self.platform.tee
         self.info: dict[int, VmInfo] = {}
         self.calls: list[str] = []
@@ -501,7 +500,7 @@ def op_migrate(s: Session) -> None:
     vid = c.pick(running)
     src = s.tee.vms[vid]
     if s.destination is None:
-        s.destination = Platform(seed=2, state_dir=_state_dir())
+        s.destination = Platform(state_dir=_state_dir())
     dst = s.destination
     s.streams += 1
     stream, key = 0x5000 + s.streams, s.rng.randbytes(32)

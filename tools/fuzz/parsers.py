@@ -18,11 +18,11 @@ from shim.management import stream
 from tools.fuzz.targets import OracleViolation
 from tvmm.abi import codec
 from tvmm.abi.messages import REQUESTS, ExitRecord, Reply
+from tvmm.abi.trace_events import EventKind, Position, TraceEvent, TraceHeader
 from tvmm.abi.types import ExitReason, Field, Level, PageType, Result
 from tvmm.perimeter import checkpoint_file as ckpt
 from tvmm.perimeter import wire
 from tvmm.trace import reader
-from tvmm.trace.events import EventKind, Position, TraceEvent, TraceHeader
 
 
 def _check(ok: bool, oracle: str, message: str) -> None:
