@@ -42,16 +42,22 @@ def run_abi(data: bytes) -> None:
 
 
 def seeds_abi() -> list[bytes]:
-    from dataclasses import fields
+    import typing
+    from enum import Enum
 
     from tvmm.abi.messages import AddPages, CreateVm
 
+    def value(tp: object) -> object:  # a valid value of a field's type (enums: a member)
+        if isinstance(tp, type) and issubclass(tp, Enum):
+            return next(iter(tp))
+        return {int: 0, bool: False, bytes: b"\x01" * 8, str: "x"}.get(tp, 0)
+
     rec = ExitRecord(ExitReason.HYPERCALL, 3, 0, ((Field.NR, 1), (Field.ARG0, (1 << 64) - 5)),
                      b"st")
-    zero = {int: 0, bool: False, bytes: b"\x01" * 8, "int": 0, "bool": False,
-            "bytes": b"\x01" * 8}
-    msgs: list[object] = [cls(**{f.name: zero[f.type] for f in fields(cls)})
-                          for cls in REQUESTS.values() if cls not in (CreateVm, AddPages)]
+    msgs: list[object] = [
+        cls(**{name: value(tp) for name, tp in typing.get_type_hints(cls).items()
+               if name != "CALL"})
+        for cls in REQUESTS.values() if cls not in (CreateVm, AddPages)]
     msgs += [CreateVm(Level.SHIM, 1 << 22, 0x100000, 0x40000, 0x30000),
              AddPages(1, 0x1000, PageType.NORMAL, 1, bytes(64), True),
              Reply(Result.OK), Reply(Result.BAD_OPERAND, "gpa", 7, b"data", rec)]
