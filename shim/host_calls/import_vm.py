@@ -9,8 +9,9 @@ stream, counter (replay and reorder), authenticity, order of kinds, payload.  Af
 the VM holds the source's memory and vCPU, but stays un-enterable until the agent
 activates it on the coordinator's commit; ``data`` is the register state the host hands
 back at its first ENTER.
-Preconditions: state CREATED, no pages added (the first bundle seals the VM off: it is
-DEAD to every other call until the agent activates it).
+Preconditions: state CREATED, no pages added (the first accepted bundle seals the VM off:
+it is DEAD to every other call until the agent activates it; a refused first bundle leaves
+the VM as it was, CREATED and free for another import).
 Results: OK, MALFORMED, NO_VM, BAD_OPERAND (garbage bundle, unknown stream), BAD_STATE,
 DENIED (a bundle that is well-formed but replayed, reordered, forged or out of place: the
 stream is refused for good and the refusal goes to the perimeter's audit log).
@@ -39,7 +40,12 @@ def handle(tee: Tee, vm: Vm, req: ImportVm) -> Reply:
     session = state(tee).sessions.get(stream)
     if session is None or session.direction != "in":
         raise BadOperand("stream", f"no import stream {stream}")
-    if session.vm is None:
+    if session.failed:
+        raise Denied("stream", f"the stream was refused: {session.failed}")
+    if session.done:
+        raise BadState("stream", "the stream has ended")
+    first = session.vm is None
+    if first:
         if any(vm.added):
             raise BadState("vm", "import needs an empty VM (no pages added)")
         if vm.state != VmState.CREATED:
@@ -52,9 +58,11 @@ def handle(tee: Tee, vm: Vm, req: ImportVm) -> Reply:
         vm.end_detail = f"importing {session.vm_name} epoch {session.epoch}"
     elif session.vm != vm.id:
         raise BadOperand("vm", f"stream {stream} imports into VM {session.vm}")
-    if session.failed:
-        raise Denied("stream", f"the stream was refused: {session.failed}")
-    if session.done:
-        raise BadState("stream", "the stream has ended")
-    vm_id, blob = session.worker.feed(tee, session, data)
+    try:
+        vm_id, blob = session.worker.feed(tee, session, data)
+    except Exception:
+        if first:  # a refused first bundle changes nothing: the empty VM is the host's again
+            session.vm, session.worker = None, None
+            vm.state, vm.end_detail = VmState.CREATED, ""
+        raise
     return Reply(Result.OK, value=vm_id, data=blob)

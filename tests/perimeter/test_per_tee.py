@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from shim import management
 from shim.management.stream import HEADER, Kind, StreamCipher, parse_header
 from shim.platform import Platform
+from shim.vm import VmState
 from tvmm.abi import launch_secret
 from tvmm.abi.messages import AddPages, Enter, ExportVm, ImportVm
 from tvmm.abi.types import InjectMode, Level, PageType, Result
@@ -131,6 +132,19 @@ def test_tampered_streams_are_refused_and_reported(image, tamper: str) -> None:
     events = management.drain_events(b.tee)
     assert events and events[0]["event"] == "stream_refused"
     assert not b.tee.vms[vm].state == 2  # never runnable
+
+
+def test_a_refused_first_bundle_leaves_the_empty_vm_as_it_was(image) -> None:
+    """Found by tools/fuzz (host-abi): a tampered first bundle was refused but left the
+    empty VM sealed off (DEAD) and bound to the failed stream.  A refusal changes nothing."""
+    key, bundles, policy = _stream(image)
+    b, cb, vm = _dest(key, policy)
+    raw = bytearray(bundles[0])
+    raw[40] ^= 1
+    assert cb.call(ImportVm(vm, 9, bytes(raw))).result in (Result.DENIED, Result.BAD_OPERAND)
+    assert b.tee.vms[vm].state == VmState.CREATED
+    reply = cb.call(AddPages(vm, 0x300000, PageType.NORMAL, 1, bytes(4096)))
+    assert reply.result == Result.OK  # the host's empty VM, usable again
 
 
 def test_importing_vm_is_sealed_off(image) -> None:
