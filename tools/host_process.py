@@ -34,7 +34,7 @@ from tvmm.host.client import PlatformClient, bytes_transport
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor
 from tvmm.link import ends
-from tvmm.link.errors import LinkError
+from tvmm.link.errors import LinkError, PeerGone
 from tvmm.link.frames import LENGTH, recv_frame, send_frame
 
 
@@ -133,4 +133,7 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m tools.host_process LINK_FD (started by tvmm.harness)")
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except PeerGone:  # the launcher has gone (Ctrl-C, a crash): nothing left to serve
+        sys.exit(1)

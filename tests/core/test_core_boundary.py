@@ -177,3 +177,46 @@ def test_the_socket_link_boots_the_same_and_the_launch_secret_crosses():
     across = boot_across("modexp", Level.SNP, seed=4, link="socket", secret_path="launch")
     alone = boot_in_process("modexp", Level.SNP, seed=4, secret_path="launch")
     assert across.console == alone.console and across.status == 0
+
+
+def _children(pid: int) -> list[int]:
+    path = f"/proc/{pid}/task/{pid}/children"
+    with open(path) as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_ctrl_c_ends_a_guest_that_never_exits(tmp_path):
+    """A guest in a loop with no timer never hands the TEE's process back to Python, so it
+    cannot see Ctrl-C: the launcher ends it.  One line, status 130, no process left over."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spin = tmp_path / "spin.c"
+    spin.write_text('#include "tvmm.h"\nint main(void) { volatile u64 x = 0; for (;;) x++; '
+                    'return 0; }\n')
+    proc = subprocess.Popen([sys.executable, "-m", "tvmm", "boot", str(spin), "--level",
+                             "shim"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(_children(proc.pid)) < 2:  # the TEE's process and the host's are up
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    children = _children(proc.pid)
+    tee = next(c for c in children if b"tee_server" in open(f"/proc/{c}/cmdline", "rb").read())
+    while _cpu_seconds(tee) < 1.0:  # ... and the guest has been spinning for a while
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole process group
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.strip() == "tvmm: interrupted"
+    for child in children:
+        assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read(
+        ).split()[2] == "Z"

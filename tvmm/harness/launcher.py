@@ -46,8 +46,11 @@ class HarnessError(RuntimeError):
 def _spawn(module: str, fd: int, keep: tuple[int, ...]) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+    # A process group of its own: a terminal's Ctrl-C reaches only the launcher, which
+    # decides what it means and ends its processes (Session.close) — a TEE inside a guest
+    # with no timer could not see it anyway, and a host would print a traceback.
     return subprocess.Popen([sys.executable, "-m", module, str(fd)], pass_fds=keep, env=env,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, process_group=0)
 
 
 def _fds(spec: dict) -> tuple[int, ...]:
@@ -65,6 +68,9 @@ def policy_data(config: object | None) -> dict | None:
         value = getattr(config, f.name)
         out[f.name] = value.value if isinstance(value, Enum) else value
     return out
+
+CLOSE_GRACE_S = 2.0  # how long a closing session waits for a process that does not answer
+
 
 
 @dataclass
@@ -123,15 +129,19 @@ class Session:
                            "outside": outside})
 
     def close(self) -> None:
+        # A TEE inside a guest that never exits (a loop with no timer, after Ctrl-C) cannot
+        # answer: it gets CLOSE_GRACE_S, then is killed, never waited on for good.
+        self.control.settimeout(CLOSE_GRACE_S)
         try:
             self.control_call({"op": "close"})
+            answered = True
         except (LinkError, OSError, ValueError):
-            pass
+            answered = False
         for sock in (self.control, self.link):
             sock.close()
         for proc in (self.host, self.tee):
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=10 if answered else CLOSE_GRACE_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -175,6 +185,11 @@ def start(*, policy_config: object | None = None,
         hello = json.loads(recv_frame(control))
     except (LinkError, ValueError) as exc:
         hello = {"ok": False, "error": str(exc)}
+    except BaseException:  # Ctrl-C while the TEE starts: leave no process behind
+        for proc in (host, tee):
+            proc.kill()
+            proc.wait()
+        raise
     if not hello.get("ok"):
         for proc in (host, tee):
             proc.kill()

@@ -221,4 +221,7 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m tvmm.harness.tee_server CONTROL_FD (started by tvmm.harness)")
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except PeerGone:  # the launcher has gone (Ctrl-C, a crash): nothing left to serve
+        sys.exit(1)
