@@ -203,7 +203,10 @@ def test_ctrl_c_ends_a_guest_that_never_exits(tmp_path):
                     'return 0; }\n')
     proc = subprocess.Popen([sys.executable, "-m", "tvmm", "boot", str(spin), "--level",
                              "shim"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            # as in a terminal: a shell running tests in the background
+                            # starts them with Ctrl-C ignored, and Python keeps that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while len(_children(proc.pid)) < 2:  # the TEE's process and the host's are up
         assert time.monotonic() < deadline and proc.poll() is None
