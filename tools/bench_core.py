@@ -30,7 +30,7 @@ from unicorn import x86_const as X
 from tvmm import guestbuild
 from tvmm.abi import codec
 from tvmm.abi.guest import BOOT_INFO_GPA, BOOT_MAGIC, SHARED_BASE, SHARED_SIZE
-from tvmm.abi.messages import Enter
+from tvmm.abi.messages import Enter, Reply
 from tvmm.abi.types import ExitReason, Level
 from tvmm.guestimage import GuestImage, load_elf
 from tvmm.harness import launcher
@@ -87,6 +87,33 @@ def tvmm_compute(level: Level, quantum: int) -> float:
     return report.wall_s
 
 
+def timer_exits(enter, host: HonestHypervisor, state: bytes, exits: int) -> Reply:
+    """Enter (``enter(state)`` returns the reply) until ``exits`` timer exits, serving any
+    other exit through ``host``; the last timer exit's reply (its state enters next)."""
+    timer, done = ExitReason.TIMER, 0
+    while done < exits:
+        reply = enter(state)
+        rec = reply.exit
+        if rec is None:
+            raise RuntimeError(f"entry refused: {reply.result.name} {reply.operand}")
+        state = rec.state
+        if rec.reason != timer:
+            if rec.reason in (ExitReason.SHUTDOWN, ExitReason.FAULT, ExitReason.KILLED) \
+                    or not host.on_exit(rec):
+                raise RuntimeError(f"the compute guest stopped: {rec.reason.name}")
+            continue
+        done += 1
+    return reply
+
+
+def bare_stops(uc, rip: int, quantum: int, exits: int) -> int:
+    """Bare Unicorn's stop/resume ``exits`` times from ``rip``; the RIP to resume at."""
+    for _ in range(exits):
+        uc.emu_start(rip, 0xFFFF_FFFF_FFFF_FFFF, 0, quantum)
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+    return rip
+
+
 def round_trip(level: Level, quantum: int, exits: int, rounds: int = 1,
                wire: bool = False) -> tuple[float, float]:
     """(seconds per timer exit through tvmm, seconds per bare stop/resume), the medians of
@@ -97,7 +124,7 @@ def round_trip(level: Level, quantum: int, exits: int, rounds: int = 1,
     machine = make_machine(seed=0, image=image, level=level)
     host = HonestHypervisor(machine.client, quantum=quantum)
     host.launch(image, level, DEFAULT_MEMORY)
-    handle, vm, timer = machine.platform.handle, host.vm, ExitReason.TIMER
+    handle, vm = machine.platform.handle, host.vm
     if wire:
         handle = bytes_transport(machine.platform.handle_bytes)
     state = b""
@@ -106,30 +133,15 @@ def round_trip(level: Level, quantum: int, exits: int, rounds: int = 1,
 
     def through_tvmm() -> float:
         nonlocal state
-        done = 0
         start = time.process_time()
-        while done < exits:
-            reply = handle(Enter(vm, 0, quantum, state))
-            rec = reply.exit
-            if rec is None:
-                raise RuntimeError(f"entry refused: {reply.result.name} {reply.operand}")
-            state = rec.state
-            if rec.reason != timer:
-                if rec.reason in (ExitReason.SHUTDOWN, ExitReason.FAULT, ExitReason.KILLED) \
-                        or not host.on_exit(rec):
-                    raise RuntimeError(f"the compute guest stopped: {rec.reason.name}")
-                continue
-            done += 1
+        state = timer_exits(lambda st: handle(Enter(vm, 0, quantum, st)), host, state,
+                            exits).exit.state
         return (time.process_time() - start) / exits
 
     def bare() -> float:
         nonlocal bare_rip
-        rip = bare_rip
         start = time.process_time()
-        for _ in range(exits):
-            uc.emu_start(rip, 0xFFFF_FFFF_FFFF_FFFF, 0, quantum)
-            rip = uc.reg_read(X.UC_X86_REG_RIP)
-        bare_rip = rip
+        bare_rip = bare_stops(uc, bare_rip, quantum, exits)
         return (time.process_time() - start) / exits
 
     pairs = [(through_tvmm(), bare()) for _ in range(rounds)]
@@ -175,7 +187,7 @@ def boundary_round_trip(level: Level, quantum: int, exits: int, rounds: int,
     client = PlatformClient(bytes_transport(tee.end.call))
     host = HonestHypervisor(client, quantum=quantum)
     host.launch(image, level, DEFAULT_MEMORY)
-    vm, timer = host.vm, ExitReason.TIMER
+    vm = host.vm
     state = b""
     sizes: list[tuple[int, int]] = []
     uc = bare_machine(image, DEFAULT_MEMORY)
@@ -183,20 +195,9 @@ def boundary_round_trip(level: Level, quantum: int, exits: int, rounds: int,
 
     def across() -> float:
         nonlocal state
-        done = 0
         start = time.perf_counter()
-        while done < exits:
-            reply = client.enter(vm, quantum, state)
-            rec = reply.exit
-            if rec is None:
-                raise RuntimeError(f"entry refused: {reply.result.name} {reply.operand}")
-            state = rec.state
-            if rec.reason != timer:
-                if rec.reason in (ExitReason.SHUTDOWN, ExitReason.FAULT, ExitReason.KILLED) \
-                        or not host.on_exit(rec):
-                    raise RuntimeError(f"the compute guest stopped: {rec.reason.name}")
-                continue
-            done += 1
+        reply = timer_exits(lambda st: client.enter(vm, quantum, st), host, state, exits)
+        state = reply.exit.state
         if not sizes:
             sizes.append((len(codec.encode(Enter(vm, 0, quantum, state))),
                           len(codec.encode(reply))))
@@ -204,12 +205,8 @@ def boundary_round_trip(level: Level, quantum: int, exits: int, rounds: int,
 
     def bare() -> float:
         nonlocal bare_rip
-        rip = bare_rip
         start = time.perf_counter()
-        for _ in range(exits):
-            uc.emu_start(rip, 0xFFFF_FFFF_FFFF_FFFF, 0, quantum)
-            rip = uc.reg_read(X.UC_X86_REG_RIP)
-        bare_rip = rip
+        bare_rip = bare_stops(uc, bare_rip, quantum, exits)
         return (time.perf_counter() - start) / exits
 
     first = across()
