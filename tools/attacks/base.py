@@ -82,7 +82,15 @@ class AttackContext:
 
 @dataclass
 class Outcome:
+    """What an attack learned.  Knowledge can be partial: ``known`` marks which parts of
+    ``guess`` the attacker claims (for a secret of bits, a set bit; for a secret of symbols
+    such as password characters, a nonzero byte per symbol) — unmarked parts count as
+    unknown, not as guessed.  ``candidates`` is a ranked list of whole guesses, best first,
+    for an attack that enumerates.  The judge scores key rank (docs/attacks.md)."""
+
     guess: bytes | None = None  # the attacker's guess of the victim's secret, if any
+    known: bytes | None = None  # mask over guess of what is claimed known; None: all of it
+    candidates: list[bytes] | None = None  # ranked whole guesses, best first
     hosts: list[HonestHypervisor] = field(default_factory=list)  # hosts whose VMs it ran
     exits: int = 0  # exits the attack took
     stepping: dict[str, int] | None = None  # {"zero": z, "single": s, "multi": m}
@@ -108,6 +116,9 @@ def outcome_to_data(outcome: Outcome) -> dict:
     whether its run ended with the guest's own exit."""
     return {
         "guess": outcome.guess.hex() if outcome.guess is not None else None,
+        "known": outcome.known.hex() if outcome.known is not None else None,
+        "candidates": ([c.hex() for c in outcome.candidates]
+                       if outcome.candidates is not None else None),
         "exits": outcome.exits,
         "stepping": outcome.stepping,
         "notes": jsonable(outcome.notes),
