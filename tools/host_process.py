@@ -85,7 +85,8 @@ def run_boot(job: dict, client: PlatformClient, link: Launcher) -> dict:
     devices = Devices(Console(link.console if job.get("live") else None),
                       BlockDevice(Path(job["disk"]) if job.get("disk") else None),
                       InputDevice(job.get("input", [])),
-                      owner=link.owner if job.get("owner") else None)
+                      owner=link.owner if job.get("owner") else None,
+                      receipt=bytes.fromhex(job["receipt"]) if job.get("receipt") else None)
     host = HonestHypervisor(client, devices, quantum=job.get("quantum", 0),
                             tick_vector=job.get("tick_vector"))
     options = {} if job.get("guest_policy") is None else {"policy": job["guest_policy"]}

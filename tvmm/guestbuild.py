@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
@@ -66,13 +67,7 @@ def build(sources: list[Path], output: Path | None = None, *, extra_include: lis
             raise GuestBuildError(f"no such source file: {src}")
     cc = find_compiler()
     includes = [INCLUDE_DIR, *extra_include, *{s.parent for s in sources}]
-    key = hashlib.sha256()
-    key.update(_compiler_version(cc).encode())
-    key.update(" ".join(CFLAGS).encode())
-    for path in (*RUNTIME, LINKER_SCRIPT, *sources, *_headers(includes)):
-        key.update(str(path.name).encode())
-        key.update(path.read_bytes())
-    digest = key.hexdigest()[:24]
+    digest = build_inputs(sources, extra_include=extra_include).sources_digest.hex()[:24]
     cached = cache_dir() / f"{sources[0].stem}-{digest}.elf"
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +89,32 @@ def build(sources: list[Path], output: Path | None = None, *, extra_include: lis
     shutil.copyfile(cached, tmp)
     os.replace(tmp, output)
     return output
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a build depends on: a transparency claim records it (tvmm transparency claim)."""
+
+    sources_digest: bytes  # SHA-256 over the compiler's version, flags and every input file
+    compiler: str
+    flags: str
+
+
+def build_inputs(sources: list[Path], *, extra_include: list[Path] = ()) -> BuildInputs:
+    """The build's inputs and their digest (also the cache key: same digest, same ELF)."""
+    for src in sources:
+        if not src.is_file():
+            raise GuestBuildError(f"no such source file: {src}")
+    cc = find_compiler()
+    version = _compiler_version(cc)
+    includes = [INCLUDE_DIR, *extra_include, *{s.parent for s in sources}]
+    key = hashlib.sha256()
+    key.update(version.encode())
+    key.update(" ".join(CFLAGS).encode())
+    for path in (*RUNTIME, LINKER_SCRIPT, *sources, *_headers(includes)):
+        key.update(str(path.name).encode())
+        key.update(path.read_bytes())
+    return BuildInputs(key.digest(), version, " ".join(CFLAGS))
 
 
 def _headers(dirs: list[Path]) -> list[Path]:

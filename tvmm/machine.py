@@ -240,7 +240,8 @@ def _key_release_summary(owner: OwnerEndpoint | None) -> dict | None:
     except LedgerError as exc:
         budget = {"error": str(exc)}
     return {
-        "expected_measurement": owner.policy.measurement.hex(),
+        "expected_measurement": (owner.policy.measurement.hex() if owner.policy.measurement
+                                 else None),  # None: any build registered under the policy
         "challenges": len(owner.challenges),
         "attempts": len(owner.releases),
         "released": bool(last and last.released),

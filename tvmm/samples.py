@@ -121,6 +121,17 @@ def build_sample(name: str) -> GuestImage:
     return load_elf(path, name)
 
 
+def source_files(guest: str) -> list[Path]:
+    """The C sources a sample, victim or .c guest is built from (KeyError for an ELF,
+    whose sources tvmm does not know)."""
+    known = SAMPLES.get(guest) or VICTIMS.get(guest)
+    if known is not None:
+        return [SAMPLES_DIR / known.source]
+    if Path(guest).suffix in (".c", ".S", ".s"):
+        return [Path(guest)]
+    raise KeyError(f"{guest}: a claim needs the guest's sources (a sample name or a .c file)")
+
+
 def resolve(guest: str) -> tuple[GuestImage, Sample | None]:
     """A sample or victim name, a C source (built on demand; its secret as declared beside
     it, if it is) or an ELF path."""

@@ -1,3 +1,4 @@
+	.file "start.S"
 /* Start-up: stack, GDT with a 64-bit code segment (so that iretq works), IDT of 256 stubs,
  * then main() and a clean exit.  Interrupts are delivered by the platform as on hardware
  * without an error code: every stub pushes a zero error code and its vector number. */

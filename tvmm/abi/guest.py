@@ -55,6 +55,9 @@ KEY_EVIDENCE_SIZE = GUEST_KEY_SIZE + REPORT_SIZE  # what HC_KEY_REQUEST writes: 
 # Messages on the owner channel (Device.OWNER / HC_OWNER_EXCHANGE), guest → owner:
 OWNER_CHALLENGE = b"TVKC"  # answer: the nonce (NONCE_SIZE bytes)
 OWNER_EVIDENCE = b"TVKE"  # ‖ nonce ‖ key ‖ report; answer: a wrapped secret ("TVKR...")
+# (host → owner) after an evidence message: the statement and receipt of the build the
+# report measures, for a broker that releases by transparency policy (tvmm.owner.by_receipt)
+OWNER_RECEIPT = b"TVKT"
 OWNER_REFUSED = b"TVKX"  # an answer: the owner refused; ASCII reason follows
 # host → owner, before a launch: a launch secret for one launch (answer "TVLS..." or TVKX)
 OWNER_LAUNCH_SECRET = b"TVKL"

@@ -55,6 +55,7 @@ from tvmm.owner.verify import (
     verify_evidence,
 )
 from tvmm.samples import resolve
+from tvmm.transparency import bundle
 
 GUEST_KEY_FILE = "guest_key.bin"
 REPORT_FILE = "report.bin"
@@ -98,6 +99,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--ledger", type=Path, metavar="FILE",
                    help="the owner's launch ledger: releases counted against the release "
                    "policy's launch budget and audited (needed when the policy sets launches)")
+    a.add_argument("--present", nargs=2, type=Path, metavar=("STATEMENT", "RECEIPT"),
+                   help="as the host, present the build's transparency statement and "
+                        "receipt with the evidence (for a [transparency] release policy)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(run=run_attest)
 
@@ -196,6 +200,8 @@ def run_attest(args: argparse.Namespace) -> int:
     try:
         image, sample = resolve(args.guest)
         release_policy = load_policy(args.release_policy) if args.release_policy else None
+        presented = (bundle.pack(args.present[0].read_bytes(), args.present[1].read_bytes())
+                     if args.present else None)
     except (GuestBuildError, GuestImageError, KeyError, OSError, PolicyError) as exc:
         return fail(str(exc).strip("'\""))
     level = Level(args.level)
@@ -212,7 +218,7 @@ def run_attest(args: argparse.Namespace) -> int:
     try:
         report = boot(args.guest, level, seed=args.seed, memory=args.memory, secret=secret,
                       input_lines=args.input, owner=owner, state_dir=args.state_dir,
-                      guest_policy=policy, secret_path="attested")
+                      guest_policy=policy, secret_path="attested", receipt=presented)
     except (GuestBuildError, GuestImageError, KeyError, OSError, HarnessError) as exc:
         return fail(str(exc).strip("'\""))
     if not owner.releases:
@@ -228,7 +234,9 @@ def run_attest(args: argparse.Namespace) -> int:
         (out / name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     summary = {
         "guest": image.name, "level": level.value, "measurement": report.launch_digest,
-        "expected_measurement": owner.policy.measurement.hex(), "nonce": attempt.nonce.hex(),
+        "expected_measurement": (owner.policy.measurement.hex() if owner.policy.measurement
+                                 else "any build registered under the policy"),
+        "nonce": attempt.nonce.hex(),
         "guest_key": attempt.guest_key.hex(),
         "report_data": report_data_for(attempt.nonce, attempt.guest_key).hex(),
         "released": attempt.released,

@@ -53,8 +53,10 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
          tick_vector: int | None = None, max_exits: int | None = None,
          secret_path: str | None = None, owner: OwnerEndpoint | None = None,
          release_policy: ReleasePolicy | None = None, nonce: bytes | None = None,
-         state_dir: Path | str | None = None, guest_policy: int | None = None) -> BootReport:
-    """As tvmm.machine.boot, with the TEE and the host in processes of their own."""
+         state_dir: Path | str | None = None, guest_policy: int | None = None,
+         receipt: bytes | None = None) -> BootReport:
+    """As tvmm.machine.boot, with the TEE and the host in processes of their own.
+    ``receipt``: a transparency bundle the host presents with the guest's evidence."""
     if secret_path is None:
         secret_path = default_secret_path(level)
     if secret_path not in SECRET_PATHS:
@@ -78,7 +80,8 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
             "quantum": quantum, "tick_vector": tick_vector, "max_exits": max_exits,
             "input": [str(line) for line in input_lines],
             "disk": str(disk) if disk is not None else None, "live": True,
-            "owner": secret_path == "attested", "guest_policy": guest_policy})
+            "owner": secret_path == "attested", "guest_policy": guest_policy,
+            "receipt": receipt.hex() if receipt is not None else None})
         start = time.perf_counter()
         result = session.serve(owner if secret_path == "attested" else None, on_console)
         wall = time.perf_counter() - start

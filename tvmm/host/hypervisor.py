@@ -16,7 +16,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tvmm.abi.guest import PAGE_SIZE, SHARED_BASE, SHARED_SIZE, Hypercall, exit_status
+from tvmm.abi.guest import (
+    OWNER_EVIDENCE,
+    OWNER_RECEIPT,
+    PAGE_SIZE,
+    SHARED_BASE,
+    SHARED_SIZE,
+    Hypercall,
+    exit_status,
+)
 from tvmm.abi.messages import ExitRecord, Reply
 from tvmm.abi.types import (
     DEFAULT_POLICY,
@@ -56,6 +64,9 @@ class Devices:
     # The host's link to the guest owner's key broker: message in, answer out (bytes the
     # host may read and change: the protocol is safe against it).  None: no link.
     owner: Callable[[bytes], bytes] | None = None
+    # What the host presents with the guest's evidence for a broker that releases by
+    # transparency policy: a statement and its receipt (tvmm.transparency.bundle).
+    receipt: bytes | None = None
 
 
 @dataclass
@@ -247,6 +258,8 @@ class HonestHypervisor:
         key, the signed report, the wrapped secret."""
         if self.devices.owner is None:
             return None
+        if self.devices.receipt is not None and message.startswith(OWNER_EVIDENCE):
+            message = message + OWNER_RECEIPT + self.devices.receipt
         return self.devices.owner(message)
 
     @staticmethod

@@ -70,6 +70,7 @@ from tvmm.abi.key_release import (
     wrap_secret_with,
 )
 from tvmm.abi.report import TcbVersion
+from tvmm.owner.by_receipt import KEYS, ReceiptPolicy
 from tvmm.owner.ledger import AuditRecord, BudgetState, LaunchBudget, LaunchLedger, LedgerError
 from tvmm.owner.verify import (
     CertChain,
@@ -78,6 +79,7 @@ from tvmm.owner.verify import (
     VerifyFailure,
     verify_evidence,
 )
+from tvmm.transparency.errors import TransparencyError
 
 POLICY_VERSION = 1
 MAX_OUTSTANDING_NONCES = 1024
@@ -91,7 +93,7 @@ _BOOLEANS = {
     "require_single_socket": False,
 }
 _TOP_LEVEL = {"version", "measurement", "min_guest_svn", "vmpl", "host_data", "min_tcb", "min_abi",
-              "launches", "window_s"}
+              "launches", "window_s", "transparency"}
 _TCB_KEYS = ("boot_loader", "tee", "snp", "microcode")
 
 
@@ -103,7 +105,7 @@ class PolicyError(ValueError):
 class ReleasePolicy:
     """What evidence must show before the broker releases a secret."""
 
-    measurement: bytes
+    measurement: bytes | None  # the launch digest to accept, or None with ``transparency``
     allow_debug: bool = False
     allow_migrate_ma: bool = False
     allow_smt: bool = True
@@ -114,8 +116,13 @@ class ReleasePolicy:
     min_tcb: TcbVersion | None = None
     min_abi: tuple[int, int] | None = None
     budget: LaunchBudget | None = None  # launches per window; None: no bound
+    # Release to any build registered under this policy (tvmm.owner.by_receipt) instead
+    # of one pinned measurement
+    transparency: ReceiptPolicy | None = None
 
     def __post_init__(self) -> None:
+        if (self.measurement is None) == (self.transparency is None):
+            raise PolicyError("measurement: give either measurement or [transparency]")
         try:
             self.expectations(bytes(64))  # one set of validation rules, the verifier's
         except ValueError as exc:
@@ -139,8 +146,15 @@ class ReleasePolicy:
         version = document.get("version", POLICY_VERSION)
         if type(version) is not int or version != POLICY_VERSION:
             raise PolicyError(f"version: must be {POLICY_VERSION}")
-        if "measurement" not in document:
-            raise PolicyError("measurement: required")
+        if "measurement" not in document and "transparency" not in document:
+            raise PolicyError("measurement: required (or a [transparency] table)")
+        receipts = None
+        if "transparency" in document:
+            try:
+                receipts = ReceiptPolicy.from_mapping(
+                    _table(document["transparency"], "transparency", KEYS))
+            except ValueError as exc:
+                raise PolicyError(str(exc)) from None
         flags = {}
         for key, default in _BOOLEANS.items():
             value = document.get(key, default)
@@ -158,7 +172,8 @@ class ReleasePolicy:
             except ValueError as exc:
                 raise PolicyError(str(exc)) from None
         return cls(
-            measurement=_hex(document, "measurement", 48),
+            measurement=_hex(document, "measurement", 48) if "measurement" in document else None,
+            transparency=receipts,
             min_guest_svn=_integer(document, "min_guest_svn", 0, 0xFFFFFFFF),
             vmpl=_integer(document, "vmpl", 0, 3),
             host_data=None if host_data is None else _hex(document, "host_data", 32),
@@ -168,10 +183,12 @@ class ReleasePolicy:
             **flags,
         )
 
-    def expectations(self, report_data: bytes) -> Expectations:
-        """The verifier's view of this policy, for a report that must carry ``report_data``."""
+    def expectations(self, report_data: bytes, measurement: bytes | None = None
+                     ) -> Expectations:
+        """The verifier's view of this policy, for a report that must carry ``report_data``
+        (and ``measurement``, under a transparency policy: the registered build's)."""
         return Expectations(
-            measurement=self.measurement,
+            measurement=self.measurement if measurement is None else measurement,
             report_data=report_data,
             host_data=self.host_data,
             allow_debug=self.allow_debug,
@@ -251,8 +268,10 @@ class KeyBroker:
         guest_public_key: bytes,
         secret: bytes,
         now: float,
+        presented: bytes = b"",
     ) -> WrappedSecret:
-        """Verify the evidence, then wrap ``secret`` to ``guest_public_key``."""
+        """Verify the evidence, then wrap ``secret`` to ``guest_public_key``.  Under a
+        transparency policy ``presented`` is the host's statement-and-receipt bundle."""
         return self.release_with(
             report_bytes,
             chain,
@@ -262,6 +281,7 @@ class KeyBroker:
             now=now,
             ephemeral_key=ec.generate_private_key(ec.SECP384R1()),
             iv=os.urandom(IV_SIZE),
+            presented=presented,
         )
 
     def release_with(
@@ -275,6 +295,7 @@ class KeyBroker:
         now: float,
         ephemeral_key: ec.EllipticCurvePrivateKey,
         iv: bytes,
+        presented: bytes = b"",
     ) -> WrappedSecret:
         """release with the wrapping randomness given, for known-answer tests."""
         claimed = _claimed_measurement(report_bytes)
@@ -295,12 +316,18 @@ class KeyBroker:
                 report_data = report_data_for(nonce, guest_public_key)
             except KeyReleaseFormatError as exc:
                 raise VerificationError(VerifyFailure.MALFORMED, str(exc)) from None
+            measurement = self._policy.measurement
+            if self._policy.transparency is not None:
+                try:
+                    measurement = self._policy.transparency.admit(presented).launch_digest
+                except TransparencyError as exc:
+                    raise VerificationError(VerifyFailure.TRANSPARENCY, str(exc)) from None
             report = verify_evidence(
                 report_bytes,
                 anchor,
                 chain.ask,
                 chain.vcek,
-                self._policy.expectations(report_data),
+                self._policy.expectations(report_data, measurement),
             )
             try:
                 wrapped = wrap_secret_with(secret, guest_public_key, nonce, report.measurement,

@@ -8,6 +8,8 @@ answers (constants in tvmm.abi.guest):
     "TVKC"                                            nonce (32 bytes): a fresh challenge
     "TVKE" ‖ nonce (32) ‖ Q (97) ‖ report (0x4A0)     WrappedSecret ("TVKR…") on success,
                                                       "TVKX" ‖ reason (ASCII) on refusal
+    … ‖ "TVKT" ‖ bundle (the host may append:      (the same; the broker checks the
+      a statement and its receipt)                  bundle under a [transparency] policy)
     "TVKL" (from the host, before a launch)           a launch secret ("TVLS…") for one
                                                       launch, or "TVKX" ‖ reason
     anything else                                     "TVKX" ‖ "malformed"
@@ -38,6 +40,7 @@ from tvmm.abi.guest import (
     OWNER_CHALLENGE,
     OWNER_EVIDENCE,
     OWNER_LAUNCH_SECRET,
+    OWNER_RECEIPT,
     OWNER_REFUSED,
     REPORT_SIZE,
 )
@@ -66,14 +69,19 @@ def refusal(reason: str) -> bytes:
     return OWNER_REFUSED + reason.encode("ascii")
 
 
-def parse_evidence(message: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """(nonce, guest key, report) of an evidence message, or None if it is not one."""
-    if len(message) != EVIDENCE_SIZE or not message.startswith(OWNER_EVIDENCE):
+def parse_evidence(message: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
+    """(nonce, guest key, report, presented bundle or b"") of an evidence message, or None
+    if it is not one."""
+    if not message.startswith(OWNER_EVIDENCE) or len(message) < EVIDENCE_SIZE:
+        return None
+    presented = message[EVIDENCE_SIZE:]
+    if presented and not presented.startswith(OWNER_RECEIPT):
         return None
     at = len(OWNER_EVIDENCE)
     nonce = message[at : at + NONCE_SIZE]
     key = message[at + NONCE_SIZE : at + NONCE_SIZE + GUEST_KEY_SIZE]
-    return nonce, key, message[at + NONCE_SIZE + GUEST_KEY_SIZE :]
+    return nonce, key, message[at + NONCE_SIZE + GUEST_KEY_SIZE : EVIDENCE_SIZE], \
+        presented[len(OWNER_RECEIPT):]
 
 
 class OwnerEndpoint:
@@ -141,10 +149,11 @@ class OwnerEndpoint:
         self.challenges.append(self.broker.challenge_with(nonce))
         return nonce
 
-    def _release(self, nonce: bytes, guest_key: bytes, report: bytes) -> bytes:
+    def _release(self, nonce: bytes, guest_key: bytes, report: bytes, presented: bytes
+                 ) -> bytes:
         try:
             wrapped = self.broker.release(report, self._chain(), nonce, guest_key,
-                                          self._secret, now=self._clock())
+                                          self._secret, now=self._clock(), presented=presented)
         except VerificationError as exc:
             self.releases.append(Release(nonce, guest_key, report, False, exc.reason, str(exc)))
             return refusal(exc.reason.value)

@@ -71,6 +71,7 @@ class VerifyFailure(Enum):
     NONCE = "nonce"  # the key broker did not issue this nonce, or it was already used
     LAUNCH_BUDGET = "launch_budget"  # (broker) the secret's launches in this window are used up
     LEDGER = "ledger"  # (broker) its launch ledger is unreadable, tampered or missing
+    TRANSPARENCY = "transparency"  # (broker) no valid statement and receipt for the build
 
 
 class VerificationError(Exception):

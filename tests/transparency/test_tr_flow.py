@@ -1,0 +1,151 @@
+"""The whole flow as a user runs it: keys, a ledger, claims, receipts, release by policy,
+audits that catch a tampering operator, and builds that reproduce."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tvmm.cli import main
+from tvmm.guestbuild import build
+from tvmm.transparency import merkle
+
+SAMPLES = Path(__file__).resolve().parents[2] / "guests" / "samples"
+
+
+def run(*argv: str) -> int:
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory) -> Path:
+    """A ledger with modexp registered at SVN 3 and SVN 2, and an unregistered SVN 4."""
+    d = tmp_path_factory.mktemp("tr")
+    assert run("transparency", "keygen", d / "issuer.pem") == 0
+    assert run("transparency", "keygen", d / "stranger.pem") == 0
+    assert run("transparency", "init", d / "ledger", "--issuer", d / "issuer.pub.pem",
+               "--feed", "tvmm/samples") == 0
+    for svn in (3, 2, 4):
+        assert run("transparency", "claim", "modexp", "--feed", "tvmm/samples", "--svn", svn,
+                   "--issuer-key", d / "issuer.pem", "-o", d / f"m{svn}.stmt") == 0
+    for svn in (3, 2):
+        assert run("transparency", "register", d / f"m{svn}.stmt", "--ledger", d / "ledger",
+                   "-o", d / f"m{svn}.receipt") == 0
+    assert run("transparency", "policy", "--service-key", d / "ledger" / "service.pub.pem",
+               "--issuer", d / "issuer.pub.pem", "--feed", "tvmm/samples", "--min-svn", 3,
+               "-o", d / "release.toml") == 0
+    return d
+
+
+def test_register_refuses_a_stranger_and_a_foreign_feed(ledger: Path, capsys) -> None:
+    d = ledger
+    assert run("transparency", "claim", "hello", "--feed", "tvmm/samples", "--svn", 1,
+               "--issuer-key", d / "stranger.pem", "-o", d / "s.stmt") == 0
+    assert run("transparency", "register", d / "s.stmt", "--ledger", d / "ledger",
+               "-o", d / "s.receipt") == 1
+    assert "issuer" in capsys.readouterr().err
+    assert run("transparency", "claim", "hello", "--feed", "other", "--svn", 1,
+               "--issuer-key", d / "issuer.pem", "-o", d / "f.stmt") == 0
+    assert run("transparency", "register", d / "f.stmt", "--ledger", d / "ledger",
+               "-o", d / "f.receipt") == 1
+    assert "feed" in capsys.readouterr().err
+
+
+def test_offline_verify_accepts_and_refuses_a_changed_byte(ledger: Path, capsys) -> None:
+    d = ledger
+    key = d / "ledger" / "service.pub.pem"
+    assert run("transparency", "verify", d / "m3.stmt", d / "m3.receipt",
+               "--service-key", key, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["svn"] == 3
+    for name in ("m3.stmt", "m3.receipt"):
+        changed = bytearray((d / name).read_bytes())
+        changed[len(changed) // 2] ^= 1
+        (d / f"x-{name}").write_bytes(bytes(changed))
+    assert run("transparency", "verify", d / "x-m3.stmt", d / "m3.receipt",
+               "--service-key", key) == 1
+    assert run("transparency", "verify", d / "m3.stmt", d / "x-m3.receipt",
+               "--service-key", key) == 1
+    assert "refused" in capsys.readouterr().err
+
+
+def test_the_broker_releases_by_policy(ledger: Path, capsys) -> None:
+    d = ledger
+    def attest(*present: str) -> str:
+        args = ["attest", "modexp", "--level", "snp", "--out", d / "ev", "--json",
+                "--release-policy", d / "release.toml"]
+        if present:
+            args += ["--present", *(d / p for p in present)]
+        code = run(*args)
+        out = json.loads(capsys.readouterr().out)
+        assert (code == 0) == out["released"]
+        return out["refusal"] or "released"
+    assert attest("m3.stmt", "m3.receipt") == "released"
+    assert attest("m2.stmt", "m2.receipt") == "transparency"  # SVN 2 < 3
+    assert attest("m4.stmt", "m3.receipt") == "transparency"  # never registered
+    assert attest() == "transparency"  # nothing presented
+
+
+def copy_ledger(d: Path, name: str) -> Path:
+    """A copy of the ledger that its operator, who owns the disk, may edit at will (the
+    log's append-only triggers are dropped first, as such an operator would)."""
+    target = d / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(d / "ledger", target)
+    with sqlite3.connect(target / "log.db") as db:
+        db.execute("DROP TRIGGER leaf_no_delete")
+        db.execute("DROP TRIGGER leaf_no_update")
+    return target
+
+
+def test_audit_catches_an_edited_or_truncated_log(ledger: Path, capsys) -> None:
+    d = ledger
+    state = d / "auditor.json"
+    assert run("transparency", "audit", "--ledger", d / "ledger", "--state", state) == 0
+    edited = copy_ledger(d, "edited")
+    with sqlite3.connect(edited / "log.db") as db:  # the entry and its stored leaf hash
+        db.execute("UPDATE leaf SET entry = ?, hash = ? WHERE id = 1",
+                   (b"swapped", merkle.leaf_hash(b"swapped")))
+    assert run("transparency", "audit", "--ledger", edited,
+               "--service-key", d / "ledger" / "service.pub.pem") == 1
+    assert "changed" in capsys.readouterr().out
+    truncated = copy_ledger(d, "truncated")
+    with sqlite3.connect(truncated / "log.db") as db:
+        db.execute("DELETE FROM leaf WHERE id = (SELECT MAX(id) FROM leaf)")
+    assert run("transparency", "audit", "--ledger", truncated, "--state", state,
+               "--service-key", d / "ledger" / "service.pub.pem") == 1
+
+
+def test_audit_catches_a_fork(ledger: Path, tmp_path, capsys) -> None:
+    """The operator answers one auditor from a log rewritten from the start (its own
+    service key, so every head it signs verifies): the heads that auditor saw before
+    do not fit it."""
+    d = ledger
+    state = tmp_path / "auditor.json"
+    assert run("transparency", "audit", "--ledger", d / "ledger", "--state", state) == 0
+    forked = copy_ledger(d, "forked")
+    with sqlite3.connect(forked / "log.db") as db:
+        db.execute("DELETE FROM leaf")
+        db.execute("DELETE FROM sqlite_sequence")
+        db.execute("DELETE FROM head")
+    assert run("transparency", "register", d / "m2.stmt", "--ledger", forked,
+               "-o", tmp_path / "r") == 0
+    assert run("transparency", "register", d / "m3.stmt", "--ledger", forked,
+               "-o", tmp_path / "r") == 0
+    assert run("transparency", "audit", "--ledger", forked, "--state", state) == 1
+    assert "forked or rewritten" in capsys.readouterr().out
+
+
+def test_a_guest_builds_the_same_twice(tmp_path, monkeypatch) -> None:
+    digests = []
+    for n in (1, 2):
+        where = tmp_path / f"src{n}"
+        where.mkdir()
+        shutil.copy(SAMPLES / "hello.c", where / "hello.c")
+        monkeypatch.setenv("TVMM_CACHE_DIR", str(tmp_path / f"cache{n}"))
+        digests.append(hashlib.sha256(build([where / "hello.c"]).read_bytes()).hexdigest())
+    assert digests[0] == digests[1]

@@ -1,0 +1,248 @@
+"""tvmm transparency: a ledger of what may run, receipts, and audits.
+
+    tvmm transparency keygen issuer.pem                     an issuer's (or any) P-384 key
+    tvmm transparency init LEDGER --issuer issuer.pem --feed tvmm/samples
+    tvmm transparency claim hello --level snp --feed tvmm/samples --svn 3 \\
+        --issuer-key issuer.pem -o hello.stmt               build, measure, sign
+    tvmm transparency register hello.stmt --ledger LEDGER -o hello.receipt
+    tvmm transparency verify hello.stmt hello.receipt --service-key LEDGER/service.pub.pem
+    tvmm transparency policy --ledger LEDGER --issuer issuer.pem --feed tvmm/samples \\
+        --min-svn 3 -o release.toml                         a broker policy by receipt
+    tvmm transparency audit --ledger LEDGER --state auditor.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from shim.launch import predict
+from tvmm.abi.types import Level
+from tvmm.commands.output import console, emit_json, fail
+from tvmm.guestbuild import GuestBuildError, build_inputs
+from tvmm.guestimage import GuestImageError
+from tvmm.launch_plan import plan_launch
+from tvmm.machine import DEFAULT_MEMORY
+from tvmm.samples import resolve, source_files
+from tvmm.transparency import keys, merkle
+from tvmm.transparency.claims import Claim
+from tvmm.transparency.errors import TransparencyError
+from tvmm.transparency.heads import verify_head
+from tvmm.transparency.receipts import verify_receipt
+from tvmm.transparency.service import LedgerService
+from tvmm.transparency.statements import parse_statement, sign_statement
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("transparency", help="a ledger of registered guest builds: "
+                                            "statements, receipts, audits")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    k = verbs.add_parser("keygen", help="a new P-384 signing key (PEM) and its public half")
+    k.add_argument("out", type=Path)
+    k.set_defaults(run=run_keygen)
+    i = verbs.add_parser("init", help="a new ledger in a directory")
+    i.add_argument("ledger", type=Path)
+    i.add_argument("--issuer", type=Path, action="append", required=True,
+                   help="an issuer's key (PEM); repeat for several")
+    i.add_argument("--feed", action="append", required=True, help="a feed they may publish on")
+    i.set_defaults(run=run_init)
+    c = verbs.add_parser("claim", help="build and measure a guest, sign a statement about it")
+    c.add_argument("guest")
+    c.add_argument("--level", choices=[Level.SNP.value, Level.SHIM.value], default="snp")
+    c.add_argument("--memory", type=lambda s: int(s, 0), default=DEFAULT_MEMORY)
+    c.add_argument("--feed", required=True)
+    c.add_argument("--svn", type=int, required=True)
+    c.add_argument("--issuer-key", type=Path, required=True)
+    c.add_argument("-o", "--out", type=Path, required=True)
+    c.set_defaults(run=run_claim)
+    r = verbs.add_parser("register", help="submit a statement; write its receipt")
+    r.add_argument("statement", type=Path)
+    r.add_argument("--ledger", type=Path, required=True)
+    r.add_argument("-o", "--out", type=Path, required=True)
+    r.set_defaults(run=run_register)
+    v = verbs.add_parser("verify", help="check a receipt offline with the service's key")
+    v.add_argument("statement", type=Path)
+    v.add_argument("receipt", type=Path)
+    v.add_argument("--service-key", type=Path, required=True)
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(run=run_verify)
+    pol = verbs.add_parser("policy", help="write a key-release policy that accepts any "
+                                          "registered build")
+    pol.add_argument("--service-key", type=Path, required=True)
+    pol.add_argument("--issuer", type=Path, required=True)
+    pol.add_argument("--feed", required=True)
+    pol.add_argument("--min-svn", type=int, default=0)
+    pol.add_argument("-o", "--out", type=Path, required=True)
+    pol.set_defaults(run=run_policy)
+    a = verbs.add_parser("audit", help="check the log against every tree head seen before")
+    a.add_argument("--ledger", type=Path, required=True)
+    a.add_argument("--service-key", type=Path,
+                   help="the service's public key (default: LEDGER/service.pub.pem)")
+    a.add_argument("--state", type=Path, help="the auditor's memory of heads (JSON)")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(run=run_audit)
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    if args.out.exists():
+        return fail(f"{args.out}: exists; not overwriting a key")
+    key = keys.new_key()
+    args.out.write_bytes(keys.private_pem(key))
+    args.out.chmod(0o600)
+    public = args.out.with_suffix(".pub.pem")
+    public.write_bytes(keys.public_pem(key.public_key()))
+    console.print(f"{args.out} (private), {public} (public); key id "
+                  f"{keys.key_id(key.public_key()).hex()[:16]}…")
+    return 0
+
+
+def run_init(args: argparse.Namespace) -> int:
+    try:
+        service = LedgerService.create(args.ledger, [(p, args.feed) for p in args.issuer])
+    except TransparencyError as exc:
+        return fail(str(exc))
+    console.print(f"ledger {args.ledger}: service key {args.ledger / 'service.pub.pem'}, "
+                  f"{len(service.issuers)} issuer(s) on {', '.join(args.feed)}")
+    service.close()
+    return 0
+
+
+def run_claim(args: argparse.Namespace) -> int:
+    try:
+        image, _sample = resolve(args.guest)
+        sources = source_files(args.guest)
+        inputs = build_inputs(sources)
+        issuer = keys.load_private(args.issuer_key)
+        level = Level(args.level)
+        digest = predict(plan_launch(image, args.memory), level).digest
+        claim = Claim(digest, image.name, args.feed, args.svn, inputs.sources_digest,
+                      level.value, {"compiler": inputs.compiler, "flags": inputs.flags,
+                                    "memory": hex(args.memory), "elf_sha256": image.sha256})
+    except (GuestBuildError, GuestImageError, KeyError, OSError, TransparencyError) as exc:
+        return fail(str(exc).strip("'\""))
+    args.out.write_bytes(sign_statement(claim, issuer))
+    console.print(f"{args.out}: {image.name} svn {args.svn} on {args.feed}, launch digest "
+                  f"at {level.value} {digest.hex()[:32]}…", soft_wrap=True)
+    return 0
+
+
+def run_register(args: argparse.Namespace) -> int:
+    try:
+        raw = args.statement.read_bytes()
+        service = LedgerService(args.ledger)
+    except (OSError, TransparencyError) as exc:
+        return fail(str(exc))
+    try:
+        index, receipt = service.register(raw)
+    except TransparencyError as exc:
+        return fail(f"refused: {exc}", 1)
+    finally:
+        service.close()
+    args.out.write_bytes(receipt)
+    console.print(f"registered as entry {index}; receipt {args.out}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    try:
+        statement, receipt = args.statement.read_bytes(), args.receipt.read_bytes()
+        service = keys.load_public(args.service_key)
+        proof = verify_receipt(statement, receipt, service)
+        claim = parse_statement(statement).claim
+    except OSError as exc:
+        return fail(str(exc))
+    except TransparencyError as exc:
+        return fail(f"refused: {exc}", 1)
+    result = {"valid": True, "index": proof.index, "tree_size": proof.size,
+              "name": claim.name, "feed": claim.feed, "svn": claim.svn, "level": claim.level,
+              "launch_digest": claim.launch_digest.hex()}
+    if args.json:
+        emit_json(result)
+    else:
+        console.print(f"valid: {claim.name} svn {claim.svn} on {claim.feed} is entry "
+                      f"{proof.index} of a tree of {proof.size}; launch digest "
+                      f"{claim.launch_digest.hex()}", soft_wrap=True)
+    return 0
+
+
+def run_policy(args: argparse.Namespace) -> int:
+    try:
+        service = keys.load_public(args.service_key)
+        issuer = keys.load_public(args.issuer)
+    except TransparencyError as exc:
+        return fail(str(exc))
+    text = (f"# release to any build of issuer {keys.key_id(issuer).hex()[:16]}… on "
+            f"{args.feed} with SVN >= {args.min_svn}, registered in the ledger whose key is "
+            f"{keys.key_id(service).hex()[:16]}…\nversion = 1\n[transparency]\n"
+            f"service_key = '''\n{keys.public_pem(service).decode()}'''\n"
+            f"issuer_key = '''\n{keys.public_pem(issuer).decode()}'''\n"
+            f'feed = "{args.feed}"\nmin_svn = {args.min_svn}\n')
+    args.out.write_text(text)
+    console.print(f"release policy: {args.out}")
+    return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    """Recompute every signed head's root from the entries, and check the heads the
+    auditor saw before are still in this log (same size, same root): an operator who
+    edits, drops or reorders entries, or forks the log, fails one of the two."""
+    key_path = args.service_key or args.ledger / "service.pub.pem"
+    try:
+        service = keys.load_public(key_path)
+        ledger = LedgerService(args.ledger)
+    except (OSError, TransparencyError) as exc:
+        return fail(str(exc))
+    problems: list[str] = []
+    heads: list = []
+    entries: list[bytes] = []
+    seen: dict[int, bytes] = {}
+    try:
+        log = ledger.log
+        heads = [verify_head(raw, service) for raw in log.heads()]
+        entries = [log.entry(i) for i in range(log.size)]
+        recomputed = {h.size: merkle.root_of(entries[: h.size]) for h in heads
+                      if h.size <= len(entries)}
+        for h in heads:
+            if h.size > len(entries):
+                problems.append(f"head of size {h.size}: the log has only {len(entries)} "
+                                "entries (truncated)")
+            elif recomputed[h.size] != h.root:
+                problems.append(f"head of size {h.size}: its root is not the entries' root "
+                                "(entries were changed)")
+        seen = _load_state(args.state)
+        for size, root in seen.items():
+            if size > len(entries):
+                problems.append(f"a head of size {size} seen before is beyond the log's end")
+            elif merkle.root_of(entries[:size]) != root:
+                problems.append(f"the head of size {size} seen before does not match the "
+                                "log: it was forked or rewritten")
+        if not problems and args.state is not None and heads:
+            newest = heads[-1]
+            seen[newest.size] = newest.root
+            args.state.write_text(json.dumps({str(s): r.hex() for s, r in seen.items()},
+                                             indent=1))
+    except TransparencyError as exc:
+        problems.append(str(exc))
+    finally:
+        ledger.close()
+    if args.json:
+        emit_json({"ledger": str(args.ledger), "entries": len(entries), "heads": len(heads),
+                   "consistent": not problems, "problems": problems})
+    elif problems:
+        for line in problems:
+            console.print(f"[bold red]inconsistent[/]: {line}", soft_wrap=True)
+    else:
+        console.print(f"consistent: {len(entries)} entries, {len(heads)} signed heads checked"
+                      + (f", {len(seen)} heads remembered in {args.state}" if args.state else ""))
+    return 1 if problems else 0
+
+
+def _load_state(path: Path | None) -> dict[int, bytes]:
+    if path is None or not path.exists():
+        return {}
+    try:
+        return {int(s): bytes.fromhex(r) for s, r in json.loads(path.read_text()).items()}
+    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
+        raise TransparencyError("state", f"{path}: not an auditor's state file ({exc})"
+                                ) from None
