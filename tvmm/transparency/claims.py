@@ -6,6 +6,7 @@ strictly: exactly the known keys, each of its type and size.  The launch digest 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import cbor2
@@ -59,10 +60,12 @@ class Claim:
         except Exception as exc:  # cbor2 raises several types on malformed input
             raise TransparencyError("malformed", f"claim is not CBOR: {exc}") from None
         keys = {"launch_digest", "name", "feed", "svn", "sources_digest", "level", "build"}
-        _check(isinstance(document, dict) and set(document) == keys,
+        _check(isinstance(document, Mapping) and set(document) == keys,
                f"claim must be a map of exactly {sorted(keys)}")
+        build = document["build"]
         try:
-            claim = cls(**document)
+            claim = cls(**{**document, "build": dict(build) if isinstance(build, Mapping)
+                           else build})
         except TypeError as exc:
             raise TransparencyError("malformed", str(exc)) from None
         _check(claim.to_cbor() == data, "claim is not in deterministic CBOR encoding")

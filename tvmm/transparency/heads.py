@@ -3,6 +3,7 @@ keeps the heads it has seen; two heads that no consistency proof joins are a for
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cbor2
@@ -34,7 +35,7 @@ def verify_head(raw: bytes, service: ec.EllipticCurvePublicKey) -> TreeHead:
         document = cbor2.loads(signed.payload or b"")
     except Exception:
         raise TransparencyError("malformed", "tree head's payload is not CBOR") from None
-    if (not isinstance(document, dict) or set(document) != {"size", "root", "time"}
+    if (not isinstance(document, Mapping) or set(document) != {"size", "root", "time"}
             or type(document["size"]) is not int or document["size"] < 0
             or not isinstance(document["root"], bytes) or len(document["root"]) != 32
             or type(document["time"]) is not int):

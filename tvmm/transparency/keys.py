@@ -8,7 +8,6 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from pycose.keys import CoseKey
 
 from tvmm.transparency.errors import TransparencyError
 
@@ -56,14 +55,6 @@ def public_from_pem(pem: bytes) -> ec.EllipticCurvePublicKey:
     _p384(key)
     assert isinstance(key, ec.EllipticCurvePublicKey)
     return key
-
-
-def cose_private(key: ec.EllipticCurvePrivateKey) -> CoseKey:
-    return CoseKey.from_pem_private_key(private_pem(key).decode())
-
-
-def cose_public(public: ec.EllipticCurvePublicKey) -> CoseKey:
-    return CoseKey.from_pem_public_key(public_pem(public).decode())
 
 
 def _load(path: Path | str, *, private: bool) -> object:

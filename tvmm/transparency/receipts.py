@@ -8,12 +8,14 @@ verifies with nothing but the statement and the service's public key."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cbor2
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tvmm.transparency import cose, merkle
+from tvmm.transparency.cose import _sequence
 from tvmm.transparency.errors import TransparencyError
 
 VDS = 395  # COSE header: verifiable data structure
@@ -53,8 +55,8 @@ def parse_receipt(receipt: bytes) -> Inclusion:
     if signed.payload is not None:
         raise TransparencyError("malformed", "a receipt's payload (the root) is detached")
     proofs = signed.unprotected.get(VDP)
-    if (not isinstance(proofs, dict) or set(proofs) != {INCLUSION}
-            or not isinstance(proofs[INCLUSION], list) or len(proofs[INCLUSION]) != 1
+    if (not isinstance(proofs, Mapping) or set(proofs) != {INCLUSION}
+            or not _sequence(proofs[INCLUSION]) or len(proofs[INCLUSION]) != 1
             or not isinstance(proofs[INCLUSION][0], bytes)):
         raise TransparencyError("malformed", "receipt must carry exactly one inclusion proof")
     try:
@@ -62,6 +64,6 @@ def parse_receipt(receipt: bytes) -> Inclusion:
     except Exception:
         raise TransparencyError("malformed", "inclusion proof is not [size, index, path]"
                                 ) from None
-    if type(size) is not int or type(index) is not int or not isinstance(path, list):
+    if type(size) is not int or type(index) is not int or not _sequence(path):
         raise TransparencyError("malformed", "inclusion proof is not [size, index, path]")
     return Inclusion(size, index, list(path))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from pycose.headers import ContentType
 
 from tvmm.transparency import cose
 from tvmm.transparency.claims import CONTENT_TYPE, Claim
@@ -26,7 +25,7 @@ def sign_statement(claim: Claim, issuer: ec.EllipticCurvePrivateKey) -> bytes:
 def parse_statement(raw: bytes) -> Statement:
     """The statement's issuer and claim, NOT yet verified (verify_statement does)."""
     signed = cose.decode(raw, "statement")
-    if signed.protected.get(ContentType) != CONTENT_TYPE:
+    if signed.protected.get(cose.CONTENT_TYPE) != CONTENT_TYPE:
         raise TransparencyError("malformed", f"statement's content type is not {CONTENT_TYPE}")
     if signed.payload is None:
         raise TransparencyError("malformed", "statement has no payload")
