@@ -9,16 +9,25 @@
     tvmm transparency policy --ledger LEDGER --issuer issuer.pem --feed tvmm/samples \\
         --min-svn 3 -o release.toml                         a broker policy by receipt
     tvmm transparency audit --ledger LEDGER --state auditor.json
+
+LEDGER is a directory (a ledger on this machine, its key in service.pem) or HOST:PORT, a
+ledger process in the perimeter (``tvmm transparency serve``: measured, attested, its key
+derived in its chip and its database sealed); ``ledger-key`` fetches that one's key and
+checks the attestation that binds it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 from shim.launch import predict
+from tvmm.abi.state_dir import default_state_dir
 from tvmm.abi.types import Level
+from tvmm.commands.ledger_remote import is_remote, ledger_key, remote
 from tvmm.commands.output import console, emit_json, fail
 from tvmm.guestbuild import GuestBuildError, build_inputs
 from tvmm.guestimage import GuestImageError
@@ -58,9 +67,26 @@ def add(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(run=run_claim)
     r = verbs.add_parser("register", help="submit a statement; write its receipt")
     r.add_argument("statement", type=Path)
-    r.add_argument("--ledger", type=Path, required=True)
+    r.add_argument("--ledger", required=True, help="a ledger directory or HOST:PORT")
     r.add_argument("-o", "--out", type=Path, required=True)
+    r.add_argument("--state-dir", type=Path, help="(HOST:PORT) the perimeter's state dir")
     r.set_defaults(run=run_register)
+    sv = verbs.add_parser("serve", help="run a ledger in the perimeter: an attested process "
+                                        "whose key and state are sealed to its chip")
+    sv.add_argument("--name", default="ledger")
+    sv.add_argument("--port", type=int, default=0)
+    sv.add_argument("--issuer", type=Path, action="append", default=[],
+                    help="(first start) an issuer's public key it admits")
+    sv.add_argument("--feed", action="append", default=[],
+                    help="(first start) a feed those issuers may publish on")
+    sv.add_argument("--state-dir", type=Path)
+    sv.set_defaults(run=run_serve)
+    lk = verbs.add_parser("ledger-key", help="fetch a perimeter ledger's key and check the "
+                                             "attestation that binds it")
+    lk.add_argument("--ledger", required=True, help="HOST:PORT")
+    lk.add_argument("-o", "--out", type=Path, required=True)
+    lk.add_argument("--state-dir", type=Path)
+    lk.set_defaults(run=run_ledger_key)
     v = verbs.add_parser("verify", help="check a receipt offline with the service's key")
     v.add_argument("statement", type=Path)
     v.add_argument("receipt", type=Path)
@@ -76,9 +102,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     pol.add_argument("-o", "--out", type=Path, required=True)
     pol.set_defaults(run=run_policy)
     a = verbs.add_parser("audit", help="check the log against every tree head seen before")
-    a.add_argument("--ledger", type=Path, required=True)
+    a.add_argument("--ledger", required=True, help="a ledger directory or HOST:PORT")
     a.add_argument("--service-key", type=Path,
-                   help="the service's public key (default: LEDGER/service.pub.pem)")
+                   help="the service's public key (default: LEDGER/service.pub.pem, or for "
+                        "HOST:PORT the attested key)")
+    a.add_argument("--state-dir", type=Path, help="(HOST:PORT) the perimeter's state dir")
     a.add_argument("--state", type=Path, help="the auditor's memory of heads (JSON)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(run=run_audit)
@@ -130,17 +158,48 @@ def run_claim(args: argparse.Namespace) -> int:
 def run_register(args: argparse.Namespace) -> int:
     try:
         raw = args.statement.read_bytes()
-        service = LedgerService(args.ledger)
+        ledger = (remote(args.ledger, args.state_dir) if is_remote(args.ledger)
+                  else LedgerService.open(args.ledger))
     except (OSError, TransparencyError) as exc:
         return fail(str(exc))
     try:
-        index, receipt = service.register(raw)
+        index, receipt = ledger.register(raw)
     except TransparencyError as exc:
         return fail(f"refused: {exc}", 1)
     finally:
-        service.close()
+        if isinstance(ledger, LedgerService):
+            ledger.close()
     args.out.write_bytes(receipt)
     console.print(f"registered as entry {index}; receipt {args.out}")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """The ledger's own process (never this one: a perimeter process loads only measured
+    code); it prints one JSON line when it serves, and serves until Ctrl-C."""
+    argv = [sys.executable, "-m", "tvmm.perimeter.service", "ledger", "--name", args.name,
+            "--port", str(args.port), "--state-dir", str(args.state_dir or default_state_dir())]
+    for path in args.issuer:
+        argv += ["--issuer", str(path)]
+    for feed in args.feed:
+        argv += ["--feed", feed]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+    return 1  # not reached
+
+
+def run_ledger_key(args: argparse.Namespace) -> int:
+    if not is_remote(args.ledger):
+        return fail(f"{args.ledger}: give a perimeter ledger's HOST:PORT (a local ledger's "
+                    "key is its service.pub.pem)")
+    try:
+        public = ledger_key(remote(args.ledger, args.state_dir), args.state_dir)
+    except TransparencyError as exc:
+        return fail(f"refused: {exc}", 1)
+    args.out.write_bytes(keys.public_pem(public))
+    console.print(f"{args.out}: the key of the ledger at {args.ledger}, held by the "
+                  f"perimeter's measured code (attested); key id "
+                  f"{keys.key_id(public).hex()[:16]}…")
     return 0
 
 
@@ -187,20 +246,29 @@ def run_audit(args: argparse.Namespace) -> int:
     """Recompute every signed head's root from the entries, and check the heads the
     auditor saw before are still in this log (same size, same root): an operator who
     edits, drops or reorders entries, or forks the log, fails one of the two."""
-    key_path = args.service_key or args.ledger / "service.pub.pem"
-    try:
-        service = keys.load_public(key_path)
-        ledger = LedgerService(args.ledger)
-    except (OSError, TransparencyError) as exc:
-        return fail(str(exc))
     problems: list[str] = []
     heads: list = []
     entries: list[bytes] = []
     seen: dict[int, bytes] = {}
+    local = None
     try:
-        log = ledger.log
-        heads = [verify_head(raw, service) for raw in log.heads()]
-        entries = [log.entry(i) for i in range(log.size)]
+        if is_remote(args.ledger):
+            far = remote(args.ledger, args.state_dir)
+            service = (keys.load_public(args.service_key) if args.service_key
+                       else ledger_key(far, args.state_dir))
+            raw_heads, entries = [far.head()], far.entries()
+        else:
+            service = keys.load_public(args.service_key
+                                       or Path(args.ledger) / "service.pub.pem")
+            local = LedgerService.open(args.ledger)
+            raw_heads = local.log.heads()
+            entries = [local.log.entry(i) for i in range(local.log.size)]
+    except (OSError, TransparencyError) as exc:
+        if local is not None:
+            local.close()
+        return fail(str(exc))
+    try:
+        heads = [verify_head(raw, service) for raw in raw_heads]
         recomputed = {h.size: merkle.root_of(entries[: h.size]) for h in heads
                       if h.size <= len(entries)}
         for h in heads:
@@ -225,7 +293,8 @@ def run_audit(args: argparse.Namespace) -> int:
     except TransparencyError as exc:
         problems.append(str(exc))
     finally:
-        ledger.close()
+        if local is not None:
+            local.close()
     if args.json:
         emit_json({"ledger": str(args.ledger), "entries": len(entries), "heads": len(heads),
                    "consistent": not problems, "problems": problems})

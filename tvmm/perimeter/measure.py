@@ -7,8 +7,8 @@ SHA-384(file)), from 48 zero bytes.  A process started from a tree with one chan
 of any measured module (a rogue node: tvmm.operator.launcher runs one from a modified
 copy) loads other bytes and gets another measurement, which the coordinator refuses.
 
-The measured set is the trusted trees (tvmm/hw, shim, tvmm/abi, tvmm/perimeter: every
-module in them) and every other module of ours that code imports (``IMPORTED_BY_TRUSTED``:
+The measured set is the trusted trees (tvmm/hw, shim, tvmm/abi, tvmm/perimeter and the
+transparency ledger's tvmm/transparency: every module in them) and every other module of ours that code imports (``IMPORTED_BY_TRUSTED``:
 the owner-side verifier the agents run and its package's __init__).  The node's host is
 not in it: it runs as a process of its own (tvmm.host.node_service), which the agent
 starts by name and never imports.  A
@@ -28,7 +28,7 @@ from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
 OURS = ("tvmm", "shim")
-TRUSTED_TREES = ("tvmm.hw", "shim", "tvmm.abi", "tvmm.perimeter")
+TRUSTED_TREES = ("tvmm.hw", "shim", "tvmm.abi", "tvmm.perimeter", "tvmm.transparency")
 IMPORTED_BY_TRUSTED = ("tvmm", "tvmm.owner", "tvmm.owner.verify")
 
 

@@ -18,7 +18,9 @@ from tvmm.abi.state_dir import default_state_dir
 from tvmm.perimeter import measure
 from tvmm.perimeter.coordinator import Coordinator
 from tvmm.perimeter.identity import Identity, pinned_ark
+from tvmm.perimeter.ledger import LedgerAgent, SealedLedger
 from tvmm.perimeter.node import Node
+from tvmm.transparency.errors import TransparencyError
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -28,7 +30,7 @@ def _address(text: str) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tvmm.perimeter.service")
-    p.add_argument("role", choices=["coordinator", "node"])
+    p.add_argument("role", choices=["coordinator", "node", "ledger"])
     p.add_argument("--name", default="coordinator")
     p.add_argument("--state-dir", type=Path, default=None)
     p.add_argument("--bind", default="127.0.0.1")
@@ -38,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", type=Path, help="coordinator database (SQLite)")
     p.add_argument("--coordinator", type=_address, help="host:port of the coordinator")
     p.add_argument("--storage", type=Path, help="the node host's checkpoint storage")
+    p.add_argument("--issuer", type=Path, action="append", default=[],
+                   help="(ledger, first start) an issuer's public key PEM it admits")
+    p.add_argument("--feed", action="append", default=[],
+                   help="(ledger, first start) a feed those issuers may publish on")
     args = p.parse_args(argv)
     measure.load()
     measure.check_closed()  # nothing of ours runs here that the report does not cover
@@ -57,6 +63,21 @@ def main(argv: list[str] | None = None) -> int:
         if service.refusal is not None:  # it serves only the audit op, which names this
             info["refused"] = {"reason": service.refusal.reason.value,
                                "error": str(service.refusal)}
+    elif args.role == "ledger":
+        ident = Identity.create(args.name, "ledger", state)
+        db = args.db or state / "perimeter" / f"ledger-{args.name}.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            issuers = [(path.read_bytes(), args.feed) for path in args.issuer]
+            service = LedgerAgent(
+                lambda: SealedLedger(db, ident.chip, ident.measurement, args.name, issuers),
+                ident, ark, args.bind, args.port).start()
+        except (OSError, TransparencyError) as exc:
+            sys.stdout.write(json.dumps({"ready": False, "role": "ledger",
+                                         "error": str(exc)}) + "\n")
+            return 1
+        info = {"ready": True, "role": "ledger", "port": service.address[1],
+                "host": args.advertise, "entries": service.entries()}
     else:
         ident = Identity.create(args.name, "node", state)
         service = Node(args.name, ident, ark, host=args.bind, port=args.port,

@@ -73,6 +73,9 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "host_pump": {"vm": S, "stream": N, "final": B},
     "host_stream_end": {"vm": S, "stream": N},
     "host_list": {}, "host_wait": {"vm": S, "timeout": N},
+    # anyone → the transparency ledger (tvmm.perimeter.ledger)
+    "ledger_register": {}, "ledger_receipt": {"index": N}, "ledger_head": {},
+    "ledger_entries": {"start": N, "count": N}, "ledger_key": {},
     # the rest of a split blob (see "parts")
     "part": {},
     # replies and reports

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +55,27 @@ def load_registration_policy(path: Path) -> dict[bytes, Issuer]:
 
 
 class LedgerService:
-    def __init__(self, directory: Path | str) -> None:
-        self.directory = Path(directory)
-        if not (self.directory / "service.pem").exists():
-            raise TransparencyError("store", f"{self.directory}: no ledger here "
+    """A ledger: its log, its signing key, the issuers it admits.  ``on_registered`` runs
+    after each registration is durable (the perimeter's ledger seals its state there)."""
+
+    def __init__(self, log: TransparencyLog, key: ec.EllipticCurvePrivateKey,
+                 issuers: dict[bytes, Issuer],
+                 on_registered: Callable[[], None] | None = None) -> None:
+        self.log = log
+        self.key = key
+        self.issuers = issuers
+        self.on_registered = on_registered
+
+    @classmethod
+    def open(cls, directory: Path | str) -> LedgerService:
+        """The ledger kept in ``directory`` (``tvmm transparency init``)."""
+        directory = Path(directory)
+        if not (directory / "service.pem").exists():
+            raise TransparencyError("store", f"{directory}: no ledger here "
                                              "(tvmm transparency init)")
-        self.key = keys.load_private(self.directory / "service.pem")
-        self.issuers = load_registration_policy(self.directory / "policy.toml")
-        self.log = TransparencyLog(self.directory / "log.db")
+        return cls(TransparencyLog(directory / "log.db"),
+                   keys.load_private(directory / "service.pem"),
+                   load_registration_policy(directory / "policy.toml"))
 
     @classmethod
     def create(cls, directory: Path | str, issuers: list[tuple[Path, list[str]]]
@@ -83,7 +97,7 @@ class LedgerService:
             out.write(keys.private_pem(keys.new_key()))
         (directory / "service.pub.pem").write_bytes(
             keys.public_pem(keys.load_private(directory / "service.pem").public_key()))
-        return cls(directory)
+        return cls.open(directory)
 
     def close(self) -> None:
         self.log.close()
@@ -109,6 +123,8 @@ class LedgerService:
         self.admit(raw)
         index = self.log.append(raw)
         self.sign_head()
+        if self.on_registered is not None:
+            self.on_registered()
         return index, self.receipt(index)
 
     def receipt(self, index: int) -> bytes:
