@@ -7,7 +7,8 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ("boot", "guests", "bench", "attacks", "trace", "attest", "perimeter", "owner")
+SUBCOMMANDS = ("boot", "guests", "bench", "attacks", "campaign", "trace", "attest", "perimeter",
+               "owner")
 
 
 def parser() -> argparse.ArgumentParser:
