@@ -71,6 +71,8 @@ def run(n_cells: int = 16, rounds: int = 2, workers: int = 2,
 
 
 def block(res: dict) -> str:
+    """The doc block: a line on how and where, the table, and the measured figures as a
+    JSON comment (from which a test regenerates the block)."""
     w = res["workers"]
     rate, per = res["cells_per_s"], res["seconds_per_side"]
     runs = {k: ", ".join(f"{x:.3f}" for x in v) for k, v in res["runs"].items()}
@@ -89,7 +91,17 @@ def block(res: dict) -> str:
         f"{per['pool']:.1f} | {res['pool_vs_serial']:.2f}× the serial loop |",
         f"| Dask LocalCluster, {w} worker processes | {rate['dask']:.3f} | {runs['dask']} | "
         f"{per['dask']:.1f} | {res['dask_vs_pool']:.2f}× the process pool |",
+        "",
+        f"<!-- data: {json.dumps(res, sort_keys=True)} -->",
     ])
+
+
+def parse_block(text: str) -> dict:
+    """The figures a block was written from (its JSON comment)."""
+    head, sep, rest = text.partition("<!-- data: ")
+    if not sep or " -->" not in rest:
+        raise ValueError("no data comment in the block")
+    return json.loads(rest.split(" -->", 1)[0])
 
 
 def main(argv: list[str] | None = None) -> int:
