@@ -135,7 +135,14 @@ def _dask(todo: list[CellKey], cluster: str | object
         futures = client.map(run_key, todo, pure=False)
         keys = {f.key: k for f, k in zip(futures, todo, strict=True)}
         for future in dask_completed(futures):
-            yield keys[future.key], future.result()
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - the cluster's failure, in one line
+                raise CampaignError(
+                    f"{keys[future.key].label()} failed on the cluster ({type(exc).__name__}: "
+                    f"{exc}); every finished cell is stored: run the same command again to "
+                    "resume") from None
+            yield keys[future.key], result
     finally:
         client.close()
 
