@@ -136,7 +136,8 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     for argv, message in ((["--setting", "fault_budget"], "expected FIELD=VALUE"),
                           (["--attack", "nope"], "no attack 'nope'"),
                           (["--victim", "nobody"], "the grid is empty"),
-                          (["--store", str(not_a_store)], "not a campaign store")):
+                          (["--store", str(not_a_store)], "not a campaign store"),
+                          (["--markdown", str(tmp_path / "no" / "r.md")], "no directory")):
         store = [] if "--store" in argv else ["--store", str(tmp_path / "s.sqlite")]
         assert main(["campaign", *store, *argv]) == 2, argv
         err = capsys.readouterr().err

@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds < 1 or args.first_seed < 0 or args.workers < 1:
         return fail("--seeds and --workers must be ≥ 1, --first-seed ≥ 0")
+    if args.markdown and not args.markdown.parent.is_dir():
+        return fail(f"--markdown {args.markdown}: no directory {args.markdown.parent}")
     try:
         settings = [policy_key(policy_from_key(s)) for s in (args.setting or ["default"])]
         keys = grid(args.attack, args.victim, args.level, settings,
@@ -65,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         meta = report.Meta.now(_command(args), code_version(), git_commit(), len(rows),
                                summary.wall_s if summary.skipped == 0 else 0.0, where)
-        data = report.write_results(args.markdown, meta, rows)
+        try:
+            data = report.write_results(args.markdown, meta, rows)
+        except OSError as exc:
+            return fail(f"cannot write {args.markdown}: {exc.strerror or exc} (the cells are "
+                        f"stored in {args.store}: rerun to write it)")
         if not args.json:
             console.print(f"wrote {args.markdown} and {data}")
     if args.json:
