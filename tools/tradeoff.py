@@ -19,21 +19,27 @@ Fault sweep (fault_budget, fault_same_rip, pin_working_set): attack page-fault o
 maps nothing up front and maps each page on its first fault.
 
     python -m tools.tradeoff [--seeds N] [--reps N] [--out docs/tradeoff.md]
-                             [--svg docs/img/tradeoff.svg]
+                             [--svg docs/img/tradeoff.svg] [--store tradeoff.sqlite]
+                             [--workers N]
 
-Writes a Markdown table and an SVG chart (hand-written: no plotting dependency).
+The attack cells run as a campaign (tvmm.campaign) on ``--workers`` local processes,
+stored in ``--store`` as each finishes, so an interrupted sweep resumes.  Writes the
+measured rows as JSON beside the Markdown (docs/tradeoff.json; the page is regenerated
+from it), the Markdown tables and an SVG chart (hand-written: no plotting dependency).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
+import os
 import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -42,6 +48,10 @@ from tools.attacks.page_fault import PageFault
 from tools.attacks.single_step import SingleStep
 from tvmm.abi.guest import PAGE_SIZE
 from tvmm.abi.types import Level
+from tvmm.campaign.keys import policy_from_key, policy_key
+from tvmm.campaign.run import grid, run_campaign, verdicts
+from tvmm.campaign.store import Store
+from tvmm.campaign.version import code_version, git_commit
 from tvmm.harness.judge import run_attack
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor
@@ -76,6 +86,7 @@ class Benign:
 class Row:
     setting: Setting
     leaks: dict[str, float] = field(default_factory=dict)  # attack/victim -> mean bits
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # (min, max) bits
     detected: dict[str, float] = field(default_factory=dict)  # fraction of seeds detected
     blocked: dict[str, float] = field(default_factory=dict)  # fraction the shim refused
     benign: list[Benign] = field(default_factory=list)
@@ -227,16 +238,26 @@ FAULT_BENIGN = [BenignCase("modexp, demand paging", "modexp", DemandPagingHost, 
 
 
 def sweep(settings: list[Setting], attacks: list[AttackSpec], benign: list[BenignCase],
-          seeds: int, reps: int, log: Callable[[str], None]) -> list[Row]:
+          seeds: int, reps: int, log: Callable[[str], None], store: Store,
+          workers: int | None = None) -> list[Row]:
+    """Every setting's attack cells as one campaign (tvmm.campaign: stored as each
+    finishes, so a rerun resumes; ``workers`` local processes), then its benign timings
+    here, one setting after another (timing wants the machine to itself as far as it can)."""
+    cells = {(s.label, key): grid([cls.name], [guest], [Level.SHIM.value],
+                                  [policy_key(s.config)], range(seeds))
+             for s in settings for key, cls, guest in attacks}
+    run_campaign([k for keys in cells.values() for k in keys], store, workers=workers,
+                 progress=lambda done, total, label: log(f"[{done}/{total}] {label}"))
     rows = []
     for setting in settings:
         row = Row(setting)
-        for key, cls, guest in attacks:
-            verdicts = [run_attack(cls.name, cls.kind, guest, Level.SHIM, seed=s,
-                                   policy_config=setting.config) for s in range(seeds)]
-            row.leaks[key] = statistics.mean(v.leaked_bits for v in verdicts)
-            row.detected[key] = statistics.mean(1.0 if v.detected else 0.0 for v in verdicts)
-            row.blocked[key] = statistics.mean(1.0 if v.blocked else 0.0 for v in verdicts)
+        for key, _cls, _guest in attacks:
+            runs = verdicts(store, cells[(setting.label, key)])
+            bits = [v.leaked_bits for _, v in runs]
+            row.leaks[key] = statistics.mean(bits)
+            row.ranges[key] = (min(bits), max(bits))
+            row.detected[key] = statistics.mean(1.0 if v.detected else 0.0 for _, v in runs)
+            row.blocked[key] = statistics.mean(1.0 if v.blocked else 0.0 for _, v in runs)
         row.benign = [benign_compare(case, setting.config, reps) for case in benign]
         rows.append(row)
         log(f"{setting.label:34} " + "  ".join(
@@ -244,6 +265,22 @@ def sweep(settings: list[Setting], attacks: list[AttackSpec], benign: list[Benig
             + "  " + "  ".join(f"[{b.name}: x{b.ratio:.2f}{' FP ' + b.why if b.false_positive else ''}]"
                                for b in row.benign))
     return rows
+
+
+# -- the measured rows as data (docs/tradeoff.json): the doc is regenerated from them ------
+def row_to_dict(row: Row) -> dict:
+    s = row.setting
+    return {"label": s.label, "knob": s.knob, "value": s.value, "policy": policy_key(s.config),
+            "leaks": row.leaks, "ranges": {k: list(v) for k, v in row.ranges.items()},
+            "detected": row.detected, "blocked": row.blocked,
+            "benign": [asdict(b) for b in row.benign]}
+
+
+def row_from_dict(d: dict) -> Row:
+    return Row(Setting(d["label"], d["knob"], d["value"], policy_from_key(d["policy"])),
+               leaks=d["leaks"], ranges={k: tuple(v) for k, v in d["ranges"].items()},
+               detected=d["detected"], blocked=d["blocked"],
+               benign=[Benign(**b) for b in d["benign"]])
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -255,13 +292,21 @@ def markdown_table(rows: list[Row], attacks: list[AttackSpec]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row.setting.label]
-        cells += [f"{row.leaks[k]:.1f} / {_pct(row.detected[k])}"
+        cells += [_bits(row, k) + f" / {_pct(row.detected[k])}"
                   + (f" (blocked {_pct(row.blocked[k])})" if row.blocked[k] else "")
                   for k in keys]
         cells += [f"{b.ratio:.2f} / " + (f"**yes** ({b.why})" if b.false_positive else "no")
                   + f" ({b.exits} exits)" for b in row.benign]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _bits(row: Row, key: str) -> str:
+    """Mean bits, and the range over the seeds when they differ: a mean never hides the
+    seed that leaked."""
+    lo, hi = row.ranges[key]
+    mean = f"{row.leaks[key]:.1f}"
+    return mean if f"{lo:.0f}" == f"{hi:.0f}" else f"{mean} ({lo:.0f}–{hi:.0f})"
 
 
 def _pct(x: float) -> str:
@@ -342,15 +387,22 @@ def svg_chart(panels: list[tuple[str, str, list[Row], list[str]]]) -> str:
     return "\n".join(out)
 
 
-def document(step_rows: list[Row], fault_rows: list[Row], seeds: int, reps: int,
-             wall: float, region: int | str) -> str:
+def document(data: dict) -> str:
+    """docs/tradeoff.md from the measured data (``measure``; docs/tradeoff.json)."""
+    step_rows = [row_from_dict(r) for r in data["step"]]
+    fault_rows = [row_from_dict(r) for r in data["fault"]]
+    seeds, reps, region, m = data["seeds"], data["reps"], data["region"], data["meta"]
     pf_default = next(r.leaks["page-fault/modexp"] for r in fault_rows
                       if r.setting.config == PolicyConfig())
     return f"""# Policy trade-off: leakage against cost
 
-Generated by `python -m tools.tradeoff --seeds {seeds} --reps {reps}` ({wall:.0f} s).  Every
-number comes from running the attacks (tvmm.judge, level `shim`, seeds 0..{seeds - 1},
-mean leaked bits) and honest benign runs with the same policy.  "time ×" is the median
+Generated by `python -m tools.tradeoff --seeds {seeds} --reps {reps}` on {m["date"]} in
+{m["wall_s"]:.0f} s ({m["cores"]} cores, load average {m["load"]} when it ended; code
+version {m["code"]}, commit {m["commit"] or "?"}); the measured rows are in
+[tradeoff.json](tradeoff.json), from which this page is regenerated.  Every number comes
+from running the attacks as a campaign (tvmm.campaign, the judge's scored path, level
+`shim`, seeds 0..{seeds - 1}: mean leaked bits, with the range over the seeds where they
+differ) and honest benign runs with the same policy.  "time ×" is the median
 CPU time of the benign run with the setting divided by the median with the default
 policy, measured interleaved in the same process ({reps} repetitions each); "false positive"
 means the policy fired on a benign run (a recorded violation, a kill or a refused entry).
@@ -430,18 +482,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path("docs/tradeoff.md"))
     ap.add_argument("--svg", type=Path, default=Path("docs/img/tradeoff.svg"))
+    ap.add_argument("--store", type=Path, default=Path("tradeoff.sqlite"),
+                    help="the campaign store of the attack cells (a rerun resumes)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
     start = time.perf_counter()
-    step_rows = sweep(step_settings(), STEP_ATTACKS, STEP_BENIGN, args.seeds, args.reps, print)
-    fault_rows = sweep(fault_settings(), FAULT_ATTACKS, FAULT_BENIGN, args.seeds, args.reps,
-                       print)
+    with Store(args.store) as store:
+        step_rows = sweep(step_settings(), STEP_ATTACKS, STEP_BENIGN, args.seeds, args.reps,
+                          print, store, args.workers)
+        fault_rows = sweep(fault_settings(), FAULT_ATTACKS, FAULT_BENIGN, args.seeds,
+                           args.reps, print, store, args.workers)
     probe = run_attack(SingleStep.name, SingleStep.kind, "password", Level.SHIM, seed=0,
                        policy_config=PolicyConfig(jitter=False))
     region = (probe.notes.get("length_counts") or ["?"])[0]
     wall = time.perf_counter() - start
+    data = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "wall_s": round(wall), "cores": os.cpu_count() or 1,
+                     "load": round(os.getloadavg()[0], 1), "code": code_version(),
+                     "commit": git_commit()},
+            "seeds": args.seeds, "reps": args.reps, "region": region,
+            "step": [row_to_dict(r) for r in step_rows],
+            "fault": [row_to_dict(r) for r in fault_rows]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.svg.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(document(step_rows, fault_rows, args.seeds, args.reps, wall, region))
+    args.out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    args.out.write_text(document(data))
     args.svg.write_text(svg_chart([
         ("Step policy: min_progress", "min_progress", step_rows,
          [k for k, _, _ in STEP_ATTACKS]),
