@@ -68,6 +68,13 @@ IF_FLAG = 1 << 9
 
 _VMCALL = (b"\x0f\x01\xc1", b"\x0f\x01\xd9")  # vmcall, vmmcall
 
+# SYSCALL's model-specific registers (AMD64 APM vol. 2, 6.1.1).
+MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_FMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084
+MSR_FS_BASE, MSR_GS_BASE = 0xC0000100, 0xC0000101
+EFER_SCE = 1
+# Prefixes that may precede an instruction's opcode: legacy ones and REX (0x40-0x4f).
+_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3") | frozenset(range(0x40, 0x50))
+
 
 class StopKind(IntEnum):
     TIMER = 1
@@ -161,6 +168,7 @@ class Vcpu:
         u.hook_add(uc_mod.UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         u.hook_add(uc_mod.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         u.hook_add(uc_mod.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        u.hook_add(uc_mod.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         u.hook_add(uc_mod.UC_HOOK_INTR, self._on_intr)
         u.hook_add(
             uc_mod.UC_HOOK_MEM_READ_PROT | uc_mod.UC_HOOK_MEM_WRITE_PROT
@@ -212,6 +220,32 @@ class Vcpu:
             self._hook_error = exc
             uc.emu_stop()
         return 1  # skip Unicorn's own CPUID
+
+    def _on_syscall(self, uc, _data) -> None:
+        """SYSCALL as hardware does it in long mode: #UD unless EFER.SCE; RCX = the next
+        instruction, R11 = RFLAGS, RFLAGS &= ~FMASK, RIP = LSTAR.  No exit: the guest's
+        own handler (a Linux personality) runs next.
+
+        Unicorn 2 only calls this hook (qemu/target/i386/seg_helper.c, helper_syscall)
+        and then adds the instruction's length to RIP itself: RIP is written that much
+        short.  The privilege level does not change: guests run in ring 0 (there is no
+        paging to separate rings), so the handler returns by a jump, not SYSRET, whose
+        CS (STAR) and CPL 3 the model would otherwise load."""
+        try:
+            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            length = _syscall_length(bytes(uc.mem_read(rip, 15)))
+            if not uc.msr_read(MSR_EFER) & EFER_SCE:
+                self._halt(Stop(StopKind.EXCEPTION, rip, vector=6, detail="invalid opcode"))
+                uc.reg_write(X.UC_X86_REG_RIP, rip - length)  # the stop is at the syscall
+                return
+            flags = uc.reg_read(X.UC_X86_REG_EFLAGS)
+            uc.reg_write(X.UC_X86_REG_RCX, rip + length)
+            uc.reg_write(X.UC_X86_REG_R11, flags)
+            uc.reg_write(X.UC_X86_REG_EFLAGS, flags & ~uc.msr_read(MSR_FMASK) | 2)
+            uc.reg_write(X.UC_X86_REG_RIP, uc.msr_read(MSR_LSTAR) - length)
+        except BaseException as exc:  # re-raised after emu_start
+            self._hook_error = exc
+            uc.emu_stop()
 
     def _on_intr(self, uc, intno: int, _data) -> None:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
@@ -475,6 +509,15 @@ class Vcpu:
 
         self._uc.hook_add(uc_mod.UC_HOOK_MEM_WRITE, on_write)
         self._uc.ctl_flush_tb()
+
+
+def _syscall_length(code: bytes) -> int:
+    """The length of the SYSCALL instruction at the start of ``code`` (0f 05 after any
+    prefixes)."""
+    i = 0
+    while i < len(code) and code[i] in _PREFIXES:
+        i += 1
+    return i + 2
 
 
 def _runs(mapped: bytes) -> list[tuple[int, int]]:
