@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ("boot", "guests", "bench", "attacks", "trace", "attest", "perimeter", "owner")
+SUBCOMMANDS = ("boot", "run", "guests", "bench", "attacks", "trace", "attest", "perimeter", "owner")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,0 +1,49 @@
+/* A program of our own for the Linux personality's tests: plain libc, built with
+ * musl-gcc -static (and gcc -static).  Exercises argv, stdin, a tmpfs file, a large
+ * malloc (mmap), the owner's secret as a file, and an unsupported call. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+    printf("argc=%d", argc);
+    for (int i = 1; i < argc; i++) printf(" [%s]", argv[i]);
+    printf("\n");
+    char line[256];
+    unsigned lines = 0, bytes = 0;
+    while (fgets(line, sizeof line, stdin)) { lines++; bytes += strlen(line); }
+    printf("stdin lines=%u bytes=%u\n", lines, bytes);
+    FILE *f = fopen("/tmp/note", "w");
+    if (!f) { perror("fopen"); return 2; }
+    fprintf(f, "written %d\n", 42);
+    fclose(f);
+    f = fopen("/tmp/note", "r");
+    if (!f || !fgets(line, sizeof line, f)) { perror("reread"); return 3; }
+    printf("tmpfs: %s", line);
+    fclose(f);
+    size_t n = 8 << 20;
+    unsigned char *big = malloc(n);
+    if (!big) return 4;
+    unsigned long sum = 0;
+    for (size_t i = 0; i < n; i += 4096) { big[i] = (unsigned char)(i >> 12); sum += big[i]; }
+    printf("malloc 8 MiB ok sum=%lu\n", sum);
+    free(big);
+    int fd = open("/run/secrets/key", O_RDONLY);
+    if (fd >= 0) {
+        unsigned char key[64];
+        ssize_t k = read(fd, key, sizeof key);
+        unsigned s = 0;
+        for (ssize_t i = 0; i < k; i++) s += key[i];
+        printf("secret bytes=%zd sum=%u\n", k, s);
+        close(fd);
+    } else {
+        printf("no secret\n");
+    }
+    if (argc > 1 && strcmp(argv[1], "unsupported") == 0)
+        printf("socket=%ld\n", syscall(SYS_socket, 2, 1, 0));
+    return argc > 1 && strcmp(argv[1], "fail") == 0 ? 9 : 0;
+}
