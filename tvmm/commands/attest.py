@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives import serialization
 from rich.table import Table
 
 from shim.launch import predict
+from tvmm import guestlinux
 from tvmm.abi.guest import NONCE_SIZE
 from tvmm.abi.key_release import KeyReleaseFormatError, report_data_for
 from tvmm.abi.report import AttestationReport
 from tvmm.abi.types import DEFAULT_POLICY, POLICY_DEBUG, Level
 from tvmm.commands.output import console, emit_json, fail
-from tvmm import guestlinux
 from tvmm.guestbuild import GuestBuildError
 from tvmm.guestimage import GuestImageError, load_elf
 from tvmm.harness.boot import boot

@@ -1,0 +1,167 @@
+"""Unmodified static Linux programs in the guest's Linux personality (docs/linux.md).
+
+Debian's busybox-static (byte-identical to the package's: its SHA-256 is pinned) and
+programs of our own built with musl-gcc and gcc; `.ci/run` installs both packages."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tvmm import guestlinux
+from tvmm.abi.types import Level
+from tvmm.cli import main
+from tvmm.guestimage import load_elf
+from tvmm.machine import boot, expected_measurement, owner_endpoint
+
+BUSYBOX = Path("/bin/busybox")
+# Debian 12's busybox-static 1:1.35.0-4+deb12u1+b1 (amd64)
+BUSYBOX_SHA256 = "3d9f2889d6782537624a4e1a10e68a2ddd53e0ee8bac02676f27308f42ec6bf6"
+ROOT = Path(__file__).resolve().parents[2]
+PROG = Path(__file__).with_name("prog.c")
+
+
+@pytest.fixture(scope="module")
+def busybox() -> Path:
+    assert BUSYBOX.is_file(), "apt-get install busybox-static (.ci/run does)"
+    assert hashlib.sha256(BUSYBOX.read_bytes()).hexdigest() == BUSYBOX_SHA256, \
+        "/bin/busybox is not Debian 12's busybox-static"
+    return BUSYBOX
+
+
+def _compile(cc: str, out: Path, *flags: str) -> Path:
+    assert shutil.which(cc), f"{cc} missing (.ci/run installs musl-tools and gcc)"
+    subprocess.run([cc, *flags, "-O2", "-o", str(out), str(PROG)], check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def musl_prog(tmp_path_factory) -> Path:
+    return _compile("musl-gcc", tmp_path_factory.mktemp("musl") / "prog", "-static")
+
+
+def run(program: Path, args: list[str], level: Level, files=(), **kw):
+    image = guestlinux.build(program, args, [guestlinux.FileSpec.parse(f) for f in files])
+    return boot(str(image.path), level, memory=image.memory, **kw), image
+
+
+@pytest.mark.parametrize("level", [Level.PLAIN, Level.SHIM])
+def test_busybox_sha256sum_equals_hashlib(busybox, tmp_path, level):
+    data = random.Random(18).randbytes(200_000)
+    (tmp_path / "in.bin").write_bytes(data)
+    report, _ = run(busybox, ["sha256sum", "/data/in"], level, [f"{tmp_path}/in.bin:/data/in"])
+    assert (report.how, report.status) == ("exit", 0)
+    assert report.console == f"{hashlib.sha256(data).hexdigest()}  /data/in\n"
+
+
+def test_busybox_through_the_cli(busybox, capsys):
+    """The process-separated path at shim: output on stdout, the program's status."""
+    status = main(["run", str(busybox), "sh", "-c", "echo hello $((6*7)); exit 7",
+                   "--level", "shim"])
+    out = capsys.readouterr()
+    assert (status, out.out, out.err) == (7, "hello 42\n", "")
+
+
+def test_busybox_wc_and_cat(busybox, tmp_path):
+    (tmp_path / "t").write_text("one two\nthree\n")
+    report, _ = run(busybox, ["wc", "/data/t"], Level.PLAIN, [f"{tmp_path}/t:/data/t"])
+    assert report.console.split() == ["2", "3", "14", "/data/t"]
+    report, _ = run(busybox, ["cat", "/data/t"], Level.PLAIN, [f"{tmp_path}/t:/data/t"])
+    assert report.console == "one two\nthree\n"
+
+
+def test_musl_program(musl_prog, tmp_path):
+    """argv, stdin from the input device, a tmpfs file, an 8 MiB malloc (mmap), the owner's
+    secret as /run/secrets/key, and its own exit status."""
+    secret = bytes(range(1, 33))
+    report, _ = run(musl_prog, ["fail", "a b"], Level.PLAIN, input_lines=["x\n", "yz\n"],
+                    secret=secret)
+    assert report.console == (
+        "argc=3 [fail] [a b]\nstdin lines=2 bytes=5\ntmpfs: written 42\n"
+        f"malloc 8 MiB ok sum={sum(range(256)) * 8}\nsecret bytes=32 sum={sum(secret)}\n")
+    assert (report.how, report.status) == ("exit", 9)
+
+
+def test_glibc_static_pie(tmp_path):
+    prog = _compile("gcc", tmp_path / "prog", "-static-pie")
+    report, _ = run(prog, [], Level.SHIM)
+    assert report.console.startswith("argc=1\nstdin lines=0 bytes=0\ntmpfs: written 42\n")
+    assert (report.how, report.status) == ("exit", 0)
+
+
+def test_unsupported_call_is_named_on_stderr(musl_prog, capsys):
+    status = main(["run", str(musl_prog), "unsupported"])
+    out = capsys.readouterr()
+    assert out.err == "tvmm-linux: unsupported system call socket (41): -ENOSYS\n"
+    assert "socket=-1\n" in out.out and status == 0
+
+
+@pytest.mark.parametrize("case", ["dynamic", "32-bit", "missing-file", "bad-file-arg"])
+def test_bad_input_is_one_line(case, tmp_path, capsys):
+    program, extra = "/bin/true", []  # Debian's true: dynamically linked
+    if case == "32-bit":
+        program = str(tmp_path / "x32")
+        Path(program).write_bytes(b"\x7fELF\x01\x01\x01" + bytes(57))
+    if case == "missing-file":
+        program, extra = str(BUSYBOX), ["--file", f"{tmp_path}/nope:/data/in"]
+    if case == "bad-file-arg":
+        program, extra = str(BUSYBOX), ["--file", "in.bin"]
+    status = main(["run", program, "echo", *extra])
+    err = capsys.readouterr().err
+    expected = {"dynamic": "dynamically linked: build with -static",
+                "32-bit": "a 32-bit ELF: build for x86-64",
+                "missing-file": "no such file", "bad-file-arg": "expected HOST:GUEST"}[case]
+    assert status == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert expected in " ".join(err.split())
+
+
+def test_measure_predicts_files_and_key_release_binds_them(busybox, musl_prog, tmp_path,
+                                                           capsys):
+    (tmp_path / "f").write_bytes(b"payload")
+    first = guestlinux.build(musl_prog, [], [guestlinux.FileSpec.parse(f"{tmp_path}/f:/d/f")])
+    digest = expected_measurement(load_elf(first.path), first.memory, Level.SNP).hex()
+    assert main(["measure", "--program", str(musl_prog), "--file", f"{tmp_path}/f:/d/f",
+                 "--json"]) == 0
+    assert f'"measurement": "{digest}"' in capsys.readouterr().out
+    (tmp_path / "f").write_bytes(b"paylobd")  # one byte changed
+    second = guestlinux.build(musl_prog, [], [guestlinux.FileSpec.parse(f"{tmp_path}/f:/d/f")])
+    assert expected_measurement(load_elf(second.path), second.memory, Level.SNP).hex() != digest
+    # The owner's broker expects the first image; the second one launches and is refused.
+    owner = owner_endpoint(load_elf(first.path), b"k" * 16, memory=first.memory,
+                           level=Level.SNP)
+    report = boot(str(second.path), Level.SNP, memory=second.memory, owner=owner,
+                  secret=b"k" * 16)
+    assert "no secret\n" in report.console and report.key_release["released"] is False
+    report = boot(str(first.path), Level.SNP, memory=first.memory, secret=b"k" * 16,
+                  owner=owner_endpoint(load_elf(first.path), b"k" * 16, memory=first.memory,
+                                       level=Level.SNP))
+    assert f"secret bytes=16 sum={ord('k') * 16}\n" in report.console
+
+
+def test_docs_syscall_table_is_the_code_table():
+    code = (ROOT / "guests/libos/syscalls.c").read_text()
+    table = sorted((int(nr), name, doc) for nr, name, doc in
+                   re.findall(r'^SYS\((\d+), (\w+), \w+, "(.*)"\)$', code, re.M))
+    docs = (ROOT / "docs/linux.md").read_text()
+    rows = sorted((int(nr), name, doc) for nr, name, doc in
+                  re.findall(r"^\| (\d+) \| `(\w+)` \| (.*) \|$", docs, re.M))
+    assert table and rows == table
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.text(max_size=40))
+def test_file_argument_parser(text):
+    try:
+        spec = guestlinux.FileSpec.parse(text)
+    except guestlinux.LinuxImageError as exc:
+        assert str(exc).startswith("--file ")
+    else:
+        assert spec.host.is_file() and spec.guest.startswith("/")
