@@ -21,11 +21,6 @@ void mm_init(u64 prog_end, u64 lo, u64 hi)
     if (npages > MAX_PAGES) npages = MAX_PAGES;
 }
 
-int user_range(u64 p, u64 len)
-{
-    return p >= PROG_BASE && p + len >= p && p + len <= area_hi + USER_STACK;
-}
-
 static int bit(const u8 *m, u64 i) { return (m[i >> 3] >> (i & 7)) & 1; }
 static void set(u8 *m, u64 i, int v)
 {

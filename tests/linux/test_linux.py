@@ -146,6 +146,38 @@ def test_measure_predicts_files_and_key_release_binds_them(busybox, musl_prog, t
     assert f"secret bytes=16 sum={ord('k') * 16}\n" in report.console
 
 
+def test_syscall_without_efer_sce_is_invalid_opcode(tmp_path):
+    """The vCPU's SYSCALL is hardware's: #UD until the guest sets EFER.SCE (a plain guest of
+    the runtime never does), and with SCE set it enters LSTAR with RCX and R11 loaded."""
+    src = tmp_path / "sc.c"
+    src.write_text('#include "tvmm.h"\nint main(void) { __asm__ volatile("syscall"); '
+                   'return 0; }\n')
+    report = boot(str(src), Level.PLAIN)
+    assert (report.how, report.detail) == ("fault", "vector 6")
+    src.write_text(SCE_GUEST)
+    report = boot(str(src), Level.PLAIN)
+    assert (report.how, report.status) == ("exit", 0), report.console
+
+
+SCE_GUEST = r"""#include "tvmm.h"
+u64 seen_rcx, seen_r11;
+void lstar_target(void);
+__asm__(".globl lstar_target\nlstar_target:\n mov %rcx, seen_rcx(%rip)\n"
+        " mov %r11, seen_r11(%rip)\n push %r11\n popfq\n jmp *%rcx\n");
+static void wrmsr(u32 m, u64 v) { __asm__ volatile("wrmsr" :: "c"(m), "a"((u32)v), "d"((u32)(v >> 32))); }
+int main(void)
+{
+    u64 after, flags;
+    wrmsr(0xC0000080U, 0x501);                 /* EFER: LME, LMA, SCE */
+    wrmsr(0xC0000082U, (u64)lstar_target);
+    wrmsr(0xC0000084U, 0);
+    __asm__ volatile("pushfq; pop %1; lea 1f(%%rip), %0; syscall; 1:" : "=r"(after), "=r"(flags)
+                     :: "rcx", "r11", "memory");
+    return seen_rcx == after && (seen_r11 & 0xff) == (flags & 0xff) ? 0 : 1;
+}
+"""
+
+
 def test_docs_syscall_table_is_the_code_table():
     code = (ROOT / "guests/libos/syscalls.c").read_text()
     table = sorted((int(nr), name, doc) for nr, name, doc in
