@@ -34,7 +34,7 @@ static i64 sys_kill(u64 pid, u64 sig, u64 a2, u64 a3, u64 a4, u64 a5);
 static i64 sys_tgkill(u64 tgid, u64 tid, u64 sig, u64 a3, u64 a4, u64 a5);
 static i64 sys_umask(u64 mask, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5);
 static i64 sys_prctl(u64 op, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5);
-H(sys_sendfile);
+H(sys_sendfile); H(sys_poll);
 
 struct sysent { u32 nr; const char *name; syscall_fn fn; const char *doc; };
 
@@ -47,6 +47,7 @@ SYS(3, close, sys_close, "closes a descriptor")
 SYS(4, stat, sys_stat, "as newfstatat")
 SYS(5, fstat, sys_fstat, "size, mode and an inode number; times are 0")
 SYS(6, lstat, sys_stat, "as stat: there are no symbolic links")
+SYS(7, poll, sys_poll, "every open descriptor is ready (nothing blocks); others POLLNVAL")
 SYS(8, lseek, sys_lseek, "SEEK_SET, SEEK_CUR, SEEK_END; ESPIPE on stdin and the console")
 SYS(9, mmap, sys_mmap, "anonymous and private file mappings (a copy); MAP_FIXED inside the mmap area; shared file mappings EACCES")
 SYS(10, mprotect, sys_mprotect, "succeeds: there is no paging, so no protection")

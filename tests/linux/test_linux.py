@@ -62,12 +62,15 @@ def test_busybox_sha256sum_equals_hashlib(busybox, tmp_path, level):
     assert report.console == f"{hashlib.sha256(data).hexdigest()}  /data/in\n"
 
 
-def test_busybox_through_the_cli(busybox, capsys):
-    """The process-separated path at shim: output on stdout, the program's status."""
-    status = main(["run", str(busybox), "sh", "-c", "echo hello $((6*7)); exit 7",
-                   "--level", "shim"])
+def test_busybox_through_the_cli(busybox, tmp_path, capsys):
+    """The process-separated path at shim: stdin read a byte at a time by the shell's
+    `read` (poll, then read), output on stdout, the program's status."""
+    (tmp_path / "in").write_text("first line\nsecond\n")
+    status = main(["run", str(busybox), "sh", "-c",
+                   'read a; read b; echo "hello $((6*7)) $b/$a"; exit 7',
+                   "--level", "shim", "--stdin", str(tmp_path / "in")])
     out = capsys.readouterr()
-    assert (status, out.out, out.err) == (7, "hello 42\n", "")
+    assert (status, out.out, out.err) == (7, "hello 42 second/first line\n", "")
 
 
 def test_busybox_wc_and_cat(busybox, tmp_path):
