@@ -76,6 +76,12 @@ EFER_SCE = 1
 _PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3") | frozenset(range(0x40, 0x50))
 
 
+class _Msr(ctypes.Structure):
+    """libunicorn's uc_x86_msr: the MSR's index, then its value."""
+
+    _fields_ = (("rid", ctypes.c_uint32), ("value", ctypes.c_uint64))
+
+
 class StopKind(IntEnum):
     TIMER = 1
     HYPERCALL = 2
@@ -160,6 +166,14 @@ class Vcpu:
         self._regs: tuple[int, ...] | None = None  # its unpacked tuple, made when asked for
         self._dirty: set[int] | None = None  # pages written while migration tracks them
         self._wp: set[int] = set()  # pages write-protected by that tracking only
+        # SYSCALL's writes (RCX, R11, RFLAGS, RIP) as one batch, and an MSR read buffer.
+        self._sys_ids = (ctypes.c_int * 4)(X.UC_X86_REG_RCX, X.UC_X86_REG_R11,
+                                           X.UC_X86_REG_EFLAGS, X.UC_X86_REG_RIP)
+        self._sys_vals = (ctypes.c_uint64 * 4)()
+        base = ctypes.addressof(self._sys_vals)
+        self._sys_ptrs = (ctypes.c_void_p * 4)(*[base + 8 * i for i in range(4)])
+        self._msr_buf = _Msr()
+        self._msr_ptr = ctypes.cast(ctypes.byref(self._msr_buf), ctypes.c_void_p)
         self._install_hooks()
 
     # -- hooks -----------------------------------------------------------------------
@@ -230,22 +244,38 @@ class Vcpu:
         and then adds the instruction's length to RIP itself: RIP is written that much
         short.  The privilege level does not change: guests run in ring 0 (there is no
         paging to separate rings), so the handler returns by a jump, not SYSRET, whose
-        CS (STAR) and CPL 3 the model would otherwise load."""
+        CS (STAR) and CPL 3 the model would otherwise load.  Registers and MSRs go through
+        libunicorn's C calls (as everywhere here): a program makes thousands of calls."""
         try:
-            rip = uc.reg_read(X.UC_X86_REG_RIP)
-            length = _syscall_length(bytes(uc.mem_read(rip, 15)))
-            if not uc.msr_read(MSR_EFER) & EFER_SCE:
+            if self._handle is None:  # pragma: no cover - a binding without the handle
+                raise RuntimeError("SYSCALL needs libunicorn's engine handle")
+            handle, one, ptr = self._handle, self._one, self._one_ptr
+            _READ_ONE(handle, X.UC_X86_REG_RIP, ptr)
+            rip = one.value
+            length = _syscall_length(self._ram[rip : min(rip + 15, self.ram_size)])
+            if not self._msr(MSR_EFER) & EFER_SCE:
                 self._halt(Stop(StopKind.EXCEPTION, rip, vector=6, detail="invalid opcode"))
-                uc.reg_write(X.UC_X86_REG_RIP, rip - length)  # the stop is at the syscall
+                self.write_reg(RIP, rip - length)  # Unicorn adds the length: the stop is here
                 return
-            flags = uc.reg_read(X.UC_X86_REG_EFLAGS)
-            uc.reg_write(X.UC_X86_REG_RCX, rip + length)
-            uc.reg_write(X.UC_X86_REG_R11, flags)
-            uc.reg_write(X.UC_X86_REG_EFLAGS, flags & ~uc.msr_read(MSR_FMASK) | 2)
-            uc.reg_write(X.UC_X86_REG_RIP, uc.msr_read(MSR_LSTAR) - length)
+            _READ_ONE(handle, X.UC_X86_REG_EFLAGS, ptr)
+            flags = one.value
+            vals = self._sys_vals
+            vals[0], vals[1] = rip + length, flags
+            vals[2] = flags & ~self._msr(MSR_FMASK) & 0xFFFF_FFFF | 2
+            vals[3] = (self._msr(MSR_LSTAR) - length) & 0xFFFF_FFFF_FFFF_FFFF
+            status = _WRITE_BATCH(handle, self._sys_ids, self._sys_ptrs, 4)
+            if status != 0:  # pragma: no cover
+                raise uc_mod.UcError(status)
         except BaseException as exc:  # re-raised after emu_start
             self._hook_error = exc
             uc.emu_stop()
+
+    def _msr(self, index: int) -> int:
+        self._msr_buf.rid = index
+        status = _READ_ONE(self._handle, X.UC_X86_REG_MSR, self._msr_ptr)
+        if status != 0:  # pragma: no cover
+            raise uc_mod.UcError(status)
+        return self._msr_buf.value
 
     def _on_intr(self, uc, intno: int, _data) -> None:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
