@@ -97,6 +97,25 @@ def check_program(path: Path) -> None:
                 f"{PROG_BASE:#x}-{ROOTFS_BASE:#x}")
 
 
+def symbolize(program: Path, rip: int) -> str | None:
+    """``rip`` as function+offset in ``program``'s symbol table (a static-pie program is
+    loaded at PROG_BASE), "the Linux personality" inside it, or None."""
+    if rip < PROG_BASE:
+        return "in the Linux personality"
+    try:
+        with open(program, "rb") as f:
+            elf = ELFFile(f)
+            at = rip - (PROG_BASE if elf["e_type"] == "ET_DYN" else 0)
+            symtab = elf.get_section_by_name(".symtab")
+            for sym in symtab.iter_symbols() if symtab is not None else ():
+                start, size = sym["st_value"], sym["st_size"]
+                if sym["st_info"]["type"] == "STT_FUNC" and start <= at < start + size:
+                    return sym.name if at == start else f"{sym.name}+{at - start:#x}"
+    except (OSError, ELFError, KeyError, ValueError):
+        return None
+    return None
+
+
 def pack_rootfs(program: Path, args: list[str], files: list[FileSpec]) -> bytes:
     """The root file system image, as the personality reads it at ROOTFS_BASE."""
     guest_program = f"/bin/{program.name}"

@@ -126,6 +126,28 @@ def test_bad_input_is_one_line(case, tmp_path, capsys):
     assert expected in " ".join(err.split())
 
 
+CRASH = """#include <stdio.h>
+int victim(int x) { if (x == 3) __builtin_trap(); return x; }
+int main(int argc, char **argv) { (void)argv; puts("before"); fflush(stdout);
+                                  return victim(argc + 2); }
+"""
+
+
+def test_a_faulting_program_is_one_line(tmp_path, capsys):
+    """Below shim the host's FAULT exit names the vector and RIP, which the CLI turns into
+    the signal and the program's symbol; at shim the host learns neither."""
+    (tmp_path / "crash.c").write_text(CRASH)
+    subprocess.run(["musl-gcc", "-static", "-O1", "-o", str(tmp_path / "crash"),
+                    str(tmp_path / "crash.c")], check=True)
+    status = main(["run", str(tmp_path / "crash")])
+    out = capsys.readouterr()
+    assert status == 128 + 4 and out.out == "before\n"
+    assert re.fullmatch(r"tvmm: crash did not exit: it faulted \(exception 6: SIGILL on "
+                        r"Linux\) at 0x[0-9a-f]+ \((main|victim)\+0x[0-9a-f]+\)\n", out.err)
+    assert main(["run", str(tmp_path / "crash"), "--level", "shim"]) == 128 + 11
+    assert capsys.readouterr().err.endswith("it faulted (the level tells the host no more)\n")
+
+
 def test_measure_predicts_files_and_key_release_binds_them(busybox, musl_prog, tmp_path,
                                                            capsys):
     (tmp_path / "f").write_bytes(b"payload")

@@ -23,8 +23,9 @@ from tvmm.harness.launcher import HarnessError
 
 LOG_PREFIX = "tvmm-linux: "  # the personality's own lines: shown on stderr
 # Exception vectors as the signal Linux would send for them.
-SIGNALS = {0: "SIGFPE", 1: "SIGTRAP", 3: "SIGTRAP", 6: "SIGILL", 13: "SIGSEGV", 14: "SIGSEGV",
+SIGNALS = {1: "SIGTRAP", 3: "SIGTRAP", 6: "SIGILL", 13: "SIGSEGV", 14: "SIGSEGV",
            16: "SIGFPE", 17: "SIGBUS", 19: "SIGFPE"}
+NUMBERS = {"SIGTRAP": 5, "SIGILL": 4, "SIGSEGV": 11, "SIGFPE": 8, "SIGBUS": 7}
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -103,8 +104,13 @@ def run(args: argparse.Namespace) -> int:
                    "launch_digest": report.launch_digest, "memory": image.memory})
     if report.how == "exit" and report.status is not None:
         return report.status & 0xFF
-    print(f"tvmm: {args.program.name} did not exit: {_ended(report)}", file=sys.stderr)
-    return 128 + 11 if report.how == "fault" else 3
+    print(f"tvmm: {args.program.name} did not exit: {_ended(report, args.program)}",
+          file=sys.stderr)
+    if report.how != "fault":
+        return 3
+    vector = report.detail.removeprefix("vector ").split(" ")[0]
+    signal = SIGNALS.get(int(vector), "SIGSEGV") if vector.isdigit() else "SIGSEGV"
+    return 128 + NUMBERS[signal]  # as a shell reports a program a signal ended
 
 
 def _console(text: str) -> None:
@@ -113,15 +119,21 @@ def _console(text: str) -> None:
     stream.flush()
 
 
-def _ended(report) -> str:
+def _ended(report, program: Path) -> str:
     if report.how != "fault":
         return f"{report.how} {report.detail}".strip()
-    vector = report.detail.removeprefix("vector ")
-    try:
-        signal = SIGNALS.get(int(vector), "a signal")
-        return f"it faulted (exception {vector}: {signal} on Linux)"
-    except ValueError:  # at shim the host is not told the vector
+    vector, _, where = report.detail.removeprefix("vector ").partition(" at ")
+    if not vector.isdigit():  # at shim the host is told neither vector nor RIP
         return "it faulted (the level tells the host no more)"
+    signal = SIGNALS.get(int(vector), "a signal")
+    if int(vector) == 0:
+        signal = "SIGFPE, or SIGSEGV for an access outside guest memory"
+    line = f"it faulted (exception {vector}: {signal} on Linux)"
+    if where:
+        rip = int(where, 16)
+        line += f" at {rip:#x}" + (f" ({name})" if (name := guestlinux.symbolize(program, rip))
+                                   else "")
+    return line
 
 
 def _stdin_lines(path: Path | None) -> list[str]:
