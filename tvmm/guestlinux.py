@@ -34,7 +34,7 @@ S_IFDIR, S_IFREG = 0o040000, 0o100000
 DEFAULT_HEAP = 64 << 20  # the mmap area and the program's stack, after the root file system
 MAX_MEMORY = 1 << 30  # the largest guest memory CREATE_VM accepts
 ENVIRONMENT = ("PATH=/bin", "HOME=/", "PWD=/")
-DIRECTORIES = ("/", "/bin", "/tmp", "/run", "/run/secrets")
+DIRECTORIES = ("/", "/bin", "/dev", "/tmp", "/run", "/run/secrets")
 
 
 class LinuxImageError(ValueError):

@@ -132,7 +132,7 @@ static void parent_of(const char *path, char *out)
 }
 
 /* -- open files --------------------------------------------------------------------- */
-enum kind { K_NONE, K_STDIN, K_CONSOLE, K_RFS, K_DIR, K_TMP, K_SECRET };
+enum kind { K_NONE, K_STDIN, K_CONSOLE, K_RFS, K_DIR, K_TMP, K_SECRET, K_NULL };
 #define NFILES 64
 #define NFDS 64
 struct file { int refs; enum kind kind; int flags; u64 off; const struct rfs_entry *e;
@@ -209,7 +209,9 @@ i64 sys_openat(u64 dirfd, u64 upath, u64 flags, u64 mode, u64 a4, u64 a5)
     if (r < 0) return r;
     int writing = (flags & O_ACCMODE) != 0;
     struct file *f;
-    if (streq(path, SECRET_PATH)) {
+    if (streq(path, "/dev/null")) {
+        f = new_file(K_NULL);
+    } else if (streq(path, SECRET_PATH)) {
         if (writing) return -EROFS;
         if (secrets()->len == 0) return -ENOENT;  /* asked for: released, or refused */
         f = new_file(K_SECRET);
@@ -306,6 +308,7 @@ static i64 read_at(struct file *f, u8 *buf, u64 len, u64 off)
     if (f->kind == K_STDIN) return read_stdin(buf, len);
     if (f->kind == K_DIR) return -EISDIR;
     if (f->kind == K_CONSOLE) return -EBADF;
+    if (f->kind == K_NULL) return 0;
     u64 size;
     const u8 *data = contents(f, &size);
     if (off >= size) return 0;
@@ -345,6 +348,7 @@ static i64 write_at(struct file *f, const u8 *buf, u64 len, u64 off)
         }
         return (i64)len;
     }
+    if (f->kind == K_NULL) return (i64)len;
     if (f->kind != K_TMP || (f->flags & O_ACCMODE) == 0) return -EBADF;
     if (off + len < off) return -EFBIG;
     i64 r = tmp_reserve(f->t, off + len);
@@ -437,7 +441,7 @@ static i64 fill_stat(struct kstat *st, enum kind kind, const struct rfs_entry *e
     st->nlink = 1;
     st->blksize = 4096;
     switch (kind) {
-    case K_STDIN: case K_CONSOLE: st->mode = S_IFCHR | 0620; st->ino = 1 + kind; break;
+    case K_STDIN: case K_CONSOLE: case K_NULL: st->mode = S_IFCHR | 0620; st->ino = 1 + kind; break;
     case K_SECRET: st->mode = S_IFREG | 0400; st->size = (i64)secrets()->len; st->ino = 3; break;
     case K_RFS: case K_DIR:
         if (e) { st->mode = e->mode; st->size = (i64)e->size; st->ino = ino_of(e); break; }
@@ -469,6 +473,7 @@ i64 sys_newfstatat(u64 dirfd, u64 upath, u64 st, u64 flags, u64 a4, u64 a5)
     char path[PATH_MAX_];
     i64 r = at_path((i64)dirfd, p, path);
     if (r < 0) return r;
+    if (streq(path, "/dev/null")) return fill_stat((struct kstat *)st, K_NULL, 0, 0);
     if (streq(path, SECRET_PATH))
         return secrets()->len ? fill_stat((struct kstat *)st, K_SECRET, 0, 0) : -ENOENT;
     const struct rfs_entry *e = rfs_lookup(path);

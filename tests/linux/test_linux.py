@@ -53,13 +53,25 @@ def run(program: Path, args: list[str], level: Level, files=(), **kw):
     return boot(str(image.path), level, memory=image.memory, **kw), image
 
 
-@pytest.mark.parametrize("level", [Level.PLAIN, Level.SHIM])
+@pytest.mark.parametrize("level", list(Level))
 def test_busybox_sha256sum_equals_hashlib(busybox, tmp_path, level):
     data = random.Random(18).randbytes(200_000)
     (tmp_path / "in.bin").write_bytes(data)
     report, _ = run(busybox, ["sha256sum", "/data/in"], level, [f"{tmp_path}/in.bin:/data/in"])
     assert (report.how, report.status) == ("exit", 0)
     assert report.console == f"{hashlib.sha256(data).hexdigest()}  /data/in\n"
+
+
+@pytest.mark.parametrize("level", [Level.SEV_ES, Level.SHIM])
+def test_preempted_program_keeps_its_state(busybox, tmp_path, level):
+    """Timer exits every 20,000 instructions: glibc's SSE string code, the FS base (TLS)
+    and the personality's own state survive each save and restore of the register file."""
+    text = "".join(f"line {i} {'x' * (i % 50)}\n" for i in range(400))
+    (tmp_path / "t").write_text(text)
+    report, _ = run(busybox, ["sed", "s/x/yz/g", "/data/t"], level, [f"{tmp_path}/t:/data/t"],
+                    quantum=20_000)
+    assert report.exits["timer"] > 20
+    assert report.console == text.replace("x", "yz")
 
 
 def test_busybox_through_the_cli(busybox, tmp_path, capsys):
