@@ -240,3 +240,46 @@ def test_file_argument_parser(text):
         assert str(exc).startswith("--file ")
     else:
         assert spec.host.is_file() and spec.guest.startswith("/")
+
+
+def test_live_migration_of_a_running_busybox_gives_the_same_output(busybox, tmp_path):
+    """At shim, busybox (glibc: SSE string code, TLS) runs part way on one platform, is
+    exported live (a pre-copy round while it runs on, then the final one) and finishes on
+    another: its output is what one uninterrupted run prints."""
+    from shim import management
+    from shim.platform import Platform
+    from tvmm.host.client import PlatformClient
+    from tvmm.host.hypervisor import Devices
+    from tvmm.host.node_host import PausableHost, export_round, import_stream
+
+    text = "".join(f"line {i} {'x' * (i % 50)}\n" for i in range(300))
+    (tmp_path / "t").write_text(text)
+    image = guestlinux.build(busybox, ["sed", "s/x/yz/g", "/data/t"],
+                             [guestlinux.FileSpec(tmp_path / "t", "/data/t")])
+    a = Platform()
+    ca = PlatformClient(a.handle)
+    host = PausableHost(ca, Devices(), quantum=20_000)
+    host.launch(load_elf(image.path), Level.SHIM, image.memory)
+    assert host.run(max_exits=160).how == "limit"  # of ~390 exits: a 4 KiB write made
+    key = bytes(range(32))
+    management.open_export(a.tee, host.vm, key, 7, "l-1", 2)
+    bundles = list(export_round(ca, host.vm, 7, False))
+    assert host.run(max_exits=220).how == "limit"  # it runs on between rounds
+    bundles += list(export_round(ca, host.vm, 7, False))
+    bundles += list(export_round(ca, host.vm, 7, True))
+    b = Platform()
+    cb = PlatformClient(b.handle)
+    management.open_import(b.tee, key, 7, "l-1", 2)
+    vm2, state = import_stream(cb, 7, Level.SHIM, image.memory, bundles,
+                               a.tee.vms[host.vm].policy)
+    assert management.activate(b.tee, vm2)
+    management.destroy_frozen(a.tee, host.vm)
+    # The destination's host maps all memory, as launch does: the stream carries only the
+    # pages that are not zero, and the program goes on to touch fresh ones (its heap).
+    cb.map(vm2, 0, image.memory // 4096)
+    moved = PausableHost(cb, Devices(), quantum=20_000)
+    moved.vm, moved.state = vm2, state
+    result = moved.run()
+    assert (result.how, result.status) == ("exit", 0), result.detail
+    assert host.devices.console.text + moved.devices.console.text == text.replace("x", "yz")
+    assert host.devices.console.text and moved.devices.console.text  # moved mid-output
