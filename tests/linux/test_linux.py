@@ -5,6 +5,7 @@ programs of our own built with musl-gcc and gcc; `.ci/run` installs both package
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import random
 import re
@@ -87,6 +88,16 @@ def test_busybox_through_the_cli(busybox, tmp_path, capsys):
                    "--level", "shim", "--stdin", str(tmp_path / "in")])
     out = capsys.readouterr()
     assert (status, out.out, out.err) == (7, "hello 42 second/first line\n", "")
+
+
+def test_binary_output_is_byte_exact(busybox, tmp_path, capsysbinary):
+    """gzip -c through the CLI: the console's bytes reach stdout as the program wrote them,
+    and decompress to the input."""
+    data = random.Random(5).randbytes(3000) + b"\x00\xff" * 500
+    (tmp_path / "in").write_bytes(data)
+    assert main(["run", str(busybox), "gzip", "-c", "/d/in", "--file",
+                 f"{tmp_path}/in:/d/in"]) == 0
+    assert gzip.decompress(capsysbinary.readouterr().out) == data
 
 
 def test_busybox_wc_and_cat(busybox, tmp_path):

@@ -90,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
         secret = _secret(args.secret)
     except (guestlinux.LinuxImageError, GuestBuildError, GuestImageError) as exc:
         return fail(str(exc))
-    live = None if args.json else _console
+    live = None if args.json else _output
     try:
         report = boot(str(image.path), Level(args.level), trace=args.trace,
-                      memory=image.memory, input_lines=input_lines, on_console=live,
+                      memory=image.memory, input_lines=input_lines, on_output=live,
                       secret=secret)
     except (GuestBuildError, GuestImageError, OSError, HarnessError) as exc:
         return fail(str(exc))
@@ -113,10 +113,12 @@ def run(args: argparse.Namespace) -> int:
     return 128 + NUMBERS[signal]  # as a shell reports a program a signal ended
 
 
-def _console(text: str) -> None:
-    stream = sys.stderr if text.startswith(LOG_PREFIX) else sys.stdout
-    stream.write(text)
+def _output(data: bytes) -> None:
+    """A console write, byte for byte: the personality's own lines to stderr."""
+    stream = sys.stderr if data.startswith(LOG_PREFIX.encode()) else sys.stdout
     stream.flush()
+    stream.buffer.write(data)
+    stream.buffer.flush()
 
 
 def _ended(report, program: Path) -> str:
