@@ -163,7 +163,8 @@ static i64 install(struct file *f, int from)
     return -EMFILE;
 }
 
-static struct file *get(u64 fd) { return fd < NFDS ? fds[fd] : 0; }
+/* Descriptors are ints in the ABI: only the register's low half counts. */
+static struct file *get(u64 fd) { fd = (u32)fd; return fd < NFDS ? fds[fd] : 0; }
 
 void fs_std(void)
 {
@@ -184,8 +185,9 @@ void fs_std(void)
 #define O_CLOEXEC 02000000
 #define AT_FDCWD (-100)
 
-static i64 at_path(i64 dirfd, const char *path, char *out)
+static i64 at_path(i64 dirfd_arg, const char *path, char *out)
 {
+    int dirfd = (int)dirfd_arg;  /* an int in the ABI: the upper half of the register is not */
     if (path && path[0] != '/' && dirfd != AT_FDCWD) {
         struct file *d = get((u64)dirfd);
         if (!d) return -EBADF;
@@ -259,6 +261,7 @@ static void release(struct file *f) { if (f && f->refs > 0) f->refs--; }
 i64 sys_close(u64 fd, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
 {
     (void)a1; (void)a2; (void)a3; (void)a4; (void)a5;
+    fd = (u32)fd;
     struct file *f = get(fd);
     if (!f) return -EBADF;
     release(f);
@@ -707,6 +710,7 @@ i64 sys_fsync(u64 fd, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
 
 static i64 dup_to(struct file *f, u64 to, int cloexec)
 {
+    to = (u32)to;
     if (to >= NFDS) return -EBADF;
     if (fds[to] == f) return (i64)to;
     if (fds[to]) release(fds[to]);
@@ -730,7 +734,7 @@ i64 sys_dup3(u64 fd, u64 to, u64 flags, u64 a3, u64 a4, u64 a5)
     (void)a3; (void)a4; (void)a5;
     struct file *f = get(fd);
     if (!f) return -EBADF;
-    if (fd == to) return -EINVAL;
+    if ((u32)fd == (u32)to) return -EINVAL;
     return dup_to(f, to, (flags & O_CLOEXEC) != 0);
 }
 
@@ -752,6 +756,7 @@ i64 sys_dup2(u64 fd, u64 to, u64 a2, u64 a3, u64 a4, u64 a5)
 i64 sys_fcntl(u64 fd, u64 cmd, u64 arg, u64 a3, u64 a4, u64 a5)
 {
     (void)a3; (void)a4; (void)a5;
+    fd = (u32)fd;
     struct file *f = get(fd);
     if (!f) return -EBADF;
     switch (cmd) {

@@ -100,6 +100,28 @@ def test_binary_output_is_byte_exact(busybox, tmp_path, capsysbinary):
     assert gzip.decompress(capsysbinary.readouterr().out) == data
 
 
+APPLETS = [  # (arguments, level): each applet at one level, so that all five are covered
+    (["sort", "-k2", "-n", "t"], Level.PLAIN),
+    (["sed", "-e", "s/o/0/g", "-e", "/three/d", "t"], Level.SEV),
+    (["awk", "{ n += NF; s = s $1 } END { print n, s, NR }", "t"], Level.SEV_ES),
+    (["wc", "t"], Level.SNP),
+    (["sh", "-c", 'x=0; for w in a b c; do x=$((x+1)); printf "%s%d " $w $x; done; '
+      'test -f t && echo ok; read line < t; echo "$line"'], Level.SHIM),
+]
+
+
+@pytest.mark.parametrize(("args", "level"), APPLETS, ids=[a[0] for a, _ in APPLETS])
+def test_busybox_applets_print_what_they_print_on_linux(busybox, tmp_path, args, level):
+    """The same binary run natively here and as a guest, on the same file (`t` in the
+    working directory: the guest's is /): the same output."""
+    (tmp_path / "t").write_text("one 3\ntwo 1\nthree 20\nfour 4 x\n")
+    native = subprocess.run([str(busybox), *args], capture_output=True, text=True,
+                            cwd=tmp_path, check=True).stdout
+    report, _ = run(busybox, args, level, [f"{tmp_path}/t:/t"])
+    assert (report.how, report.status) == ("exit", 0), report.console
+    assert report.console == native
+
+
 def test_busybox_wc_and_cat(busybox, tmp_path):
     (tmp_path / "t").write_text("one two\nthree\n")
     report, _ = run(busybox, ["wc", "/data/t"], Level.PLAIN, [f"{tmp_path}/t:/data/t"])
