@@ -132,11 +132,14 @@ static void parent_of(const char *path, char *out)
 }
 
 /* -- open files --------------------------------------------------------------------- */
-enum kind { K_NONE, K_STDIN, K_CONSOLE, K_RFS, K_DIR, K_TMP, K_SECRET, K_NULL };
+enum kind { K_NONE, K_STDIN, K_CONSOLE, K_RFS, K_DIR, K_TMP, K_SECRET, K_NULL, K_PIPE_R,
+            K_PIPE_W };
 #define NFILES 64
 #define NFDS 64
+struct pipe { u8 *buf; u64 head, len; int writers, readers; };
+#define PIPE_SIZE 65536UL
 struct file { int refs; enum kind kind; int flags; u64 off; const struct rfs_entry *e;
-              struct tnode *t; char path[PATH_MAX_]; };
+              struct tnode *t; struct pipe *p; char path[PATH_MAX_]; };
 static struct file files[NFILES];
 static struct file *fds[NFDS];
 static int fd_cloexec[NFDS];
@@ -256,7 +259,14 @@ i64 sys_open(u64 path, u64 flags, u64 mode, u64 a3, u64 a4, u64 a5)
     return sys_openat((u64)AT_FDCWD, path, flags, mode, a3, a4 + a5 * 0);
 }
 
-static void release(struct file *f) { if (f && f->refs > 0) f->refs--; }
+static void release(struct file *f)
+{
+    if (!f || f->refs <= 0) return;
+    if (--f->refs == 0 && f->p) {
+        if (f->kind == K_PIPE_R) f->p->readers--; else f->p->writers--;
+        if (!f->p->readers && !f->p->writers) { mm_free(f->p->buf, PIPE_SIZE); f->p->buf = 0; }
+    }
+}
 
 i64 sys_close(u64 fd, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
 {
@@ -309,6 +319,17 @@ static i64 read_stdin(u8 *buf, u64 len)
 static i64 read_at(struct file *f, u8 *buf, u64 len, u64 off)
 {
     if (f->kind == K_STDIN) return read_stdin(buf, len);
+    if (f->kind == K_PIPE_R) {
+        /* One process: nobody could fill an empty pipe while the reader waits. */
+        struct pipe *p = f->p;
+        if (!p->len) return p->writers ? -EAGAIN : 0;
+        u64 n = p->len < len ? p->len : len;
+        for (u64 i = 0; i < n; i++) buf[i] = p->buf[(p->head + i) % PIPE_SIZE];
+        p->head = (p->head + n) % PIPE_SIZE;
+        p->len -= n;
+        return (i64)n;
+    }
+    if (f->kind == K_PIPE_W) return -EBADF;
     if (f->kind == K_DIR) return -EISDIR;
     if (f->kind == K_CONSOLE) return -EBADF;
     if (f->kind == K_NULL) return 0;
@@ -336,7 +357,7 @@ i64 sys_pread64(u64 fd, u64 buf, u64 len, u64 off, u64 a4, u64 a5)
     (void)a4; (void)a5;
     struct file *f = get(fd);
     if (!f) return -EBADF;
-    if (f->kind == K_STDIN || f->kind == K_CONSOLE) return -ESPIPE;
+    if (f->kind == K_STDIN || f->kind == K_CONSOLE || f->p) return -ESPIPE;
     return read_at(f, (u8 *)buf, len, off);
 }
 
@@ -352,6 +373,15 @@ static i64 write_at(struct file *f, const u8 *buf, u64 len, u64 off)
         return (i64)len;
     }
     if (f->kind == K_NULL) return (i64)len;
+    if (f->kind == K_PIPE_W) {
+        struct pipe *p = f->p;
+        if (!p->readers) return -EPIPE;
+        u64 n = PIPE_SIZE - p->len < len ? PIPE_SIZE - p->len : len;
+        if (!n) return -EAGAIN;  /* full, and no other process to drain it */
+        for (u64 i = 0; i < n; i++) p->buf[(p->head + p->len + i) % PIPE_SIZE] = buf[i];
+        p->len += n;
+        return (i64)n;
+    }
     if (f->kind != K_TMP || (f->flags & O_ACCMODE) == 0) return -EBADF;
     if (off + len < off) return -EFBIG;
     i64 r = tmp_reserve(f->t, off + len);
@@ -369,7 +399,7 @@ i64 sys_write(u64 fd, u64 buf, u64 len, u64 a3, u64 a4, u64 a5)
     if (!f) return -EBADF;
     if (f->kind == K_TMP && (f->flags & O_APPEND)) f->off = f->t->size;
     i64 r = write_at(f, (const u8 *)buf, len, f->off);
-    if (r > 0 && f->kind != K_CONSOLE) f->off += (u64)r;
+    if (r > 0 && f->kind != K_CONSOLE && f->kind != K_PIPE_W) f->off += (u64)r;
     return r;
 }
 
@@ -378,7 +408,7 @@ i64 sys_pwrite64(u64 fd, u64 buf, u64 len, u64 off, u64 a4, u64 a5)
     (void)a4; (void)a5;
     struct file *f = get(fd);
     if (!f) return -EBADF;
-    if (f->kind == K_CONSOLE) return -ESPIPE;
+    if (f->kind == K_CONSOLE || f->p) return -ESPIPE;
     return write_at(f, (const u8 *)buf, len, off);
 }
 
@@ -418,7 +448,7 @@ i64 sys_lseek(u64 fd, u64 off, u64 whence, u64 a3, u64 a4, u64 a5)
     (void)a3; (void)a4; (void)a5;
     struct file *f = get(fd);
     if (!f) return -EBADF;
-    if (f->kind == K_STDIN || f->kind == K_CONSOLE) return -ESPIPE;
+    if (f->kind == K_STDIN || f->kind == K_CONSOLE || f->p) return -ESPIPE;
     u64 size;
     contents(f, &size);
     i64 base = whence == 0 ? 0 : whence == 1 ? (i64)f->off : whence == 2 ? (i64)size : -1;
@@ -445,6 +475,7 @@ static i64 fill_stat(struct kstat *st, enum kind kind, const struct rfs_entry *e
     st->blksize = 4096;
     switch (kind) {
     case K_STDIN: case K_CONSOLE: case K_NULL: st->mode = S_IFCHR | 0620; st->ino = 1 + kind; break;
+    case K_PIPE_R: case K_PIPE_W: st->mode = S_IFIFO | 0600; st->ino = 16 + kind; break;
     case K_SECRET: st->mode = S_IFREG | 0400; st->size = (i64)secrets()->len; st->ino = 3; break;
     case K_RFS: case K_DIR:
         if (e) { st->mode = e->mode; st->size = (i64)e->size; st->ino = ino_of(e); break; }
@@ -836,4 +867,40 @@ i64 sys_poll(u64 ufds, u64 n, u64 timeout, u64 a3, u64 a4, u64 a5)
         if (p[i].revents) ready++;
     }
     return ready;
+}
+
+#define NPIPES 8
+static struct pipe pipes[NPIPES];
+
+i64 sys_pipe2(u64 ufds, u64 flags, u64 a2, u64 a3, u64 a4, u64 a5)
+{
+    (void)a2; (void)a3; (void)a4; (void)a5;
+    struct pipe *p = 0;
+    for (int i = 0; i < NPIPES && !p; i++) if (!pipes[i].buf) p = &pipes[i];
+    if (!p) return -EMFILE;
+    struct file *r = new_file(K_PIPE_R);
+    if (!r) return -EMFILE;
+    struct file *w = new_file(K_PIPE_W);
+    if (!w) { r->refs = 0; return -EMFILE; }
+    u8 *buf = mm_alloc(PIPE_SIZE);
+    if (!buf) { r->refs = w->refs = 0; return -ENOMEM; }
+    zero(p, sizeof *p);
+    p->buf = buf;
+    p->readers = p->writers = 1;
+    r->p = w->p = p;
+    r->flags = 0;
+    w->flags = O_WRONLY;
+    i64 rfd = install(r, 0);
+    if (rfd < 0) { w->refs = 0; mm_free(buf, PIPE_SIZE); p->buf = 0; return rfd; }
+    i64 wfd = install(w, 0);
+    if (wfd < 0) { fds[rfd] = 0; r->refs = 0; mm_free(buf, PIPE_SIZE); p->buf = 0; return wfd; }
+    if (flags & O_CLOEXEC) fd_cloexec[rfd] = fd_cloexec[wfd] = 1;
+    ((i32 *)ufds)[0] = (i32)rfd;
+    ((i32 *)ufds)[1] = (i32)wfd;
+    return 0;
+}
+
+i64 sys_pipe(u64 ufds, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
+{
+    return sys_pipe2(ufds, 0, a1 + a2 * 0, a3, a4, a5);
 }

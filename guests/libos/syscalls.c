@@ -34,7 +34,7 @@ static i64 sys_kill(u64 pid, u64 sig, u64 a2, u64 a3, u64 a4, u64 a5);
 static i64 sys_tgkill(u64 tgid, u64 tid, u64 sig, u64 a3, u64 a4, u64 a5);
 static i64 sys_umask(u64 mask, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5);
 static i64 sys_prctl(u64 op, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5);
-H(sys_sendfile); H(sys_poll);
+H(sys_sendfile); H(sys_poll); H(sys_pipe); H(sys_pipe2);
 
 struct sysent { u32 nr; const char *name; syscall_fn fn; const char *doc; };
 
@@ -63,6 +63,7 @@ SYS(20, writev, sys_writev, "write each buffer in turn")
 SYS(21, access, sys_access, "as faccessat")
 SYS(25, mremap, sys_mremap, "shrinks in place, grows by moving (MREMAP_MAYMOVE)")
 SYS(28, madvise, sys_madvise, "succeeds, does nothing")
+SYS(22, pipe, sys_pipe, "as pipe2")
 SYS(32, dup, sys_dup, "lowest free descriptor, sharing the offset")
 SYS(33, dup2, sys_dup2, "onto a chosen descriptor")
 SYS(39, getpid, sys_one, "1")
@@ -115,6 +116,7 @@ SYS(267, readlinkat, sys_readlinkat, "as readlink")
 SYS(269, faccessat, sys_faccessat, "exists: 0; W_OK on the root file system EROFS")
 SYS(273, set_robust_list, sys_zero, "accepted: one thread, nothing to clean up")
 SYS(292, dup3, sys_dup3, "as dup2, with O_CLOEXEC")
+SYS(293, pipe2, sys_pipe2, "a 64 KiB pipe within the one process: an empty read with a writer open and a full write say EAGAIN (nothing else could drain or fill it)")
 SYS(302, prlimit64, sys_prlimit64, "reads: RLIMIT_STACK 8 MiB, RLIMIT_NOFILE 64, others unlimited; sets are ignored")
 SYS(318, getrandom, sys_getrandom, "bytes of the personality's generator (not yet cryptographic: see docs/linux.md)")
 SYS(334, rseq, sys_nosys, "ENOSYS: glibc runs without restartable sequences")

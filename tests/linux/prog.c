@@ -1,10 +1,12 @@
 /* A program of our own for the Linux personality's tests: plain libc, built with
  * musl-gcc -static (and gcc -static).  Exercises argv, stdin, a tmpfs file, a large
  * malloc (mmap), the owner's secret as a file, and an unsupported call. */
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -43,6 +45,29 @@ int main(int argc, char **argv)
     } else {
         printf("no secret\n");
     }
+    /* the tmpfs and descriptors: mkdir, rename, ftruncate, lseek, dup2, getdents, chdir */
+    if (mkdir("/tmp/d", 0755) != 0 || rename("/tmp/note", "/tmp/d/n") != 0) return 5;
+    fd = open("/tmp/d/n", O_RDWR);
+    if (fd < 0 || ftruncate(fd, 4) != 0 || lseek(fd, 0, SEEK_END) != 4) return 6;
+    int fd2 = dup2(fd, 9);
+    char four[5] = {0};
+    if (fd2 != 9 || pread(9, four, 4, 0) != 4) return 7;
+    close(fd); close(9);
+    DIR *dir = opendir("/tmp/d");
+    struct dirent *de;
+    int entries = 0;
+    while (dir && (de = readdir(dir))) entries++;
+    if (dir) closedir(dir);
+    char cwd[64];
+    if (chdir("/tmp/d") != 0 || !getcwd(cwd, sizeof cwd) || unlink("n") != 0) return 8;
+    printf("fs: %s entries=%d cwd=%s gone=%d\n", four, entries, cwd, access("n", F_OK) != 0);
+    /* a pipe within the one process */
+    int p[2];
+    char got[16] = {0};
+    if (pipe(p) != 0 || write(p[1], "through", 7) != 7 || read(p[0], got, sizeof got) != 7)
+        return 10;
+    close(p[1]);
+    printf("pipe: %s eof=%zd\n", got, read(p[0], got, 1));
     if (argc > 1 && strcmp(argv[1], "unsupported") == 0)
         printf("socket=%ld\n", syscall(SYS_socket, 2, 1, 0));
     return argc > 1 && strcmp(argv[1], "fail") == 0 ? 9 : 0;
