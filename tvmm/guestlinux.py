@@ -26,12 +26,12 @@ LIBOS_SOURCES = tuple(LIBOS_DIR / name for name in
                       ("libos.c", "entry.S", "fs.c", "mm.c", "syscalls.c"))
 PAGE = 0x1000
 PROG_BASE = 0x400000
-ROOTFS_BASE = 0x4000000  # mirrors libos.h: programs load in [PROG_BASE, ROOTFS_BASE)
+ROOTFS_BASE = 0x2000000  # mirrors libos.h: programs load in [PROG_BASE, ROOTFS_BASE)
 RFS_MAGIC = 0x3153464F53554E4C  # "LNUSOFS1"
 _HEADER = struct.Struct("<QQIIIIQ")
 _ENTRY = struct.Struct("<QQQII")
 S_IFDIR, S_IFREG = 0o040000, 0o100000
-DEFAULT_HEAP = 64 << 20  # the mmap area and the program's stack, after the root file system
+DEFAULT_HEAP = 32 << 20  # the mmap area and the program's stack, after the root file system
 MAX_MEMORY = 1 << 30  # the largest guest memory CREATE_VM accepts
 ENVIRONMENT = ("PATH=/bin", "HOME=/", "PWD=/")
 DIRECTORIES = ("/", "/bin", "/dev", "/tmp", "/run", "/run/secrets")

@@ -17,7 +17,7 @@
 #include "tvmm.h"
 
 #define PROG_BASE     0x400000UL
-#define ROOTFS_BASE   0x4000000UL   /* 64 MiB: programs load below it */
+#define ROOTFS_BASE   0x2000000UL   /* 32 MiB: programs load below it */
 #define BOOT_STACK    0x10000UL     /* the top 64 KiB: start.S's stack, dead once the program runs */
 #define USER_STACK    0x800000UL    /* 8 MiB for the program's stack */
 #define PAGE          4096UL

@@ -256,6 +256,16 @@ int main(void)
 """
 
 
+def test_layout_constants_are_the_personality_s():
+    """tvmm/guestlinux.py packs and places what guests/libos/libos.h reads."""
+    header = (ROOT / "guests/libos/libos.h").read_text()
+    defined = {name: int(value, 16) for name, value in
+               re.findall(r"^#define (\w+)\s+(0x[0-9a-fA-F]+)UL", header, re.M)}
+    assert defined["PROG_BASE"] == guestlinux.PROG_BASE
+    assert defined["ROOTFS_BASE"] == guestlinux.ROOTFS_BASE
+    assert defined["RFS_MAGIC"] == guestlinux.RFS_MAGIC
+
+
 def test_docs_syscall_table_is_the_code_table():
     code = (ROOT / "guests/libos/syscalls.c").read_text()
     table = sorted((int(nr), name, doc) for nr, name, doc in

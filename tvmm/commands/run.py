@@ -49,7 +49,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="the owner's secret: released to the guest (attested at snp and "
                    "shim) and read by the program as /run/secrets/key")
     p.add_argument("--heap", type=lambda s: int(s, 0), default=guestlinux.DEFAULT_HEAP,
-                   help="bytes for the program's mmap area and stack (default 64 MiB)")
+                   help="bytes for the program's mmap area and stack (default 32 MiB)")
     p.add_argument("--json", action="store_true", help="a JSON summary instead of the output")
 
 
