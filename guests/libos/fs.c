@@ -904,3 +904,30 @@ i64 sys_pipe(u64 ufds, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
 {
     return sys_pipe2(ufds, 0, a1 + a2 * 0, a3, a4, a5);
 }
+
+/* struct statx (Linux UAPI), as far as a program reads it. */
+struct statx_ {
+    u32 mask, blksize; u64 attributes; u32 nlink, uid, gid; u16 mode, pad0; u64 ino, size,
+    blocks, attributes_mask; u8 times[64]; u32 rdev_major, rdev_minor, dev_major, dev_minor;
+    u8 spare[112];
+};
+#define STATX_BASIC_STATS 0x7ffU
+
+i64 sys_statx(u64 dirfd, u64 upath, u64 flags, u64 mask, u64 ubuf, u64 a5)
+{
+    (void)mask; (void)a5;
+    struct kstat st;
+    i64 r = sys_newfstatat(dirfd, upath, (u64)&st, flags & AT_EMPTY_PATH, 0, 0);
+    if (r < 0) return r;
+    struct statx_ *x = (struct statx_ *)ubuf;
+    zero(x, sizeof *x);
+    x->mask = STATX_BASIC_STATS;
+    x->blksize = (u32)st.blksize;
+    x->nlink = (u32)st.nlink;
+    x->mode = (u16)st.mode;
+    x->ino = st.ino;
+    x->size = (u64)st.size;
+    x->blocks = (u64)st.blocks;
+    x->dev_minor = 1;
+    return 0;
+}

@@ -34,7 +34,7 @@ static i64 sys_kill(u64 pid, u64 sig, u64 a2, u64 a3, u64 a4, u64 a5);
 static i64 sys_tgkill(u64 tgid, u64 tid, u64 sig, u64 a3, u64 a4, u64 a5);
 static i64 sys_umask(u64 mask, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5);
 static i64 sys_prctl(u64 op, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5);
-H(sys_sendfile); H(sys_poll); H(sys_pipe); H(sys_pipe2);
+H(sys_sendfile); H(sys_poll); H(sys_pipe); H(sys_pipe2); H(sys_statx);
 
 struct sysent { u32 nr; const char *name; syscall_fn fn; const char *doc; };
 
@@ -119,6 +119,7 @@ SYS(292, dup3, sys_dup3, "as dup2, with O_CLOEXEC")
 SYS(293, pipe2, sys_pipe2, "a 64 KiB pipe within the one process: an empty read with a writer open and a full write say EAGAIN (nothing else could drain or fill it)")
 SYS(302, prlimit64, sys_prlimit64, "reads: RLIMIT_STACK 8 MiB, RLIMIT_NOFILE 64, others unlimited; sets are ignored")
 SYS(318, getrandom, sys_getrandom, "bytes of the personality's generator (not yet cryptographic: see docs/linux.md)")
+SYS(332, statx, sys_statx, "as newfstatat, in struct statx (basic fields; times 0)")
 SYS(334, rseq, sys_nosys, "ENOSYS: glibc runs without restartable sequences")
 };
 #define NSYSCALLS (sizeof SYSCALLS / sizeof SYSCALLS[0])

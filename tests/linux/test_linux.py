@@ -133,14 +133,14 @@ def test_busybox_wc_and_cat(busybox, tmp_path):
 def test_musl_program(musl_prog, tmp_path):
     """argv, stdin from the input device, a tmpfs file, an 8 MiB malloc (mmap), the owner's
     secret as /run/secrets/key, tmpfs directories (mkdir, rename, ftruncate, getdents,
-    chdir, unlink), dup2 and pread, a pipe, and its own exit status."""
+    chdir, unlink), dup2 and pread, a pipe, statx, and its own exit status."""
     secret = bytes(range(1, 33))
     report, _ = run(musl_prog, ["fail", "a b"], Level.PLAIN, input_lines=["x\n", "yz\n"],
                     secret=secret)
     assert report.console == (
         "argc=3 [fail] [a b]\nstdin lines=2 bytes=5\ntmpfs: written 42\n"
         f"malloc 8 MiB ok sum={sum(range(256)) * 8}\nsecret bytes=32 sum={sum(secret)}\n"
-        "fs: writ entries=3 cwd=/tmp/d gone=1\npipe: through eof=0\n")
+        "fs: writ entries=3 cwd=/tmp/d gone=1\npipe: through eof=0\nstatx: 0 dir=1\n")
     assert (report.how, report.status) == ("exit", 9)
 
 
