@@ -5,7 +5,9 @@ minimal syscall layer in Python (nothing of tvmm), side by side in one run.
     python -m tools.bench_linux [--mib 16] [--write-docs]
 
 Both sides hash the same random bytes (seeded) and must print the same digest as hashlib;
-each side's time is its run alone (loading is outside the timer on both).  Prints JSON.
+each side's figure is its run's CPU time in this process (loading and tvmm's launch
+are outside it; the launch is reported beside), which a busy machine's neighbours do not
+inflate.  Prints JSON.
 """
 
 from __future__ import annotations
@@ -142,10 +144,29 @@ class BareLinux:
         return -ENOSYS
 
     def run(self) -> float:
+        """CPU seconds of the run (in this process: the machine's load does not count)."""
         self.uc.reg_write(X.UC_X86_REG_RSP, self.sp)
-        start = time.perf_counter()
+        start = time.process_time()
         self.uc.emu_start(self.entry, 0xFFFF_FFFF_FFFF_FFFF)
-        return time.perf_counter() - start
+        return time.process_time() - start
+
+
+def tvmm_shim(image: guestlinux.LinuxImage) -> tuple[str, int | None, float, float]:
+    """(output, status, launch, run) of ``image`` at shim, TEE and host in this process,
+    in CPU seconds."""
+    from tvmm.host.hypervisor import Devices, HonestHypervisor
+    from tvmm.machine import make_machine
+
+    elf = load_elf(image.path)
+    machine = make_machine(image=elf, level=Level.SHIM)
+    host = HonestHypervisor(machine.client, Devices())
+    start = time.process_time()
+    host.launch(elf, Level.SHIM, image.memory)
+    launched = time.process_time()
+    result = host.run()
+    ran = time.process_time()
+    machine.close()
+    return host.devices.console.text, result.status, launched - start, ran - launched
 
 
 SYSCALLS_C = r"""#include <stdlib.h>
@@ -214,20 +235,18 @@ def run(mib: int = 16, seed: int = 18) -> dict:
         bare_s = bare.run()
         if bare.out.decode() != expected or bare.status != 0:
             raise RuntimeError(f"bare Unicorn printed {bytes(bare.out)!r}")
-        start = time.perf_counter()
-        report = boot(str(image.path), Level.SHIM, memory=image.memory)
-        total_s = time.perf_counter() - start
-        if report.console != expected or report.status != 0:
-            raise RuntimeError(f"tvmm printed {report.console!r}")
+        output, status, launch_s, run_s = tvmm_shim(image)
+        if output != expected or status != 0:
+            raise RuntimeError(f"tvmm printed {output!r}")
     launch_s, first_s = startup_to_first_output()
     return {"program": "busybox sha256sum", "busybox_sha256":
             hashlib.sha256(BUSYBOX.read_bytes()).hexdigest(), "mib": mib,
             "syscall_round_trip_us": round(syscall_round_trip() * 1e6, 2),
             "busybox_echo_launch_ms": round(launch_s * 1e3, 1),
             "busybox_echo_first_output_ms": round(first_s * 1e3, 1),
-            "bare_s": round(bare_s, 3), "tvmm_shim_run_s": round(report.wall_s, 3),
-            "tvmm_shim_launch_and_run_s": round(total_s, 3),
-            "speed_vs_bare": round(bare_s / report.wall_s, 3),
+            "bare_s": round(bare_s, 3), "tvmm_shim_run_s": round(run_s, 3),
+            "tvmm_shim_launch_s": round(launch_s, 3),
+            "speed_vs_bare": round(bare_s / run_s, 3),
             "load_avg_1min": round(os.getloadavg()[0], 1), "cpus": os.cpu_count()}
 
 
@@ -235,14 +254,15 @@ def markdown(r: dict) -> str:
     return (
         f"`busybox sha256sum` of {r['mib']} MiB (Debian busybox-static, SHA-256 "
         f"`{r['busybox_sha256'][:16]}…`), measured by `python -m tools.bench_linux "
-        f"--write-docs` (load average {r['load_avg_1min']} on {r['cpus']} CPUs):\n\n"
-        "| side | seconds | speed vs bare |\n|---|---|---|\n"
+        f"--write-docs` (load average {r['load_avg_1min']} on {r['cpus']} CPUs; CPU "
+        "seconds, each side in the benchmark's process):\n\n"
+        "| side | CPU seconds | speed vs bare |\n|---|---|---|\n"
         f"| bare Unicorn, minimal syscall layer in Python | {r['bare_s']} | 1 |\n"
         f"| tvmm at shim (personality in the guest), run | {r['tvmm_shim_run_s']} | "
         f"{r['speed_vs_bare']} |\n"
-        f"| tvmm at shim, launch (measuring the image) and run | "
-        f"{r['tvmm_shim_launch_and_run_s']} | — |\n\n"
-        f"CPU time, TEE and host in one process: a system call inside the guest at shim (a "
+        f"| tvmm at shim, launch (the image measured: program, personality, 16 MiB file) | "
+        f"{r['tvmm_shim_launch_s']} | — |\n\n"
+        f"A system call inside the guest at shim (a "
         f"musl program's `getppid`, SYSCALL to the personality and back, no exit) "
         f"**{r['syscall_round_trip_us']} µs**; `busybox echo` at shim: launch (the host's "
         f"ADD_PAGES, the image measured) {r['busybox_echo_launch_ms']} ms, first output "
