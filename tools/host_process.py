@@ -51,8 +51,8 @@ class Launcher:
             raise LinkError("the owner link is closed")
         return answer[1:]
 
-    def console(self, text: str) -> None:
-        send_frame(self.sock, b"C" + text.encode())
+    def console(self, data: bytes) -> None:
+        send_frame(self.sock, b"C" + data)  # the guest's bytes: the launcher decodes
 
     def result(self, data: dict) -> None:
         send_frame(self.sock, b"R" + json.dumps(data).encode())
@@ -82,7 +82,7 @@ def attack_named(job: dict) -> Attack:
 
 def run_boot(job: dict, client: PlatformClient, link: Launcher) -> dict:
     image = load_elf(Path(job["image"]), job["guest"])
-    devices = Devices(Console(link.console if job.get("live") else None),
+    devices = Devices(Console(raw_sink=link.console if job.get("live") else None),
                       BlockDevice(Path(job["disk"]) if job.get("disk") else None),
                       InputDevice(job.get("input", [])),
                       owner=link.owner if job.get("owner") else None,

@@ -7,8 +7,8 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ("boot", "guests", "bench", "attacks", "campaign", "trace", "attest", "perimeter",
-               "owner", "transparency")
+SUBCOMMANDS = ("boot", "run", "guests", "bench", "attacks", "campaign", "trace", "attest",
+               "perimeter", "owner", "transparency")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -90,5 +90,30 @@ def plan_launch(image: GuestImage, memory_size: int, *, secret_blob: bytes = b""
         AddStep(SECRETS_GPA, PageType.SECRETS, 1, (secret_blob,)),
     ]
     for run in image.runs():
-        steps.append(AddStep(run.gpa, PageType.NORMAL, run.count, run.parts, run.executable))
+        steps.extend(_split(run.gpa, run.parts, run.executable))
     return LaunchPlan(tuple(steps), image.entry, memory_size)
+
+
+MAX_STEP_BYTES = 4 << 20  # one ADD_PAGES call's contents: a frame of the links carries it
+
+
+def _split(gpa: int, parts: tuple[bytes | memoryview, ...], executable: bool
+           ) -> list[AddStep]:
+    """A run's pages as ADD_PAGES calls of at most MAX_STEP_BYTES each, in order (the digest
+    hashes page by page, so where a run is cut changes nothing in it)."""
+    steps: list[AddStep] = []
+    chunk: list[memoryview] = []
+    size = 0
+    for part in parts:
+        view = memoryview(part)
+        while len(view):
+            take = min(len(view), MAX_STEP_BYTES - size)
+            chunk.append(view[:take])
+            view, size = view[take:], size + take
+            if size == MAX_STEP_BYTES:
+                steps.append(AddStep(gpa, PageType.NORMAL, size // PAGE_SIZE, tuple(chunk),
+                                     executable))
+                gpa, chunk, size = gpa + size, [], 0
+    if size:
+        steps.append(AddStep(gpa, PageType.NORMAL, size // PAGE_SIZE, tuple(chunk), executable))
+    return steps

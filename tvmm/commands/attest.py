@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import random
+import shlex
 from pathlib import Path
 
 from cryptography import x509
@@ -22,13 +23,14 @@ from cryptography.hazmat.primitives import serialization
 from rich.table import Table
 
 from shim.launch import predict
+from tvmm import guestlinux
 from tvmm.abi.guest import NONCE_SIZE
 from tvmm.abi.key_release import KeyReleaseFormatError, report_data_for
 from tvmm.abi.report import AttestationReport
 from tvmm.abi.types import DEFAULT_POLICY, POLICY_DEBUG, Level
 from tvmm.commands.output import console, emit_json, fail
 from tvmm.guestbuild import GuestBuildError
-from tvmm.guestimage import GuestImageError
+from tvmm.guestimage import GuestImageError, load_elf
 from tvmm.harness.boot import boot
 from tvmm.harness.launcher import HarnessError
 from tvmm.hw.measurement import MEASUREMENT_VERSION, PageType
@@ -64,9 +66,18 @@ EVIDENCE_FILE = "evidence.json"
 
 def add(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("measure", help="predict a guest's launch digest without booting it")
-    m.add_argument("guest", help="sample name, .c file or ELF")
-    m.add_argument("--memory", type=lambda s: int(s, 0), default=DEFAULT_MEMORY,
-                   help="guest memory in bytes (the initial RSP is measured)")
+    m.add_argument("guest", nargs="?", help="sample name, .c file or ELF")
+    m.add_argument("--program", type=Path, help="instead of a guest: a static Linux program "
+                   "in the Linux personality (tvmm run), with its files and arguments")
+    m.add_argument("--file", action="append", default=[], metavar="HOST:GUEST",
+                   help="with --program: a file of its root file system (repeatable)")
+    m.add_argument("--args", default="", metavar="'ARG ...'",
+                   help="with --program: its arguments, as a shell would split them")
+    m.add_argument("--heap", type=lambda s: int(s, 0), default=guestlinux.DEFAULT_HEAP,
+                   help="with --program: as tvmm run --heap")
+    m.add_argument("--memory", type=lambda s: int(s, 0), default=None,
+                   help="guest memory in bytes (the initial RSP is measured; default 4 MiB, "
+                   "with --program what tvmm run gives it)")
     m.add_argument("--level", choices=[Level.SNP.value, Level.SHIM.value], default="snp",
                    help="the level the guest will run at (measured: SEV_FEATURES in the VMSA; "
                    "only snp and shim have signed reports)")
@@ -147,9 +158,20 @@ def _hex_arg(size: int, *, exact: bool = True):
 
 # -- measure ------------------------------------------------------------------------------
 def run_measure(args: argparse.Namespace) -> int:
+    if (args.guest is None) == (args.program is None):
+        return fail("measure a guest or a --program, one of them")
     try:
-        image, _sample = resolve(args.guest)
-    except (GuestBuildError, GuestImageError, KeyError, OSError, HarnessError) as exc:
+        if args.program is not None:
+            linux = guestlinux.build(args.program, shlex.split(args.args),
+                                     [guestlinux.FileSpec.parse(f) for f in args.file],
+                                     heap=args.heap)
+            image = load_elf(linux.path, args.program.name)
+            args.memory = args.memory or linux.memory
+        else:
+            image, _sample = resolve(args.guest)
+            args.memory = args.memory or DEFAULT_MEMORY
+    except (GuestBuildError, GuestImageError, KeyError, OSError, HarnessError,
+            ValueError) as exc:
         return fail(str(exc).strip("'\""))
     level = Level(args.level)
     chain = predict(plan_launch(image, args.memory), level)

@@ -54,9 +54,11 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
          secret_path: str | None = None, owner: OwnerEndpoint | None = None,
          release_policy: ReleasePolicy | None = None, nonce: bytes | None = None,
          state_dir: Path | str | None = None, guest_policy: int | None = None,
-         receipt: bytes | None = None) -> BootReport:
+         receipt: bytes | None = None,
+         on_output: Callable[[bytes], None] | None = None) -> BootReport:
     """As tvmm.machine.boot, with the TEE and the host in processes of their own.
-    ``receipt``: a transparency bundle the host presents with the guest's evidence."""
+    ``receipt``: a transparency bundle the host presents with the guest's evidence;
+    ``on_output`` gets each console write's bytes as the guest wrote them."""
     if secret_path is None:
         secret_path = default_secret_path(level)
     if secret_path not in SECRET_PATHS:
@@ -83,7 +85,8 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
             "owner": secret_path == "attested", "guest_policy": guest_policy,
             "receipt": receipt.hex() if receipt is not None else None})
         start = time.perf_counter()
-        result = session.serve(owner if secret_path == "attested" else None, on_console)
+        result = session.serve(owner if secret_path == "attested" else None, on_console,
+                               on_output)
         wall = time.perf_counter() - start
         if result is None or "error" in result:
             why = "the host process died" if result is None else result["error"]

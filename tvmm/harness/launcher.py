@@ -89,8 +89,10 @@ class Session:
         send_frame(self.link, json.dumps({**job, **self.host_job}).encode())
 
     def serve(self, owner: Callable[[bytes], bytes] | None = None,
-              on_console: Callable[[str], None] | None = None) -> dict | None:
-        """Answer the host until it hands in its result (None: it died without one)."""
+              on_console: Callable[[str], None] | None = None,
+              on_output: Callable[[bytes], None] | None = None) -> dict | None:
+        """Answer the host until it hands in its result (None: it died without one); each
+        console write goes to ``on_console`` as text and to ``on_output`` as bytes."""
         while True:
             try:
                 frame = recv_frame(self.link)
@@ -106,6 +108,8 @@ class Session:
             elif tag == b"C":
                 if on_console is not None:
                     on_console(body.decode("utf-8", errors="replace"))
+                if on_output is not None:
+                    on_output(body)
             elif tag == b"R":
                 try:
                     self.result = json.loads(body)

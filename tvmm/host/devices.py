@@ -9,10 +9,13 @@ SECTOR = 512
 
 
 class Console:
-    """Collects guest output and passes each write on as it arrives."""
+    """Collects guest output and passes each write on as it arrives: as text to ``sink``,
+    as the bytes themselves to ``raw_sink`` (binary output, e.g. a Linux program's)."""
 
-    def __init__(self, sink: Callable[[str], None] | None = None) -> None:
+    def __init__(self, sink: Callable[[str], None] | None = None,
+                 raw_sink: Callable[[bytes], None] | None = None) -> None:
         self.sink = sink
+        self.raw_sink = raw_sink
         self.chunks: list[str] = []
 
     def write(self, data: bytes) -> None:
@@ -20,6 +23,8 @@ class Console:
         self.chunks.append(text)
         if self.sink is not None:
             self.sink(text)
+        if self.raw_sink is not None:
+            self.raw_sink(bytes(data))
 
     @property
     def text(self) -> str:

@@ -129,7 +129,9 @@ class HonestHypervisor:
                 how, status = "exit", exit_status(rec.get(Field.STATUS, 0))
                 break
             if rec.reason == ExitReason.FAULT:
-                how, detail = "fault", f"vector {rec.get(Field.VECTOR)}"
+                rip = rec.get(Field.RIP)  # below shim: where the guest faulted
+                how, detail = "fault", f"vector {rec.get(Field.VECTOR)}" + (
+                    f" at {rip:#x}" if rip is not None else "")
                 break
             if rec.reason == ExitReason.KILLED:
                 how, detail = "killed", kill_reason_text(rec.get(Field.KILL_REASON))

@@ -68,6 +68,19 @@ IF_FLAG = 1 << 9
 
 _VMCALL = (b"\x0f\x01\xc1", b"\x0f\x01\xd9")  # vmcall, vmmcall
 
+# SYSCALL's model-specific registers (AMD64 APM vol. 2, 6.1.1).
+MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_FMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084
+MSR_FS_BASE, MSR_GS_BASE = 0xC0000100, 0xC0000101
+EFER_SCE = 1
+# Prefixes that may precede an instruction's opcode: legacy ones and REX (0x40-0x4f).
+_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3") | frozenset(range(0x40, 0x50))
+
+
+class _Msr(ctypes.Structure):
+    """libunicorn's uc_x86_msr: the MSR's index, then its value."""
+
+    _fields_ = (("rid", ctypes.c_uint32), ("value", ctypes.c_uint64))
+
 
 class StopKind(IntEnum):
     TIMER = 1
@@ -153,6 +166,14 @@ class Vcpu:
         self._regs: tuple[int, ...] | None = None  # its unpacked tuple, made when asked for
         self._dirty: set[int] | None = None  # pages written while migration tracks them
         self._wp: set[int] = set()  # pages write-protected by that tracking only
+        # SYSCALL's writes (RCX, R11, RFLAGS, RIP) as one batch, and an MSR read buffer.
+        self._sys_ids = (ctypes.c_int * 4)(X.UC_X86_REG_RCX, X.UC_X86_REG_R11,
+                                           X.UC_X86_REG_EFLAGS, X.UC_X86_REG_RIP)
+        self._sys_vals = (ctypes.c_uint64 * 4)()
+        base = ctypes.addressof(self._sys_vals)
+        self._sys_ptrs = (ctypes.c_void_p * 4)(*[base + 8 * i for i in range(4)])
+        self._msr_buf = _Msr()
+        self._msr_ptr = ctypes.cast(ctypes.byref(self._msr_buf), ctypes.c_void_p)
         self._install_hooks()
 
     # -- hooks -----------------------------------------------------------------------
@@ -161,6 +182,7 @@ class Vcpu:
         u.hook_add(uc_mod.UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         u.hook_add(uc_mod.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         u.hook_add(uc_mod.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        u.hook_add(uc_mod.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         u.hook_add(uc_mod.UC_HOOK_INTR, self._on_intr)
         u.hook_add(
             uc_mod.UC_HOOK_MEM_READ_PROT | uc_mod.UC_HOOK_MEM_WRITE_PROT
@@ -212,6 +234,48 @@ class Vcpu:
             self._hook_error = exc
             uc.emu_stop()
         return 1  # skip Unicorn's own CPUID
+
+    def _on_syscall(self, uc, _data) -> None:
+        """SYSCALL as hardware does it in long mode: #UD unless EFER.SCE; RCX = the next
+        instruction, R11 = RFLAGS, RFLAGS &= ~FMASK, RIP = LSTAR.  No exit: the guest's
+        own handler (a Linux personality) runs next.
+
+        Unicorn 2 only calls this hook (qemu/target/i386/seg_helper.c, helper_syscall)
+        and then adds the instruction's length to RIP itself: RIP is written that much
+        short.  The privilege level does not change: guests run in ring 0 (there is no
+        paging to separate rings), so the handler returns by a jump, not SYSRET, whose
+        CS (STAR) and CPL 3 the model would otherwise load.  Registers and MSRs go through
+        libunicorn's C calls (as everywhere here): a program makes thousands of calls."""
+        try:
+            if self._handle is None:  # pragma: no cover - a binding without the handle
+                raise RuntimeError("SYSCALL needs libunicorn's engine handle")
+            handle, one, ptr = self._handle, self._one, self._one_ptr
+            _READ_ONE(handle, X.UC_X86_REG_RIP, ptr)
+            rip = one.value
+            length = _syscall_length(self._ram[rip : min(rip + 15, self.ram_size)])
+            if not self._msr(MSR_EFER) & EFER_SCE:
+                self._halt(Stop(StopKind.EXCEPTION, rip, vector=6, detail="invalid opcode"))
+                self.write_reg(RIP, rip - length)  # Unicorn adds the length: the stop is here
+                return
+            _READ_ONE(handle, X.UC_X86_REG_EFLAGS, ptr)
+            flags = one.value
+            vals = self._sys_vals
+            vals[0], vals[1] = rip + length, flags
+            vals[2] = flags & ~self._msr(MSR_FMASK) & 0xFFFF_FFFF | 2
+            vals[3] = (self._msr(MSR_LSTAR) - length) & 0xFFFF_FFFF_FFFF_FFFF
+            status = _WRITE_BATCH(handle, self._sys_ids, self._sys_ptrs, 4)
+            if status != 0:  # pragma: no cover
+                raise uc_mod.UcError(status)
+        except BaseException as exc:  # re-raised after emu_start
+            self._hook_error = exc
+            uc.emu_stop()
+
+    def _msr(self, index: int) -> int:
+        self._msr_buf.rid = index
+        status = _READ_ONE(self._handle, X.UC_X86_REG_MSR, self._msr_ptr)
+        if status != 0:  # pragma: no cover
+            raise uc_mod.UcError(status)
+        return self._msr_buf.value
 
     def _on_intr(self, uc, intno: int, _data) -> None:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
@@ -475,6 +539,15 @@ class Vcpu:
 
         self._uc.hook_add(uc_mod.UC_HOOK_MEM_WRITE, on_write)
         self._uc.ctl_flush_tb()
+
+
+def _syscall_length(code: bytes) -> int:
+    """The length of the SYSCALL instruction at the start of ``code`` (0f 05 after any
+    prefixes)."""
+    i = 0
+    while i < len(code) and code[i] in _PREFIXES:
+        i += 1
+    return i + 2
 
 
 def _runs(mapped: bytes) -> list[tuple[int, int]]:
