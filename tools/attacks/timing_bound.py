@@ -13,8 +13,9 @@ For each symbol position every candidate (the victim's public alphabet) is tried
 ``q`` in rounds.  The wrong candidates all run the same length N_w; the right one runs
 longer (it matches one more byte).  While ``q`` is below N_w, wrong candidates fire too:
 as soon as two different candidates have fired at this ``q``, ``q`` goes up.  Once
-``q >= N_w`` only the right candidate can fire: the first candidate to fire twice while no
-other fires is taken.  The length goes first, the same way (the compare returns at once
+``q >= N_w`` only the right candidate can fire: the first candidate to fire three times
+while no other fires is taken (twice took a wrong one in about 2% of symbols, just below
+N_w where wrong ones fire rarely).  The length goes first, the same way (the compare returns at once
 when the lengths differ; each longer line costs a fixed number of instructions more,
 measured on the attacker's own copy at ``plain`` with no secret).  Where the platform
 shows the count and does not jitter (up to ``snp``) a single round settles each ``q``.
@@ -45,6 +46,7 @@ MIN_QUANTUM = 32  # docs/policies.md: min_progress; a quantum below it is a shor
 JITTER = 33  # docs/policies.md: a timed entry runs 0..32 further
 MAX_LENGTH = 32  # the victim's public limit (guests/samples/password.c: MAX_PW)
 MAX_LAUNCHES = 4
+WIN = 3  # fires a line needs, with no other line firing, to be taken (2 errs ~2%)
 EMPTY_ROUNDS = 40  # rounds with no fire before a jittered search decides q is too high
 MAX_ATTEMPTS = 60_000
 CALIBRATION_LENGTH = 16
@@ -78,7 +80,7 @@ def _ramp(lines: list[bytes], offsets: list[int], q: int, jittered: bool,
                         q += 4 if sum(fired.values()) > 0.8 * tried else 1
                         moved = True
                         break
-                    if fired[i] >= 2:
+                    if fired[i] >= WIN:
                         notes.setdefault("quanta", []).append(q)
                         return i, q
             if not moved and not round_fired:
