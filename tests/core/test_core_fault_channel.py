@@ -111,3 +111,16 @@ def test_a_page_never_touched_faults_after_its_unmap(unmapped_first):
     vcpu.set_mapped(0x10000, 1, False)
     stop = vcpu.run(0x1000, 0)
     assert (stop.kind, stop.addr) == (StopKind.NPF, 0x10000)
+
+
+def test_the_data_fault_budget_counts_the_whole_launch():
+    """``data_fault_budget`` data faults are allowed; one more is over, whatever the window."""
+    from shim.policies.config import PolicyConfig
+    from shim.policies.faults import FaultPolicy
+
+    policy = FaultPolicy(PolicyConfig(data_fault_budget=2, fault_window=10))
+    over = []
+    for retired in (0, 100, 200):  # each in a window of its own: the data count is not reset
+        policy.record(0x1000, 0x2000, retired)
+        over.append(policy.record_data())
+    assert over == [False, False, True]
