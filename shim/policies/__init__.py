@@ -15,7 +15,7 @@ from shim.policies.irq import IrqFilter
 from shim.policies.step import StepPolicy
 from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import ExitReason, Field, KillReason
-from tvmm.hw.vcpu import PAGE
+from tvmm.hw.vcpu import PAGE, Access
 
 if TYPE_CHECKING:
     from shim.exit_path import Exit
@@ -106,4 +106,9 @@ class PolicySet:
             self._respond(tee, vm, ctx, "fault_budget",
                           f"more than {self.config.fault_budget} faults in a window",
                           self.config.fault_budget_response, KillReason.FAULT_POLICY)
+        if stop.access != Access.FETCH and self.faults.record_data():
+            self._respond(tee, vm, ctx, "fault_data",
+                          f"more than {self.config.data_fault_budget} data-page faults in "
+                          "the launch", self.config.data_fault_response,
+                          KillReason.FAULT_POLICY)
         return Exit(ExitReason.NPF, fields, inside={"fault_gpa": stop.addr})

@@ -37,6 +37,11 @@ class PolicyConfig:
     fault_window: int = 1_000_000  # retired instructions per fault-budget window
     fault_budget: int = 64  # faults allowed per window
     fault_budget_response: Response = Response.TERMINATE
+    # Data-page faults (reads and writes, not fetches) allowed per launch, never reset: an
+    # honest host never unmaps private memory the guest uses (SNP and TDX hosts pin it), and
+    # a fault limit counted per RIP does not see lookups spread over many instructions.
+    data_fault_budget: int = 0
+    data_fault_response: Response = Response.TERMINATE
     pin_working_set: bool = False  # refuse entry while any page added at launch is unmapped
     notify_vector: int = 0x21  # the vector NOTIFY responses post, if the guest registered it
     irq_filter: bool = True
@@ -47,7 +52,7 @@ class PolicyConfigError(ValueError):
 
 
 _ENUMS = {"step_mode": StepMode, "step_response": Response, "fault_rule_response": Response,
-          "fault_budget_response": Response}
+          "fault_budget_response": Response, "data_fault_response": Response}
 
 
 def from_mapping(values: dict[str, Any], base: PolicyConfig | None = None) -> PolicyConfig:

@@ -5,6 +5,10 @@
   rest of the window — clearing the list at the next entry would cost a host that unmaps
   and maps in turn (the controlled channel) nothing.
 - Budget: more than ``fault_budget`` faults in a window of retired instructions.
+- Data faults: more than ``data_fault_budget`` faults on data accesses (reads, writes) in
+  the whole launch.  The TDX rule counts per RIP, so a lookup table read at many RIPs
+  (an unrolled loop: guests/victims/ttable_unrolled.c) never trips it, and its page
+  changes fit in the budget; a data fault on memory the guest uses is never benign.
 - Pinning: the pages added at launch must stay mapped; entry is refused otherwise.
 """
 
@@ -23,6 +27,12 @@ class FaultPolicy:
     listed: set[int] = field(default_factory=set)  # page addresses the host must map
     window_start: int = 0
     in_window: int = 0
+    data_faults: int = 0  # in the whole launch
+
+    def record_data(self) -> bool:
+        """Count a data-access fault; True when the launch's data budget is exceeded."""
+        self.data_faults += 1
+        return self.data_faults > self.config.data_fault_budget
 
     def record(self, rip: int, page: int, retired: int) -> tuple[bool, bool]:
         """(the TDX rule tripped, the budget is exceeded) after this fault."""

@@ -63,6 +63,9 @@ def markdown_table(config: PolicyConfig | None = None) -> str:
          f"fault_window = {c.fault_window}",
          f"nothing; more than {c.fault_budget} faults in {c.fault_window} instructions is "
          f"answered by {c.fault_budget_response.value}", "0"),
+        ("fault: data budget", f"data_fault_budget = {c.data_fault_budget}",
+         f"nothing; more than {c.data_fault_budget} faults on data accesses (reads, writes) "
+         f"in the launch are answered by {c.data_fault_response.value}", "0"),
     ]
     lines = ["| policy | parameters | what the host cannot tell | bits (defaults) |",
              "|---|---|---|---|"]

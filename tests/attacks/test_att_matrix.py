@@ -46,7 +46,8 @@ def test_expectations_are_well_formed():
     keys = {(r["attack"], r["victim"], r["level"]) for r in ROWS}
     assert len(keys) == len(ROWS), "a cell has two rows"
     for row in ROWS:
-        assert set(row) == {"attack", "victim", "level", "expect", "max_leaked_bits"}, row
+        assert set(row) - {"slow"} == {"attack", "victim", "level", "expect",
+                                       "max_leaked_bits"}, row
         allowed = _allowed(row)
         assert allowed <= set(CLASSES) and "error" not in allowed, row
         Level(row["level"])
@@ -62,7 +63,13 @@ def test_every_registered_cell_has_a_row_and_every_row_a_cell():
     assert rows - registered == set(), "expectations for cells nobody registers"
 
 
-@pytest.mark.parametrize("row", ROWS, ids=_id)
+def _param(row: dict) -> object:
+    """A row marked ``slow = true`` (a cell of a minute or more, or one whose attack has a
+    fast test of its own) runs only with ``-m bench``."""
+    return pytest.param(row, id=_id(row), marks=pytest.mark.bench if row.get("slow") else ())
+
+
+@pytest.mark.parametrize("row", [_param(r) for r in ROWS])
 def test_cell_meets_its_expectation(row: dict):
     verdict = run_cell(Cell(row["attack"], row["victim"], Level(row["level"])), seed=0)
     got = outcome_class(verdict)

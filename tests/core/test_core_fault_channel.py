@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.fault_channel import FILL_FAULTS, measure
+from tools.fault_channel import FILL_FAULTS, NO_DATA_BUDGET, fill_length, measure
 from tvmm.abi.types import Level
 from tvmm.hw.vcpu import Access, StopKind, Vcpu
 
@@ -43,7 +43,7 @@ def test_the_fault_policy_closes_the_table_channel_at_shim():
     host sees 8 of the lookups' page changes (the 8th unmaps the 7th's page), each 2 bits of
     a nibble whose position it cannot tell exactly: at most 16 of the 32 page-level bits,
     against all 32 at snp."""
-    run = measure(Level.SHIM, "changes", SEED)
+    run = measure(Level.SHIM, "changes", SEED, policy=NO_DATA_BUDGET)
     assert run.how == "refused"
     assert run.lookup_faults == run.page_changes[:8] and run.bits_bound == 16
 
@@ -52,19 +52,29 @@ def test_keeping_listed_pages_mapped_buys_two_faults_at_shim():
     """A host that keeps every page mapped from the rule's first listing on gets one more
     fault per table page not yet listed: 10 lookup faults in all, then every table page is
     listed and mapped and the lookups fault no more."""
-    run = measure(Level.SHIM, "keep", SEED)
+    run = measure(Level.SHIM, "keep", SEED, policy=NO_DATA_BUDGET)
     assert run.how == "exit"
     assert run.lookup_faults[:7] == run.page_changes[:7]
     assert len(run.lookup_faults) == 10 < len(run.page_changes)
 
 
-def test_unrolled_lookups_leak_their_page_changes_at_shim():
-    """Measured, not wished: with the 16 lookups of a round at 16 RIPs (4 faults each) the
-    TDX rule never trips, and the victim's 4 + 52 faults stay under the default budget of
-    64 a window: at shim the host reads every page change, as at snp."""
-    run = measure(Level.SHIM, "changes", SEED, "ttable_unrolled")
+def test_unrolled_lookups_pass_a_limit_counted_per_rip():
+    """The gap the data-fault budget closes, measured with it switched off: with the 16
+    lookups of a round at 16 RIPs (4 faults each) the TDX rule never trips, and the
+    victim's 4 + 52 faults stay under the window budget of 64: every page change leaks."""
+    run = measure(Level.SHIM, "changes", SEED, "ttable_unrolled", policy=NO_DATA_BUDGET)
     assert run.how == "exit"
     assert run.lookup_faults == run.page_changes and len(run.page_changes) == 52
+
+
+def test_the_data_fault_budget_leaves_one_lookup_fault_per_launch():
+    """Default policy: the first data fault ends the VM.  A host that spends none on the
+    fill (it unmaps the table once the fill is over) sees one lookup's page — 2 bits —
+    and the VM is killed; one that unmaps at launch sees none."""
+    assert measure(Level.SHIM, "changes", SEED, "ttable_unrolled").lookup_faults == []
+    late = measure(Level.SHIM, "late", SEED, "ttable_unrolled",
+                   wait=fill_length("ttable_unrolled"))
+    assert late.how == "killed" and len(late.lookup_faults) == 1 and late.bits_bound == 2
 
 
 def test_a_cached_translation_does_not_outlive_an_unmap():
@@ -101,3 +111,16 @@ def test_a_page_never_touched_faults_after_its_unmap(unmapped_first):
     vcpu.set_mapped(0x10000, 1, False)
     stop = vcpu.run(0x1000, 0)
     assert (stop.kind, stop.addr) == (StopKind.NPF, 0x10000)
+
+
+def test_the_data_fault_budget_counts_the_whole_launch():
+    """``data_fault_budget`` data faults are allowed; one more is over, whatever the window."""
+    from shim.policies.config import PolicyConfig
+    from shim.policies.faults import FaultPolicy
+
+    policy = FaultPolicy(PolicyConfig(data_fault_budget=2, fault_window=10))
+    over = []
+    for retired in (0, 100, 200):  # each in a window of its own: the data count is not reset
+        policy.record(0x1000, 0x2000, retired)
+        over.append(policy.record_data())
+    assert over == [False, False, True]
