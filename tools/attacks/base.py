@@ -97,6 +97,13 @@ class Outcome:
     notes: dict[str, object] = field(default_factory=dict)
 
 
+def not_applicable(why: str, *, exits: int = 0) -> Outcome:
+    """The Outcome of a scenario that does not apply to this victim (a missing public
+    feature, no secret, a channel its own profiling shows carries nothing): no guess, and
+    ``n/a: why`` as its one-line detail."""
+    return Outcome(exits=exits, notes={"na": why, "detail": f"n/a: {why}"})
+
+
 class Attack(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
