@@ -228,7 +228,8 @@ def cached_profiles(ctx: AttackContext, kind: str, secrets: list[tuple[str, byte
 
 
 def _event(e: object) -> Hashable:
-    return tuple(e) if isinstance(e, list) else e  # type: ignore[return-value]
+    """An event as it was before JSON: lists back to tuples, nested ones too."""
+    return tuple(_event(x) for x in e) if isinstance(e, list) else e  # type: ignore[return-value]
 
 
 class _InputProbe(HonestHypervisor):
