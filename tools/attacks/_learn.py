@@ -15,8 +15,10 @@ flips spell out the indices of the bits each segment depends on (``deps``).  Wha
 segment looks like for each value of its bits is read off the profiles (a table, pooled
 over segments: a loop body looks alike in every iteration), and where the table has no
 entry an exact affine fit of the segment's length (or instruction count) to the value of
-its bits reads loop counts.  Bits no segment depends on stay unknown; so do bits whose
-segments disagree.
+its bits reads loop counts.  The table reads a segment of at most two bits: where the
+flips leave an index bit free the bits named may include some the segment does not
+depend on, and a handful of profiles could pin those by chance.  Bits no segment depends
+on stay unknown; so do bits whose segments disagree.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ from fractions import Fraction
 Event = Hashable
 Content = tuple
 EVERY_EVENT = "<every event>"  # the head that makes each event a segment of its own
+END = ("<end>",)  # the segment after a trace's last: the run had stopped
 MAX_DEPS = 8  # a segment that depends on more bits than this is not decoded
+MAX_TABLE_DEPS = 2  # beyond, the flips may name bits it does not depend on: the table
+# of a few profiles could pin them by chance, so only an exact affine fit reads them
 MAX_HEADS = 24
 
 
@@ -94,7 +99,7 @@ class Model:
     def read(self, seg: int, content: Content) -> dict[int, int]:
         """The bits segment ``seg`` showing ``content`` determines."""
         deps = self.deps[seg]
-        values = self.table.get((len(deps), content))
+        values = self.table.get((len(deps), content)) if len(deps) <= MAX_TABLE_DEPS else None
         if not values and len(deps) in self.linear:
             a, b = self.linear[len(deps)]
             v = (_feature(content) - a) / b
@@ -140,32 +145,22 @@ def _heads(traces: Sequence[Sequence[Event]]) -> list[Hashable]:
 def _learn_at(secrets: list[int], traces: Sequence[Sequence[Event]], nbits: int,
               head: Hashable) -> Model | None:
     cuts = [cut(t, head) for t in traces]
-    nsegs = len(cuts[0])
+    nsegs = max(len(c) for c in cuts)
     if any(len(c) != nsegs for c in cuts):
-        return None  # the segments do not line up across secrets
-    zero = cuts[0]
-    flips = {s: i for i, s in enumerate(secrets)}
-    deps: dict[int, tuple[int, ...]] = {}
+        if head != EVERY_EVENT:
+            return None  # the segments do not line up across secrets
+        cuts = [c + [END] * (nsegs - len(c)) for c in cuts]  # a run that stopped early
     ones = (1 << nbits) - 1
+    index = {s: i for i, s in enumerate(secrets)}
+    deps: dict[int, tuple[int, ...]] = {}
     for i in range(nsegs):
-        if all(c[i] == zero[i] for c in cuts):
+        if all(c[i] == cuts[0][i] for c in cuts):
             continue
-        pattern: list[int | None] = []
-        usable = True
-        for m in range(index_bits(nbits)):
-            mask = sum(1 << j for j in range(nbits) if j >> m & 1)
-            a = cuts[flips[mask]][i] != zero[i] if mask in flips else False
-            b = cuts[flips[ones ^ mask]][i] != zero[i] if (ones ^ mask) in flips else False
-            if not a and not b:
-                usable = False
+        for base in (0, ones):  # flips from all zeros (one bit shows), from all ones (all must)
+            bits = _depends(i, cuts, index, base, nbits)
+            if bits is not None:
+                deps[i] = bits
                 break
-            pattern.append(1 if a and not b else 0 if b and not a else None)
-        if not usable:
-            continue
-        bits = tuple(j for j in range(nbits)
-                     if all(p is None or (j >> m & 1) == p for m, p in enumerate(pattern)))
-        if 0 < len(bits) <= MAX_DEPS:
-            deps[i] = bits
     if not deps:
         return None
     table: dict[tuple[int, Content], set[tuple[int, ...]]] = defaultdict(set)
@@ -176,6 +171,28 @@ def _learn_at(secrets: list[int], traces: Sequence[Sequence[Event]], nbits: int,
             table[(len(d), segs[i])].add(value)
             points[len(d)].add((sum(v << k for k, v in enumerate(value)), _feature(segs[i])))
     return Model(head, nbits, nsegs, deps, dict(table), _fit(points))
+
+
+def _depends(i: int, cuts: list[list[Content]], index: dict[int, int], base: int,
+             nbits: int) -> tuple[int, ...] | None:
+    """The bits segment ``i`` depends on, read from which flips of ``base`` change it: a
+    flip of the bits whose index has bit m set (and not of the others) fixes bit m of
+    theirs.  None when neither flip changes it, or it would name more than MAX_DEPS."""
+    ones = (1 << nbits) - 1
+    if base not in index:
+        return None
+    ref = cuts[index[base]][i]
+    pattern: list[int | None] = []
+    for m in range(index_bits(nbits)):
+        mask = sum(1 << j for j in range(nbits) if j >> m & 1)
+        a = base ^ mask in index and cuts[index[base ^ mask]][i] != ref
+        b = base ^ ones ^ mask in index and cuts[index[base ^ ones ^ mask]][i] != ref
+        if not a and not b:
+            return None
+        pattern.append(1 if a and not b else 0 if b and not a else None)
+    bits = tuple(j for j in range(nbits)
+                 if all(p is None or (j >> m & 1) == p for m, p in enumerate(pattern)))
+    return bits if 0 < len(bits) <= MAX_DEPS else None
 
 
 def _fit(points: dict[int, set[tuple[int, int]]]) -> dict[int, tuple[Fraction, Fraction]]:
@@ -209,6 +226,8 @@ def decode(model: Model, trace: Sequence[Event], complete: bool = True
     cut short (``complete`` False, or fewer segments than the model's) loses its last,
     partial segment."""
     segs = cut(trace, model.head)
+    if model.head == EVERY_EVENT and complete and len(segs) <= model.nsegs:
+        segs += [END] * (model.nsegs - len(segs))  # it stopped early, as profiles did
     usable = len(segs) if complete and len(segs) == model.nsegs else max(0, min(
         len(segs), model.nsegs) - 1)
     votes: dict[int, set[int]] = defaultdict(set)
