@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
-from tools.attacks._decode import fault_page, is_console_write, is_input_read
+from tools.attacks._decode import Stepping, fault_page, is_console_write, is_input_read
 from tools.attacks._learn import profile_secrets
 from tools.attacks.base import AttackContext
 from tvmm.abi.guest import PAGE_SIZE, SECRETS_GPA
@@ -86,8 +86,7 @@ class Tracer(HonestHypervisor):
         self.counted = 0
         self.refused = 0
         self.finished = False  # the result was written while traced
-        self.timer_exits = 0
-        self.multi = 0  # timer exits that retired more than one instruction
+        self.steps = Stepping()  # what each armed single step really retired
 
     def start(self) -> None:
         self.client.unmap(self.vm, SECRETS_GPA)
@@ -139,9 +138,9 @@ class Tracer(HonestHypervisor):
             self.strict.add(page)
             return True
         if rec.reason == ExitReason.TIMER:
-            self.timer_exits += 1
             retired = rec.get(Field.RETIRED)
-            self.multi += retired is not None and retired > 1
+            if self.step:
+                self.steps.note(1, rec)
             for p in self.strict:
                 self.client.unmap(self.vm, p)
             self.strict.clear()

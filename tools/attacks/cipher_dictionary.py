@@ -50,7 +50,7 @@ class CipherDictionary(Attack):
     name = "cipher-dictionary"
     summary = ("match deterministic VMSA ciphertexts across single steps to tell which of "
                "two values a select produced (CipherLeaks)")
-    victims = ("modexp-ct", "modexp", "branches", "ttable", "scan", "stores")
+    victims = ("modexp-ct", "modexp")
     kind = "confidentiality"
     published = ("CipherLeaks (Li et al., USENIX Security 2021): SEV-ES/SNP save-area "
                  "ciphertext is deterministic, so the host matches a ciphertext to a value "

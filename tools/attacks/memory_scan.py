@@ -23,8 +23,7 @@ _WORD = struct.Struct("<Q")
 class MemoryScan(Attack):
     name = "memory-scan"
     summary = "read every page the host can reach after the run and search it for the secret"
-    victims = ("modexp", "modexp-ct", "password", "kvstore", "branches", "ttable", "scan",
-               "stores")
+    victims = ("modexp", "modexp-ct", "password", "kvstore")
     kind = "confidentiality"
     published = ("No published figure: the baseline of docs/attacks.md §1 — leaks at plain, "
                  "ciphertext only from sev up (docs/threat-model.md).")

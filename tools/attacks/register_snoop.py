@@ -57,7 +57,7 @@ COMPARE = "check_password"
 class RegisterSnoop(Attack):
     name = "register-snoop"
     summary = "read the registers at every exit (timer-driven), decode the secret from them"
-    victims = ("modexp", "modexp-ct", "password", "branches", "ttable", "scan", "stores")
+    victims = ("modexp", "modexp-ct", "password")
     kind = "confidentiality"
     published = ("No published figure: the baseline of docs/attacks.md §2 — leaks at plain and "
                  "sev, where the save area is plaintext (docs/threat-model.md).")

@@ -69,8 +69,7 @@ class SingleStep(Attack):
     name = "single-step"
     summary = ("single-step the victim (timer quantum 1) or count its instructions between "
                "events: the exponent's control flow, the early-exit compare's length")
-    victims = ("modexp", "modexp-ct", "password", "branches", "ttable", "ttable_unrolled",
-               "scan", "stores")
+    victims = ("modexp", "modexp-ct", "password", "branches", "ttable", "scan", "stores")
     kind = "confidentiality"
     published = ("SGX-Step: 100,000 of 100,000 nops single-stepped with 0 multi-steps "
                  "(zero-steps ≈2%); an early-exit memcmp password falls byte by byte in "
@@ -103,16 +102,17 @@ def _traced(ctx: AttackContext) -> Outcome:
     how = host.run_result.how if host.run_result else "?"
     bits, segs = decode(model, host.events, complete=host.finished)
     guess, known = to_guess(bits, nbytes)
-    steps = Stepping(single=host.timer_exits - host.multi, multi=host.multi)
+    steps = host.steps
+    nsteps = steps.single + steps.multi + steps.uncounted
     notes: dict[str, object] = {
         "mode": mode, "run": how, "events": len(host.events), "known_bits": len(bits),
         "learnable_bits": len(model.covered),
         "profile": "cached" if spent == 0 else f"{len(profs)} own runs, {spent} exits",
-        "detail": f"{host.timer_exits} steps, {len(host.events)} "
+        "detail": f"{nsteps} steps, {len(host.events)} "
                   + ("RIPs" if rip else "page events with counts")
                   + f" ({how}); {len(bits)} of {8 * nbytes} bits read from {segs} segments "
                   f"(learnable on own copies: {len(model.covered)})"
-                  + (f"; {host.multi} multi-steps" if host.multi else "")}
+                  + (f"; {steps.multi} multi-steps" if steps.multi else "")}
     if host.refused:
         notes.update(blocked=True, refused=host.refused)
     return Outcome(guess=guess if bits else None, known=known if bits else None,
