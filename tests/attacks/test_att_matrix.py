@@ -66,7 +66,7 @@ def test_every_registered_cell_has_a_row_and_every_row_a_cell():
 
 # The generic attacks on guests/victims profile their own copies first: a cell costs
 # seconds, so the default suite runs one victim at snp and the rest run with -m victims.
-DEFAULT_VICTIM_CELLS = {("page-fault", "branches", "snp"), ("single-step", "stores", "snp")}
+DEFAULT_VICTIM_CELLS = {("page-fault", "branches", "snp")}
 
 
 def _param(row: dict):

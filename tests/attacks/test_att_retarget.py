@@ -63,7 +63,7 @@ EARLY = r"""
 
 __attribute__((noinline, aligned(4096))) u64 step(u64 x) { return x * 0x2545f4914f6cdd1dUL + 1; }
 
-int main(void)
+__attribute__((aligned(4096))) int main(void)
 {
     u64 s = secret_u64();
     u64 x = 1;
@@ -149,12 +149,21 @@ def test_att_retarget_cli_scores_page_fault_on_my_victim(victims):
     assert verdict["cell"].endswith(" b") and verdict["leaked_bits"] >= 8, verdict["detail"]
 
 
-@pytest.mark.parametrize("attack", ["page-fault", "single-step"])
-def test_att_retarget_handler_pages_give_the_low_two_bits(victims, attack):
+def test_att_retarget_handler_pages_give_the_low_two_bits(victims):
     seed = 3
-    verdict, outcome = _run(attack, victims["dispatch"], Level.SNP, seed)
+    verdict, outcome = _run("page-fault", victims["dispatch"], Level.SNP, seed)
     assert not verdict.detected
     assert _claimed(outcome, _secret(victims["dispatch"], seed)) == LOW_TWO, verdict.detail
+
+
+@pytest.mark.victims
+def test_att_retarget_counts_between_handler_calls_claim_only_low_bits(victims):
+    """Single-step at snp counts instructions between the page events: a count on the
+    dispatcher's page spans two nibbles, so some go unread — none is claimed wrong."""
+    seed = 3
+    verdict, outcome = _run("single-step", victims["dispatch"], Level.SNP, seed)
+    claimed = _claimed(outcome, _secret(victims["dispatch"], seed))
+    assert claimed <= LOW_TWO and len(claimed) >= 16, verdict.detail
 
 
 def test_att_retarget_early_exit_gives_the_bits_up_to_the_stop(victims):
