@@ -83,6 +83,22 @@ def _feature(content: Content) -> int:
     return sum(counts) if counts else len(content)
 
 
+@dataclass(frozen=True)
+class Line:
+    """feature = a + b·value, but for the values seen off it (feature -> value)."""
+
+    a: Fraction
+    b: Fraction
+    off: dict[int, int]
+
+    def value(self, feature: int, limit: int) -> int | None:
+        v = (feature - self.a) / self.b
+        on = v.denominator == 1 and 0 <= v < limit and int(v) not in self.off.values()
+        if feature in self.off:
+            return None if on else self.off[feature]  # both: ambiguous
+        return int(v) if on else None
+
+
 @dataclass
 class Model:
     head: Hashable
@@ -90,7 +106,7 @@ class Model:
     nsegs: int
     deps: dict[int, tuple[int, ...]]  # segment index -> the bits it depends on
     table: dict[tuple[int, Content], set[tuple[int, ...]]]  # (len(deps), content) -> values
-    linear: dict[int, tuple[Fraction, Fraction]] = field(default_factory=dict)  # len -> a, b
+    linear: dict[int, Line] = field(default_factory=dict)  # segment -> its affine fit
 
     @property
     def covered(self) -> set[int]:
@@ -100,11 +116,10 @@ class Model:
         """The bits segment ``seg`` showing ``content`` determines."""
         deps = self.deps[seg]
         values = self.table.get((len(deps), content)) if len(deps) <= MAX_TABLE_DEPS else None
-        if not values and len(deps) in self.linear:
-            a, b = self.linear[len(deps)]
-            v = (_feature(content) - a) / b
-            if v.denominator == 1 and 0 <= v < 1 << len(deps):
-                values = {tuple(int(v) >> k & 1 for k in range(len(deps)))}
+        if not values and seg in self.linear:
+            v = self.linear[seg].value(_feature(content), 1 << len(deps))
+            if v is not None:
+                values = {tuple(v >> k & 1 for k in range(len(deps)))}
         if not values:
             return {}
         return {j: next(iter(seen)) for k, j in enumerate(deps)
@@ -169,7 +184,8 @@ def _learn_at(secrets: list[int], traces: Sequence[Sequence[Event]], nbits: int,
         for i, d in deps.items():
             value = tuple(_bit(secret, j) for j in d)
             table[(len(d), segs[i])].add(value)
-            points[len(d)].add((sum(v << k for k, v in enumerate(value)), _feature(segs[i])))
+            if len(d) > 1:
+                points[i].add((sum(v << k for k, v in enumerate(value)), _feature(segs[i])))
     return Model(head, nbits, nsegs, deps, dict(table), _fit(points))
 
 
@@ -195,18 +211,21 @@ def _depends(i: int, cuts: list[list[Content]], index: dict[int, int], base: int
     return bits if 0 < len(bits) <= MAX_DEPS else None
 
 
-def _fit(points: dict[int, set[tuple[int, int]]]) -> dict[int, tuple[Fraction, Fraction]]:
-    """feature = a + b·value, where it holds exactly for ≥ 3 values of a multi-bit group."""
+def _fit(points: dict[int, set[tuple[int, int]]]) -> dict[int, Line]:
+    """Per segment of several bits: feature = a + b·value through the two largest values,
+    where it holds exactly for ≥ 3 values of its bits and misses at most one (a loop that
+    leaves at once runs a shorter path): that one is kept as seen."""
     out = {}
-    for size, pts in points.items():
-        xs = sorted({x for x, _ in pts})
-        if size < 2 or len(xs) < 3 or len({x for x, _ in pts}) != len(pts):
+    for seg, pts in points.items():
+        ordered = sorted(pts)
+        if len({x for x, _ in ordered}) != len(ordered) or len(ordered) < 4:
             continue
-        (x0, y0), (x1, y1) = sorted(pts)[0], sorted(pts)[-1]
+        (x0, y0), (x1, y1) = ordered[-2], ordered[-1]
         b = Fraction(y1 - y0, x1 - x0)
         a = y0 - b * x0
-        if b != 0 and all(a + b * x == y for x, y in pts):
-            out[size] = (a, b)
+        off = {y: x for x, y in ordered if a + b * x != y}
+        if b != 0 and len(off) <= 1 and len(ordered) - len(off) >= 3:
+            out[seg] = Line(a, b, off)
     return out
 
 
