@@ -4,7 +4,6 @@ One parametrised test runs every (attack, victim, level) row through the judge a
 its outcome class and the most bits it may leak — the matrix as Wycheproof-style
 valid/invalid verdicts: a regression in the shim, the hardware model or an attack changes
 a class and fails here.  Every registered cell must have a row, and every row a cell.
-Rows on guests/victims beyond DEFAULT_VICTIM_CELLS run with ``-m victims``.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from tvmm.matrix import (
     to_json,
     to_markdown,
 )
-from tvmm.samples import VICTIMS
 
 EXPECTATIONS = Path(__file__).resolve().parents[2] / "tools" / "matrix_expectations.toml"
 ROWS: list[dict] = tomllib.loads(EXPECTATIONS.read_text())["cell"]
@@ -48,7 +46,8 @@ def test_expectations_are_well_formed():
     keys = {(r["attack"], r["victim"], r["level"]) for r in ROWS}
     assert len(keys) == len(ROWS), "a cell has two rows"
     for row in ROWS:
-        assert set(row) == {"attack", "victim", "level", "expect", "max_leaked_bits"}, row
+        assert set(row) - {"slow"} == {"attack", "victim", "level", "expect",
+                                       "max_leaked_bits"}, row
         allowed = _allowed(row)
         assert allowed <= set(CLASSES) and "error" not in allowed, row
         Level(row["level"])
@@ -64,15 +63,10 @@ def test_every_registered_cell_has_a_row_and_every_row_a_cell():
     assert rows - registered == set(), "expectations for cells nobody registers"
 
 
-# The generic attacks on guests/victims profile their own copies first: a cell costs
-# seconds, so the default suite runs one victim at snp and the rest run with -m victims.
-DEFAULT_VICTIM_CELLS = {("page-fault", "branches", "snp")}
-
-
-def _param(row: dict):
-    key = (row["attack"], row["victim"], row["level"])
-    slow = row["victim"] in VICTIMS and key not in DEFAULT_VICTIM_CELLS
-    return pytest.param(row, id=_id(row), marks=[pytest.mark.victims] if slow else [])
+def _param(row: dict) -> object:
+    """A row marked ``slow = true`` (a cell of a minute or more, or one whose attack has a
+    fast test of its own) runs only with ``-m bench``."""
+    return pytest.param(row, id=_id(row), marks=pytest.mark.bench if row.get("slow") else ())
 
 
 @pytest.mark.parametrize("row", [_param(r) for r in ROWS])

@@ -10,7 +10,7 @@ runs show; the bits they claim known are checked against the secret one by one.
 
 The default suite runs the CLI as a user would (page-fault and single-step at snp); the
 whole grid, every registered attack at every level on both victims, is long (each
-attack profiles its own copies first) and runs with ``-m victims``.
+attack profiles its own copies first) and runs with ``-m bench``.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def test_att_retarget_handler_pages_give_the_low_two_bits(victims):
     assert _claimed(outcome, _secret(victims["dispatch"], seed)) == LOW_TWO, verdict.detail
 
 
-@pytest.mark.victims
+@pytest.mark.bench
 def test_att_retarget_counts_between_handler_calls_claim_only_low_bits(victims):
     """Single-step at snp counts instructions between the page events: a count on the
     dispatcher's page spans two nibbles, so some go unread — none is claimed wrong."""
@@ -178,7 +178,7 @@ def test_att_retarget_early_exit_gives_the_bits_up_to_the_stop(victims):
 GRID = [(a, g, lv) for a in registry() for g in ("dispatch", "early") for lv in Level]
 
 
-@pytest.mark.victims
+@pytest.mark.bench
 @pytest.mark.parametrize(("attack", "guest", "level"), GRID,
                          ids=[f"{a}-{g}-{lv.value}" for a, g, lv in GRID])
 def test_att_retarget_every_attack_scores_or_says_na(victims, attack, guest, level):
