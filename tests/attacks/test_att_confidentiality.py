@@ -27,6 +27,8 @@ from tools.attacks import registry
 from tools.attacks._decode import (
     STATE_SIZE,
     Stepping,
+    bits_to_guess,
+    complete_bits,
     decode_segments,
     plain_registers,
 )
@@ -39,7 +41,7 @@ from tools.tradeoff import model_rearms_faults
 from tvmm.abi.messages import ExitRecord
 from tvmm.abi.types import ExitReason, Field, Level
 from tvmm.judge import run_attack
-from tvmm.samples import PASSWORD_ALPHABET
+from tvmm.samples import MODEXP_BASE, MODEXP_MODULUS, PASSWORD_ALPHABET
 
 P, S, ES, SNP, SHIM = Level.PLAIN, Level.SEV, Level.SEV_ES, Level.SNP, Level.SHIM
 LEVELS = (P, S, ES, SNP, SHIM)
@@ -194,6 +196,17 @@ def test_att_conf_decode_segments_recovers_two_paths():
 def test_att_conf_decode_segments_constant_time_gives_nothing():
     trace = [(0x10,)] + [(a,) for _ in range(64) for a in (0x20, 0x21, 0x22)] + [(0x50,)]
     assert decode_segments(trace, 0) is None
+
+
+def test_att_conf_complete_bits_uses_the_printed_result():
+    exponent = 0xDEADBEEF12345677 | 1 << 63
+    bits = [(exponent >> (63 - i)) & 1 for i in range(64)]
+    holes: list[int | None] = list(bits)
+    for i in (5, 17, 63):
+        holes[i] = None
+    filled, ok = complete_bits(holes, pow(MODEXP_BASE, exponent, MODEXP_MODULUS))
+    assert ok and filled == bits
+    assert int.from_bytes(bits_to_guess(filled), "little") == exponent
 
 
 def test_att_conf_plain_registers_rejects_ciphertext():

@@ -1,12 +1,13 @@
-"""Decoder helpers shared by the confidentiality attacks: public layouts, a two-class
-segment decoder, and the stepping histogram.
+"""Decoder helpers shared by the confidentiality attacks: public layouts, exponent
+bit handling, a two-class segment decoder, and the stepping histogram.
 
 UNTRUSTED like every module here: it knows only what the host knows — the public image,
-the documented save-area layout — never tvmm.hw or shim.
+the documented save-area layout, the public modexp constants — never tvmm.hw or shim.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import Counter
 from collections.abc import Hashable, Sequence
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from tvmm.abi.guest import PAGE_SIZE
 from tvmm.abi.messages import ExitRecord
 from tvmm.abi.types import Device, ExitReason, Field
+from tvmm.guestimage import GuestImage
 
 # -- public layouts ------------------------------------------------------------------------
 # The register save area as the host holds it (documented in docs and the VMSA docstring,
@@ -29,6 +31,14 @@ STATE_SIZE = SLOT_SIZE * len(REG_NAMES)
 RIP_SLOT = REG_NAMES.index("rip")
 VMSA_GPA = 0xFFFF_FFFF_F000
 _SLOT = struct.Struct("<QQ")
+
+# The modexp victims' public constants (guests/samples/modexp_common.h): the attacker
+# sees the printed result, so a candidate exponent can be checked against it.
+MODEXP_MODULUS = 0xFFFFFFFFFFFFFFC5
+MODEXP_BASE = 0x5DEECE66D
+EXPONENT_BITS = 64
+_RESULT = re.compile(r"result=0x([0-9a-f]{16})")
+
 
 def plain_registers(state: bytes, vcpu: int = 0) -> dict[str, int] | None:
     """The register file if ``state`` is a plaintext save area (plain, sev); None when it is
@@ -48,6 +58,10 @@ def plain_registers(state: bytes, vcpu: int = 0) -> dict[str, int] | None:
 def state_slots(state: bytes) -> tuple[bytes, ...]:
     """The state cut into 16-byte blocks (one per register at sev-es/snp)."""
     return tuple(state[i : i + SLOT_SIZE] for i in range(0, len(state), SLOT_SIZE))
+
+
+def page_of(image: GuestImage, symbol: str) -> int:
+    return image.symbol(symbol) & ~(PAGE_SIZE - 1)
 
 
 def fault_page(rec: ExitRecord) -> int | None:
@@ -72,6 +86,45 @@ def is_input_read(rec: ExitRecord) -> bool:
     return rec.get(Field.NR) == 4 or rec.get(Field.DEVICE) == Device.INPUT
 
 
+# -- exponents -------------------------------------------------------------------------------
+def bits_to_guess(bits: Sequence[int | None]) -> bytes:
+    """Bits most significant first (bits[0] is bit 63); unknown bits guessed as 0."""
+    value = 0
+    for bit in bits:
+        value = (value << 1) | (1 if bit else 0)
+    return value.to_bytes(len(bits) // 8, "little")
+
+
+def printed_result(console: str) -> int | None:
+    match = _RESULT.search(console)
+    return int(match.group(1), 16) if match else None
+
+
+def exponent_checks(exponent: int, result: int | None) -> bool:
+    return result is not None and pow(MODEXP_BASE, exponent, MODEXP_MODULUS) == result
+
+
+def complete_bits(bits: list[int | None], result: int | None,
+                  max_unknown: int = 12) -> tuple[list[int | None], bool]:
+    """Fill up to ``max_unknown`` unknown bits by trying every value against the printed
+    result (the attacker knows base, modulus and output).  (bits, verified)."""
+    unknown = [i for i, b in enumerate(bits) if b is None]
+    if result is None or len(unknown) > max_unknown:
+        return bits, False
+    fixed = 0
+    for bit in bits:
+        fixed = (fixed << 1) | (bit or 0)
+    n = len(bits)
+    for trial in range(1 << len(unknown)):
+        value = fixed
+        for j, pos in enumerate(unknown):
+            if trial >> j & 1:
+                value |= 1 << (n - 1 - pos)
+        if exponent_checks(value, result):
+            return [(value >> (n - 1 - i)) & 1 for i in range(n)], True
+    return bits, False
+
+
 # -- two-class segment decoder -----------------------------------------------------------------
 @dataclass
 class SegmentDecode:
@@ -83,7 +136,7 @@ class SegmentDecode:
 
 
 def decode_segments(trace: Sequence[tuple[Hashable, ...]], key: int,
-                    nbits: int = 64, max_heads: int = 64) -> SegmentDecode | None:
+                    nbits: int = EXPONENT_BITS, max_heads: int = 64) -> SegmentDecode | None:
     """Recover one bit per loop iteration from a stepped trace.
 
     ``trace`` holds one observation tuple per step (RIPs, register values or ciphertext
