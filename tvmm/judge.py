@@ -97,8 +97,11 @@ class Verdict:
 
     @property
     def cell(self) -> str:
-        """The matrix cell: leaked bits, or tampered / detected / blocked / ✗; for a
-        benign workload "ok", "false positive" or "wrong result"."""
+        """The matrix cell: leaked bits, or tampered / detected / blocked / ✗, or "n/a"
+        (the attack says the scenario does not apply); for a benign workload "ok",
+        "false positive" or "wrong result"."""
+        if self.notes.get("na") and not self.detected:
+            return "n/a"  # the scenario does not apply to this victim (detail: why)
         if self.kind == "benign":
             if self.detected:
                 return "false positive"

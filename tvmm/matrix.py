@@ -173,7 +173,8 @@ def cell_text(v: Verdict) -> str:
 
 LEGEND = ("n b: bits leaked · tampered: the result changed, unnoticed · detected: the shim "
           "recorded a violation or killed the VM · blocked: the platform refused the key "
-          "action · ✗: no effect · —: not run")
+          "action · ✗: no effect · n/a: the scenario does not apply (see its detail) · —: "
+          "not run")
 
 
 def render_table(verdicts: list[Verdict]) -> Table:

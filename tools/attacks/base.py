@@ -97,6 +97,24 @@ class Outcome:
     notes: dict[str, object] = field(default_factory=dict)
 
 
+def not_applicable(why: str, *, exits: int = 0) -> Outcome:
+    """The Outcome of a scenario that does not apply to this victim (a missing public
+    feature, no secret, a channel its own profiling shows carries nothing): no guess, and
+    ``n/a: why`` as its one-line detail."""
+    return Outcome(exits=exits, notes={"na": why, "detail": f"n/a: {why}"})
+
+
+def needs_symbols(ctx: AttackContext, *names: str, why: str = "") -> Outcome | None:
+    """``not_applicable`` when the victim's public image lacks a symbol the scenario
+    targets (its variable, its routine), else None."""
+    have = {name for _start, _size, name in ctx.image.symbols}
+    missing = [n for n in names if n not in have]
+    if not missing:
+        return None
+    return not_applicable(f"the image has no {' or '.join(missing)} symbol" + (f" ({why})"
+                                                                               if why else ""))
+
+
 class Attack(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]

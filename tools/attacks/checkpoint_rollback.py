@@ -7,7 +7,7 @@ refused the old version and the refusal is in the audit log."""
 from __future__ import annotations
 
 from tools.attacks._perimeter import audit_has, launch_counter, perimeter, refusal
-from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.base import Attack, AttackContext, Outcome, needs_symbols
 
 
 class CheckpointRollback(Attack):
@@ -18,6 +18,8 @@ class CheckpointRollback(Attack):
     published = "monotonic counters at the coordinator (TCCP; docs/attacks.md §12)"
 
     def run(self, ctx: AttackContext) -> Outcome:
+        if (na := needs_symbols(ctx, "counter", why="a guest that keeps running to checkpoint")) is not None:
+            return na
         with perimeter(("n1", "n2")) as (_per, op):
             vm = launch_counter(ctx, op)
             old = op.suspend(vm)

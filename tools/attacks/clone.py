@@ -7,7 +7,7 @@ runs."""
 from __future__ import annotations
 
 from tools.attacks._perimeter import audit_has, launch_counter, perimeter, refusal, vm_row
-from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.base import Attack, AttackContext, Outcome, needs_symbols
 
 
 class CloneResume(Attack):
@@ -19,6 +19,8 @@ class CloneResume(Attack):
                  "uncommitted destination); docs/attacks.md §12")
 
     def run(self, ctx: AttackContext) -> Outcome:
+        if (na := needs_symbols(ctx, "counter", why="a guest that keeps running to clone")) is not None:
+            return na
         with perimeter(("n1", "n2", "n3")) as (_per, op):
             vm = launch_counter(ctx, op)
             ckpt = op.suspend(vm)

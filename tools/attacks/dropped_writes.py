@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import struct
 
-from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.base import Attack, AttackContext, Outcome, needs_symbols
 from tools.attacks.calibrate import MAX_STEPS, finish, is_console_request, launch_own_copy
 from tvmm.abi.guest import PAGE_SIZE
 from tvmm.abi.messages import ExitRecord
@@ -120,6 +120,8 @@ class DroppedWrites(Attack):
                  "do not stop it (docs/attacks.md §8; no figure)")
 
     def run(self, ctx: AttackContext) -> Outcome:
+        if (na := needs_symbols(ctx, "counter", why="the counter whose stores it drops")) is not None:
+            return na
         counter = ctx.image.symbol("counter")
         cal = _Calibrator(ctx.client, ctx.devices(), counter)
         launch_own_copy(ctx, cal)

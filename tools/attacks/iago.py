@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import struct
 
-from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.base import Attack, AttackContext, Outcome, needs_symbols
 from tools.attacks.calibrate import finish, is_input_request, launch_own_copy
 from tvmm.abi.guest import SLOT_SIZE
 from tvmm.abi.messages import ExitRecord
@@ -134,6 +134,8 @@ class IagoOffset(Attack):
     def run(self, ctx: AttackContext) -> Outcome:
         # 8 header bytes + 2 KiB of data run past the slot's end; the result is the
         # address of password's session, where a careless guest would copy to
+        if (na := needs_symbols(ctx, "session", why="the flag past the input buffer")) is not None:
+            return na
         return _lie_once(ctx, SLOT_SIZE, ctx.image.symbol("session"))
 
 

@@ -21,7 +21,7 @@ attacker's second try with an exception vector (13) is refused too.
 
 from __future__ import annotations
 
-from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.base import Attack, AttackContext, Outcome, needs_symbols
 from tools.attacks.calibrate import (
     MAX_STEPS,
     finish,
@@ -107,6 +107,8 @@ class InterruptInjection(Attack):
                  "(docs/attacks.md §9)")
 
     def run(self, ctx: AttackContext) -> Outcome:
+        if (na := needs_symbols(ctx, "check_password", why="the compare whose return it interrupts")) is not None:
+            return na
         count, calib_exits = self.calibrate(ctx)
         outcome = Outcome(notes={"count": count})
         if count is None:

@@ -21,7 +21,7 @@ refuses host writes to and remaps of private pages (DENIED).
 
 from __future__ import annotations
 
-from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.base import Attack, AttackContext, Outcome, needs_symbols
 from tools.attacks.calibrate import is_console_request
 from tvmm.abi.guest import PAGE_SIZE
 from tvmm.abi.messages import ExitRecord
@@ -74,6 +74,8 @@ class MemoryReplay(Attack):
                  "stopped at snp by the ownership table (docs/attacks.md §7; no figure)")
 
     def run(self, ctx: AttackContext) -> Outcome:
+        if (na := needs_symbols(ctx, "counter", why="the counter it replays")) is not None:
+            return na
         page = counter_page(ctx)
         saved: dict[str, bytes] = {}
 
@@ -104,6 +106,8 @@ class PageRemap(Attack):
                  "table (docs/attacks.md §7; no figure)")
 
     def run(self, ctx: AttackContext) -> Outcome:
+        if (na := needs_symbols(ctx, "counter", why="the counter it replays")) is not None:
+            return na
         page, source = counter_page(ctx), unused_page(ctx)
 
         def remap(host: _Rollback) -> None:

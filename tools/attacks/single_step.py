@@ -1,34 +1,33 @@
-"""Single-stepping and instruction counting (SGX-Step, SEV-Step, CopyCat).
+"""Single-stepping and instruction counting (SGX-Step, SEV-Step, CopyCat) on any victim.
 
 The host arms the timer with a quantum of one instruction and follows the victim's
 secret-dependent control flow.
 
-modexp, modexp-ct — the host unmaps the page of the exponent loop's routine
-(``modexp_square``; ``ladder`` for the constant-time twin); its fault marks the start.
+A victim that computes on its secret — the host unmaps the secrets page at its public GPA;
+its first read marks the start, the first console write the end.
 
-- Where the exit shows RIP (``plain``, ``sev``) the host single-steps to the end of the
-  computation and keeps the RIP of every step: cut at a RIP seen once per exponent bit,
-  the iterations follow two different paths, ⟨square, multiply⟩ or ⟨square⟩, and the top
-  bit (always 1) names them (tools.attacks._decode.decode_segments).
+- Where the exit shows RIP (``plain``, ``sev``) every step is an event: its RIP.
 - Without RIP (``sev-es``, ``snp``, ``shim``) the host counts instructions between
-  page-level events: it keeps exactly one of {routine page, caller page} mapped, so every
-  call and every return faults, and single-steps in between.  From the return to the next
-  call the caller retires 6 instructions after a 0 bit and 14 after a 1 bit (it calls the
-  multiply on a page left mapped); the host counts 5 or 13 timer exits, because the call
-  itself retires in the entry that then faults on the next fetch.  Where a step retires more than one instruction (the
-  shim extends short quanta) the counts are only lower bounds; the host then takes the
-  two path lengths from a profiling run of the public image that it launches itself at
-  ``snp`` with no secret (its own VM, destroyed afterwards and not handed to the judge),
-  and reads a bit as 1 only when the lower bound already exceeds the 0-bit path.
+  page-level events, taken from the public image as page-fault does
+  (tools.attacks._profile.Tracer): one code page mapped at a time, so every call and
+  return between code pages faults, every access to a data page faults; each event
+  carries the instructions retired since the last.
 
-password — the host serves the input lines and counts the instructions between each
-input's completion and the next console write (``denied``): the early-exit compare runs 6
-instructions longer per matching leading byte.  It first finds the length (the compare
-returns at once when the lengths differ), then tries a-z0-9 at each position; the
-candidate whose count is longer is right.  The host first calibrates the timer: if a
-quantum of 1 comes back with RETIRED > 1 the platform extends short quanta, and the host
-finds the smallest quantum it honours (at ``shim``, where a timer exit shows no count, it
-takes the minimum progress docs/policies.md documents, 32).  It then counts with threshold tests instead of
+How the trace spells the secret it learns by profiling, never from the victim's name: it
+traces its own copies of the public image at ``plain`` holding secrets it chose, in the
+same mode (tools.attacks._learn).  Where a step retires more than one instruction (the
+shim extends short quanta) the counts no longer match the profiles and those bits stay
+unknown (``Outcome.known``).
+
+A victim that reads input lines (its own copy, launched at ``plain``, asks for one before
+it writes anything) — the host serves the lines and counts the instructions between each
+input's completion and the next console write: an early-exit compare runs longer per
+matching leading byte.  It first finds the length (the compare returns at once when the
+lengths differ), then tries the declared alphabet at each position; the candidate whose
+count is longer is right.  The host first calibrates the timer: if a quantum of 1 comes
+back with RETIRED > 1 the platform extends short quanta, and the host finds the smallest
+quantum it honours (at ``shim``, where a timer exit shows no count, it takes the minimum
+progress docs/policies.md documents, 32).  It then counts with threshold tests instead of
 single steps — one attempt answers "did the timer at q fire before the console write?",
 a binary search gives the exact count — and never arms a short quantum again.
 
@@ -39,40 +38,38 @@ counted instruction — so there are no zero steps, unlike SGX-Step's ≈2% on h
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
-from tools.attacks._decode import (
-    EXPONENT_BITS,
-    Stepping,
-    bits_to_guess,
-    complete_bits,
-    decode_segments,
-    fault_page,
-    is_console_write,
-    is_input_read,
-    page_of,
-    printed_result,
+from tools.attacks._decode import Stepping, is_console_write, is_input_read
+from tools.attacks._learn import decode, learn, to_guess
+from tools.attacks._profile import (
+    Tracer,
+    asks_for_input,
+    code_pages,
+    data_pages,
+    declared_secret_bytes,
+    profiles,
+    trace_victim,
 )
-from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.base import Attack, AttackContext, Outcome, not_applicable
 from tvmm.abi.messages import ExitRecord, Reply
-from tvmm.abi.types import ExitReason, Field, Level, Result
+from tvmm.abi.types import ExitReason, Field, Level
 from tvmm.host.devices import InputDevice
 from tvmm.host.hypervisor import HonestHypervisor
 from tvmm.samples import PASSWORD_ALPHABET
 
-LOOP_SYMBOL = {"modexp": "modexp_square", "modexp-ct": "ladder"}
-CALLER_SYMBOL = "main"
-MAX_PASSWORD = 32  # guests/samples/password.c: MAX_PW
-MAX_STEPS = 50_000
+MAX_PASSWORD = 32  # the longest password the search tries
+MAX_EXITS = 60_000
 
 
 class SingleStep(Attack):
     name = "single-step"
     summary = ("single-step the victim (timer quantum 1) or count its instructions between "
                "events: the exponent's control flow, the early-exit compare's length")
-    victims = ("modexp", "modexp-ct", "password")
+    victims = ("modexp", "modexp-ct", "password", "branches", "ttable", "scan", "stores")
     kind = "confidentiality"
     published = ("SGX-Step: 100,000 of 100,000 nops single-stepped with 0 multi-steps "
                  "(zero-steps ≈2%); an early-exit memcmp password falls byte by byte in "
@@ -81,154 +78,46 @@ class SingleStep(Attack):
                  "stepping; AEX-Notify residual single-step rate 4.2%.")
 
     def run(self, ctx: AttackContext) -> Outcome:
-        if ctx.guest == "password":
+        if asks_for_input(ctx):
             return _password(ctx)
-        return _exponent(ctx)
+        return _traced(ctx)
 
 
-# -- modexp, modexp-ct ------------------------------------------------------------------------
-class _StepHost(HonestHypervisor):
-    """Single-steps from the first fault on the loop's page to the first console write."""
-
-    def __init__(self, *args, target: int, caller: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.target, self.caller = target, caller
-        self.stepping = False
-        self.mode = ""  # "rip": RIPs visible; "count": counts between page events
-        self.rips: list[int] = []
-        self.events: list[tuple[str, int]] = []  # (page event, instructions counted before it)
-        self.counted = 0
-        self.refused = 0
-        self.steps = Stepping()
-
-    def enter(self) -> Reply:
-        self.quantum = 1 if self.stepping else 0
-        reply = super().enter()
-        if reply.result == Result.ENTRY_REFUSED and self.mode:
-            self.refused += 1
-            self._stop()  # the shim insists on its pages: map them and let it run
-            self.quantum = 0
-            reply = super().enter()
-        return reply
-
-    def on_exit(self, rec: ExitRecord) -> bool:
-        if self.stepping:
-            self.steps.note(1, rec)
-        if rec.reason == ExitReason.NPF and fault_page(rec) in (self.target, self.caller):
-            return self._page_event(rec)
-        if self.stepping and rec.reason == ExitReason.TIMER:
-            self.counted += rec.get(Field.RETIRED, self.quantum) or 0  # shim: not shown
-            if self.mode == "rip":
-                self.rips.append(rec.get(Field.RIP))
-            if len(self.rips) + len(self.events) > MAX_STEPS:
-                self._stop()
-        elif self.stepping and is_console_write(rec):
-            self.events.append(("end", self.counted))
-            self._stop()
-        return super().on_exit(rec)
-
-    def _page_event(self, rec: ExitRecord) -> bool:
-        page = fault_page(rec)
-        if not self.mode:
-            self.mode = "rip" if rec.get(Field.RIP) is not None else "count"
-            self.stepping = True
-        self.client.map(self.vm, page)
-        if self.mode == "count":
-            self.events.append(("call" if page == self.target else "return", self.counted))
-            self.counted = 0
-            other = self.caller if page == self.target else self.target
-            self.client.unmap(self.vm, other)
-        return True
-
-    def _stop(self) -> None:
-        self.stepping = False
-        self.client.map(self.vm, self.target)
-        self.client.map(self.vm, self.caller)
-
-
-def _step_run(ctx: AttackContext, level: Level, secret_blob: bytes) -> _StepHost:
-    host = ctx.host(_StepHost, target=page_of(ctx.image, LOOP_SYMBOL[ctx.guest]),
-                    caller=page_of(ctx.image, CALLER_SYMBOL))
-    host.launch(ctx.image, level, ctx.memory, secret_blob=secret_blob)
-    ctx.client.unmap(host.vm, host.target)
-    ctx.record("unmap", gpa=host.target, level=level.value)
-    host.run(max_exits=MAX_STEPS + 10_000)
-    return host
-
-
-def _gaps(events: list[tuple[str, int]]) -> list[tuple[int, str]]:
-    """Instructions counted from each return to the caller until the next call (or the
-    end), with what ended the gap."""
-    return [(events[i + 1][1], events[i + 1][0]) for i, (kind, _) in enumerate(events[:-1])
-            if kind == "return"]
-
-
-def _exponent(ctx: AttackContext) -> Outcome:
-    host = _step_run(ctx, ctx.level, ctx.fresh_secret_blob())
-    profile_exits = 0
-    printed = printed_result(host.devices.console.text)
+# -- any victim: steps between page events, learned on own copies -----------------------------
+def _traced(ctx: AttackContext) -> Outcome:
+    nbytes = declared_secret_bytes(ctx.guest)
+    if nbytes == 0:
+        return not_applicable("the victim declares no secret")
+    rip = ctx.level in (Level.PLAIN, Level.SEV)  # the platform's public rules: RIP shown
+    make = functools.partial(ctx.host, Tracer, code=code_pages(ctx.image),
+                             data=data_pages(ctx.image), step=True, rip=rip)
+    mode = "rip" if rip else "count"
+    profs, spent = profiles(ctx, f"single-step-{mode}", make, nbytes, MAX_EXITS)
+    model = learn(profs, 8 * nbytes)
+    if model is None:
+        what = "RIP" if rip else "instruction count between page events"
+        return not_applicable(f"no {what} depends on the secret on {len(profs)} own profiled "
+                              "runs", exits=spent)
+    host = trace_victim(ctx, make, MAX_EXITS)
     how = host.run_result.how if host.run_result else "?"
-    notes: dict[str, object] = {"mode": host.mode, "run": how, "stepping_cut": host.steps.cut}
+    bits, segs = decode(model, host.events, complete=host.finished)
+    guess, known = to_guess(bits, nbytes)
+    steps = host.steps
+    nsteps = steps.single + steps.multi + steps.uncounted
+    notes: dict[str, object] = {
+        "mode": mode, "run": how, "events": len(host.events), "known_bits": len(bits),
+        "learnable_bits": len(model.covered),
+        "profile": "cached" if spent == 0 else f"{len(profs)} own runs, {spent} exits",
+        "detail": f"{nsteps} steps, {len(host.events)} "
+                  + ("RIPs" if rip else "page events with counts")
+                  + f" ({how}); {len(bits)} of {8 * nbytes} bits read from {segs} segments "
+                  f"(learnable on own copies: {len(model.covered)})"
+                  + (f"; {steps.multi} multi-steps" if steps.multi else "")}
     if host.refused:
         notes.update(blocked=True, refused=host.refused)
-    bits: list[int | None] | None = None
-    if host.mode == "rip":
-        decoded = decode_segments([(rip,) for rip in host.rips], 0)
-        if decoded is not None:
-            bits = decoded.bits
-        notes["detail"] = (f"{len(host.rips)} single steps with RIP; "
-                           + ("the iterations follow two paths" if bits else
-                              "every iteration follows the same path"))
-    elif host.mode == "count":
-        calls = sum(1 for kind, _ in host.events if kind == "call")
-        gaps = _gaps(host.events)
-        exact = host.steps.multi == 0
-        notes.update(calls=calls, gaps=[g for g, _ in gaps][:EXPONENT_BITS])
-        if calls < 2:
-            notes["detail"] = (f"{calls} call(s) of the loop's routine: no per-iteration "
-                               "events to count between")
-        elif exact:
-            bits = _bits_from_exact(gaps)
-            notes["detail"] = (f"{calls} calls; exact counts between return and call: "
-                               f"{sorted({g for g, end in gaps if end == 'call'})}")
-        else:
-            profile = _step_run(ctx, Level.SNP, b"")
-            paths = sorted({g for g, end in _gaps(profile.events) if end == "call"})
-            profile_exits = sum(profile.exits.values())
-            profile.destroy()  # the attacker's own VM: not the victim, not for the judge
-            notes["profile_paths"] = paths
-            if len(paths) == 2:
-                bits = _bits_from_bounds(gaps, paths[0])
-            ended = "entry refused, pages mapped again" if host.refused else f"run {how}"
-            notes["detail"] = (f"{calls} calls traced ({ended}); steps not exact "
-                               f"({host.steps.multi} multi-steps), lower bounds against the "
-                               f"profiled paths {paths}")
-    else:
-        notes["detail"] = "the loop's page never faulted"
-    guess = None
-    if bits is not None:
-        bits = (bits + [None] * EXPONENT_BITS)[:EXPONENT_BITS]
-        notes["known_bits"] = sum(1 for b in bits if b is not None)
-        bits, verified = complete_bits(bits, printed)
-        notes["verified"] = verified
-        guess = bits_to_guess(bits)
-    exits = sum(host.exits.values()) + profile_exits
-    return Outcome(guess=guess, hosts=[host], exits=exits, stepping=host.steps.histogram(),
-                   notes=notes)
-
-
-def _bits_from_exact(gaps: list[tuple[int, str]]) -> list[int | None] | None:
-    """Two path lengths, named by the anchor: the first iteration is a 1 bit."""
-    lengths = [g for g, end in gaps if end == "call"]
-    if len(set(lengths)) != 2:
-        return None
-    one = lengths[0]
-    return [1 if g == one else 0 for g in lengths] + [None]
-
-
-def _bits_from_bounds(gaps: list[tuple[int, str]], zero_path: int) -> list[int | None]:
-    """A lower bound above the 0-bit path proves a 1; otherwise the bit stays unknown."""
-    return [1 if g > zero_path else None for g, end in gaps if end == "call"]
+    return Outcome(guess=guess if bits else None, known=known if bits else None,
+                   hosts=[host], exits=sum(host.exits.values()) + spent,
+                   stepping=steps.histogram(), notes=notes)
 
 
 # -- password ----------------------------------------------------------------------------------

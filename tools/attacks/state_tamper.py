@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import capstone
 
-from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.base import Attack, AttackContext, Outcome, needs_symbols
 from tools.attacks.calibrate import is_input_request, symbol_range
 from tvmm.abi.messages import ExitRecord, Reply
 from tvmm.abi.types import Field, KillReason, Result
@@ -112,6 +112,8 @@ class StateTamper(Attack):
                  "§6; no figure for tampering)")
 
     def run(self, ctx: AttackContext) -> Outcome:
+        if (na := needs_symbols(ctx, "check_password", why="the verdict it flips")) is not None:
+            return na
         register = length_register(ctx)
         if register is None:
             return Outcome(notes={"detail": "no mov into rcx before check_password found"})

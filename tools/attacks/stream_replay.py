@@ -12,7 +12,7 @@ import socket
 import threading
 
 from tools.attacks._perimeter import audit_has, launch_counter, perimeter, vm_row
-from tools.attacks.base import Attack, AttackContext, Outcome
+from tools.attacks.base import Attack, AttackContext, Outcome, needs_symbols
 from tvmm.operator.client import PerimeterError
 from tvmm.perimeter import wire
 
@@ -72,6 +72,8 @@ class StreamReplay(Attack):
                  "headers (Intel TDX Migration spec); docs/attacks.md §12")
 
     def run(self, ctx: AttackContext) -> Outcome:
+        if (na := needs_symbols(ctx, "counter", why="a guest that keeps running to migrate")) is not None:
+            return na
         results = []
         with perimeter(("n1", "n2")) as (_per, op):
             vm = launch_counter(ctx, op)
