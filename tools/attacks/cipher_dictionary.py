@@ -26,6 +26,7 @@ from tools.attacks._decode import (
     REG_NAMES,
     RIP_SLOT,
     bits_to_guess,
+    bits_to_known,
     complete_bits,
     decode_segments,
     fault_page,
@@ -78,7 +79,8 @@ class CipherDictionary(Attack):
                      detail=f"{len(host.trace)} steps; {decoded.votes} (step, register) "
                             f"blocks agree on the partition ({names}); "
                             f"{'verified against the printed result' if verified else 'unverified'}")
-        return Outcome(guess=bits_to_guess(bits), hosts=[host], exits=exits, notes=notes)
+        return Outcome(guess=bits_to_guess(bits), known=bits_to_known(bits), hosts=[host],
+                       exits=exits, notes=notes)
 
 
 def _slot_name(index: int) -> str:

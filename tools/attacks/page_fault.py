@@ -22,6 +22,7 @@ from __future__ import annotations
 from tools.attacks._decode import (
     EXPONENT_BITS,
     bits_to_guess,
+    bits_to_known,
     complete_bits,
     fault_page,
     is_console_write,
@@ -75,7 +76,8 @@ class PageFault(Attack):
                             f"from the page sequence"
                             + ("; verified against the printed result" if verified else "")
                             + (f"; entry refused {host.refused}x" if host.refused else ""))
-        return Outcome(guess=bits_to_guess(bits), hosts=[host], exits=exits, notes=notes)
+        return Outcome(guess=bits_to_guess(bits), known=bits_to_known(bits), hosts=[host],
+                       exits=exits, notes=notes)
 
 
 class _FaultHost(HonestHypervisor):

@@ -47,6 +47,7 @@ from tools.attacks._decode import (
     EXPONENT_BITS,
     Stepping,
     bits_to_guess,
+    bits_to_known,
     complete_bits,
     decode_segments,
     fault_page,
@@ -205,16 +206,16 @@ def _exponent(ctx: AttackContext) -> Outcome:
                                f"profiled paths {paths}")
     else:
         notes["detail"] = "the loop's page never faulted"
-    guess = None
+    guess = known = None
     if bits is not None:
         bits = (bits + [None] * EXPONENT_BITS)[:EXPONENT_BITS]
         notes["known_bits"] = sum(1 for b in bits if b is not None)
         bits, verified = complete_bits(bits, printed)
         notes["verified"] = verified
-        guess = bits_to_guess(bits)
+        guess, known = bits_to_guess(bits), bits_to_known(bits)
     exits = sum(host.exits.values()) + profile_exits
-    return Outcome(guess=guess, hosts=[host], exits=exits, stepping=host.steps.histogram(),
-                   notes=notes)
+    return Outcome(guess=guess, known=known, hosts=[host], exits=exits,
+                   stepping=host.steps.histogram(), notes=notes)
 
 
 def _bits_from_exact(gaps: list[tuple[int, str]]) -> list[int | None] | None:
