@@ -135,3 +135,44 @@ def score(secret: bytes, outcome: dict, form: SecretForm = BITS) -> Score:
     if outcome.get("candidates"):
         return score_candidates(secret, [bytes.fromhex(c) for c in outcome["candidates"]], form)
     return score_guess(secret, raw("guess"), raw("known"), form)
+
+
+# -- worked examples (docs/attacks.md, written by ``python -m tools.keyrank_docs``) ----------------
+PASSWORD2 = SecretForm("symbols", "abcdefghijklmnopqrstuvwxyz0123456789")
+EXAMPLES: tuple[tuple[str, bytes, bytes | None, bytes | None, SecretForm, list[bytes] | None],
+                ...] = (
+    ("8-bit secret, every bit claimed and right", b"\xb5", b"\xb5", None, BITS, None),
+    ("6 bits claimed and right, 2 unknown", b"\xb5", b"\x35", b"\x3f", BITS, None),
+    ("every bit claimed, 1 wrong", b"\xb5", b"\xb4", None, BITS, None),
+    ("every bit claimed, 5 wrong (a blind guess)", b"\xb5", b"\x00", None, BITS, None),
+    ("2-character password, 1st claimed and right", b"k7", b"k\x00", b"\x01\x00", PASSWORD2,
+     None),
+    ("candidate list, the truth 3rd", b"\xb5", None, None, BITS, [b"\x00", b"\xb4", b"\xb5"]),
+)
+
+
+def _hex(data: bytes | None, form: SecretForm, *, mask: bool = False) -> str:
+    if data is None:
+        return "—"
+    if form.form == "symbols" and mask:
+        return "`" + "".join("✓" if b else "·" for b in data) + "`"
+    if form.form == "symbols":
+        return "`" + data.decode("latin-1").replace("\0", "·") + "`"
+    return f"`{int.from_bytes(data, 'little'):0{8 * len(data)}b}`"
+
+
+def examples_markdown() -> str:
+    """The worked examples as a Markdown table (secrets and guesses of bits shown most
+    significant bit first; for characters, `·` unclaimed and `✓` claimed)."""
+    rows = ["| case | secret | guess | known | rank | leaked bits |", "|---|---|---|---|---|---|"]
+    for text, secret, guess, known, form, candidates in EXAMPLES:
+        if candidates is not None:
+            s = score_candidates(secret, candidates, form)
+            shown, claims = ", ".join(_hex(c, form) for c in candidates), "—"
+        else:
+            s = score_guess(secret, guess, known, form)
+            shown = _hex(guess, form)
+            claims = _hex(known, form, mask=True) if known is not None else "all"
+        rows.append(f"| {text} | {_hex(secret, form)} | {shown} | {claims} | "
+                    f"{2 ** s.log2_rank:.0f} | {s.leaked_bits:.2f} of {s.n_bits:.2f} |")
+    return "\n".join(rows) + "\n"
