@@ -23,7 +23,7 @@ import pytest
 
 from tvmm.abi.types import Level
 from tvmm.harness.judge import run_attack
-from tvmm.judge import draw_secret
+from tvmm.judge import Reference, draw_secret, result_holds
 from tvmm.samples import resolve
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "guests.md"
@@ -152,3 +152,16 @@ def test_detection_survives_an_attack_that_destroys_its_vm_and_returns_nothing(m
                                                                               tmp_path):
     verdict = _run(tmp_path, DESTROY, mixer, Level.SHIM)
     assert verdict.detected and verdict.cell == "detected", verdict.evidence
+
+
+def _record(console: str, status: int | None) -> dict:
+    return {"console": console, "exit_status": status, "console_cut": False}
+
+
+def test_a_result_holds_only_as_the_reference_printed_it():
+    ref = Reference("count=1\ncount=2\nticks=3\n", 0)
+    assert result_holds(_record("count=1\ncount=2\nticks=9\n", 0), ref, ("ticks=",))
+    assert not result_holds(_record("count=1\ncount=2\nticks=9\n", 0), ref)
+    assert not result_holds(_record("count=1\ncount=2\nticks=3\n", 1), ref)  # its status
+    assert result_holds(_record("count=1\ncou", None), ref)  # stopped early: a prefix
+    assert not result_holds(_record("count=1\ncount=1\n", None), ref)
