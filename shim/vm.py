@@ -51,7 +51,7 @@ class Pending:
     call: tuple[int, int, int, int] | None = None  # a forwarded hypercall: nr, a0, a1, a2
 
 
-CONSOLE_LIMIT = 1 << 20  # console bytes the TEE keeps per VM for the judge
+CONSOLE_LIMIT = 64 << 10  # console bytes the TEE keeps per VM for the judge (then a prefix)
 INPUT_LIMIT = 4096  # input reads it keeps
 
 
