@@ -127,7 +127,9 @@ def _apply_completion(tee: Tee, vm: Vm, ctx: VcpuContext) -> None:
             vm.io.received(done.data[:value])
     elif pending.kind == PendingKind.HYPERCALL and pending.call is not None:
         nr, _a0, a1, a2 = pending.call
-        if nr == Hypercall.INPUT_READ and 0 <= value <= a2:  # the naive driver's reply
+        if nr == Hypercall.INPUT_READ and value == 0:  # end of input
+            vm.io.received(b"")
+        elif nr == Hypercall.INPUT_READ and 0 < value <= a2:  # the naive driver's reply
             _keep(vm.io.received, vm, a1 + _IO_REPLY_HEADER, value)
     if pending.kind in (PendingKind.HYPERCALL, PendingKind.DEVICE):
         vm.vcpu.write_reg(RAX, value)

@@ -134,6 +134,20 @@ class Reference:
     status: int | None
 
 
+class ReplayedInput(InputDevice):
+    """The victim's input exactly as the TEE recorded each read (an empty one: end of
+    input), then end of input."""
+
+    def __init__(self, reads: tuple[bytes, ...]) -> None:
+        super().__init__()
+        self._reads = iter(reads)
+
+    def read_line(self, capacity: int) -> bytes:
+        data = next(self._reads, b"")[:capacity]
+        self.served.append(data)
+        return data
+
+
 def reference_run(image: GuestImage, level: Level, secret: bytes, inputs: tuple[bytes, ...],
                   memory: int = DEFAULT_MEMORY) -> Reference | None:
     """The owner's honest run of ``image`` at ``level`` with ``secret`` and exactly the
@@ -142,7 +156,7 @@ def reference_run(image: GuestImage, level: Level, secret: bytes, inputs: tuple[
     machine = make_machine(seed=None, image=image, level=level)
     try:
         host = HonestHypervisor(machine.client,
-                                Devices(Console(), BlockDevice(None), InputDevice(inputs)))
+                                Devices(Console(), BlockDevice(None), ReplayedInput(inputs)))
         host.launch(image, level, memory, secret_blob=wrap_secret(machine, secret))
         result = host.run(max_exits=REFERENCE_MAX_EXITS)
     finally:
