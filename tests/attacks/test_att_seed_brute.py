@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
 from tools.attacks.seed_brute import SeedBrute, find_seed, stream_seed
 from tvmm.abi.types import Level
 from tvmm.harness.judge import run_attack as run_across
@@ -21,8 +19,8 @@ def test_the_stream_gives_the_seed_away():
     assert find_seed(random.Random(stream_seed(4321))) == 4321
 
 
-@pytest.mark.parametrize("seed", [0, 9])
-def test_the_seed_no_longer_makes_the_secret(seed):
+def test_the_seed_no_longer_makes_the_secret():
+    seed = 9  # seed 0 too, in the matrix
     verdict = run_across(SeedBrute.name, SeedBrute.kind, "modexp", Level.SNP, seed=seed)
     assert not verdict.notes.get("error"), verdict.detail
     assert verdict.notes["seed"] == seed and not verdict.notes["checks"]
