@@ -175,6 +175,7 @@ def _secret_key(tee: Tee, vm: Vm, gpa: int, length: int) -> tuple[int, str]:
     vm.memory.write(SECRETS_GPA, struct.pack("<Q", len(secret)) + secret.ljust(SECRET_CAPACITY,
                                                                                  b"\0"))
     state.released += 1
+    vm.io.installed(secret)
     _trace(tee, vm, "secret_released", length=len(secret))
     return len(secret), "secret unwrapped into the secrets page"
 

@@ -7,17 +7,18 @@ Policies are one-line calls into shim.policies; at levels below ``shim`` they ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shim import delivery, guest_calls, interrupts
 from shim.errors import BadOperand, BadState, Denied, IntegrityError
 from shim.views import View, host_fields
-from shim.vm import Pending, PendingKind, VcpuContext, Vm, VmState
-from tvmm.abi.guest import exit_status
+from shim.vm import CONSOLE_LIMIT, Pending, PendingKind, VcpuContext, Vm, VmState
+from tvmm.abi.guest import Hypercall, exit_status
 from tvmm.abi.messages import ExitRecord, Reply
 from tvmm.abi.trace_events import EventKind
-from tvmm.abi.types import ExitReason, Field, KillReason, Result
+from tvmm.abi.types import Device, ExitReason, Field, KillReason, Result
 from tvmm.hw.vcpu import RAX, RDI, RDX, REG_NAMES, RIP, RSI, Access, Stop, StopKind
 from tvmm.hw.vmsa import slot_tags, unpack_plain
 
@@ -122,6 +123,14 @@ def _apply_completion(tee: Tee, vm: Vm, ctx: VcpuContext) -> None:
             outside={"slot": pending.record.slot_gpa, "len": value}, vcpu=ctx.index,
         )
         value = done.guest_value
+        if done.accepted and pending.record.device == Device.INPUT and value >= 0:
+            vm.io.received(done.data[:value])
+    elif pending.kind == PendingKind.HYPERCALL and pending.call is not None:
+        nr, _a0, a1, a2 = pending.call
+        if nr == Hypercall.INPUT_READ and value == 0:  # end of input
+            vm.io.received(b"")
+        elif nr == Hypercall.INPUT_READ and 0 < value <= a2:  # the naive driver's reply
+            _keep(vm.io.received, vm, a1 + _IO_REPLY_HEADER, value)
     if pending.kind in (PendingKind.HYPERCALL, PendingKind.DEVICE):
         vm.vcpu.write_reg(RAX, value)
     ctx.rip += pending.advance
@@ -185,10 +194,23 @@ def _hypercall(tee: Tee, vm: Vm, ctx: VcpuContext, stop: Stop) -> Exit | None:
         return Exit(ExitReason.SHUTDOWN, {Field.STATUS: outcome.status, Field.RIP: stop.rip},
                     dead=f"guest exited with status {exit_status(outcome.status)}")
     kind = PendingKind.DEVICE if outcome.record is not None else PendingKind.HYPERCALL
-    ctx.pending = Pending(kind, HYPERCALL_LEN, record=outcome.record)
+    if nr == Hypercall.CONSOLE_WRITE:  # what the guest wrote, as the TEE saw it
+        _keep(vm.io.wrote, vm, a0, a1)
+    ctx.pending = Pending(kind, HYPERCALL_LEN, record=outcome.record,
+                          call=(nr, a0, a1, a2) if outcome.record is None else None)
     fields = dict(outcome.fields)
     fields[Field.RIP] = stop.rip
     return Exit(ExitReason.HYPERCALL, fields)
+
+
+_IO_REPLY_HEADER = 8  # below shim the runtime's reply slot starts with u32 length, u32 status
+
+
+def _keep(sink: Callable[[bytes], None], vm: Vm, gpa: int, length: int) -> None:
+    """Hand the guest's bytes at ``gpa`` to ``sink`` (the judge's record), if they are
+    guest memory at all (the registers are the guest's: anything may be in them)."""
+    if 0 < length <= CONSOLE_LIMIT and vm.memory.contains(gpa, length):
+        sink(vm.memory.read(gpa, length))
 
 
 def kill(vm: Vm, reason: KillReason, detail: str) -> Exit:

@@ -57,6 +57,8 @@ def add_pages(
     if page_type == PageType.SECRETS:
         contents = _secrets_page(tee, data)
         vm.vcpu.mem_write(gpa, contents)
+        (length,) = _SECRET_LEN.unpack_from(contents)
+        vm.io.installed(contents[_SECRET_LEN.size : _SECRET_LEN.size + length])
         vm.digest.add_page(gpa, measurement.PageType(page_type), None)
         vm.added[gpa // PAGE] = 1
         return

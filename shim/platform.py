@@ -101,6 +101,10 @@ class Tee:
         self.attestation.pop(vm_id, None)
 
 
+_OK = Result.OK
+_REFUSALS = frozenset({Result.DENIED, Result.ENTRY_REFUSED})  # the TEE said no, on purpose
+_REFUSAL_LIMIT = 1024
+
 # One lookup per request: its call, its handler and the states it is legal in.
 _ROUTES: dict[type, tuple[Call, Callable, frozenset[VmState]]] = {
     cls: (call, HANDLERS.get(call), LEGAL_IN.get(call, frozenset()))
@@ -122,9 +126,21 @@ class Platform:
 
     def handle(self, request: object) -> Reply:
         try:
-            return self._dispatch(request)
+            reply = self._dispatch(request)
         except PlatformError as exc:
-            return Reply(exc.result, operand=exc.operand)
+            reply = Reply(exc.result, operand=exc.operand)
+        if reply.result is not _OK and reply.result in _REFUSALS:
+            self._note_refusal(request, reply)
+        return reply
+
+    def _note_refusal(self, request: object, reply: Reply) -> None:
+        """A refusal of a host request on a VM goes on that VM's record (the judge's
+        "blocked" is read from these, never from what the host says)."""
+        vm_id = getattr(request, "vm", None)
+        vm = self.tee.vms.get(vm_id) if type(vm_id) is int else None
+        if vm is not None and len(vm.io.refusals) < _REFUSAL_LIMIT:
+            vm.io.refusals.append({"call": type(request).__name__,
+                                   "result": reply.result.name, "operand": reply.operand})
 
     def handle_bytes(self, data: bytes) -> bytes:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -47,6 +48,35 @@ class Pending:
     advance: int  # bytes of RIP to step over when the request completes
     size: int = 0
     record: BounceRecord | None = None
+    call: tuple[int, int, int, int] | None = None  # a forwarded hypercall: nr, a0, a1, a2
+
+
+CONSOLE_LIMIT = 64 << 10  # console bytes the TEE keeps per VM for the judge (then a prefix)
+INPUT_LIMIT = 4096  # input reads it keeps
+
+
+@dataclass(slots=True)
+class GuestIo:
+    """What the TEE itself saw of the guest's I/O, for the judge: the bytes the guest wrote
+    to its console, the input it received, and the host's requests the TEE refused."""
+
+    console: bytearray = field(default_factory=bytearray)
+    console_cut: bool = False  # more than CONSOLE_LIMIT bytes were written
+    inputs: list[bytes] = field(default_factory=list)
+    refusals: list[dict] = field(default_factory=list)
+    secret_sha256: str = ""  # of the secret the TEE put in the secrets page (whose VM it is)
+
+    def installed(self, secret: bytes) -> None:
+        self.secret_sha256 = hashlib.sha256(secret).hexdigest()
+
+    def wrote(self, data: bytes) -> None:
+        room = CONSOLE_LIMIT - len(self.console)
+        self.console += data[:room]
+        self.console_cut = self.console_cut or len(data) > room
+
+    def received(self, data: bytes) -> None:
+        if len(self.inputs) < INPUT_LIMIT:
+            self.inputs.append(bytes(data))
 
 
 @dataclass(slots=True)
@@ -88,3 +118,4 @@ class Vm:
     view: object = None  # shim.views.View of this level, fixed at creation
     bounce: object | None = None  # shim.bounce.BounceBuffers at the shim level
     writeback: WriteBackBuffer | None = None  # created by the first DROP_WRITES (CacheWarp)
+    io: GuestIo = field(default_factory=GuestIo)

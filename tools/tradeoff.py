@@ -432,9 +432,10 @@ mapped up front; each page mapped on its first fault).
 
 ## Reading the numbers
 
-- Leaked bits are the judge's `n·max(0, 2·accuracy − 1)`, averaged over the seeds.  An
-  attack killed part-way guesses its unknown bits as 0, so a partial result is noisy by a
-  few bits either way (a blind 64-bit guess scores ≈3 b on average).
+- Leaked bits are the judge's key rank, `n − log2(rank of the true secret)` (docs/attacks.md,
+  "What the judge scores"), averaged over the seeds, each against a secret drawn from the
+  OS.  Bits an attack did not read count as unknown, not as guessed; a blind guess that
+  claims every bit scores about 1 b on average.
 - "Detected" means the shim recorded a violation the owner can read; it does not mean the
   attack was stopped.  The TDX rule (more than `fault_same_rip` faults at one RIP) trips
   on the page-fault attack's returns into `main`, but its response — refuse entry until

@@ -132,7 +132,7 @@ def outcome_class(v: Verdict) -> str:
     """The verdict as one class of the expectations file.
 
     integrity and benign: tampered (result changed unnoticed) > detected > blocked (the
-    platform refused or neutralised the key action) > none; a benign run that did not end
+    TEE refused one of the attack's requests, or the owner the secret) > none; a benign run that did not end
     with the guest's own exit is an "error".  confidentiality: detected (whatever leaked
     before, bounded by the row's max_leaked_bits) > leak (full recovery) > partial (≥ 1
     bit) > blocked > none."""
@@ -172,9 +172,9 @@ def cell_text(v: Verdict) -> str:
 
 
 LEGEND = ("n b: bits leaked · tampered: the result changed, unnoticed · detected: the shim "
-          "recorded a violation or killed the VM · blocked: the platform refused the key "
-          "action · ✗: no effect · n/a: the scenario does not apply (see its detail) · —: "
-          "not run")
+          "recorded a violation or killed the VM · blocked: the TEE refused the attack's "
+          "requests, or the owner the secret · ✗: no effect · n/a: the scenario does not "
+          "apply (see its detail) · —: not run")
 
 
 def render_table(verdicts: list[Verdict]) -> Table:
@@ -230,8 +230,9 @@ def to_markdown(verdicts: list[Verdict], *, seed: int | None = None,
     out += ["; ".join(meta) + ".  Nothing here is typed by hand.", ""]
     out += ["Cells: confidentiality attacks show the bits leaked (`64 b`), integrity attacks "
             "`tampered` (the victim's result changed and nobody noticed), `detected` (the "
-            "shim recorded a violation or killed the VM), `blocked` (the platform refused or "
-            "neutralised the key action) or `✗` (no effect).  **Bold**: the attack works.", ""]
+            "shim recorded a violation or killed the VM), `blocked` (the TEE refused one of the "
+            "attack's requests, on its own record, or the owner refused to release the "
+            "secret) or `✗` (no effect).  **Bold**: the attack works.", ""]
     head = "| attack | victim | " + " | ".join(lv.value for lv in LEVELS) + " |"
     out += [head, "|" + "---|" * (2 + len(LEVELS))]
     for a, g in attacks:

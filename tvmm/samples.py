@@ -1,7 +1,8 @@
 """The sample guests: where their source is, what they do, and what their secret is.
 
-Secrets are made by the owner side from a seed at launch and never compiled into the
-image (the image is public and measured)."""
+Secrets are made by the owner side at launch and never compiled into the image (the image
+is public and measured): a scored run draws them from the OS (tvmm.judge.draw_secret);
+``tvmm boot`` makes a test secret from its public seed."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ class Sample:
     secret_doc: str
     make_secret: Callable[[random.Random], bytes]
     expect: str  # a line the console shows on a correct run
+    form: str = "bits"  # how the judge reads the secret: "bits", or "symbols" of ``alphabet``
+    alphabet: str = ""
+    varies: tuple[str, ...] = ()  # console lines starting so depend on the host's schedule
 
 
 def _none(rng: random.Random) -> bytes:
@@ -66,10 +70,11 @@ SAMPLES: dict[str, Sample] = {
         Sample("modexp-ct", "modexp_ct.c", "the same modexp in constant time (control victim)",
                "64-bit exponent (top bit set)", _exponent, "result="),
         Sample("password", "password.c", "early-exit password check on input lines",
-               "8 characters from [a-z0-9]", _password, "denied"),
+               "8 characters from [a-z0-9]", _password, "denied", "symbols",
+               PASSWORD_ALPHABET),
         Sample("counter", "counter.c", "monotonic counter in private memory",
                "none (the secrets page holds the count limit, 100)", _counter_limit,
-               "count=100"),
+               "count=100", varies=("ticks=",)),
         Sample("kvstore", "kvstore.c", "encrypted key-value store on the block device",
                "32-byte storage key", _storage_key, "verified=40 ok"),
     )
@@ -80,11 +85,20 @@ def _random_bytes(size: int, rng: random.Random) -> bytes:
     return rng.getrandbits(8 * size).to_bytes(size, "little")
 
 
+def _random_symbols(size: int, alphabet: str, rng: random.Random) -> bytes:
+    return "".join(rng.choice(alphabet) for _ in range(size)).encode("ascii")
+
+
+SETTINGS = {"secret_bytes", "description", "form", "alphabet", "varies"}
+
+
 def declared(source: Path) -> Sample | None:
-    """The secret a guest's source declares in ``<name>.toml`` beside it (``secret_bytes``,
-    ``description``): random bytes of that size from the seed, as the samples' secrets.
-    None without such a file.  Provisional: how an owner declares a custom guest's secret
-    is still to be designed (only the size and a description for now)."""
+    """The secret a guest's owner declares in ``<name>.toml`` beside its source (None
+    without one): ``secret_bytes`` (its size), optional ``form`` — "bits" (the default:
+    random bytes, every bit scored) or "symbols" (each byte one character of
+    ``alphabet``, scored per character) — ``description``, and ``varies``: prefixes of
+    console lines whose content depends on the host's scheduling (timer ticks), left out
+    when the judge compares a run with the owner's reference run (docs/guests.md)."""
     spec = source.with_suffix(".toml")
     if not spec.is_file():
         return None
@@ -92,16 +106,35 @@ def declared(source: Path) -> Sample | None:
         data = tomllib.loads(spec.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise GuestImageError(f"{spec}: not a readable TOML file ({exc})") from None
+    unknown = set(data) - SETTINGS
+    if unknown:
+        raise GuestImageError(f"{spec}: unknown setting {sorted(unknown)[0]!r} "
+                              f"(known: {', '.join(sorted(SETTINGS))})")
     size, description = data.get("secret_bytes"), data.get("description", "")
+    form, alphabet, varies = data.get("form", "bits"), data.get("alphabet", ""), \
+        data.get("varies", [])
     if type(size) is not int or not 0 <= size <= SECRET_CAPACITY:
         raise GuestImageError(f"{spec}: secret_bytes must be an integer in [0, {SECRET_CAPACITY}]")
     if not isinstance(description, str):
         raise GuestImageError(f"{spec}: description must be a string")
-    unknown = set(data) - {"secret_bytes", "description"}
-    if unknown:
-        raise GuestImageError(f"{spec}: unknown setting {sorted(unknown)[0]!r}")
-    return Sample(source.stem, str(source), description, f"{size} random bytes",
-                  functools.partial(_random_bytes, size), "result=")
+    if form not in ("bits", "symbols"):
+        raise GuestImageError(f"{spec}: form must be \"bits\" or \"symbols\"")
+    if form == "symbols" and not (isinstance(alphabet, str) and alphabet.isascii()
+                                  and alphabet.isprintable() and len(alphabet) >= 2
+                                  and len(set(alphabet)) == len(alphabet)):
+        raise GuestImageError(f"{spec}: a secret of symbols needs an alphabet of at least 2 "
+                              "distinct printable ASCII characters")
+    if form == "bits" and alphabet:
+        raise GuestImageError(f"{spec}: alphabet goes with form = \"symbols\"")
+    if not (isinstance(varies, list) and all(isinstance(v, str) and v for v in varies)):
+        raise GuestImageError(f"{spec}: varies must be a list of non-empty strings")
+    if form == "symbols":
+        make, doc = functools.partial(_random_symbols, size, alphabet), \
+            f"{size} characters from {alphabet!r}"
+    else:
+        make, doc = functools.partial(_random_bytes, size), f"{size} random bytes"
+    return Sample(source.stem, str(source), description, doc, make, "result=", form,
+                  alphabet if form == "symbols" else "", tuple(varies))
 
 
 def _victims() -> dict[str, Sample]:

@@ -135,13 +135,13 @@ def assert_no_better_than_guessing(verdict) -> None:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_att_conf_password_holds_at_shim_with_jitter(seed):
-    """Over 40 runs (40 fresh jitter streams from the OS) the attack gets no character
-    right more often than its guesses do by chance.  Its noise guesses favour the early
-    letters its search tries first, whatever the secret, so a password made of them is hit
-    now and then: measured with OS draws, 10 hits in 160 runs over the secrets of seeds
-    0-3, 0.2 a run at most (seed 2, 'dffxktqn'); 24 or more hits in 40 runs has a chance
-    below 1e-5 for a guesser, while an attack that learned even one character would score
-    40."""
+    """Over 40 runs (40 fresh jitter streams and 40 fresh passwords from the OS) the attack
+    gets no character right more often than its guesses do by chance.  Its noise guesses
+    favour the early letters its search tries first, whatever the secret, so a password
+    made of them is hit now and then: measured with OS draws, 10 hits in 160 runs over four
+    fixed passwords, 0.2 a run at most (for 'dffxktqn'); 24 or more hits in 40 runs has a
+    chance below 1e-5 for a guesser, while an attack that learned even one character would
+    score 40."""
     runs = 40
     verdicts = [run_attack(SingleStep(), "password", SHIM, seed=seed) for _ in range(runs)]
     for verdict in verdicts:

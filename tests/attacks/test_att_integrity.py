@@ -182,7 +182,9 @@ def test_state_tamper_at_shim_kills_the_vm_for_its_sealed_state():
 def test_the_shims_write_back_is_what_stops_dropped_writes(monkeypatch):
     no_step = PolicyConfig(step_mode=StepMode.OFF)  # the timer fires right after the store
     verdict = run_attack(DroppedWrites(), "counter", Level.SHIM, policy_config=no_step)
-    assert outcome_class(verdict) == "blocked"
+    # Neutralised, not refused: DROP_WRITES is accepted and finds nothing to drop, so the
+    # TEE has no refusal on record and the attack had no effect.
+    assert outcome_class(verdict) == "none", verdict.detail
     monkeypatch.setitem(levels.FEATURES, Level.SHIM, dataclasses.replace(
         levels.FEATURES[Level.SHIM], commit_writes=False))
     verdict = run_attack(DroppedWrites(), "counter", Level.SHIM, policy_config=no_step)

@@ -39,10 +39,23 @@ def test_guests_json(capsys):
     (["boot", "hello", "--set", "bogus=1"], "unknown policy setting"),
     (["boot", "hello", "--set", "nokeyvalue"], "expected KEY=VALUE"),
     (["attack", "--guest", "modexp"], "name an attack"),
+    (["attack", "memory-scan", "--guest", "modexp", "--secret", "xyz"], "--secret: non-hexadecimal"),
+    (["attack", "memory-scan", "--guest", "modexp", "--secret", "0102"], "must be 8 bytes"),
+    (["attack", "memory-scan", "--guest", "password", "--secret", "41424344454647ff"],
+     "characters must be from"),
 ])
 def test_clear_errors(capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_attack_with_a_fixed_secret_scores_against_it(capsys):
+    """--secret replaces the OS draw (debugging, replay): the verdict records that truth."""
+    secret = "1122334455667788"
+    code, verdict = run_json(capsys, "attack", "memory-scan", "--guest", "modexp", "--level",
+                             "plain", "--secret", secret)
+    assert code == 0 and verdict["secret"] == secret and verdict["full_recovery"]
+    assert verdict["log2_rank"] == 0 and verdict["leaked_bits"] == 64
 
 
 def test_python_dash_m(tmp_path):

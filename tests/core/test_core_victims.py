@@ -121,6 +121,11 @@ def test_layouts_put_each_secret_choice_on_its_own_page():
     ("secret_bytes = 8\ndescription = 3\n", "description"),
     ("secret_bytes = 8\nsize = 3\n", "unknown setting"),
     ("secret_bytes = \n", "TOML"),
+    ('secret_bytes = 8\nform = "hex"\n', "form"),
+    ('secret_bytes = 8\nform = "symbols"\n', "alphabet"),
+    ('secret_bytes = 8\nform = "symbols"\nalphabet = "aab"\n', "alphabet"),
+    ('secret_bytes = 8\nalphabet = "ab"\n', "alphabet goes with"),
+    ('secret_bytes = 8\nvaries = "ticks="\n', "varies"),
 ])
 def test_a_bad_declaration_is_a_clear_error(tmp_path, text, why):
     source = tmp_path / "mine.c"
@@ -132,3 +137,13 @@ def test_a_bad_declaration_is_a_clear_error(tmp_path, text, why):
 
 def test_a_guest_without_a_declaration_has_no_secret(tmp_path):
     assert declared(tmp_path / "mine.c") is None
+
+
+def test_a_declaration_of_symbols_draws_characters_of_its_alphabet(tmp_path):
+    source = tmp_path / "pin.c"
+    (tmp_path / "pin.toml").write_text(
+        'secret_bytes = 6\nform = "symbols"\nalphabet = "0123456789"\nvaries = ["t="]\n')
+    pin = declared(source)
+    assert pin is not None and pin.form == "symbols" and pin.varies == ("t=",)
+    secret = pin.make_secret(random.SystemRandom())
+    assert len(secret) == 6 and set(secret.decode()) <= set("0123456789")

@@ -95,6 +95,13 @@ def bits_to_guess(bits: Sequence[int | None]) -> bytes:
     return value.to_bytes(len(bits) // 8, "little")
 
 
+def bits_to_known(bits: Sequence[int | None]) -> bytes:
+    """The Outcome's ``known`` mask for ``bits_to_guess(bits)``: a set bit where the bit was
+    read, clear where it is unknown (the judge's key rank counts those as unknown, not as
+    guessed 0)."""
+    return bits_to_guess([None if b is None else 1 for b in bits])
+
+
 def printed_result(console: str) -> int | None:
     match = _RESULT.search(console)
     return int(match.group(1), 16) if match else None

@@ -23,7 +23,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--file", type=Path, help="run the attack defined in this Python file")
     a.add_argument("--guest", required=True, help="victim: a sample name, .c file or ELF")
     a.add_argument("--level", choices=[lv.value for lv in Level], default="snp")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seed", type=int, default=0,
+                   help="seed of the attack's public random stream (the secret is not made "
+                        "from it: the judge draws it from the OS each run)")
+    a.add_argument("--secret", metavar="HEX",
+                   help="a fixed victim secret, for debugging (default: drawn from the OS)")
     a.add_argument("--trace", type=Path)
     add_policy_options(a)
     a.add_argument("--json", action="store_true")
@@ -60,13 +64,23 @@ def run_list(args: argparse.Namespace) -> int:
 def run_one(args: argparse.Namespace) -> int:
     from tools.attacks import registry
     from tvmm.harness.judge import run_attack
+    from tvmm.judge import check_secret
+    from tvmm.samples import resolve
+
+    secret = None
+    if args.secret is not None:
+        try:
+            secret = bytes.fromhex(args.secret)
+            check_secret(resolve(args.guest)[1], secret)
+        except ValueError as exc:
+            return fail(f"--secret: {exc}")
 
     if args.file:
         if not Path(args.file).is_file():
             return fail(f"cannot load {args.file}: no such file")
         verdict = run_attack(args.name, "?", args.guest, Level(args.level), seed=args.seed,
                              trace=args.trace, policy_config=load_policy(args),
-                             file=args.file)
+                             file=args.file, secret=secret)
     else:
         attacks = registry()
         if args.name is None:
@@ -76,7 +90,7 @@ def run_one(args: argparse.Namespace) -> int:
             return fail(f"no attack {args.name!r}; try one of: {', '.join(attacks)}")
         verdict = run_attack(args.name, attacks[args.name].kind, args.guest,
                              Level(args.level), seed=args.seed, trace=args.trace,
-                             policy_config=load_policy(args))
+                             policy_config=load_policy(args), secret=secret)
     if verdict.notes.get("error"):
         return fail(f"the attack failed: {verdict.detail}")
     if args.json:
@@ -86,7 +100,8 @@ def run_one(args: argparse.Namespace) -> int:
                   show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
-    for key in ("cell", "n_bits", "bits_correct", "leaked_bits", "full_recovery", "detected",
+    for key in ("cell", "n_bits", "bits_correct", "leaked_bits", "log2_rank", "full_recovery",
+                "detected",
                 "detected_after_exits", "integrity_violated", "blocked", "exits", "wall_s",
                 "stepping", "detail"):
         value = verdict.cell if key == "cell" else getattr(verdict, key)

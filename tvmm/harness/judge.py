@@ -4,13 +4,13 @@ process, the attack — untrusted host code — in another.
 The attack's process gets only its job (tools/host_process.py): the link to the TEE, the
 victim's public image path, level, memory, the public random stream's seed, a pipe for its trace notes, and this process at the end of a message
 link for owner messages.  Its Outcome comes back as data; detections come from the TEE's
-own records of every VM the run created (the judge-only control link), not from anything
-the attack says.  A crash or a dead attack process is an "error" verdict.
+own records of every VM the run created (the judge-only control link) — violations,
+kills, refusals, what each guest printed and how it ended — not from anything the attack
+says.  The secret is drawn from the OS in this process, for every run.  A crash or a dead attack process is an "error" verdict.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -18,7 +18,15 @@ from shim.policies.config import PolicyConfig
 from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level
 from tvmm.harness import launcher
-from tvmm.judge import Verdict, judge, public_rng_seed, verdict_event
+from tvmm.judge import (
+    Owner,
+    Verdict,
+    draw_secret,
+    judge,
+    owner_refusals,
+    public_rng_seed,
+    verdict_event,
+)
 from tvmm.machine import DEFAULT_MEMORY, owner_endpoint, trace_header
 from tvmm.samples import resolve
 
@@ -35,12 +43,17 @@ def error_verdict(name: str, kind: str, guest: str, level: Level, wall: float,
 def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: int = 0,
                trace: Path | str | None = None, policy_config: PolicyConfig | None = None,
                memory: int = DEFAULT_MEMORY, file: Path | str | None = None,
-               link: str = launcher.DEFAULT_LINK) -> Verdict:
+               link: str = launcher.DEFAULT_LINK, secret: bytes | None = None) -> Verdict:
     """Run the attack ``name`` (registered, with ``kind`` as its class says) against
     ``guest`` at ``level`` across the boundary, and judge it.  With ``file`` (a user's
-    attack, loaded only in the attack's process) the name and kind are the file's."""
+    attack, loaded only in the attack's process) the name and kind are the file's.
+
+    The victim's secret is drawn from the OS here, in the judge's process (``secret``:
+    a fixed one, for debugging and tests); ``seed`` drives only the attack's public
+    random stream."""
     image, sample = resolve(guest)
-    secret = sample.make_secret(random.Random(seed)) if sample else b""
+    if secret is None:
+        secret = draw_secret(sample)
     session = launcher.start(policy_config=policy_config, trace=trace,
                              header=trace_header(image, level, seed, {"attack": name or str(file)}),
                              link=link, notes=True)
@@ -60,7 +73,9 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
             return error_verdict(name or "?", kind, guest, level, wall, why)
         if file:
             name, kind = str(outcome.get("attack")), str(outcome.get("kind"))
-        verdict = judge(name, kind, guest, level, secret, outcome, session.records(), wall)
+        verdict = judge(name, kind, guest, level, secret, outcome, session.records(), wall,
+                        sample=sample, owner=Owner(image, level, secret, memory),
+                        owner_refusals=owner_refusals(owner))
         session.emit(EventKind.VERDICT.value, name,
                      inside=verdict_event(verdict, secret, outcome))
         return verdict

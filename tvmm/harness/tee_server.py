@@ -48,14 +48,21 @@ _PR_SET_DUMPABLE = 4
 
 
 def vm_record(vm: Vm) -> dict:
-    """What the judge may learn of a VM: its policy violations and how it ended."""
+    """What the judge may learn of a VM, as the TEE itself saw it: its policy violations,
+    the host requests it refused, how it ended (the guest's exit status), the launch
+    digest, what the guest wrote to its console and the input it received."""
     violations = getattr(vm.policies, "violations", None) or []
+    io = vm.io
     return {
         "id": vm.id, "level": vm.level.value, "state": vm.state.name,
         "violations": [{"exit_seq": v.exit_seq, "policy": str(v.policy), "why": str(v.why),
                         "response": str(v.response)} for v in violations],
         "kill_reason": int(vm.kill_reason) if vm.kill_reason is not None else None,
         "seq": vm.vcpus[0].seq, "end_detail": vm.end_detail,
+        "exit_status": vm.exit_status, "launch_digest": vm.launch_digest.hex(),
+        "console": io.console.decode("utf-8", errors="replace"), "console_cut": io.console_cut,
+        "inputs": [line.hex() for line in io.inputs], "refusals": list(io.refusals),
+        "secret_sha256": io.secret_sha256,
     }
 
 
