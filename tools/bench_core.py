@@ -177,11 +177,20 @@ def _link_fds(spec: dict) -> list[int]:
     return [spec[k] for k in ("memory", "bell_in", "bell_out", "fd") if k in spec]
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process has used so far (``/proc/PID/schedstat``: nanoseconds)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
 def boundary_round_trip(level: Level, quantum: int, exits: int, rounds: int,
                         link: str = "mailbox") -> dict:
     """Timer exits with the TEE in its own process (this process the host, as an attack
     is), bare Unicorn stop/resume, and the bare round trip of the same link to a process
-    that only echoes a reply of the same size — taking turns, wall time, medians."""
+    that only echoes a reply of the same size — taking turns, wall time, medians.  Also
+    the CPU time each side of the boundary spends per exit (this process, the host; the
+    TEE's), which a busy machine disturbs far less than the wall time: it says what an
+    exit costs, where the wall time says how long it waited for a core."""
     image = compute_image()
     tee = launcher.start_tee(link=link)
     client = PlatformClient(bytes_transport(tee.end.call))
@@ -190,18 +199,22 @@ def boundary_round_trip(level: Level, quantum: int, exits: int, rounds: int,
     vm = host.vm
     state = b""
     sizes: list[tuple[int, int]] = []
+    cpu: list[tuple[float, float]] = []
     uc = bare_machine(image, DEFAULT_MEMORY)
     bare_rip = image.entry
 
     def across() -> float:
         nonlocal state
+        host0, tee0 = time.process_time(), cpu_s(tee.tee.pid)
         start = time.perf_counter()
         reply = timer_exits(lambda st: client.enter(vm, quantum, st), host, state, exits)
+        wall = time.perf_counter() - start
+        cpu.append(((time.process_time() - host0) / exits, (cpu_s(tee.tee.pid) - tee0) / exits))
         state = reply.exit.state
         if not sizes:
             sizes.append((len(codec.encode(Enter(vm, 0, quantum, state))),
                           len(codec.encode(reply))))
-        return (time.perf_counter() - start) / exits
+        return wall / exits
 
     def bare() -> float:
         nonlocal bare_rip
@@ -230,7 +243,10 @@ def boundary_round_trip(level: Level, quantum: int, exits: int, rounds: int,
     return {"quantum": quantum, "link": link, "across_us": round(a * 1e6, 2),
             "bare_us": round(b * 1e6, 2), "transport_us": round(t * 1e6, 2),
             "cost_vs_bare_plus_transport": round(a / (b + t), 2),
-            "exits_per_s": round(1 / a), "rounds": [[round(x * 1e6, 2) for x in r]
+            "exits_per_s": round(1 / a),
+            "host_cpu_us": round(statistics.median(h for h, _ in cpu) * 1e6, 2),
+            "tee_cpu_us": round(statistics.median(t for _, t in cpu) * 1e6, 2),
+            "rounds": [[round(x * 1e6, 2) for x in r]
                                                     for r in triples]}
 
 

@@ -29,6 +29,7 @@ def test_the_boundary_round_trip_measures_all_three_sides():
     round trip are all measured, and the ratio is theirs."""
     r = bench_core.boundary_round_trip(Level.SHIM, 64, 200, 1, link="socket")
     assert r["across_us"] > 0 and r["bare_us"] > 0 and r["transport_us"] > 0
+    assert r["host_cpu_us"] > 0 and r["tee_cpu_us"] > 0  # both processes did the work
     assert r["cost_vs_bare_plus_transport"] == round(
         r["rounds"][0][0] / (r["rounds"][0][1] + r["rounds"][0][2]), 2)
 
@@ -40,7 +41,9 @@ def test_bench_writes_its_block_of_the_doc_and_nothing_else(tmp_path):
     doc.write_text(f"prose before\n<!-- {BLOCK}:begin -->\nold\n<!-- {BLOCK}:end -->\nafter\n")
     write_docs(doc, {"exit_round_trip_shim_across_mailbox": {
         "quantum": 64, "link": "mailbox", "across_us": 30.0, "bare_us": 10.0,
-        "transport_us": 5.0, "cost_vs_bare_plus_transport": 2.0, "exits_per_s": 33_333}})
+        "transport_us": 5.0, "cost_vs_bare_plus_transport": 2.0, "exits_per_s": 33_333,
+        "host_cpu_us": 12.5, "tee_cpu_us": 17.5}})
     text = doc.read_text()
     assert text.startswith("prose before\n") and text.endswith("\nafter\n")
     assert "old" not in text and "| 2.00× |" in text and "33,333 exits/s" in text
+    assert "host 12.5 µs, TEE 17.5 µs" in text

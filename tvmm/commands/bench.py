@@ -84,7 +84,9 @@ def doc_block(results: dict) -> str:
         elif "cost_vs_bare_plus_transport" in value:
             rows.append(
                 f"| {key} (quantum {value['quantum']}, {value['link']}) | "
-                f"{value['across_us']:.1f} µs ({value['exits_per_s']:,} exits/s) | "
+                f"{value['across_us']:.1f} µs ({value['exits_per_s']:,} exits/s; CPU per "
+                f"exit: host {value.get('host_cpu_us', 0):.1f} µs, TEE "
+                f"{value.get('tee_cpu_us', 0):.1f} µs) | "
                 f"bare stop/resume {value['bare_us']:.1f} µs + bare {value['link']} round "
                 f"trip {value['transport_us']:.1f} µs | "
                 f"{value['cost_vs_bare_plus_transport']:.2f}× |")

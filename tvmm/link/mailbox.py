@@ -7,10 +7,10 @@ client copies its request in, stores the length, then bumps the request number; 
 waits for the number to move, copies the request out (the client may scribble on shared
 memory at any time: the server parses only its copy), and answers the same way.
 
-Waiting spins on the peer's number for a few microseconds, then yields the core between
-looks for up to ``spin_s`` (a single-stepping host asks again within tens of
-microseconds) — skipped while the last waits all took longer — then blocks: the waiter
-raises its sleep flag, looks once more, and sleeps on a pipe the peer writes a byte to after a bump it sees the flag up for.
+Waiting spins on the peer's number for up to ``spin_s`` (a single-stepping host asks
+again within tens of microseconds) — skipped while the last waits all took longer — then
+blocks: the waiter raises its sleep flag, looks once more, and sleeps on a pipe the peer
+writes a byte to after a bump it sees the flag up for.
 A wake-up lost between flag and number (stores and loads may pass each other) costs at most
 one ``poll`` timeout.  The pipe's other end dying is end of file: PeerGone, never a hang.
 
@@ -37,9 +37,8 @@ REQ_SEQ, REQ_LEN, REP_SEQ, REP_LEN, SERVER_SLEEPS, CLIENT_SLEEPS = (
     0, 8, 64, 72, 128, 192)
 HEADER = 256
 DEFAULT_CAPACITY = 16 << 20
-DEFAULT_SPIN_S = 200e-6
+DEFAULT_SPIN_S = 100e-6
 POLL_S = 0.05
-sched_yield = os.sched_yield
 MISSES = 4
 RETRY = 64
 
@@ -103,7 +102,7 @@ class _End:
         self.seen = 0
         self.sent = 0
         self.closed = False
-        self.misses = 0  # waits in a row that the yields did not end
+        self.misses = 0  # waits in a row that the spin did not end
         self.waits = 0
 
     def _put(self, data: bytes) -> None:
@@ -142,21 +141,22 @@ class _End:
         return bytes(self.buf[self._in_area : self._in_area + n])
 
     def _wait_longer(self, seen: int) -> None:
-        """Offer the core between looks (the peer may be waiting for it, as on a machine
-        with more runnable processes than cores) until it is time to sleep — unless the
-        last waits all took longer than that anyway: then sleep at once, trying the yields again
-        every ``RETRY`` waits (a busy machine makes a yield cost a time slice, where a
-        sleeper woken by the pipe is scheduled at once)."""
+        """Spin on the peer's number for up to ``spin_s`` (a single-stepping host asks
+        again within tens of microseconds), then sleep — unless the last ``MISSES`` waits
+        all outlasted the spin: then sleep at once, spinning again every ``RETRY`` waits.
+        No ``sched_yield``: on a machine with more runnable processes than cores a yield
+        hands the core to a stranger for a whole time slice (a round trip of milliseconds,
+        measured), where a sleeper the pipe wakes is scheduled at once."""
         q, at = self.q, self._in_seq
         self.waits += 1
         if self.misses < MISSES or self.waits % RETRY == 0:
-            deadline = time.perf_counter() + self.spin_s
+            clock = time.perf_counter
+            deadline = clock() + self.spin_s
             while q[at] == seen:
-                sched_yield()
-                if time.perf_counter() > deadline:
+                if clock() > deadline:
                     break
-            else:  # the answer came; in time, or after a yield lost the core for long
-                self.misses = 0 if time.perf_counter() <= deadline else self.misses + 1
+            else:  # the answer came while spinning
+                self.misses = 0
                 return
         self.misses += 1
         self._sleep(seen)
