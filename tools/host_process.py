@@ -101,12 +101,14 @@ def run_boot(job: dict, client: PlatformClient, link: Launcher) -> dict:
 
 def run_attack(job: dict, client: PlatformClient, link: Launcher, notes: NoteWriter) -> dict:
     attack = attack_named(job)
+    receipt = bytes.fromhex(job["receipt"]) if job.get("receipt") else None
     ctx = AttackContext(
         client=client, image=load_elf(Path(job["image"]), job["guest"]), guest=job["guest"],
         level=Level(job["level"]), rng=random.Random(job["rng_seed"]), memory=job["memory"],
         secret_blob=b"", record=notes,
-        devices=lambda: Devices(Console(), BlockDevice(None), InputDevice()),
-        owner=link.owner, launch_secret=launch_secrets_from(link.owner, notes))
+        devices=lambda: Devices(Console(), BlockDevice(None), InputDevice(), receipt=receipt),
+        owner=link.owner, launch_secret=launch_secrets_from(link.owner, notes),
+        receipt=receipt)
     return {**outcome_to_data(attack.run(ctx)), "attack": attack.name, "kind": attack.kind}
 
 

@@ -73,7 +73,7 @@ def run_cell(cell: Cell, *, seed: int = 0, policy_config: PolicyConfig | None = 
     start = time.perf_counter()
     try:
         return run_attack(cell.attack, cls.kind, cell.victim, cell.level, seed=seed,
-                          policy_config=policy_config)
+                          policy_config=policy_config, owner_policy=cls.owner_policy)
     except Exception as exc:  # noqa: BLE001 - reported in the cell, the run goes on
         return error_verdict(cell.attack, cls.kind, cell.victim, cell.level,
                              time.perf_counter() - start, f"{type(exc).__name__}: {exc}")

@@ -64,6 +64,10 @@ class AttackContext:
     # launch (the TEE opens each blob once), or b"" if the owner refused (its launch
     # budget is used up).  Each launch of the victim costs one.
     launch_secret: Callable[[], bytes] | None = None
+    # For an owner that releases by transparency policy (Attack.owner_policy "ledger"):
+    # the genuine build's signed statement and receipt (public), which a host presents
+    # with the guest's evidence (tvmm.transparency.bundle); None otherwise.
+    receipt: bytes | None = None
 
     def fresh_secret_blob(self) -> bytes:
         """A launch secret for the next launch: one from the owner, else ``secret_blob``."""
@@ -121,6 +125,10 @@ class Attack(ABC):
     victims: ClassVar[tuple[str, ...]]  # sample guests it fits
     kind: ClassVar[str]  # "confidentiality" or "integrity"
     published: ClassVar[str] = ""  # the published figure to compare with, and its source
+    # How the victim's owner releases its secret in a scored run: "digest" — to the one
+    # launch digest it predicts; "ledger" — to any build registered in a transparency
+    # ledger under its policy (docs/transparency.md), the host presenting the receipt.
+    owner_policy: ClassVar[str] = "digest"
 
     @abstractmethod
     def run(self, ctx: AttackContext) -> Outcome:

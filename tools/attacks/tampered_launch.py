@@ -118,7 +118,8 @@ class TamperedLaunch(Attack):
     def run(self, ctx: AttackContext) -> Outcome:
         tampered, page = tamper(ctx.image)
         console = _RawConsole()
-        devices = Devices(console=console, input=InputDevice(["attempt"]), owner=ctx.owner)
+        devices = Devices(console=console, input=InputDevice(["attempt"]), owner=ctx.owner,
+                          receipt=ctx.receipt)
         host = _Relay(ctx.client, devices)
         ctx.record("tamper", page=page, symbol="puts")
         digest = host.launch(tampered, ctx.level, ctx.memory)  # no launch secret: ask
@@ -147,6 +148,18 @@ class TamperedLaunch(Attack):
             notes["detail"] = "the broker released the secret to a tampered image"
         return Outcome(guess=guess, hosts=[host], exits=sum(host.exits.values()), notes=notes)
 
+
+
+class TamperedLaunchLedger(TamperedLaunch):
+    """The same tampering against an owner who releases by transparency policy: any build
+    its issuer registered in a ledger, the host presenting the genuine build's statement and
+    receipt.  The receipt is valid; the report's measurement is not the registered launch
+    digest, so the broker refuses (measurement) — a ledger widens what may run only to
+    what was registered."""
+
+    name = "tampered-launch-ledger"
+    summary = "tampered launch against release by a transparency ledger's receipt"
+    owner_policy = "ledger"
 
 def _evidence(relayed: list[tuple[bytes, bytes | None]]) -> tuple[bytes | None, bytes | None]:
     size = len(OWNER_EVIDENCE) + NONCE_SIZE + GUEST_KEY_SIZE + REPORT_SIZE

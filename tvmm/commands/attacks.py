@@ -12,6 +12,7 @@ from rich.table import Table
 from tvmm.abi.types import Level
 from tvmm.commands.boot import add_policy_options, load_policy
 from tvmm.commands.output import console, emit_json, fail
+from tvmm.owner.ledger import SCORED_RUN_LAUNCHES
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +30,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--secret", metavar="HEX",
                    help="a fixed victim secret, for debugging (default: drawn from the OS)")
     a.add_argument("--trace", type=Path)
+    a.add_argument("--launches", type=_launches, default=SCORED_RUN_LAUNCHES, metavar="N",
+                   help=f"the owner releases the victim's secret at most N times an hour "
+                        f"(default {SCORED_RUN_LAUNCHES}; 0: no bound)")
+    a.add_argument("--owner", choices=["digest", "ledger"],
+                   help="how the victim's owner releases its secret: to the one predicted "
+                        "launch digest, or to any build registered in a transparency ledger "
+                        "(the host presents the receipt); default: the attack's own")
     add_policy_options(a)
     a.add_argument("--json", action="store_true")
     a.set_defaults(run=run_one)
@@ -80,7 +88,8 @@ def run_one(args: argparse.Namespace) -> int:
             return fail(f"cannot load {args.file}: no such file")
         verdict = run_attack(args.name, "?", args.guest, Level(args.level), seed=args.seed,
                              trace=args.trace, policy_config=load_policy(args),
-                             file=args.file, secret=secret)
+                             file=args.file, secret=secret, launches=args.launches,
+                             owner_policy=args.owner or "digest")
     else:
         attacks = registry()
         if args.name is None:
@@ -90,7 +99,9 @@ def run_one(args: argparse.Namespace) -> int:
             return fail(f"no attack {args.name!r}; try one of: {', '.join(attacks)}")
         verdict = run_attack(args.name, attacks[args.name].kind, args.guest,
                              Level(args.level), seed=args.seed, trace=args.trace,
-                             policy_config=load_policy(args), secret=secret)
+                             policy_config=load_policy(args), secret=secret,
+                             launches=args.launches,
+                             owner_policy=args.owner or attacks[args.name].owner_policy)
     if verdict.notes.get("error"):
         return fail(f"the attack failed: {verdict.detail}")
     if args.json:
@@ -128,3 +139,14 @@ def run_matrix(args: argparse.Namespace) -> int:
     if args.markdown:
         args.markdown.write_text(matrix.to_markdown(verdicts))
     return 0
+
+
+def _launches(text: str) -> int | None:
+    """--launches N: a positive bound, or 0 for none."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of launches") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a launch budget cannot be negative")
+    return value or None

@@ -11,12 +11,14 @@ says.  The secret is drawn from the OS in this process, for every run.  A crash 
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
 from shim.policies.config import PolicyConfig
 from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level
+from tvmm.guestimage import GuestImage
 from tvmm.harness import launcher
 from tvmm.judge import (
     Owner,
@@ -27,8 +29,15 @@ from tvmm.judge import (
     public_rng_seed,
     verdict_event,
 )
-from tvmm.machine import DEFAULT_MEMORY, owner_endpoint, trace_header
+from tvmm.machine import DEFAULT_MEMORY, expected_measurement, owner_endpoint, trace_header
+from tvmm.owner.broker import ReleasePolicy
+from tvmm.owner.by_receipt import ReceiptPolicy
+from tvmm.owner.ledger import SCORED_RUN_LAUNCHES, LaunchBudget, LaunchLedger
 from tvmm.samples import resolve
+from tvmm.transparency import bundle, keys
+from tvmm.transparency.claims import Claim
+from tvmm.transparency.service import LedgerService
+from tvmm.transparency.statements import sign_statement
 
 
 def error_verdict(name: str, kind: str, guest: str, level: Level, wall: float,
@@ -43,14 +52,23 @@ def error_verdict(name: str, kind: str, guest: str, level: Level, wall: float,
 def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: int = 0,
                trace: Path | str | None = None, policy_config: PolicyConfig | None = None,
                memory: int = DEFAULT_MEMORY, file: Path | str | None = None,
-               link: str = launcher.DEFAULT_LINK, secret: bytes | None = None) -> Verdict:
+               link: str = launcher.DEFAULT_LINK, secret: bytes | None = None,
+               launches: int | None = SCORED_RUN_LAUNCHES, owner_policy: str = "digest"
+               ) -> Verdict:
     """Run the attack ``name`` (registered, with ``kind`` as its class says) against
     ``guest`` at ``level`` across the boundary, and judge it.  With ``file`` (a user's
     attack, loaded only in the attack's process) the name and kind are the file's.
 
     The victim's secret is drawn from the OS here, in the judge's process (``secret``:
     a fixed one, for debugging and tests); ``seed`` drives only the attack's public
-    random stream."""
+    random stream.
+
+    The owner releases the victim's secret at most ``launches`` times (its launch budget,
+    per hour, counted in a ledger of this run; None: no bound), as a real owner bounds
+    relaunches: an attack that relaunches the victim to average pays in launches, and a
+    refused launch is on the owner's record.  ``owner_policy`` "ledger": the owner releases
+    to any build registered in a transparency ledger instead of one predicted digest (the
+    judge registers the genuine build, and the host gets its statement and receipt)."""
     image, sample = resolve(guest)
     if secret is None:
         secret = draw_secret(sample)
@@ -59,12 +77,24 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
                              link=link, notes=True)
     # The owner issues a launch secret per launch (each opens once in the TEE), counted
     # against its launch budget, wrapped to the TEE process's public launch key.
-    owner = owner_endpoint(image, secret, memory=memory, launch_key=lambda: session.launch_key)
+    ledger_dir = tempfile.TemporaryDirectory(prefix="tvmm-owner-")
+    digest = expected_measurement(image, memory, level if level in (Level.SNP, Level.SHIM)
+                                  else Level.SNP)
+    budget = LaunchBudget(launches, 3600) if launches is not None else None
+    receipt = None
+    if owner_policy == "ledger":
+        receipts, receipt = registered_build(image, level, digest, Path(ledger_dir.name))
+        policy = ReleasePolicy(measurement=None, transparency=receipts, budget=budget)
+    else:
+        policy = ReleasePolicy(measurement=digest, budget=budget)
+    owner = owner_endpoint(image, secret, memory=memory, launch_key=lambda: session.launch_key,
+                           policy=policy, ledger=LaunchLedger(Path(ledger_dir.name) / "launches"))
     try:
         session.start_job({
             "job": "attack", "attack": name, "file": str(file) if file else None,
             "image": str(image.path), "guest": guest, "level": level.value,
-            "memory": memory, "rng_seed": public_rng_seed(seed)})
+            "memory": memory, "rng_seed": public_rng_seed(seed),
+            "receipt": receipt.hex() if receipt is not None else None})
         start = time.perf_counter()
         outcome = session.serve(owner)
         wall = time.perf_counter() - start
@@ -81,3 +111,26 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
         return verdict
     finally:
         session.close()
+        ledger_dir.cleanup()
+
+
+def registered_build(image: GuestImage, level: Level, digest: bytes, where: Path
+                     ) -> tuple[ReceiptPolicy, bytes]:
+    """The vendor, its ledger and the owner's policy for a run whose owner releases by
+    transparency: a fresh issuer registers the genuine image's claim in a fresh ledger
+    under ``where``; (the owner's policy, the statement-and-receipt bundle a host presents)."""
+    issuer = keys.new_key()
+    (where / "issuer.pub.pem").write_bytes(keys.public_pem(issuer.public_key()))
+    ledger = LedgerService.create(where / "transparency",
+                                  [(where / "issuer.pub.pem", [FEED])])
+    try:
+        claim = Claim(digest, image.name, FEED, 1, bytes.fromhex(image.sha256), level.value)
+        statement = sign_statement(claim, issuer)
+        _index, receipt = ledger.register(statement)
+        policy = ReceiptPolicy(ledger.public_key, issuer.public_key(), FEED, 1)
+    finally:
+        ledger.close()
+    return policy, bundle.pack(statement, receipt)
+
+
+FEED = "tvmm/judge"

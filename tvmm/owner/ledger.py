@@ -42,6 +42,11 @@ KEY_SIZE = 32
 PATHS = ("attested", "launch")
 _RECORD_KEYS = {"time", "nonce", "measurement", "path", "released", "reason"}
 
+# The launch budget of the owner in tvmm's scored runs (tvmm.harness.judge, tvmm attack
+# --launches): releases of the victim's secret per hour.  The victim's own launch is one;
+# an attack that relaunches it to average gets two more.
+SCORED_RUN_LAUNCHES = 3
+
 
 class LedgerError(Exception):
     """The ledger cannot be trusted or written: nothing may be released on it."""
