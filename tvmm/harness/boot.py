@@ -53,8 +53,11 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
          tick_vector: int | None = None, max_exits: int | None = None,
          secret_path: str | None = None, owner: OwnerEndpoint | None = None,
          release_policy: ReleasePolicy | None = None, nonce: bytes | None = None,
-         state_dir: Path | str | None = None, guest_policy: int | None = None) -> BootReport:
-    """As tvmm.machine.boot, with the TEE and the host in processes of their own."""
+         state_dir: Path | str | None = None, guest_policy: int | None = None,
+         time_limit: float | None = None) -> BootReport:
+    """As tvmm.machine.boot, with the TEE and the host in processes of their own.  With
+    ``time_limit`` (seconds of the run, launch included) a guest still running then is
+    stopped: the report's ``how`` is ``time_limit``."""
     if secret_path is None:
         secret_path = default_secret_path(level)
     if secret_path not in SECRET_PATHS:
@@ -80,8 +83,12 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
             "disk": str(disk) if disk is not None else None, "live": True,
             "owner": secret_path == "attested", "guest_policy": guest_policy})
         start = time.perf_counter()
-        result = session.serve(owner if secret_path == "attested" else None, on_console)
+        result = session.serve(owner if secret_path == "attested" else None, on_console,
+                               time_limit)
         wall = time.perf_counter() - start
+        if result is not None and result["how"] == "time_limit":
+            return _stopped(image.name, level, wall, time_limit, secret_path,
+                            expected=0 if sample else None)
         if result is None or "error" in result:
             why = "the host process died" if result is None else result["error"]
             raise launcher.HarnessError(f"boot failed: {why}")
@@ -100,3 +107,15 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
         entries=result["entries"], launch_digest=result["launch_digest"],
         detail=result["detail"], violations=violations, secret_path=secret_path,
         key_release=_key_release_summary(owner) if secret_path == "attested" else None)
+
+
+def _stopped(guest: str, level: Level, wall: float, limit: float, secret_path: str,
+             expected: int | None) -> BootReport:
+    """The report of a run ended by its time limit: the TEE was killed inside the guest,
+    so there is no count of exits (its trace, if asked for, holds every event so far)."""
+    return BootReport(
+        guest=guest, level=level.value, how="time_limit", status=None,
+        expected_status=expected, console="", exits={}, wall_s=wall, retired=0, entries=0,
+        launch_digest="", secret_path=secret_path,
+        detail=f"still running after {limit:g} s: stopped (--time-limit SECONDS sets the "
+               "limit, 0 removes it)")
