@@ -39,6 +39,8 @@ def test_guests_json(capsys):
     (["boot", "hello", "--set", "bogus=1"], "unknown policy setting"),
     (["boot", "hello", "--set", "nokeyvalue"], "expected KEY=VALUE"),
     (["attack", "--guest", "modexp"], "name an attack"),
+    (["verify", "--chain", "nosuchdir"], "--chain nosuchdir: no such directory"),
+    (["verify", "--chain", "/etc/hostname"], "--chain /etc/hostname: not a directory"),
 ])
 def test_clear_errors(capsys, argv, message):
     assert main(argv) == 2
