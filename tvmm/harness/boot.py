@@ -86,7 +86,7 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
         result = session.serve(owner if secret_path == "attested" else None, on_console,
                                time_limit)
         wall = time.perf_counter() - start
-        if result is not None and result["how"] == "time_limit":
+        if result is not None and result.get("how") == "time_limit":
             return _stopped(image.name, level, wall, time_limit, secret_path,
                             expected=0 if sample else None)
         if result is None or "error" in result:
