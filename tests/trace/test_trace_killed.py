@@ -94,3 +94,18 @@ async def test_the_viewer_opens_it_and_says_where_it_stops(killed_trace: Path) -
         await pilot.press("end")
         await pilot.pause()
         assert app.screen.query_one(EventList).selected == last
+
+
+def test_tvmm_trace_view_does_not_refuse_a_cut_short_trace(killed_trace: Path, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """The command checks the file before starting the UI: a killed run's trace, and one
+    cut inside its last line, pass that check (the viewer then says where they stop)."""
+    import tvmm.tui
+
+    opened: list[str] = []
+    monkeypatch.setattr(tvmm.tui, "run_viewer", lambda path: opened.append(path) or 0)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(killed_trace.read_bytes()[:-10])
+    for path in (killed_trace, cut):
+        assert main(["trace", "view", str(path)]) == 0
+    assert opened == [str(killed_trace), str(cut)]
