@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
 def show(results: dict) -> None:
     """The console table: every ratio in one wording (LEGEND), under the table."""
     table = Table(title="tvmm bench (ratios from one run, side by side)", caption=LEGEND)
-    table.add_column("measure", overflow="fold")  # never cut a name at 80 columns
+    names = [k for k, v in results.items() if isinstance(v, dict)]
+    # whole names, never cut or folded at 80 columns: the figures' columns wrap instead
+    table.add_column("measure", no_wrap=True, min_width=max(map(len, names), default=7))
     table.add_column("tvmm")
     table.add_column("baseline")
     table.add_column("ratio", justify="right")
