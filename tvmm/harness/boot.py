@@ -84,7 +84,7 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
             "owner": secret_path == "attested", "guest_policy": guest_policy})
         start = time.perf_counter()
         result = session.serve(owner if secret_path == "attested" else None, on_console,
-                               time_limit)
+                               time_limit=time_limit)
         wall = time.perf_counter() - start
         if result is not None and result.get("how") == "time_limit":
             return _stopped(image.name, level, wall, time_limit, secret_path,
