@@ -15,7 +15,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
+# The guests' sources: tvmm/guests is a link to the repository's guests/, so the same path
+# holds in a checkout, an editable install and a wheel (which carries the files themselves).
+GUESTS_DIR = (Path(__file__).resolve().parent / "guests").resolve()
 INCLUDE_DIR = GUESTS_DIR / "include"
 RUNTIME = (GUESTS_DIR / "runtime" / "start.S", GUESTS_DIR / "runtime" / "runtime.c")
 LINKER_SCRIPT = GUESTS_DIR / "runtime" / "guest.ld"

@@ -47,3 +47,30 @@ def test_bench_writes_its_block_of_the_doc_and_nothing_else(tmp_path):
     assert text.startswith("prose before\n") and text.endswith("\nafter\n")
     assert "old" not in text and "| 2.00× |" in text and "33,333 exits/s" in text
     assert "host 12.5 µs, TEE 17.5 µs" in text
+
+
+def test_every_ratio_of_tvmm_bench_has_one_wording_and_a_legend(capsys):
+    """Rows measure a speed, a cost per exit or a rate; the table shows each as tvmm's time
+    over the baseline's, so one column reads one way (1.00× as fast, lower is better)."""
+    from tvmm.commands.bench import LEGEND, doc_block, show
+
+    rows = {  # one row of each shape tools/bench_core writes
+        "compute": {"tvmm_s": 0.2, "bare_s": 0.1, "speed_vs_bare": 0.5},
+        "round_trip": {"quantum": 64, "tvmm_us": 30.0, "bare_us": 10.0, "cost_vs_bare": 3.0},
+        "step": {"exits_per_s": 1000, "bare_steps_per_s": 4000},
+        "across": {"quantum": 64, "link": "socket", "across_us": 60.0, "bare_us": 10.0,
+                   "transport_us": 10.0, "cost_vs_bare_plus_transport": 3.0,
+                   "exits_per_s": 16667},
+    }
+    show({"guest": "compute", **rows})
+    out = capsys.readouterr().out
+    table = [[c.strip() for c in line.split("│")] for line in out.splitlines()]
+    cells = {cols[1]: cols[-2] for cols in table if len(cols) > 4 and cols[1] in rows}
+    assert cells == {"compute": "2.00×", "round_trip": "3.00×", "step": "4.00×",
+                     "across": "3.00×"}, out
+    assert "× speed" not in out and "× cost" not in out
+    assert " ".join(LEGEND.split()[:6]) in " ".join(out.split())
+    block = doc_block(rows)
+    assert [r.rsplit("|", 2)[-2].strip() for r in block.splitlines() if r.startswith("| ")
+            and not r.startswith("| measure")] == ["2.00×", "3.00×", "4.00×", "3.00×"]
+    assert "lower is better" in block

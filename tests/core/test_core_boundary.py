@@ -223,3 +223,25 @@ def test_ctrl_c_ends_a_guest_that_never_exits(tmp_path):
     for child in children:
         assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read(
         ).split()[2] == "Z"
+
+
+def test_a_guest_that_never_exits_stops_at_its_time_limit(tmp_path, capsys):
+    """``tvmm boot`` has a default run limit (--time-limit): a guest in ``for (;;)`` ends by
+    itself with one clear line, and its trace holds every event up to the stop."""
+    from tvmm.cli import main
+    from tvmm.commands.boot import DEFAULT_TIME_LIMIT
+    from tvmm.trace.reader import TraceReader
+
+    assert 0 < DEFAULT_TIME_LIMIT <= 120
+    spin = tmp_path / "spin.c"
+    spin.write_text('#include "tvmm.h"\nint main(void) { puts("spinning\\n"); '
+                    'volatile u64 x = 0; for (;;) x++; return 0; }\n')
+    trace = tmp_path / "spin.jsonl"
+    code = main(["boot", str(spin), "--level", "shim", "--time-limit", "1.5",
+                 "--trace", str(trace)])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 3
+    assert "spinning" in out
+    assert "ended time limit (still running after 1.5 s: stopped (--time-limit" in out
+    with TraceReader(trace) as reader:
+        assert reader.unfinished and len(reader) > 0

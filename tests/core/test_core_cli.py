@@ -43,6 +43,8 @@ def test_guests_json(capsys):
     (["attack", "memory-scan", "--guest", "modexp", "--secret", "0102"], "must be 8 bytes"),
     (["attack", "memory-scan", "--guest", "password", "--secret", "41424344454647ff"],
      "characters must be from"),
+    (["verify", "--chain", "nosuchdir"], "--chain nosuchdir: no such directory"),
+    (["verify", "--chain", "/etc/hostname"], "--chain /etc/hostname: not a directory"),
 ])
 def test_clear_errors(capsys, argv, message):
     assert main(argv) == 2

@@ -98,3 +98,20 @@ def test_short_fuzz_run_of_every_target_has_no_new_finding(tmp_path):
             failures.append(f"{name}: {result.error}")
     print("known findings, being fixed:", *known, sep="\n  ")
     assert not failures, "\n".join(failures)
+
+
+def test_a_child_that_runs_past_its_time_is_one_line_not_a_traceback(tmp_path, monkeypatch,
+                                                                      capsys):
+    """``python -m tools.fuzz all`` on a loaded machine: a child still running at the
+    parent's limit is stopped and named in one line; the other targets still run."""
+    import subprocess
+
+    def too_slow(cmd, **kwargs):
+        raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
+
+    monkeypatch.setattr(engine.subprocess, "run", too_slow)
+    name = next(iter(TARGETS))
+    assert cli.main([name, "--seconds", "1", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{name}: 0 inputs" in out and "still running after" in out
+    assert "Traceback" not in out

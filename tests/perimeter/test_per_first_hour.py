@@ -124,7 +124,13 @@ def _ended_and_console(run) -> None:
     assert "hello from a tvmm guest" in out["console"]
     hello = next(v for v in run("vm", "list")["vms"] if v["name"] == "hello-2")
     assert hello["state"] == "running" and hello["ended"] == "exited with status 0"
-    run("vm", "suspend", "hello-2", "--out", "hello.bin", code=1)  # it ended: refused
+    for argv, what in ((("suspend", "hello-2", "--out", "hello.bin"), "suspend"),
+                       (("migrate", "hello-2", "--to", "n3"), "migrate")):
+        refused = run("vm", *argv, code=1)  # it ended: refused, saying so in one line
+        assert refused["reason"] == "ended", refused
+        assert refused["error"] == ("hello-2 has ended (exited with status 0): there is "
+                                    f"nothing to {what}; `tvmm vm console hello-2` shows "
+                                    "its output")
 
 
 def _bad_names(run) -> None:

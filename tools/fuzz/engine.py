@@ -89,8 +89,16 @@ def run(name: str, seconds: float, seed: int, out: Path, engine: str = "auto", *
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     commit = current_commit()
-    proc = subprocess.run(cmd, capture_output=True, env=env,
-                          timeout=seconds + target.timeout + 120)
+    limit = seconds + target.timeout + 120
+    try:
+        proc = subprocess.run(cmd, capture_output=True, env=env, timeout=limit)
+    except subprocess.TimeoutExpired:  # the child is killed: one line, the next target runs
+        stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+        return RunResult(name, engine, seed, stats.get("seconds", 0.0), stats.get("inputs", 0),
+                         stats.get("calls", 0), stats.get("findings", []), commit=commit,
+                         error=f"the child was still running after {limit:g} s and was "
+                               "stopped (a hang, or a heavily loaded machine: run this "
+                               "target alone)")
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     result = RunResult(name, engine, seed, stats.get("seconds", 0.0), stats.get("inputs", 0),
                        stats.get("calls", 0), stats.get("findings", []), commit=commit)

@@ -304,6 +304,9 @@ def _budget_text(budget: dict | None) -> str:
 
 # -- verify -------------------------------------------------------------------------------
 def run_verify(args: argparse.Namespace) -> int:
+    if not args.chain.is_dir():
+        why = "not a directory" if args.chain.exists() else "no such directory"
+        return fail(f"--chain {args.chain}: {why}")
     try:
         chain = load_chain_dir(args.chain)
         report_path = args.report or _find_report(args.chain)

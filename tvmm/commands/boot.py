@@ -18,6 +18,8 @@ from tvmm.harness.boot import boot
 from tvmm.harness.launcher import DEFAULT_LINK, LINKS, HarnessError
 from tvmm.machine import DEFAULT_MEMORY, SECRET_PATHS
 
+DEFAULT_TIME_LIMIT = 60.0  # seconds: a guest in `for (;;)` ends by itself; samples take < 10
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("boot", help="boot a guest (sample name, .c file or ELF)")
@@ -29,6 +31,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tick", type=lambda s: int(s, 0), metavar="VECTOR",
                    help="inject this vector at every timer exit (if the guest registered it)")
     p.add_argument("--max-exits", type=int, help="stop after this many exits")
+    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="SECONDS",
+                   help=f"stop a guest still running after this long (default "
+                   f"{DEFAULT_TIME_LIMIT:g}; 0: no limit)")
     p.add_argument("--link", choices=LINKS, default=DEFAULT_LINK,
                    help="how the host's process reaches the TEE's: a shared-memory mailbox "
                    "(default) or a socket")
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             quantum=args.quantum, memory=args.memory, policy_config=load_policy(args),
             input_lines=args.input, disk=args.disk, on_console=live, link=args.link,
             tick_vector=args.tick, max_exits=args.max_exits, secret_path=args.secret_path,
+            time_limit=args.time_limit or None,
         )
     except KeyError as exc:
         return fail(str(exc.args[0]))
@@ -111,7 +117,8 @@ def show(report, args: argparse.Namespace) -> None:
     table = Table(title=f"{report.guest} at {report.level}", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
-    ended = {"exit": f"exited with status {report.status}"}.get(report.how, report.how)
+    ended = {"exit": f"exited with status {report.status}",
+             "time_limit": "time limit"}.get(report.how, report.how)
     table.add_row("ended", ended + (f" ({report.detail})" if report.detail else ""))
     if report.retired:
         how = ("at least: the quanta asked for; a shim timer exit shows no count"
@@ -120,6 +127,13 @@ def show(report, args: argparse.Namespace) -> None:
         table.add_row("guest MIPS", f"{report.mips:.1f}")
     else:
         table.add_row("instructions retired", "not counted (no timer armed: use --quantum N)")
+    if report.how == "time_limit":  # the TEE was stopped inside the guest: nothing counted
+        table.add_row("wall time", f"{report.wall_s:.1f} s")
+        if args.trace:
+            table.add_row("trace", f"{args.trace} (every event up to the stop)")
+        console.print()
+        console.print(table)
+        return
     exits = ", ".join(f"{k} {v:,}" for k, v in sorted(report.exits.items()))
     table.add_row("exits", f"{sum(report.exits.values()):,} ({exits})")
     table.add_row("entries", f"{report.entries:,}")

@@ -268,12 +268,29 @@ def _with_progress(label: str, work: Callable[[], T], quiet: bool) -> T:
     return result[0]
 
 
+def _refuse_if_ended(client: OperatorClient, vm: str, what: str) -> None:
+    """A refusal about a VM whose guest has ended (its node's host says so) becomes one
+    line that says that, instead of the TEE's BAD_STATE through three layers."""
+    try:
+        ended = next((v["ended"] for v in client.vms() if v["name"] == vm), None)
+    except (PerimeterError, OSError):
+        return
+    if ended:
+        raise PerimeterError("ended", f"{vm} has ended ({ended}): there is nothing to {what}; "
+                             f"`tvmm vm console {vm}` shows its output")
+
+
 @_guarded
 def run_suspend(args: argparse.Namespace) -> int:
     if not args.out.parent.is_dir():  # checked first: a suspended VM's only copy is this file
         return fail(f"--out {args.out}: no directory {args.out.parent}")
     client = _client(args)
-    data = _with_progress(f"suspending {args.vm}", lambda: client.suspend(args.vm), args.json)
+    try:
+        data = _with_progress(f"suspending {args.vm}", lambda: client.suspend(args.vm),
+                              args.json)
+    except PerimeterError:
+        _refuse_if_ended(client, args.vm, "suspend")
+        raise
     args.out.write_bytes(data)
     if args.json:
         emit_json({"vm": args.vm, "checkpoint": str(args.out), "bytes": len(data)})
@@ -297,9 +314,13 @@ def run_resume(args: argparse.Namespace) -> int:
 @_guarded
 def run_migrate(args: argparse.Namespace) -> int:
     client = _client(args)
-    result = _with_progress(f"migrating {args.vm} → {args.to}",
-                            lambda: client.migrate(args.vm, args.to, args.live, args.relay),
-                            args.json)
+    try:
+        result = _with_progress(f"migrating {args.vm} → {args.to}",
+                                lambda: client.migrate(args.vm, args.to, args.live,
+                                                       args.relay), args.json)
+    except PerimeterError:
+        _refuse_if_ended(client, args.vm, "migrate")
+        raise
     if args.json:
         emit_json(result)
         return 0

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from tvmm.commands.output import console, emit_json, fail
+from tvmm.commands.output import console, emit_json, errors, fail
 from tvmm.trace.reader import TraceError, TraceReader
 
 
@@ -29,7 +29,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run_view(args: argparse.Namespace) -> int:
     try:
-        TraceReader(args.trace).close()  # a clear message before the UI starts
+        # a clear message before the UI starts; a cut-short trace opens (the viewer says so)
+        TraceReader(args.trace, allow_truncated=True).close()
     except TraceError as exc:
         return fail(f"{args.trace}: {exc.message}")
     from tvmm.tui import run_viewer
@@ -41,8 +42,9 @@ def run_stats(args: argparse.Namespace) -> int:
     from tvmm.trace.stats import stats_table, trace_stats
 
     try:
-        with TraceReader(args.trace) as reader:
+        with TraceReader(args.trace, allow_truncated=True) as reader:
             stats = trace_stats(reader)
+            _say_where_it_stops(reader)
     except TraceError as exc:
         return fail(f"{args.trace}: {exc.message}")
     if args.json:
@@ -56,8 +58,9 @@ def run_export(args: argparse.Namespace) -> int:
     from tvmm.trace.export import export_perfetto
 
     try:
-        with TraceReader(args.trace) as reader:
+        with TraceReader(args.trace, allow_truncated=True) as reader:
             n = export_perfetto(reader, args.perfetto)
+            _say_where_it_stops(reader)
     except TraceError as exc:
         return fail(f"{args.trace}: {exc.message}")
     if args.json:
@@ -66,3 +69,9 @@ def run_export(args: argparse.Namespace) -> int:
         console.print(f"wrote {n:,} trace events to [bold]{args.perfetto}[/] "
                       "(open it in ui.perfetto.dev or chrome://tracing)")
     return 0
+
+
+def _say_where_it_stops(reader: TraceReader) -> None:
+    """One line on stderr for a recording cut short (a killed or crashed run)."""
+    if reader.truncation is not None:
+        errors.print(f"[yellow]note:[/] {reader.path}: {reader.truncation}")

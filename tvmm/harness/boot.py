@@ -55,10 +55,13 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
          release_policy: ReleasePolicy | None = None, nonce: bytes | None = None,
          state_dir: Path | str | None = None, guest_policy: int | None = None,
          receipt: bytes | None = None,
-         on_output: Callable[[bytes], None] | None = None) -> BootReport:
+         on_output: Callable[[bytes], None] | None = None,
+         time_limit: float | None = None) -> BootReport:
     """As tvmm.machine.boot, with the TEE and the host in processes of their own.
     ``receipt``: a transparency bundle the host presents with the guest's evidence;
-    ``on_output`` gets each console write's bytes as the guest wrote them."""
+    ``on_output`` gets each console write's bytes as the guest wrote them.  With
+    ``time_limit`` (seconds of the run, launch included) a guest still running then is
+    stopped: the report's ``how`` is ``time_limit``."""
     if secret_path is None:
         secret_path = default_secret_path(level)
     if secret_path not in SECRET_PATHS:
@@ -86,8 +89,11 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
             "receipt": receipt.hex() if receipt is not None else None})
         start = time.perf_counter()
         result = session.serve(owner if secret_path == "attested" else None, on_console,
-                               on_output)
+                               on_output, time_limit=time_limit)
         wall = time.perf_counter() - start
+        if result is not None and result.get("how") == "time_limit":
+            return _stopped(image.name, level, wall, time_limit, secret_path,
+                            expected=0 if sample else None)
         if result is None or "error" in result:
             why = "the host process died" if result is None else result["error"]
             raise launcher.HarnessError(f"boot failed: {why}")
@@ -106,3 +112,15 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
         entries=result["entries"], launch_digest=result["launch_digest"],
         detail=result["detail"], violations=violations, secret_path=secret_path,
         key_release=_key_release_summary(owner) if secret_path == "attested" else None)
+
+
+def _stopped(guest: str, level: Level, wall: float, limit: float, secret_path: str,
+             expected: int | None) -> BootReport:
+    """The report of a run ended by its time limit: the TEE was killed inside the guest,
+    so there is no count of exits (its trace, if asked for, holds every event so far)."""
+    return BootReport(
+        guest=guest, level=level.value, how="time_limit", status=None,
+        expected_status=expected, console="", exits={}, wall_s=wall, retired=0, entries=0,
+        launch_digest="", secret_path=secret_path,
+        detail=f"still running after {limit:g} s: stopped (--time-limit SECONDS sets the "
+               "limit, 0 removes it)")

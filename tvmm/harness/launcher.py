@@ -20,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -90,13 +91,22 @@ class Session:
 
     def serve(self, owner: Callable[[bytes], bytes] | None = None,
               on_console: Callable[[str], None] | None = None,
-              on_output: Callable[[bytes], None] | None = None) -> dict | None:
+              on_output: Callable[[bytes], None] | None = None,
+              time_limit: float | None = None) -> dict | None:
         """Answer the host until it hands in its result (None: it died without one); each
-        console write goes to ``on_console`` as text and to ``on_output`` as bytes."""
+        console write goes to ``on_console`` as text and to ``on_output`` as bytes.  With
+        ``time_limit`` (seconds) a run still going then is ended: both processes are
+        killed (the TEE may be inside a guest that never exits, where nothing else reaches
+        it; its trace holds every event so far) and the result is ``{"how": "time_limit"}``."""
+        deadline = None if not time_limit else time.monotonic() + time_limit
         while True:
+            if deadline is not None:
+                self.link.settimeout(max(deadline - time.monotonic(), 0.001))
             try:
                 frame = recv_frame(self.link)
             except LinkError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return self._stop_at_time_limit()
                 return None
             tag, body = frame[:1], frame[1:]
             if tag == b"O":
@@ -118,6 +128,13 @@ class Session:
                 return self.result if isinstance(self.result, dict) else None
             else:
                 return None
+
+    def _stop_at_time_limit(self) -> dict:
+        for proc in (self.tee, self.host):
+            proc.kill()
+            proc.wait()
+        self.result = {"how": "time_limit"}
+        return self.result
 
     def control_call(self, request: dict) -> dict:
         send_frame(self.control, json.dumps(request).encode())

@@ -20,7 +20,7 @@ import stat
 import sys
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -231,15 +231,21 @@ class TraceReader:
         rebuild_index: bool = True,
         write_index: bool = True,
         allow_truncated: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         """``allow_truncated``: a file cut inside its last line (a crashed run) opens with
         the whole lines before the cut, and ``truncation`` says where it stops; without
-        it such a file is a TRUNCATED error.  A file cut inside its header is one either way."""
+        it such a file is a TRUNCATED error.  A file cut inside its header is one either way.
+        A trace whose recorder never finished (its index ends early) opens whole, with
+        ``unfinished`` set and ``truncation`` saying so.  ``progress(done, total)`` hears
+        how far an index rebuild has got, in bytes, and may raise to stop it."""
         self.path = Path(path)
         self.truncation: str | None = None  # where a cut-short recording stops, in words
         self.index_rebuilt = False  # True when the .idx file was missing or stale
         self.index_note: str | None = None  # why it was rebuilt
         self.index_written = False  # True when a rebuilt index was saved beside the trace
+        self.unfinished = False  # True when the recorder never closed (killed or crashed)
+        self._progress = progress  # told the bytes scanned while an index is rebuilt
         self._fd = _open_regular(self.path)
         try:
             self._size = os.fstat(self._fd).st_size
@@ -261,6 +267,13 @@ class TraceReader:
                 cut = self._size
                 self._size = self._mm.rfind(b"\n") + 1  # the whole lines before the cut
             offsets, kinds = self._load_index(rebuild_index, write_index)
+            if self.unfinished and cut is None:
+                events = len(kinds) - 1
+                where = f"after event {events - 1:,}" if events else "before its first event"
+                self.truncation = (
+                    f"the recording stops {where}: its recorder never finished (the run "
+                    f"was killed or crashed); all {events:,} events it wrote are shown"
+                )
             if cut is not None:
                 events = len(kinds) - 1
                 self.truncation = (
@@ -410,11 +423,18 @@ class TraceReader:
         idx = index_path(self.path)
         stale = "the index is missing"
         try:
-            with open(idx, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                raw = mm[: self._whole_lines_of_index(mm)] if self._size < len(self._mm) else mm
-                stale = self._check_index(raw)
-                if stale is None:
-                    return unpack_index(raw)
+            with open(idx, "rb") as f:
+                if rebuild and os.fstat(f.fileno()).st_size == 0:  # killed before its
+                    self.unfinished = True  # first batch of index words: scan it all
+                    return self._rebuild()
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                    raw = mm[: self._whole_lines_of_index(mm)] if self._size < len(self._mm) \
+                        else mm
+                    stale = self._check_index(raw)
+                    if stale is None:
+                        return unpack_index(raw)
+                    if rebuild and self._check_index(raw, prefix=True) is None:
+                        return self._extend(*unpack_index(raw))
         except ValueError:  # mmap of an empty file
             stale = "the index is empty"
         except OSError:
@@ -428,6 +448,16 @@ class TraceReader:
             self.index_written = _write_atomically(idx, pack_index(offsets, kinds))
         return offsets, kinds
 
+    def _extend(self, offsets: array, kinds: array) -> tuple[array, array]:
+        """An index that ends before the trace: the recorder never reached ``close`` (see
+        recorder.py), so at most a batch of lines is left to scan.  The index is not
+        rewritten, so every reader learns the recording was cut short."""
+        self.unfinished = True
+        tail_offsets, tail_kinds = self._rebuild(self._mm.find(b"\n", offsets[-1]) + 1)
+        offsets.extend(tail_offsets)
+        kinds.extend(tail_kinds)
+        return offsets, kinds
+
     def _whole_lines_of_index(self, raw: mmap.mmap) -> int:
         """Bytes of a cut-short trace's index that point at whole lines: the recorder may
         have written the entry of the line the cut fell in."""
@@ -439,14 +469,17 @@ class TraceReader:
             words -= 1
         return words * 8
 
-    def _check_index(self, raw: mmap.mmap | bytes) -> str | None:
-        """Why the index cannot belong to this trace, or None; O(1) spot checks."""
+    def _check_index(self, raw: mmap.mmap | bytes, *, prefix: bool = False) -> str | None:
+        """Why the index cannot belong to this trace, or None; O(1) spot checks.  With
+        ``prefix`` an index of the trace's first lines passes too."""
         if len(raw) % 8 or len(raw) < 8:
             return "the index is not a whole number of 8-byte words"
         last = unpack_index(raw[-8:])[0][0]
         if raw[:8] != bytes(8):
             return "the first index entry is not the header"
-        if last >= self._size or self._mm.find(b"\n", last) != self._size - 1:
+        if last >= self._size or (
+            not prefix and self._mm.find(b"\n", last) != self._size - 1
+        ):
             return "the index and the trace end at different lines"
         n = len(raw) // 8
         step = max(1, (n - 1) // _SAMPLES)
@@ -461,11 +494,12 @@ class TraceReader:
                 return f"index entry {line} has the wrong kind"
         return None
 
-    def _rebuild(self) -> tuple[array, array]:
-        """Scan the mapped trace chunk by chunk, releasing scanned pages to bound RSS."""
+    def _rebuild(self, pos: int = 0) -> tuple[array, array]:
+        """Scan the mapped trace from line start ``pos`` chunk by chunk, releasing scanned
+        pages to bound RSS; ``progress(done, total)`` is told the bytes scanned after each
+        chunk (it may raise to stop the scan)."""
         offsets: array = array("Q")
         kinds: array = array("B")
-        pos = 0
         while pos < self._size:
             part_offsets, part_kinds, nxt = scan_lines(
                 self._mm, pos, min(pos + _CHUNK, self._size)
@@ -474,6 +508,8 @@ class TraceReader:
             kinds.extend(part_kinds)
             _release(self._mm, pos, nxt)
             pos = nxt
+            if self._progress is not None:
+                self._progress(pos, self._size)
         return offsets, kinds
 
 

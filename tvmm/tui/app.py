@@ -10,6 +10,7 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.worker import get_current_worker
 
 from tvmm.trace.reader import TraceError, TraceErrorReason, TraceReader
 from tvmm.tui.guest_image import GuestImage
@@ -18,6 +19,10 @@ from tvmm.tui.screens.help import HelpScreen
 from tvmm.tui.screens.loading import LoadingScreen
 from tvmm.tui.screens.overview import OverviewScreen
 from tvmm.tui.screens.timeline import TimelineScreen
+
+
+class _Cancelled(Exception):
+    """Raised in the opening worker's progress callback when the worker was cancelled."""
 
 
 class TraceViewerApp(App[None]):
@@ -44,10 +49,20 @@ class TraceViewerApp(App[None]):
 
     @work(thread=True, exclusive=True)
     def _open(self) -> None:
-        """Open the trace (perhaps rebuilding its index) and load the guest image."""
+        """Open the trace (perhaps rebuilding its index, with progress on the loading
+        screen; cancelled between chunks when the user quits) and load the guest image."""
+        worker = get_current_worker()
+
+        def progress(done: int, total: int) -> None:
+            if worker.is_cancelled:
+                raise _Cancelled
+            self.call_from_thread(self._progress, done, total)
+
         try:
-            reader = TraceReader(self.path, allow_truncated=True)
+            reader = TraceReader(self.path, allow_truncated=True, progress=progress)
             image = GuestImage.load(reader.header, self.path.parent)
+        except _Cancelled:
+            return
         except TraceError as exc:
             self.call_from_thread(self._failed, exc)
         except Exception as exc:  # noqa: BLE001 - the user gets a message, not a traceback
@@ -55,6 +70,10 @@ class TraceViewerApp(App[None]):
             self.call_from_thread(self._failed, error)
         else:
             self.call_from_thread(self._opened, reader, image)
+
+    def _progress(self, done: int, total: int) -> None:
+        if isinstance(self.screen, LoadingScreen):
+            self.screen.progress(done, total)
 
     def _opened(self, reader: TraceReader, image: GuestImage) -> None:
         self.reader = reader

@@ -1,4 +1,5 @@
-"""Shown while the trace is opened (and its index rebuilt, if needed) in a worker."""
+"""Shown while the trace is opened (and its index rebuilt, if needed) in a worker: a
+rebuild says how far it has got; q stops it (the worker is cancelled between chunks)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,9 @@ class LoadingScreen(Screen):
         yield Static(f"Opening {self.path} …", id="loading-message")
         yield LoadingIndicator()
         yield Footer()
+
+    def progress(self, done: int, total: int) -> None:
+        """The index rebuild has scanned ``done`` of ``total`` bytes."""
+        self.query_one("#loading-message", Static).update(
+            f"Opening {self.path} … no index beside it: indexing "
+            f"{done * 100 // max(total, 1)}% of {total / 2**20:,.0f} MB (q stops)")
