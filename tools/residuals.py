@@ -29,17 +29,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shim.policies.config import PolicyConfig
+from tools.attacks import load_file
 from tools.attacks.base import Attack, AttackContext, Outcome
 from tools.attacks.cipher_stack import CipherStack
 from tools.attacks.fault_budget import FaultBudget, Relaunch
 from tools.attacks.timing_bound import TimingBound
 from tools.doc_block import write_block
-from tools.fault_channel import fill_length, measure
+from tools.fault_channel import NO_PINNING, fill_length, measure
 from tvmm.abi.types import Level
-from tvmm.judge import run_attack
+from tvmm.judge import run_attack, secret_spec
+from tvmm.judge import score as judge_score
 from tvmm.samples import PASSWORD_ALPHABET, resolve
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "policies.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "policies.md"
+REDTEAM = ROOT / "tests" / "attacks" / "redteam" / "shim_relaunch.py"
 LAUNCH_POINTS = (1, 3, 10, 40)
 
 
@@ -89,9 +94,10 @@ def score(outcome: Outcome, secret: bytes, symbols: bool) -> tuple[float, float]
     return float(sum(g == s for g, s in pairs)), float(sum(g != s for g, s in pairs))
 
 
-def sample(attack: Attack, victim: str, seed: int) -> Sample:
+def sample(attack: Attack, victim: str, seed: int, policy: PolicyConfig | None = None
+           ) -> Sample:
     keep = _Keep(attack)
-    verdict = run_attack(keep, victim, Level.SHIM, seed=seed)
+    verdict = run_attack(keep, victim, Level.SHIM, seed=seed, policy_config=policy)
     _image, spec = resolve(victim)
     assert spec is not None
     secret = spec.make_secret(random.Random(seed))
@@ -107,17 +113,67 @@ def _relaunch_curve(s: Sample) -> dict[int, float]:
     return {n: float(sum(per[:n])) for n in LAUNCH_POINTS}
 
 
+def redteam(seeds: int) -> list[dict]:
+    """Red team 1's attack on dispatch (tests/attacks/redteam, victim-specific) on their
+    seeds 1..N, at the defaults and with pinning off: the judge's score, and beside it the
+    score of the blind guess it falls back on when it observes nothing (all symbols xor),
+    since the judge scores a guess's chance agreement like any other."""
+    (cls,) = load_file(REDTEAM)
+    _image, spec = resolve("dispatch")
+    assert spec is not None
+    rows = []
+    for label, policy in (("default", None), ("pinning off", NO_PINNING)):
+        runs = []
+        for seed in range(1, seeds + 1):
+            keep = _Keep(cls())
+            verdict = run_attack(keep, "dispatch", Level.SHIM, seed=seed, policy_config=policy)
+            secret = spec.make_secret(random.Random(seed))
+            blind = judge_score(secret_spec("dispatch", secret), b"\xff" * 8, "dispatch")[1]
+            outcome = keep.outcome or Outcome()
+            runs.append({"leaked": verdict.leaked_bits, "blind": blind,
+                         "full": verdict.full_recovery, "detected": verdict.detected,
+                         "exits": verdict.exits, "launches": len(outcome.hosts)})
+        rows.append({"policy": label, "seeds": seeds, "runs": runs})
+    return rows
+
+
+def redteam_block(rows: list[dict]) -> str:
+    lines = ["| shim policy | judge's score, bits (mean, range) | a blind guess's score (mean) | "
+             "full recoveries | detected | launches (mean) | exits the host saw (mean) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        runs, n = r["runs"], len(r["runs"])
+        leaked = [x["leaked"] for x in runs]
+        lines.append(
+            f"| {r['policy']} | {_mean(leaked)} ({_span(leaked)}) | "
+            f"{_mean([x['blind'] for x in runs])} | {sum(x['full'] for x in runs)} of {n} | "
+            f"{sum(x['detected'] for x in runs)} of {n} | "
+            f"{_mean([x['launches'] for x in runs])} | {_mean([x['exits'] for x in runs])} |")
+    seeds = rows[0]["seeds"] if rows else 0
+    lines += ["", f"Red team 1's `shim_relaunch` on `dispatch` at shim, their seeds 1..{seeds} "
+              "(tests/attacks/redteam); \"pinning off\": every other default on (the TDX rule, "
+              "the window budget, the data-fault budget). Written by "
+              "`python -m tools.residuals --seeds N --write-docs`."]
+    return "\n".join(lines) + "\n"
+
+
 def run(seeds: int, timing: bool = True) -> dict:
     out: dict[str, object] = {"seeds": seeds}
-    jobs: list[tuple[str, Callable[[], Attack], str]] = [
-        ("fault-budget", FaultBudget, "modexp"), ("fault-budget", FaultBudget, "branches"),
-        ("relaunch", Relaunch, "modexp"), ("cipher-stack", CipherStack, "modexp")]
+    jobs: list[tuple[str, Callable[[], Attack], str, PolicyConfig | None]] = [
+        ("fault-budget", FaultBudget, "modexp", None),
+        ("fault-budget", FaultBudget, "branches", None),
+        ("relaunch", Relaunch, "modexp", None), ("cipher-stack", CipherStack, "modexp", None),
+        ("fault-budget", FaultBudget, "modexp", NO_PINNING),
+        ("fault-budget", FaultBudget, "branches", NO_PINNING),
+        ("relaunch", Relaunch, "modexp", NO_PINNING),
+        ("cipher-stack", CipherStack, "modexp", NO_PINNING)]
     if timing:
-        jobs.append(("timing-bound", TimingBound, "password"))
+        jobs.append(("timing-bound", TimingBound, "password", None))
     rows = []
-    for name, make, victim in jobs:
-        samples = [sample(make(), victim, seed) for seed in range(seeds)]
-        rows.append({"attack": name, "victim": victim,
+    for name, make, victim, policy in jobs:
+        samples = [sample(make(), victim, seed, policy) for seed in range(seeds)]
+        rows.append({"attack": name + ("" if policy is None else " (pinning off)"),
+                     "victim": victim,
                      "right": [s.correct for s in samples],
                      "wrong": [s.wrong for s in samples],
                      "detected": sum(s.detected for s in samples),
@@ -127,13 +183,17 @@ def run(seeds: int, timing: bool = True) -> dict:
                      "curve": ([_relaunch_curve(s) for s in samples]
                                if name == "relaunch" else None)})
     wait = fill_length("ttable_unrolled")
-    late = [measure(Level.SHIM, "late", seed, "ttable_unrolled", wait) for seed in range(seeds)]
-    rows.append({"attack": "data-page faults (late host)", "victim": "ttable_unrolled",
-                 "right": [float(r.bits_bound) for r in late], "wrong": [0.0] * seeds,
-                 "detected": sum(r.how == "killed" for r in late),
-                 "faults": [len(r.faults) for r in late], "launches": [1] * seeds,
-                 "attempts": [None] * seeds, "curve": None})
+    for suffix, policy in (("", None), (" (pinning off)", NO_PINNING)):
+        late = [measure(Level.SHIM, "late", seed, "ttable_unrolled", wait, policy)
+                for seed in range(seeds)]
+        rows.append({"attack": "data-page faults (late host)" + suffix,
+                     "victim": "ttable_unrolled",
+                     "right": [float(r.bits_bound) for r in late], "wrong": [0.0] * seeds,
+                     "detected": sum(r.how in ("killed", "refused") for r in late),
+                     "faults": [len(r.faults) for r in late], "launches": [1] * seeds,
+                     "attempts": [None] * seeds, "curve": None})
     out["rows"] = rows
+    out["redteam"] = redteam(seeds)
     return out
 
 
@@ -154,39 +214,50 @@ def residuals_block(result: dict) -> str:
         launches = [x for x in r["launches"] if x]
         faults = [x for x in r["faults"] if x is not None]
         per_launch = statistics.mean(a / b for a, b in zip(r["right"], launches, strict=False))
-        per_fault = (f"{statistics.mean(a / f for a, f in zip(r['right'], faults, strict=False) if f):.2f}"
-                     if faults else "—")
+        ratios = [a / f for a, f in zip(r["right"], faults, strict=False) if f]
+        per_fault = f"{statistics.mean(ratios):.2f}" if ratios else "—"
         lines.append(
             f"| {r['attack']} | {r['victim']} | {_mean(r['right'])} ({_span(r['right'])}) | "
             f"{_mean(r['wrong'])} | {_mean(launches)} | "
             f"{_mean([f / max(1, la) for f, la in zip(faults, launches, strict=False)]) if faults else '—'} | "
             f"{per_fault} | {r['detected']} of {n} | {per_launch:.1f} b |")
-    lines += ["", f"Shim, default policies, seeds 0..{n - 1}; written by "
-              "`python -m tools.residuals --seeds N --write-docs`.  Per fault budget: the "
-              "window budget (64) is never what stops these attacks — the per-RIP rule (6) "
-              "ends a code-page launch after about 17 faults, the data budget (0) a data-page "
-              "one at its first fault."]
+    lines += ["", f"Shim, seeds 0..{n - 1}, default policies (pinning on: an entry with a "
+              "private page unmapped is refused, which the judge scores as a detection); "
+              "\"(pinning off)\": every other default on, to show what pinning closes. Written "
+              "by `python -m tools.residuals --seeds N --write-docs`.  Per fault budget, with "
+              "pinning off: the window budget (64) is never what stops these attacks — the "
+              "per-RIP rule (6) ends a code-page launch after about 17 faults, the data "
+              "budget (0) a data-page one at its first fault."]
     return "\n".join(lines) + "\n"
 
 
 def relaunch_block(result: dict) -> str:
     rows = {(r["attack"], r["victim"]): r for r in result["rows"]}
-    fb = rows[("fault-budget", "modexp")]
-    rl = rows[("relaunch", "modexp")]
-    curve = {k: statistics.mean(c[k] for c in rl["curve"]) for k in LAUNCH_POINTS}
-    first = statistics.mean(fb["right"])
-    later = [(c[LAUNCH_POINTS[-1]] - c[1]) / (LAUNCH_POINTS[-1] - 1) for c in rl["curve"]]
+    fb, fb_off = rows[("fault-budget", "modexp")], rows[("fault-budget (pinning off)", "modexp")]
+    rl, rl_off = rows[("relaunch", "modexp")], rows[("relaunch (pinning off)", "modexp")]
+    curve = {k: statistics.mean(c[k] for c in rl_off["curve"]) for k in LAUNCH_POINTS}
+    pinned = {k: statistics.mean(c[k] for c in rl["curve"]) for k in LAUNCH_POINTS}
+    first = statistics.mean(fb_off["right"])
+    later = [(c[LAUNCH_POINTS[-1]] - c[1]) / (LAUNCH_POINTS[-1] - 1) for c in rl_off["curve"]]
     data = rows[("data-page faults (late host)", "ttable_unrolled")]
-    lines = [f"Measured at shim with the default fault and step policies (seeds 0..{result['seeds'] - 1}):",
+    data_off = rows[("data-page faults (late host) (pinning off)", "ttable_unrolled")]
+    n = result["seeds"]
+    lines = [f"Measured at shim (seeds 0..{n - 1}):",
              "",
-             f"- code-page controlled channel (modexp): {first:.1f} bits in the first launch "
-             f"(the 6-faults-per-RIP limit; {statistics.mean(fb['faults']):.0f} faults on average), "
-             f"then {statistics.mean(later):.1f} new bits per launch once the host must locate "
-             "itself by a jittered timer and re-read bits it knows to place its window;",
-             "- known bits after n launches (the `relaunch` attack): "
-             + ", ".join(f"n = {k}: {curve[k]:.1f}" for k in LAUNCH_POINTS) + " of 64;",
-             f"- data-page channel (ttable_unrolled): {statistics.mean(data['right']):.0f} bits "
-             "per launch (one lookup, then the data-fault budget ends the VM);"]
+             f"- default policies (pinning on): the code-page channel gives "
+             f"{_mean(fb['right'])} bits a launch (modexp; detected in {fb['detected']} of "
+             f"{n}), {pinned[LAUNCH_POINTS[-1]]:.1f} after {LAUNCH_POINTS[-1]} launches, the "
+             f"data-page channel {_mean(data['right'])} (ttable_unrolled): every entry with "
+             "a private page unmapped is refused, so no fault is ever taken;",
+             f"- with pinning off (the TDX rule, the window and data-fault budgets): "
+             f"{first:.1f} bits in the first launch (the 6-faults-per-RIP limit; "
+             f"{statistics.mean(fb_off['faults']):.0f} faults on average), then "
+             f"{statistics.mean(later):.1f} new bits per launch once the host must locate "
+             "itself by a jittered timer and re-read bits it knows to place its window; known "
+             "bits after n launches (the `relaunch` attack): "
+             + ", ".join(f"n = {k}: {curve[k]:.1f}" for k in LAUNCH_POINTS) + " of 64; the "
+             f"data-page channel {statistics.mean(data_off['right']):.0f} bits per launch (one "
+             "lookup, then the data-fault budget ends the VM);"]
     timing = rows.get(("timing-bound", "password"))
     if timing is not None:
         lines.append(
@@ -194,9 +265,11 @@ def relaunch_block(result: dict) -> str:
             f"in {_mean(timing['launches'])} launches on average — inherent, not bounded by "
             "these policies: a guest with secret-dependent run time must be constant-time.")
     lines += ["",
-              "So an owner budget of 3 launches per window caps the code-page channel at about "
-              f"{curve[3]:.0f} bits of a 64-bit exponent per window, and the data channel at "
-              f"{3 * statistics.mean(data['right']):.0f}. Written by "
+              "So at the defaults the launch budget bounds only what the page-fault channel "
+              "does not carry (timing); with pinning off, an owner budget of 3 launches per "
+              f"window caps the code-page channel at about {curve[3]:.0f} bits of a 64-bit "
+              f"exponent per window, and the data channel at "
+              f"{3 * statistics.mean(data_off['right']):.0f}. Written by "
               "`python -m tools.residuals --seeds N --write-docs`."]
     return "\n".join(lines) + "\n"
 
@@ -245,19 +318,25 @@ def anchors_block(result: dict) -> str:
     rows = {(r["attack"], r["victim"]): r for r in result["rows"]}
     data = rows[("data-page faults (late host)", "ttable_unrolled")]
     fb = rows[("fault-budget", "modexp")]
-    cs = rows[("cipher-stack", "modexp")]
+    fb_off = rows[("fault-budget (pinning off)", "modexp")]
+    data_off = rows[("data-page faults (late host) (pinning off)", "ttable_unrolled")]
+    cs = rows[("cipher-stack (pinning off)", "modexp")]  # it steps by faults: pinning
+    # would stop it before it read a page, and this row is about ciphertext hiding
     ours = {
         "step": "jitter on every timed entry and no count shown; timers of 32 or more are not "
                 "short entries, and an instruction count by threshold tests (timing-bound) "
                 "still reads an early-exit compare (inherent, see the residuals)"
                 + (f": {_mean(rows[('timing-bound', 'password')]['right'])} of 41.4 b"
                    if ("timing-bound", "password") in rows else ""),
-        "data": f"TDX rule + data-fault budget: modexp {_mean(fb['right'])} b per launch "
-                f"(code), ttable_unrolled {_mean(data['right'])} b per launch (data)",
+        "data": f"pinning (entry refused while a private page is unmapped): modexp "
+                f"{_mean(fb['right'])} b per launch (code), ttable_unrolled "
+                f"{_mean(data['right'])} b (data); the TDX rule + data-fault budget alone: "
+                f"modexp {_mean(fb_off['right'])} b per launch, ttable_unrolled "
+                f"{_mean(data_off['right'])} b",
         "irq": "the shim's filter: exception vectors and unregistered vectors refused "
                "(matrix: interrupt-injection detected)",
         "cipher": f"READ_PAGE of a private page gives all ones: cipher-stack "
-                  f"{_mean(cs['right'])} b at shim (64 b at sev..snp)",
+                  f"{_mean(cs['right'])} b at shim with pinning off (64 b at sev..snp)",
     }
     lines = ["| defence / attack | source | what it promises | its published residual | "
              "our measured residual, same attack shape |", "|---|---|---|---|---|"]
@@ -282,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         write_block(DOC, "residuals", residuals_block(result))
         write_block(DOC, "relaunch-per-launch", relaunch_block(result))
         write_block(DOC, "anchors", anchors_block(result))
+        write_block(DOC, "redteam", redteam_block(result["redteam"]))
     return 0
 
 

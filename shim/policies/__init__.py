@@ -70,12 +70,15 @@ class PolicySet:
                     "pages": missing[:32]}, vcpu=ctx.index)
                 raise EntryRefused("vm", f"{len(missing)} pages on the fault list must be mapped")
         if self.config.pin_working_set:
-            pinned = [i * PAGE for i, added in enumerate(vm.added) if added]
-            missing = vm.memory.unmapped_pages(pinned)
+            missing = vm.memory.unmapped_private()
             if missing:
                 tee.recorder.emit(EventKind.POLICY, "refuse_entry", inside={
-                    "policy": "pinning", "reason": "pinned pages unmapped"}, vcpu=ctx.index)
-                raise EntryRefused("vm", f"{len(missing)} pinned pages must be mapped")
+                    "policy": "pinning", "reason": "private pages unmapped",
+                    "pages": missing}, vcpu=ctx.index)
+                if not any(v.policy == "pinning" for v in self.violations):  # once: no flood
+                    self.note_violation("pinning", f"entry with {missing} private pages "
+                                        "unmapped", ctx, Response.REFUSE)
+                raise EntryRefused("vm", f"{missing} private pages must be mapped")
         return None
 
     def step_quantum(self, tee: Tee, vm: Vm, ctx: VcpuContext, quantum: int) -> int:
@@ -97,6 +100,17 @@ class PolicySet:
         from shim.exit_path import Exit
 
         page = stop.addr & ~(PAGE - 1)
+        if (self.config.pin_working_set and vm.memory.contains(page)
+                and vm.memory.is_private(page)):
+            # Entry needs every private page mapped, so the host unmapped this one while
+            # the guest ran: the fault is the channel itself, never benign.  The VM ends
+            # here, and the host is not shown the fault's page.
+            from shim.exit_path import kill
+
+            why = "a private page was unmapped while the guest ran"
+            self._respond(tee, vm, ctx, "pinning", why, Response.TERMINATE,
+                          KillReason.FAULT_POLICY)
+            return kill(vm, KillReason.FAULT_POLICY, f"pinning: {why}")
         tripped, over_budget = self.faults.record(stop.rip, page, ctx.retired)
         if tripped:
             self._respond(tee, vm, ctx, "fault_rule",

@@ -42,7 +42,11 @@ class PolicyConfig:
     # a fault limit counted per RIP does not see lookups spread over many instructions.
     data_fault_budget: int = 0
     data_fault_response: Response = Response.TERMINATE
-    pin_working_set: bool = False  # refuse entry while any page added at launch is unmapped
+    # Refuse entry while any private page is unmapped, and end the VM if one faults: an
+    # honest host maps all memory at launch and never unmaps private memory (SNP and TDX
+    # hosts pin it), and every private page counts, not only those added at launch (stack,
+    # bss and heap are not), since the shim cannot know which pages a guest will use.
+    pin_working_set: bool = True
     notify_vector: int = 0x21  # the vector NOTIFY responses post, if the guest registered it
     irq_filter: bool = True
 

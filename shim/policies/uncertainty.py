@@ -66,6 +66,10 @@ def markdown_table(config: PolicyConfig | None = None) -> str:
         ("fault: data budget", f"data_fault_budget = {c.data_fault_budget}",
          f"nothing; more than {c.data_fault_budget} faults on data accesses (reads, writes) "
          f"in the launch are answered by {c.data_fault_response.value}", "0"),
+        ("fault: pinning", f"pin_working_set = {str(c.pin_working_set).lower()}",
+         "nothing; it closes the channel: an entry with a private page unmapped is refused, "
+         "and a fault on one ends the VM, so no fault on private memory is ever shown"
+         if c.pin_working_set else "— (off: the limits above bound the channel)", "0"),
     ]
     lines = ["| policy | parameters | what the host cannot tell | bits (defaults) |",
              "|---|---|---|---|"]

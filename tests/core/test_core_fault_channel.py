@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.fault_channel import FILL_FAULTS, NO_DATA_BUDGET, fill_length, measure
+from tools.fault_channel import FILL_FAULTS, NO_DATA_BUDGET, NO_PINNING, fill_length, measure
 from tvmm.abi.types import Level
 from tvmm.hw.vcpu import Access, StopKind, Vcpu
 
@@ -68,13 +68,22 @@ def test_unrolled_lookups_pass_a_limit_counted_per_rip():
 
 
 def test_the_data_fault_budget_leaves_one_lookup_fault_per_launch():
-    """Default policy: the first data fault ends the VM.  A host that spends none on the
-    fill (it unmaps the table once the fill is over) sees one lookup's page — 2 bits —
-    and the VM is killed; one that unmaps at launch sees none."""
-    assert measure(Level.SHIM, "changes", SEED, "ttable_unrolled").lookup_faults == []
+    """Without pinning, the data-fault budget (0) ends the VM at its first data fault.  A
+    host that spends none on the fill (it unmaps the table once the fill is over) sees one
+    lookup's page — 2 bits — and the VM is killed; one that unmaps at launch sees none."""
+    run = measure(Level.SHIM, "changes", SEED, "ttable_unrolled", policy=NO_PINNING)
+    assert run.lookup_faults == []
+    late = measure(Level.SHIM, "late", SEED, "ttable_unrolled",
+                   wait=fill_length("ttable_unrolled"), policy=NO_PINNING)
+    assert late.how == "killed" and len(late.lookup_faults) == 1 and late.bits_bound == 2
+
+
+def test_pinning_leaves_no_lookup_fault():
+    """Default policy (pinning): an entry with a table page unmapped is refused, so even the
+    late host, which unmaps the table after the fill, sees no fault at all."""
     late = measure(Level.SHIM, "late", SEED, "ttable_unrolled",
                    wait=fill_length("ttable_unrolled"))
-    assert late.how == "killed" and len(late.lookup_faults) == 1 and late.bits_bound == 2
+    assert late.how == "refused" and late.faults == [] and late.bits_bound == 0
 
 
 def test_a_cached_translation_does_not_outlive_an_unmap():

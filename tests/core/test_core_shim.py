@@ -115,7 +115,9 @@ def test_single_stepping_is_detected_and_terminated_by_default(launch):
 
 
 def test_repeated_faults_at_one_rip_trip_the_tdx_rule(launch, images):
-    v = launch("modexp", "shim")
+    """The TDX rule under pinning (which is on by default and refuses the first unmapped
+    entry: test_an_unmapped_private_page_refuses_entry)."""
+    v = launch("modexp", "shim", policy_config=PolicyConfig(pin_working_set=False))
     mul = images["modexp"].symbol("modexp_multiply") & ~0xFFF
     faults = 0
     refused = False
@@ -154,7 +156,7 @@ def test_the_fault_budget_allows_exactly_its_budget():
 def test_the_vm_is_killed_at_the_first_fault_over_its_budget(launch, images, budget):
     """The host unmaps a page the guest uses, again and again: the VM runs on after
     ``budget`` faults and is killed (FAULT_POLICY) at the entry after fault budget + 1."""
-    config = PolicyConfig(fault_budget=budget, fault_same_rip=1000)
+    config = PolicyConfig(fault_budget=budget, fault_same_rip=1000, pin_working_set=False)
     v = launch("modexp", "shim", policy_config=config)
     mul = images["modexp"].symbol("modexp_multiply") & ~0xFFF
     faults = 0
@@ -175,6 +177,49 @@ def test_the_vm_is_killed_at_the_first_fault_over_its_budget(launch, images, bud
     else:
         pytest.fail("the fault budget never tripped")
     assert faults == budget + 1
+
+
+@pytest.mark.parametrize("where", ["code", "stack", "heap"])
+def test_an_unmapped_private_page_refuses_entry(launch, images, where):
+    """Pinning (the default at shim): a private page unmapped before an entry — code
+    added at launch, or the stack and the free memory above the image, which launch never
+    adds — refuses the entry with no instruction run, and the refusal is a violation (the
+    judge scores it as a detection); once the host maps it back the guest runs on."""
+    v = launch("modexp", "shim")
+    page = {"code": images["modexp"].symbol("modexp_multiply") & ~0xFFF,
+            "stack": v.vm.memory.size - 0x1000, "heap": 0x380000}[where]
+    assert v.vm.memory.is_private(page) and (where == "code") == bool(v.vm.added[page >> 12])
+    retired = v.vm.vcpus[0].retired
+    v.client.unmap(v.vm_id, page)
+    reply = v.client.enter(v.vm_id, state=v.host.state)
+    assert reply.result == Result.ENTRY_REFUSED and v.vm.vcpus[0].retired == retired
+    assert [x.policy for x in v.vm.policies.violations] == ["pinning"]
+    assert [x.response for x in v.vm.policies.violations] == ["refuse"]
+    v.client.map(v.vm_id, page)
+    result = v.host.run()
+    assert result.how == "exit" and result.status == 0
+
+
+def test_a_private_page_unmapped_while_the_guest_runs_ends_the_vm(launch, images):
+    """Entry saw every private page mapped; a fault on one can only come from an unmap
+    while the guest ran (here: the vCPU's table changed behind the entry check, as another
+    CPU's unmap would): the VM is killed at the fault and the host is not told its page."""
+    v = launch("modexp", "shim")
+    mul = images["modexp"].symbol("modexp_multiply") & ~0xFFF
+    v.vm.vcpu.set_mapped(mul, 1, False)
+    for _ in range(400):
+        reply = v.client.enter(v.vm_id, state=v.host.state)
+        rec = reply.exit
+        v.host.state = rec.state
+        assert rec.reason not in (ExitReason.NPF, ExitReason.SHUTDOWN)
+        if rec.reason == ExitReason.KILLED:
+            assert rec.get(Field.KILL_REASON) == KillReason.FAULT_POLICY
+            assert rec.get(Field.GPA) is None and rec.get(Field.GPA_PAGE) is None
+            break
+        v.host.on_exit(rec)
+    else:
+        pytest.fail("the fault went unnoticed")
+    assert [x.policy for x in v.vm.policies.violations] == ["pinning"]
 
 
 @pytest.mark.parametrize("vector", [0, 3, 13, 14, 31, 0x80, 0x21])

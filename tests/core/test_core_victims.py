@@ -65,8 +65,24 @@ def _stores(s: int) -> int:
     return total
 
 
+def _dispatch(s: int) -> int:
+    x = 0x0123456789ABCDEF
+    for i in range(32):
+        op = (s >> (2 * i)) & 3
+        if op == 0:
+            x = ((x + 0x9E3779B97F4A7C15) & M64) ^ ((i << 7) & M64)
+        elif op == 1:
+            x = ((((x << 13) | (x >> 51)) & M64) + i) & M64
+        elif op == 2:
+            x = (x * 0xBF58476D1CE4E5B9 + i) & M64
+        else:
+            x = x ^ (x >> 31) ^ ((0x94D049BB133111EB * (i + 1)) & M64)
+    return x
+
+
 REFERENCE = {"branches": _branches, "ttable": _ttable, "ttable_unrolled": _ttable,
-             "scan": _scan, "stores": _stores}
+             "scan": _scan, "stores": _stores, "dispatch": _dispatch}
+PRINTS = {"dispatch": "state"}  # as its authors (the red team) wrote it; the others: result
 
 
 def test_the_victims_are_the_declared_shapes():
@@ -83,7 +99,8 @@ def test_victim_boots_by_path_with_the_honest_result(name, level):
     report = boot(str(VICTIMS_DIR / f"{name}.c"), level, seed=seed)
     secret = VICTIMS[name].make_secret(random.Random(seed))
     assert report.how == "exit" and report.status == 0, report.detail
-    assert f"result={REFERENCE[name](int.from_bytes(secret, 'little')):#018x}" in report.console
+    value = REFERENCE[name](int.from_bytes(secret, "little"))
+    assert f"{PRINTS.get(name, 'result')}={value:#018x}" in report.console
     assert report.violations == []
 
 
@@ -110,6 +127,9 @@ def test_layouts_put_each_secret_choice_on_its_own_page():
     ttable, _ = resolve("ttable")
     addr, size = _symbol(ttable, "table")
     assert addr % 4096 == 0 and size == 4 * 4096
+    dispatch, _ = resolve("dispatch")
+    pages = {_symbol(dispatch, f)[0] >> 12 for f in ("op_add", "op_rot", "op_mul", "op_xor")}
+    assert len(pages) == 4
     stores, _ = resolve("stores")
     assert _symbol(stores, "page0")[0] >> 12 != _symbol(stores, "page1")[0] >> 12
 

@@ -63,6 +63,8 @@ def test_live_export_import_keeps_counting(image, level: Level) -> None:
     cb = PlatformClient(b.handle)
     management.open_import(b.tee, key, 7, "c-1", 2)
     vm2, state = import_stream(cb, 7, level, MEM, bundles, a.tee.vms[host.vm].policy)
+    # the destination maps all memory, as launch does (at shim entry needs it: pinning)
+    assert b.tee.vms[vm2].memory.mapped == bytes([1]) * (MEM // 4096)
     assert cb.call(Enter(vm2, 0, 0, state)).result == Result.VM_DEAD  # before the commit
     assert management.activate(b.tee, vm2)
     management.destroy_frozen(a.tee, host.vm)

@@ -18,7 +18,9 @@ REAL_TRACES: dict[str, list[str]] = {
     "boot-shim": ["boot", "modexp", "--level", "shim"],
     "boot-sev": ["boot", "modexp", "--level", "sev", "--quantum", "200"],
     "pf-snp": ["attack", "page-fault", "--guest", "modexp", "--level", "snp"],
-    "pf-shim": ["attack", "page-fault", "--guest", "modexp", "--level", "shim"],
+    # pinning off: with it, the attack's entries are refused and no NPF is ever shown
+    "pf-shim": ["attack", "page-fault", "--guest", "modexp", "--level", "shim",
+                "--set", "pin_working_set=false"],
     "ss-sev-es": ["attack", "single-step", "--guest", "modexp", "--level", "sev-es"],
     # the attacker's own calibration VM at plain, then the victim at shim: two VMs
     "two-vms": ["attack", "dropped-writes", "--guest", "counter", "--level", "shim"],

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from tvmm.abi.guest import SHARED_BASE, SHARED_SIZE
+from tvmm.abi.guest import PAGE_SIZE, SHARED_BASE, SHARED_SIZE
 from tvmm.abi.messages import ExportVm, ImportVm, Reply
 from tvmm.abi.types import ExitReason, Level, Result
 from tvmm.host.client import HostCallError, PlatformClient
@@ -67,8 +67,12 @@ def import_bundle(client: PlatformClient, vm: int, stream: int, bundle: bytes | 
 def create_for_import(client: PlatformClient, level: Level, memory: int, policy: int = 0
                       ) -> int:
     """The empty VM a stream is imported into (its memory is backed at creation, so a
-    destination prepares it before the stream starts)."""
-    return client.create_vm(level, memory, SHARED_BASE, SHARED_SIZE, policy)
+    destination prepares it before the stream starts), with all its memory mapped, as
+    launch maps it: the stream carries only the pages that are not zero, and at shim
+    entry is refused while a private page is unmapped (docs/policies.md, pinning)."""
+    vm = client.create_vm(level, memory, SHARED_BASE, SHARED_SIZE, policy)
+    client.map(vm, 0, memory // PAGE_SIZE)
+    return vm
 
 
 def feed_stream(client: PlatformClient, vm: int, stream: int, bundles: Iterable[bytes]

@@ -100,6 +100,12 @@ class GuestMemory:
     def unmapped_pages(self, pages: list[int]) -> list[int]:
         return [p for p in pages if not self.mapped[p // PAGE]]
 
+    def unmapped_private(self) -> int:
+        """How many private pages the host's table leaves unmapped: two scans of a byte a
+        page around the one shared range (C speed: a few microseconds for 64 MiB)."""
+        first, stop = self.shared.start // PAGE, -(-self.shared.stop // PAGE)
+        return self.mapped.count(0, 0, first) + self.mapped.count(0, stop)
+
     # -- the TEE's own access ------------------------------------------------------------
     def read(self, gpa: int, size: int) -> bytes:
         return self.vcpu.mem_read(gpa, size)
