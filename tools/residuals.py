@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import statistics
 import sys
 from collections.abc import Callable
@@ -38,8 +37,8 @@ from tools.attacks.timing_bound import TimingBound
 from tools.doc_block import write_block
 from tools.fault_channel import NO_PINNING, fill_length, measure
 from tvmm.abi.types import Level
-from tvmm.judge import run_attack, secret_spec
-from tvmm.judge import score as judge_score
+from tvmm.judge import draw_secret, run_attack
+from tvmm.keyrank import score_guess
 from tvmm.samples import PASSWORD_ALPHABET, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,10 +96,11 @@ def score(outcome: Outcome, secret: bytes, symbols: bool) -> tuple[float, float]
 def sample(attack: Attack, victim: str, seed: int, policy: PolicyConfig | None = None
            ) -> Sample:
     keep = _Keep(attack)
-    verdict = run_attack(keep, victim, Level.SHIM, seed=seed, policy_config=policy)
     _image, spec = resolve(victim)
     assert spec is not None
-    secret = spec.make_secret(random.Random(seed))
+    secret = draw_secret(spec)  # the judge's way: from the OS, given to the run to score
+    verdict = run_attack(keep, victim, Level.SHIM, seed=seed, policy_config=policy,
+                         secret=secret)
     outcome = keep.outcome or Outcome()
     right, wrong = score(outcome, secret, victim == "password")
     return Sample(attack.name, victim, seed, right, wrong, verdict.detected,
@@ -126,9 +126,10 @@ def redteam(seeds: int) -> list[dict]:
         runs = []
         for seed in range(1, seeds + 1):
             keep = _Keep(cls())
-            verdict = run_attack(keep, "dispatch", Level.SHIM, seed=seed, policy_config=policy)
-            secret = spec.make_secret(random.Random(seed))
-            blind = judge_score(secret_spec("dispatch", secret), b"\xff" * 8, "dispatch")[1]
+            secret = draw_secret(spec)
+            verdict = run_attack(keep, "dispatch", Level.SHIM, seed=seed, policy_config=policy,
+                                 secret=secret)
+            blind = score_guess(secret, b"\xff" * 8).leaked_bits
             outcome = keep.outcome or Outcome()
             runs.append({"leaked": verdict.leaked_bits, "blind": blind,
                          "full": verdict.full_recovery, "detected": verdict.detected,
