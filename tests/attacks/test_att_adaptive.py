@@ -36,7 +36,7 @@ def test_cipher_stack_reads_the_exponent_at_snp_and_nothing_at_shim():
     verdict = run_attack(CipherStack(), "modexp", Level.SHIM, seed=SEED)
     assert verdict.leaked_bits == 0 and verdict.detected
     keep = _Keep(CipherStack())
-    verdict = run_attack(keep, "modexp", Level.SHIM, seed=SEED, policy_config=NO_PINNING)
+    verdict = run_attack(keep, "modexp", Level.SHIM, seed=SEED, secret=_secret("modexp"), policy_config=NO_PINNING)
     assert verdict.leaked_bits == 0 and keep.outcome is not None
     assert keep.outcome.notes["hidden"] and keep.outcome.guess is None
 
@@ -47,11 +47,11 @@ def test_fault_budget_reads_everything_at_snp_and_nothing_at_shim():
     bit it claims right, and only the first iterations (bounded by the per-RIP limit)."""
     assert run_attack(FaultBudget(), "branches", Level.SNP, seed=SEED).full_recovery
     keep = _Keep(FaultBudget())
-    verdict = run_attack(keep, "branches", Level.SHIM, seed=SEED)
+    verdict = run_attack(keep, "branches", Level.SHIM, seed=SEED, secret=_secret("branches"))
     assert keep.outcome is not None and verdict.detected
     assert score(keep.outcome, _secret("branches"), symbols=False) == (0, 0)
     keep = _Keep(FaultBudget())
-    verdict = run_attack(keep, "branches", Level.SHIM, seed=SEED, policy_config=NO_PINNING)
+    verdict = run_attack(keep, "branches", Level.SHIM, seed=SEED, secret=_secret("branches"), policy_config=NO_PINNING)
     assert keep.outcome is not None and not verdict.detected
     right, wrong = score(keep.outcome, _secret("branches"), symbols=False)
     assert wrong == 0 and 4 <= right <= 12
@@ -67,7 +67,7 @@ def test_relaunch_is_bounded_by_the_owner_launch_budget(tmp_path: Path):
     budget = ReleasePolicy(measurement=expected_measurement(image, 4 << 20, Level.SHIM),
                            budget=LaunchBudget(3, 3600))
     keep = _Keep(Relaunch())
-    verdict = run_attack(keep, "modexp", Level.SHIM, seed=SEED, release_policy=budget,
+    verdict = run_attack(keep, "modexp", Level.SHIM, seed=SEED, secret=_secret("modexp"), release_policy=budget,
                          ledger=LaunchLedger(tmp_path / "modexp.ledger"),
                          policy_config=NO_PINNING)
     assert keep.outcome is not None and not verdict.detected

@@ -133,7 +133,10 @@ def _claimed(outcome: Outcome, truth: int) -> set[int]:
 
 def _run(name: str, path: Path, level: Level, seed: int):
     recorded = _Recorded(name)
-    verdict = judge_in_process(recorded, str(path), level, seed=seed)
+    sample = declared(path)
+    assert sample is not None  # the secret the test checks the claims against, given to the run
+    verdict = judge_in_process(recorded, str(path), level, seed=seed,
+                               secret=sample.make_secret(random.Random(seed)))
     return verdict, recorded.outcome
 
 
