@@ -161,12 +161,14 @@ def test_att_conf_dictionary_other_secrets(seed):
 
 
 def test_att_conf_cipher_dictionary_meets_the_aead_with_pinning_off():
-    """What stops the dictionary at shim besides pinning: with pinning off it steps the
-    guest, and the sealed state's fresh nonce leaves no ciphertext block that repeats."""
+    """What stops the dictionary at shim besides pinning and the data-fault budget: with
+    both off it steps the guest, and the sealed state's fresh nonce leaves no ciphertext
+    block that repeats."""
     from shim.policies.config import PolicyConfig
 
     verdict = run_attack(CipherDictionary(), "modexp", SHIM, seed=0,
-                         policy_config=PolicyConfig(pin_working_set=False))
+                         policy_config=PolicyConfig(pin_working_set=False,
+                                                    data_fault_budget=1 << 20))
     assert verdict.leaked_bits == 0 and verdict.notes["deterministic"] is False, verdict.detail
 
 
@@ -174,12 +176,14 @@ def test_att_conf_stepping_histogram_snp_single_shim_uncounted():
     """At snp every armed step retires exactly one instruction, and the exit says so; at
     shim no timer exit shows a count (each was extended by 1..32, which the host is not
     told), so the host counts no step of any size.  (Pinning off at shim: with it, the
-    attack's entries with a page unmapped are refused and it takes no step at all.)"""
+    attack's entries with a page unmapped are refused and it takes no step at all; the
+    data-fault budget off too, or its first data fault ends the VM.)"""
     from shim.policies.config import PolicyConfig
 
     snp = run_attack(SingleStep(), "modexp", SNP, seed=0).stepping
     shim = run_attack(SingleStep(), "modexp", SHIM, seed=0,
-                      policy_config=PolicyConfig(pin_working_set=False)).stepping
+                      policy_config=PolicyConfig(pin_working_set=False,
+                                                 data_fault_budget=1 << 20)).stepping
     assert snp["single"] > 1000 and snp["zero"] == 0 and snp["multi"] == 0
     assert snp["uncounted"] == 0
     assert shim["single"] == shim["multi"] == shim["zero"] == 0 and shim["uncounted"] > 0
