@@ -22,9 +22,9 @@ REDTEAM = Path(__file__).parent / "redteam"
 RELAUNCH = REDTEAM / "shim_relaunch.py"
 
 
-def _run(level: Level, seed: int, config: PolicyConfig | None = None):
+def _run(level: Level, seed: int, config: PolicyConfig | None = None, **kwargs):
     verdict = run_attack(None, "?", "dispatch", level, seed=seed, file=RELAUNCH,
-                         policy_config=config)
+                         policy_config=config, **kwargs)
     assert not verdict.notes.get("error"), verdict.detail
     return verdict
 
@@ -46,8 +46,9 @@ def test_redteam1_relaunch_gets_nothing_at_shim_and_everything_at_snp():
 def test_redteam1_relaunch_read_everything_before_pinning():
     """The gap it found, with pinning off (the policy it met): the data-fault budget now
     catches its re-arming through .rodata, so it is detected, but only after it has read
-    the whole secret: detection without prevention."""
-    verdict = _run(Level.SHIM, 1, PolicyConfig(pin_working_set=False))
+    the whole secret: detection without prevention.  (Its owner then set no launch budget;
+    seed 1 took 4 launches, one more than the scored runs' owner now allows.)"""
+    verdict = _run(Level.SHIM, 1, PolicyConfig(pin_working_set=False), launches=None)
     assert verdict.full_recovery
 
 

@@ -108,13 +108,15 @@ async def test_verdict_and_page_map_of_a_real_attack(real_traces) -> None:
         assert events.select_event(verdict)
         await pilot.pause()
         row = next(r for r in rows(events) if "verdict" in r)
-        assert "64/64 bits" in row and "?" not in row
+        # modexp forces its top bit, so a retargeted attack claims 63 of 64 (or all 64)
+        assert re.search(r"\b6[34]/64 bits", row) and "?" not in row, row
         await pilot.press("o")
         await settle(app, pilot)
         assert isinstance(app.screen, OverviewScreen)
         page_map = shown(app.screen.query_one("#page-map", Static), width=120)
         assert "modexp_square" in page_map and "modexp_multiply" in page_map
-        assert "bits correct        64 of 64" in shown(app.screen.query_one("#verdict", Static))
+        panel = shown(app.screen.query_one("#verdict", Static))
+        assert re.search(r"bits correct\s+6[34] of 64", panel), panel
 
 
 # -- 11: the bars show what is typed ---------------------------------------------------------
