@@ -30,8 +30,10 @@ def test_the_boundary_round_trip_measures_all_three_sides():
     r = bench_core.boundary_round_trip(Level.SHIM, 64, 200, 1, link="socket")
     assert r["across_us"] > 0 and r["bare_us"] > 0 and r["transport_us"] > 0
     assert r["host_cpu_us"] > 0 and r["tee_cpu_us"] > 0  # both processes did the work
-    assert r["cost_vs_bare_plus_transport"] == round(
-        r["rounds"][0][0] / (r["rounds"][0][1] + r["rounds"][0][2]), 2)
+    # the ratio is computed before the rounds' times are rounded for the report: the two
+    # agree to the report's last digit, give or take one
+    assert r["cost_vs_bare_plus_transport"] == pytest.approx(
+        r["rounds"][0][0] / (r["rounds"][0][1] + r["rounds"][0][2]), abs=0.011)
 
 
 def test_bench_writes_its_block_of_the_doc_and_nothing_else(tmp_path):
