@@ -31,18 +31,12 @@ from tools.attacks._decode import (
     EXPONENT_BITS,
     bits_to_guess,
     complete_bits,
-    fault_page,
-    is_console_write,
     printed_result,
 )
+from tools.attacks._stepper import MAX_STEPS, RoutineStepper, step_own_copy
 from tools.attacks._targets import STACK_BLOCK, program_routines, stack_page
 from tools.attacks.base import Attack, AttackContext, Outcome
-from tools.attacks.calibrate import finish, launch_own_copy
-from tvmm.abi.messages import ExitRecord, Reply
-from tvmm.abi.types import ExitReason, Field
-from tvmm.host.hypervisor import HonestHypervisor
-
-MAX_STEPS = 20_000
+from tvmm.abi.messages import ExitRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,37 +47,22 @@ class Calibration:
     zero: int  # instructions of an iteration with a 0 bit
 
 
-class _StepHost(HonestHypervisor):
-    """Single-steps from the first fault on a routine page to the first console write;
-    at every step keeps the RIP (if shown) and, if asked, the stack page."""
+class _StepHost(RoutineStepper):
+    """Steps the routine and, if asked, keeps the stack page at every step."""
 
-    def __init__(self, *args, pages: list[int], stack: int | None, **kwargs) -> None:
+    def __init__(self, *args, stack: int | None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.pages, self.stack = pages, stack
-        self.stepping = False
-        self.rips: list[int | None] = []
+        self.stack = stack
         self.snapshots: list[bytes] = []
         self.hidden = False  # the stack page reads as all ones: ciphertext hidden
 
-    def enter(self) -> Reply:
-        self.quantum = 1 if self.stepping else 0
-        return super().enter()
-
-    def on_exit(self, rec: ExitRecord) -> bool:
-        if rec.reason == ExitReason.NPF and fault_page(rec) in self.pages and not self.rips:
-            for page in self.pages:
-                self.client.map(self.vm, page)
-            self.stepping = True
-        if self.stepping:
-            self.rips.append(rec.get(Field.RIP))
-            if self.stack is not None:
-                page = self.client.read_page(self.vm, self.stack)
-                if page == b"\xff" * len(page):
-                    self.hidden, self.stepping = True, False
-                self.snapshots.append(page)
-            if len(self.rips) >= MAX_STEPS or is_console_write(rec):
-                self.stepping = False
-        return super().on_exit(rec)
+    def on_step(self, rec: ExitRecord) -> bool:
+        if self.stack is None:
+            return True
+        page = self.client.read_page(self.vm, self.stack)
+        self.hidden = page == b"\xff" * len(page)
+        self.snapshots.append(page)
+        return not self.hidden
 
 
 def calibrate(ctx: AttackContext) -> Calibration | None:
@@ -92,13 +71,7 @@ def calibrate(ctx: AttackContext) -> Calibration | None:
     if len(routines) < 2:
         return None
     host = ctx.host(_StepHost, pages=sorted({r & ~0xFFF for r in routines}), stack=None)
-    launch_own_copy(ctx, host)
-    try:
-        for page in host.pages:
-            ctx.client.unmap(host.vm, page)
-        host.run(max_exits=MAX_STEPS + 5_000)
-    finally:
-        finish(host)
+    step_own_copy(ctx, host)
     calls = {r: [t for t, rip in enumerate(host.rips) if rip == r] for r in routines}
     loop = max(calls, key=lambda r: len(calls[r]))
     others = [r for r in routines if r != loop and calls[r]]

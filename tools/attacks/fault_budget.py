@@ -43,12 +43,12 @@ from tools.attacks._decode import (
     is_console_write,
     printed_result,
 )
+from tools.attacks._stepper import RoutineStepper, step_own_copy
 from tools.attacks._targets import program_routines
 from tools.attacks.base import Attack, AttackContext, Outcome
-from tools.attacks.calibrate import finish, launch_own_copy
 from tvmm.abi.guest import PAGE_SIZE
 from tvmm.abi.messages import ExitRecord, Reply
-from tvmm.abi.types import ExitReason, Field, Level, Result
+from tvmm.abi.types import ExitReason, Level, Result
 from tvmm.host.hypervisor import HonestHypervisor
 
 SAME_RIP = 6  # docs/policies.md: fault_same_rip (default)
@@ -56,7 +56,6 @@ BUDGET = 64  # docs/policies.md: fault_budget per window (default)
 JITTER = 32  # docs/policies.md: a timed entry runs 0..32 further
 MIN_QUANTUM = 32
 MAX_LAUNCHES = 40
-MAX_STEPS = 20_000
 OVERLAP = 2  # iterations a relaunch re-reads to place its window
 
 
@@ -76,44 +75,13 @@ class Layout:
     one: int | None  # the same for a 1 bit, when the own copy shows one
 
 
-class _OwnCopy(HonestHypervisor):
-    """Single-steps the own copy from the first routine fault; keeps every RIP."""
-
-    def __init__(self, *args, pages: list[int], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.pages = pages
-        self.stepping = False
-        self.rips: list[int | None] = []
-
-    def enter(self) -> Reply:
-        self.quantum = 1 if self.stepping else 0
-        return super().enter()
-
-    def on_exit(self, rec: ExitRecord) -> bool:
-        if rec.reason == ExitReason.NPF and fault_page(rec) in self.pages and not self.stepping:
-            for page in self.pages:
-                self.client.map(self.vm, page)
-            self.stepping = True
-        if self.stepping:
-            self.rips.append(rec.get(Field.RIP))
-            if len(self.rips) >= MAX_STEPS or is_console_write(rec):
-                self.stepping = False
-        return super().on_exit(rec)
-
-
 def layout(ctx: AttackContext) -> Layout | None:
     routines = program_routines(ctx.image)
     if len(routines) != 2:
         return None
     pages = sorted({_page(r) for r in routines})
-    host = ctx.host(_OwnCopy, pages=pages)
-    launch_own_copy(ctx, host)
-    try:
-        for page in pages:
-            ctx.client.unmap(host.vm, page)
-        host.run(max_exits=MAX_STEPS + 5_000)
-    finally:
-        finish(host)
+    host = ctx.host(RoutineStepper, pages=pages)
+    step_own_copy(ctx, host)
     calls = sorted((t, r) for r in routines for t, rip in enumerate(host.rips) if rip == r)
     if len(calls) < 3:
         return None
