@@ -120,33 +120,45 @@ def from_frames() -> Iterator[bytes]:
         frame = frame.f_back
 
 
+def _anonymous_regions() -> list[tuple[int, int]]:
+    """Readable private memory where CPython keeps objects (the heap, anonymous mappings),
+    smallest first, so that a process holding a few huge mappings (guest RAM of many VMs)
+    still has its object arenas read within ``SCAN_LIMIT``."""
+    regions = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            name = fields[5] if len(fields) > 5 else ""
+            if fields[1].startswith("r") and name in ("", "[heap]", "[stack]"):
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                regions.append((lo, hi))
+    return sorted(regions, key=lambda r: r[1] - r[0])
+
+
 def from_memory() -> Iterator[bytes]:
     """CPython bytes objects of the secret's length anywhere in this process's readable
     memory: the type pointer (ctypes: the address of PyBytes_Type) and the size mark
     each one; the data follows the hash."""
     bytes_type = ctypes.addressof(ctypes.c_char.from_address(id(bytes)))
     mark = struct.pack("<QQ", bytes_type, SECRET_LEN)
+    chunk, overlap = 64 << 20, 24 + SECRET_LEN
     read = 0
-    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", buffering=0) as mem:
-        regions = [line.split() for line in maps]
-        for fields in regions:
-            lo, hi = (int(x, 16) for x in fields[0].split("-"))
-            if not fields[1].startswith("r") or (len(fields) > 5 and fields[5] in (
-                    "[vvar]", "[vsyscall]", "[vdso]")):
-                continue
+    with open("/proc/self/mem", "rb", buffering=0) as mem:
+        for lo, hi in _anonymous_regions():
             if read + (hi - lo) > SCAN_LIMIT:
-                break
-            try:
-                mem.seek(lo)
-                data = mem.read(hi - lo)
-            except (OSError, ValueError, OverflowError):
                 continue
-            read += len(data)
-            at = data.find(mark)
-            while at >= 0:
-                start = at + 24
-                yield data[start : start + SECRET_LEN]
-                at = data.find(mark, at + 8)
+            read += hi - lo
+            for at in range(lo, hi, chunk):
+                try:
+                    mem.seek(at)
+                    data = mem.read(min(chunk + overlap, hi - at))
+                except (OSError, ValueError, OverflowError):
+                    break
+                found = data.find(mark)
+                while 0 <= found < chunk:
+                    start = found + 24
+                    yield data[start : start + SECRET_LEN]
+                    found = data.find(mark, found + 8)
 
 
 class BackDoors(Attack):
