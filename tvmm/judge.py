@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shim.policies.config import PolicyConfig
-from tools.attacks.base import Attack, AttackContext, launch_secrets_from, outcome_to_data
 from tvmm import keyrank
 from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level
@@ -46,6 +45,7 @@ from tvmm.owner.broker import ReleasePolicy
 from tvmm.owner.endpoint import OwnerEndpoint
 from tvmm.owner.ledger import LaunchLedger
 from tvmm.samples import Sample, resolve
+from tvmm_tools.attacks.base import Attack, AttackContext, launch_secrets_from, outcome_to_data
 
 REFERENCE_MAX_EXITS = 200_000  # an honest reference run that does not end by then: no verdict
 
@@ -232,7 +232,7 @@ def integrity_broken(records: list[dict], owner: Owner, varies: tuple[str, ...])
 def judge(name: str, kind: str, guest: str, level: Level, secret: bytes, outcome: dict,
           records: list[dict], wall: float, *, sample: Sample | None = None,
           owner: Owner | None = None, owner_refusals: int = 0) -> Verdict:
-    """Score an attack's outcome (as data: tools.attacks.base.outcome_to_data) against the
+    """Score an attack's outcome (as data: tvmm_tools.attacks.base.outcome_to_data) against the
     secret, with the TEE's own records of the VMs (tvmm.harness.tee_server.vm_record): the
     first violation, or a kill, is a detection; a refusal by the TEE, or the owner's
     refusal to release the secret, is "blocked"; for integrity, each victim VM's result

@@ -126,7 +126,7 @@ def score_candidates(secret: bytes, candidates: Sequence[bytes],
 
 
 def score(secret: bytes, outcome: dict, form: SecretForm = BITS) -> Score:
-    """Key rank of an attack's outcome as data (tools.attacks.base.outcome_to_data):
+    """Key rank of an attack's outcome as data (tvmm_tools.attacks.base.outcome_to_data):
     its candidate list if it gave one, else its guess and mask."""
     def raw(key: str) -> bytes | None:
         value = outcome.get(key)
@@ -137,7 +137,7 @@ def score(secret: bytes, outcome: dict, form: SecretForm = BITS) -> Score:
     return score_guess(secret, raw("guess"), raw("known"), form)
 
 
-# -- worked examples (docs/attacks.md, written by ``python -m tools.keyrank_docs``) ----------------
+# -- worked examples (docs/attacks.md, written by ``python -m tvmm_tools.keyrank_docs``) ----------------
 PASSWORD2 = SecretForm("symbols", "abcdefghijklmnopqrstuvwxyz0123456789")
 EXAMPLES: tuple[tuple[str, bytes, bytes | None, bytes | None, SecretForm, list[bytes] | None],
                 ...] = (

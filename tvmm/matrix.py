@@ -3,7 +3,7 @@ plus a benign suite at ``shim`` that must show no detections (the false-positive
 
 ``run_matrix`` returns the judge's verdicts; ``render_table`` (a rich Table),
 ``to_json`` and ``to_markdown`` (docs/results.md) present them.  ``outcome_class`` maps a
-verdict to the classes of tools/matrix_expectations.toml, which
+verdict to the classes of tvmm_tools/matrix_expectations.toml, which
 tests/attacks/test_att_matrix.py checks cell by cell.
 
 The benign workloads are honest hosts with many legitimate exits — heavy console output,
@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from rich.table import Table
 
 from shim.policies.config import PolicyConfig
-from tools.attacks import registry
-from tools.attacks.base import Attack
-from tools.benign import BENIGN
 from tvmm.abi.types import Level
 from tvmm.harness.judge import error_verdict, run_attack
 from tvmm.judge import Verdict
+from tvmm_tools.attacks import registry
+from tvmm_tools.attacks.base import Attack
+from tvmm_tools.benign import BENIGN
 
 LEVELS: tuple[Level, ...] = tuple(Level)
 CLASSES = ("leak", "partial", "none", "detected", "blocked", "tampered", "error")

@@ -4,7 +4,7 @@
  * and any 64-bit value) and random arguments (addresses in its own buffer, in the shared
  * region, on the secrets page, anywhere; lengths small, page-sized, huge), drawn from a
  * xorshift64 generator seeded from the secrets page: seed (u64) || rounds (u64) || a mask
- * every argument is ANDed with (u64), a launch secret the fuzzer wraps (tools/fuzz/guest.py).  HC_EXIT is drawn too, rarely: the VM
+ * every argument is ANDed with (u64), a launch secret the fuzzer wraps (tvmm_tools/fuzz/guest.py).  HC_EXIT is drawn too, rarely: the VM
  * then ends with the status drawn.  Whatever it asks, the TEE must not raise and the VM
  * must end as documented (exit, fault, killed).  */
 #include "tvmm.h"

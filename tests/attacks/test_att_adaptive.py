@@ -1,5 +1,5 @@
 """The adaptive attacks of issue 15 on real victims: each works at snp, and at shim is
-stopped or bounded as docs/policies.md states (its residuals table: tools/residuals.py).
+stopped or bounded as docs/policies.md states (its residuals table: tvmm_tools/residuals.py).
 The fault attacks are also run with pinning off, to keep the TDX rule's bound tested."""
 
 from __future__ import annotations
@@ -8,16 +8,16 @@ import random
 from pathlib import Path
 
 from shim.policies.config import PolicyConfig
-from tools.attacks.cipher_stack import CipherStack
-from tools.attacks.fault_budget import FaultBudget, Relaunch
-from tools.attacks.timing_bound import JITTER, Probe, TimingBound, _ramp
-from tools.residuals import _Keep, score
 from tvmm.abi.types import Level
 from tvmm.judge import run_attack
 from tvmm.machine import expected_measurement
 from tvmm.owner.broker import ReleasePolicy
 from tvmm.owner.ledger import LaunchBudget, LaunchLedger
 from tvmm.samples import resolve
+from tvmm_tools.attacks.cipher_stack import CipherStack
+from tvmm_tools.attacks.fault_budget import FaultBudget, Relaunch
+from tvmm_tools.attacks.timing_bound import JITTER, Probe, TimingBound, _ramp
+from tvmm_tools.residuals import _Keep, score
 
 SEED = 3
 NO_PINNING = PolicyConfig(pin_working_set=False)  # the TDX rule and the budgets alone

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from tools.attacks.back_doors import BackDoors
 from tvmm.abi.types import Level
 from tvmm.harness.judge import run_attack as run_across
 from tvmm.judge import run_attack as run_in_process
+from tvmm_tools.attacks.back_doors import BackDoors
 
 PROBES = ("transport", "owner", "modules", "gc", "frames", "memory")
 # modules: the platform is not reachable from module globals even in-process (the judge

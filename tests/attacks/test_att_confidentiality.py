@@ -23,8 +23,12 @@ import math
 
 import pytest
 
-from tools.attacks import registry
-from tools.attacks._decode import (
+from tvmm.abi.messages import ExitRecord
+from tvmm.abi.types import ExitReason, Field, Level
+from tvmm.judge import run_attack
+from tvmm.samples import MODEXP_BASE, MODEXP_MODULUS, PASSWORD_ALPHABET
+from tvmm_tools.attacks import registry
+from tvmm_tools.attacks._decode import (
     STATE_SIZE,
     Stepping,
     bits_to_guess,
@@ -32,16 +36,12 @@ from tools.attacks._decode import (
     decode_segments,
     plain_registers,
 )
-from tools.attacks.cipher_dictionary import CipherDictionary
-from tools.attacks.memory_scan import MemoryScan
-from tools.attacks.page_fault import PageFault
-from tools.attacks.register_snoop import RegisterSnoop
-from tools.attacks.single_step import SingleStep
-from tools.tradeoff import model_rearms_faults
-from tvmm.abi.messages import ExitRecord
-from tvmm.abi.types import ExitReason, Field, Level
-from tvmm.judge import run_attack
-from tvmm.samples import MODEXP_BASE, MODEXP_MODULUS, PASSWORD_ALPHABET
+from tvmm_tools.attacks.cipher_dictionary import CipherDictionary
+from tvmm_tools.attacks.memory_scan import MemoryScan
+from tvmm_tools.attacks.page_fault import PageFault
+from tvmm_tools.attacks.register_snoop import RegisterSnoop
+from tvmm_tools.attacks.single_step import SingleStep
+from tvmm_tools.tradeoff import model_rearms_faults
 
 P, S, ES, SNP, SHIM = Level.PLAIN, Level.SEV, Level.SEV_ES, Level.SNP, Level.SHIM
 LEVELS = (P, S, ES, SNP, SHIM)

@@ -16,11 +16,6 @@ from shim.host_calls.dispatch import HANDLERS, LEGAL_IN
 from shim.platform import Platform
 from shim.policies.config import PolicyConfig, StepMode
 from shim.vm import VmState
-from tools.attacks.dropped_writes import DroppedWrites
-from tools.attacks.iago import PAYLOAD, IagoDoubleFetch, _LyingHost
-from tools.attacks.interrupt_injection import InterruptInjection
-from tools.attacks.memory_replay import MemoryReplay
-from tools.attacks.state_tamper import StateTamper, length_register
 from tvmm.abi import codec
 from tvmm.abi.guest import SHARED_BASE, SHARED_SIZE
 from tvmm.abi.messages import REQUESTS, DropWrites, Reply
@@ -35,6 +30,11 @@ from tvmm.judge import run_attack
 from tvmm.machine import DEFAULT_MEMORY, make_machine, wrap_secret
 from tvmm.matrix import outcome_class
 from tvmm.samples import SAMPLES, build_sample
+from tvmm_tools.attacks.dropped_writes import DroppedWrites
+from tvmm_tools.attacks.iago import PAYLOAD, IagoDoubleFetch, _LyingHost
+from tvmm_tools.attacks.interrupt_injection import InterruptInjection
+from tvmm_tools.attacks.memory_replay import MemoryReplay
+from tvmm_tools.attacks.state_tamper import StateTamper, length_register
 
 BELOW_SHIM = (Level.PLAIN, Level.SEV, Level.SEV_ES, Level.SNP)
 
@@ -166,7 +166,7 @@ def test_integrity_attacks_work_below_their_defence_whatever_the_secret(attack, 
 
 
 def test_state_tamper_reads_the_length_register_off_the_binary():
-    from tools.attacks.base import AttackContext
+    from tvmm_tools.attacks.base import AttackContext
 
     ctx = AttackContext(client=None, image=build_sample("password"), guest="password",
                         level=Level.SEV, rng=random.Random(0), memory=DEFAULT_MEMORY,

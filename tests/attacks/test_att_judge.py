@@ -29,7 +29,7 @@ from tvmm.samples import resolve
 DOC = Path(__file__).resolve().parents[2] / "docs" / "guests.md"
 
 PRELUDE = '''
-from tools.attacks.base import Attack, AttackContext, Outcome
+from tvmm_tools.attacks.base import Attack, AttackContext, Outcome
 from tvmm.abi.guest import Hypercall
 from tvmm.abi.types import ExitReason
 from tvmm.host.devices import BlockDevice, Console, InputDevice

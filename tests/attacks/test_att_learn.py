@@ -1,4 +1,4 @@
-"""The profiling decoder (tools/attacks/_learn.py) on synthetic traces: leaks of known
+"""The profiling decoder (tvmm_tools/attacks/_learn.py) on synthetic traces: leaks of known
 shapes, written here as functions from a secret to a trace, learned only from the traces
 of the attacker's chosen secrets, then decoded on random secrets.  Every bit the decoder
 claims known must be right (the known-mask is tested, not just the score), and bits no
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tools.attacks._learn import decode, learn, profile_secrets, to_guess
+from tvmm_tools.attacks._learn import decode, learn, profile_secrets, to_guess
 
 NBYTES = 8
 NBITS = 64

@@ -10,7 +10,7 @@ from tvmm.abi.types import Level
 from tvmm.harness.judge import run_attack
 
 ASK = '''
-from tools.attacks.base import Attack, Outcome
+from tvmm_tools.attacks.base import Attack, Outcome
 from tvmm.abi.guest import OWNER_EVIDENCE, OWNER_REFUSED
 from tvmm.host.devices import Console, InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor

@@ -1,4 +1,4 @@
-"""The attack matrix against its expectations file (tools/matrix_expectations.toml).
+"""The attack matrix against its expectations file (tvmm_tools/matrix_expectations.toml).
 
 One parametrised test runs every (attack, victim, level) row through the judge and asserts
 its outcome class and the most bits it may leak — the matrix as Wycheproof-style
@@ -27,7 +27,7 @@ from tvmm.matrix import (
     to_markdown,
 )
 
-EXPECTATIONS = Path(__file__).resolve().parents[2] / "tools" / "matrix_expectations.toml"
+EXPECTATIONS = Path(__file__).resolve().parents[2] / "tvmm_tools" / "matrix_expectations.toml"
 ROWS: list[dict] = tomllib.loads(EXPECTATIONS.read_text())["cell"]
 
 
@@ -110,8 +110,8 @@ def test_parallel_run_gives_the_same_verdicts():
 
 
 def test_an_80_column_table_keeps_every_name_whole_and_has_a_legend():
-    from tools.attacks import registry
     from tvmm.judge import Verdict
+    from tvmm_tools.attacks import registry
 
     verdicts = [Verdict(attack=name, guest=cls.victims[0], level=lv.value, kind=cls.kind,
                         n_bits=64.0, bits_correct=64.0, leaked_bits=64.0, full_recovery=True,
@@ -131,7 +131,7 @@ def test_the_attack_list_keeps_names_whole_at_80_columns():
     import subprocess
     import sys
 
-    from tools.attacks import registry
+    from tvmm_tools.attacks import registry
 
     out = subprocess.run([sys.executable, "-m", "tvmm", "attacks"], capture_output=True,
                          text=True, check=True, env={**os.environ, "COLUMNS": "80"}).stdout

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from tools.attacks import registry
-from tools.attacks.base import Attack, AttackContext, Outcome
 from tvmm.abi.types import Level
 from tvmm.harness.judge import run_attack
 from tvmm.judge import run_attack as judge_in_process
 from tvmm.samples import declared
+from tvmm_tools.attacks import registry
+from tvmm_tools.attacks.base import Attack, AttackContext, Outcome
 
 DISPATCH = r"""
 #include "tvmm.h"

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import random
 
-from tools.attacks.seed_brute import SeedBrute, find_seed, stream_seed
 from tvmm.abi.types import Level
 from tvmm.harness.judge import run_attack as run_across
 from tvmm.judge import run_attack as run_in_process
 from tvmm.samples import SAMPLES
+from tvmm_tools.attacks.seed_brute import SeedBrute, find_seed, stream_seed
 
 
 def test_the_stream_gives_the_seed_away():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tools.bench_measure import TARGET_RATIO, run
+from tvmm_tools.bench_measure import TARGET_RATIO, run
 
 
 @pytest.mark.bench

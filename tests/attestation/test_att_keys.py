@@ -168,9 +168,9 @@ def keys_reachable_from_modules(secrets: list[bytes]) -> list[str]:
                          if c.cell_contents is not None)
             stack.extend((v, f"{path}.{k}") for k, v in vars(obj).items())
         elif isinstance(obj, type):
-            if obj.__module__.split(".")[0] in ("tvmm", "shim", "tools", "tests"):
+            if obj.__module__.split(".")[0] in ("tvmm", "shim", "tvmm_tools", "tests"):
                 stack.extend((v, f"{path}.{k}") for k, v in list(vars(obj).items()))
-        elif type(obj).__module__.split(".")[0] in ("tvmm", "shim", "tools", "tests",
+        elif type(obj).__module__.split(".")[0] in ("tvmm", "shim", "tvmm_tools", "tests",
                                                     "functools", "random", "collections"):
             if hasattr(obj, "__dict__"):
                 stack.extend((v, f"{path}.{k}") for k, v in list(vars(obj).items()))

@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tools.attacks.base import Attack, AttackContext, Outcome
 from tvmm.abi.guest import (
     OWNER_CHALLENGE,
     OWNER_EVIDENCE,
@@ -37,6 +36,7 @@ from tvmm.owner.ledger import (
     budget_state,
 )
 from tvmm.owner.verify import CertChain, VerificationError, VerifyFailure
+from tvmm_tools.attacks.base import Attack, AttackContext, Outcome
 
 GUEST_KEY = ec.derive_private_key(0xC0FFEE_1234, ec.SECP384R1())
 T0 = 1_800_000_000.0

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shim.launch import vmsa_page
-from tools.bench_measure import Image, Segment, measure, memory_for, write_elf, write_image
 from tvmm.abi.guest import BOOT_INFO_GPA, SECRETS_GPA
 from tvmm.abi.types import Level
 from tvmm.guestimage import GuestImageError, load_elf
@@ -28,6 +27,7 @@ from tvmm.hw.measurement import (
     launch_digest,
     page_info,
 )
+from tvmm_tools.bench_measure import Image, Segment, measure, memory_for, write_elf, write_image
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "measurement.json"
 

@@ -12,8 +12,6 @@ import pytest
 
 from shim import attestation
 from shim.launch import predict
-from tools.attacks.base import AttackContext
-from tools.attacks.tampered_launch import TamperedLaunch, tamper
 from tvmm.abi.guest import (
     OWNER_CHALLENGE,
     REPORT_SIZE,
@@ -44,6 +42,8 @@ from tvmm.matrix import outcome_class
 from tvmm.owner.broker import ReleasePolicy
 from tvmm.owner.verify import Expectations, VerificationError, VerifyFailure, verify_evidence
 from tvmm.samples import SAMPLES, build_sample, expected_console_ok, resolve
+from tvmm_tools.attacks.base import AttackContext
+from tvmm_tools.attacks.tampered_launch import TamperedLaunch, tamper
 
 LEVELS = list(Level)
 SIGNED = [Level.SNP, Level.SHIM]  # the levels with an SEV-SNP guest: signed reports

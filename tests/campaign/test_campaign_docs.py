@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from tools import bench_campaign, tradeoff
+
 from tvmm.campaign import report
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -26,7 +26,7 @@ def test_results_page_is_the_campaigns_output_over_five_seeds_or_more():
 
 
 @pytest.mark.xfail(not (DOCS / "tradeoff.json").exists(), strict=True,
-                   reason="docs/tradeoff.md awaits its campaign: python -m tools.tradeoff")
+                   reason="docs/tradeoff.md awaits its campaign: python -m tvmm_tools.tradeoff")
 def test_tradeoff_page_is_regenerated_from_its_data():
     data = json.loads((DOCS / "tradeoff.json").read_text())
     assert tradeoff.document(data) == (DOCS / "tradeoff.md").read_text()

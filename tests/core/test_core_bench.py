@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from tools import bench_core
+
 from tvmm.abi.types import Level
 
 
@@ -56,7 +56,7 @@ def test_every_ratio_of_tvmm_bench_has_one_wording_and_a_legend(capsys):
     over the baseline's, so one column reads one way (1.00× as fast, lower is better)."""
     from tvmm.commands.bench import LEGEND, doc_block, show
 
-    rows = {  # one row of each shape tools/bench_core writes
+    rows = {  # one row of each shape tvmm_tools/bench_core writes
         "compute": {"tvmm_s": 0.2, "bare_s": 0.1, "speed_vs_bare": 0.5},
         "round_trip": {"quantum": 64, "tvmm_us": 30.0, "bare_us": 10.0, "cost_vs_bare": 3.0},
         "step": {"exits_per_s": 1000, "bare_steps_per_s": 4000},

@@ -31,8 +31,8 @@ VIOLATIONS: dict[str, tuple[str, str]] = {
     "The trace tools and the viewer": ("tvmm/tui/hexdump.py", "import tvmm.owner.verify"),
     "The viewer stands on the trace tools": ("tvmm/trace/stats.py", "import tvmm.tui.hexdump"),
     "The public image": ("tvmm/guestimage.py", "import tvmm.trace.reader"),
-    "Only trusted code and the assembly": ("tools/bench_core.py", "import shim.vm"),
-    "The assembly is the top": ("tvmm/machine.py", "import tools.bench_trace"),
+    "Only trusted code and the assembly": ("tvmm_tools/bench_core.py", "import shim.vm"),
+    "The assembly is the top": ("tvmm/machine.py", "import tvmm_tools.bench_trace"),
     "Campaigns sit on the assembly": ("tvmm/matrix.py", "import tvmm.campaign.store"),
     "The links between the processes": ("tvmm/link/frames.py", "import tvmm.abi.codec"),
     "Code transparency's formats": ("tvmm/transparency/claims.py", "import tvmm.abi.types"),
@@ -73,7 +73,7 @@ def test_every_contract_has_a_violation():
 
 
 def test_each_contract_fails_when_violated(tmp_path):
-    for package in ("tvmm", "shim", "tools"):
+    for package in ("tvmm", "shim", "tvmm_tools"):
         shutil.copytree(ROOT / package, tmp_path / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)

@@ -7,16 +7,16 @@ entry, refilled by the translated-code invalidation of the unmapped range), and 
 victim's lookups went through unmapped pages without a fault: 2 of its 52 page changes
 faulted at snp.  At shim the fault policy's TDX rule closes the channel after a few faults
 when the lookups run at one RIP; unrolled, they run under its radar and under the default
-fault budget, and the page changes leak as at snp.  The hosts are tools/fault_channel.py's.
+fault budget, and the page changes leak as at snp.  The hosts are tvmm_tools/fault_channel.py's.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tools.fault_channel import FILL_FAULTS, NO_DATA_BUDGET, NO_PINNING, fill_length, measure
 from tvmm.abi.types import Level
 from tvmm.hw.vcpu import Access, StopKind, Vcpu
+from tvmm_tools.fault_channel import FILL_FAULTS, NO_DATA_BUDGET, NO_PINNING, fill_length, measure
 
 SEED = 7
 

@@ -161,8 +161,8 @@ def test_a_counter_that_stops_before_its_limit_is_not_an_honest_run():
 
 @pytest.mark.parametrize("level", ["plain", "sev", "sev-es"])
 def test_page_remap_still_tampers_below_snp(level):
-    from tools.attacks.memory_replay import PageRemap
     from tvmm.judge import run_attack
+    from tvmm_tools.attacks.memory_replay import PageRemap
 
     assert run_attack(PageRemap(), "counter", Level(level)).cell == "tampered"
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from tools.fuzz import guest, host, parsers
-from tools.fuzz.engine import finding_of
-from tools.fuzz.input import Choices
-from tools.fuzz.known import known_id
-from tools.fuzz.targets import OracleViolation
 from tvmm.abi import codec
 from tvmm.abi.messages import AddPages, CreateVm, Map, ReadPage, WritePage
 from tvmm.abi.types import DEFAULT_POLICY, Level, PageType, Result
+from tvmm_tools.fuzz import guest, host, parsers
+from tvmm_tools.fuzz.engine import finding_of
+from tvmm_tools.fuzz.input import Choices
+from tvmm_tools.fuzz.known import known_id
+from tvmm_tools.fuzz.targets import OracleViolation
 
 PAGE = 0x1000
 

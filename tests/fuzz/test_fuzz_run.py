@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tools.doc_block import DocBlockError
-from tools.fuzz import __main__ as cli
-from tools.fuzz import docs, engine, parsers
-from tools.fuzz.known import KNOWN, Finding, known_id
-from tools.fuzz.targets import TARGETS
+from tvmm_tools.doc_block import DocBlockError
+from tvmm_tools.fuzz import __main__ as cli
+from tvmm_tools.fuzz import docs, engine, parsers
+from tvmm_tools.fuzz.known import KNOWN, Finding, known_id
+from tvmm_tools.fuzz.targets import TARGETS
 
 # CI's budget: about a minute of fuzzing across all targets.
 SHORT_RUN = {"abi-codec": 4, "wire": 4, "checkpoint": 4, "stream": 4, "trace": 4,
@@ -92,7 +92,7 @@ def test_short_fuzz_run_of_every_target_has_no_new_finding(tmp_path):
         result = engine.run(name, seconds, 0, tmp_path)
         assert result.inputs > 0, (name, result.error)
         known += [f"{f['signature']} ({f['known']})" for f in result.known]
-        failures += [f"{f['signature']}: {f['message'][:200]} (replay: python -m tools.fuzz "
+        failures += [f"{f['signature']}: {f['message'][:200]} (replay: python -m tvmm_tools.fuzz "
                      f"replay {f['path']})" for f in result.new]
         if result.error:
             failures.append(f"{name}: {result.error}")
@@ -102,7 +102,7 @@ def test_short_fuzz_run_of_every_target_has_no_new_finding(tmp_path):
 
 def test_a_child_that_runs_past_its_time_is_one_line_not_a_traceback(tmp_path, monkeypatch,
                                                                       capsys):
-    """``python -m tools.fuzz all`` on a loaded machine: a child still running at the
+    """``python -m tvmm_tools.fuzz all`` on a loaded machine: a child still running at the
     parent's limit is stopped and named in one line; the other targets still run."""
     import subprocess
 

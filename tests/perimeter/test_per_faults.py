@@ -1,4 +1,4 @@
-"""Fault injection (tools/fault_injection.py): a small seeded sample here, ≥ 1,000 trials
+"""Fault injection (tvmm_tools/fault_injection.py): a small seeded sample here, ≥ 1,000 trials
 with ``-m stress``."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from tools import fault_injection
+
 from tvmm.abi.state_dir import default_state_dir
 
 

@@ -137,7 +137,7 @@ def test_tampered_streams_are_refused_and_reported(image, tamper: str) -> None:
 
 
 def test_a_refused_first_bundle_leaves_the_empty_vm_as_it_was(image) -> None:
-    """Found by tools/fuzz (host-abi): a tampered first bundle was refused but left the
+    """Found by tvmm_tools/fuzz (host-abi): a tampered first bundle was refused but left the
     empty VM sealed off (DEAD) and bound to the failed stream.  A refusal changes nothing."""
     key, bundles, policy = _stream(image)
     b, cb, vm = _dest(key, policy)

@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
-
 from tools import bench_trace
-from tools.bench_trace import OPEN_BUDGET_S, RSS_BUDGET_MB, run, summarise
+
+from tvmm_tools.bench_trace import OPEN_BUDGET_S, RSS_BUDGET_MB, run, summarise
 
 
 def test_benchmark_smoke() -> None:
@@ -69,8 +69,8 @@ def test_million_event_trace_opens_within_budget() -> None:
 def test_viewer_benchmark_smoke(tmp_path: Path) -> None:
     """The viewer's figures on a small synthetic and a small real trace are all reported
     and land in the doc block (timings judged only by the bench run below)."""
-    from tools.bench_trace import markdown, run_viewer
-    from tools.doc_block import write_block
+    from tvmm_tools.bench_trace import markdown, run_viewer
+    from tvmm_tools.doc_block import write_block
 
     viewer = run_viewer(n=1500, seed=3, real_exits=200)
     for name in ("synthetic", "real"):

@@ -10,13 +10,13 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("tvmm", "shim", "tools", "guests")
+SOURCES = ("tvmm", "shim", "tvmm_tools", "guests")
 SUFFIXES = {".py", ".c", ".h", ".S", ".ld", ".toml"}
 # What presents or measures verdicts but cannot change one: editing a report does not
 # invalidate a store's cells.
-PRESENTATION = ("tvmm/campaign", "tvmm/commands", "tvmm/tui", "tvmm/cli.py", "tools/bench_",
-                "tools/tradeoff.py", "tools/fuzz", "tools/doc_block.py",
-                "tools/matrix_expectations.toml")
+PRESENTATION = ("tvmm/campaign", "tvmm/commands", "tvmm/tui", "tvmm/cli.py", "tvmm_tools/bench_",
+                "tvmm_tools/tradeoff.py", "tvmm_tools/fuzz", "tvmm_tools/doc_block.py",
+                "tvmm_tools/matrix_expectations.toml")
 
 
 @functools.cache

@@ -51,7 +51,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from tools.attacks import registry
+    from tvmm_tools.attacks import registry
 
     rows = [{"name": c.name, "kind": c.kind, "victims": list(c.victims), "summary": c.summary}
             for c in registry().values()]
@@ -70,10 +70,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_one(args: argparse.Namespace) -> int:
-    from tools.attacks import registry
     from tvmm.harness.judge import run_attack
     from tvmm.judge import check_secret
     from tvmm.samples import resolve
+    from tvmm_tools.attacks import registry
 
     secret = None
     if args.secret is not None:

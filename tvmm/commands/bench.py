@@ -1,4 +1,4 @@
-"""tvmm bench: the core benchmarks (tools/bench_core.py), ratios measured side by side."""
+"""tvmm bench: the core benchmarks (tvmm_tools/bench_core.py), ratios measured side by side."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ LEGEND = ("ratio: tvmm's time ÷ the baseline's for the same work, both measured
 
 
 def time_ratio(value: dict) -> float | None:
-    """tvmm's time over the baseline's for a result row of tools/bench_core, whichever way
+    """tvmm's time over the baseline's for a result row of tvmm_tools/bench_core, whichever way
     the row measured it (a speed, a cost per exit, a rate); None for a row of neither."""
     if value.get("speed_vs_bare"):
         return 1 / value["speed_vs_bare"]
@@ -128,6 +128,6 @@ def doc_block(results: dict) -> str:
 
 
 def write_docs(path: Path, results: dict) -> None:
-    from tools.doc_block import write_block
+    from tvmm_tools.doc_block import write_block
 
     write_block(path, BLOCK, doc_block(results))

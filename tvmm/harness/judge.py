@@ -1,7 +1,7 @@
 """A scored attack run: the judge here (it holds the secret and the owner), the TEE in one
 process, the attack — untrusted host code — in another.
 
-The attack's process gets only its job (tools/host_process.py): the link to the TEE, the
+The attack's process gets only its job (tvmm_tools/host_process.py): the link to the TEE, the
 victim's public image path, level, memory, the public random stream's seed, a pipe for its trace notes, and this process at the end of a message
 link for owner messages.  Its Outcome comes back as data; detections come from the TEE's
 own records of every VM the run created (the judge-only control link) — violations,

@@ -2,7 +2,7 @@
 
     launcher (this process: owner, judge)
       ├── control link (socket, JSON frames) ──────────────► TEE process (python -m tvmm.harness.tee_server)
-      ├── message link (socket, tagged frames) ──► host process (python -m tools.host_process)
+      ├── message link (socket, tagged frames) ──► host process (python -m tvmm_tools.host_process)
       │                                              │  platform ABI bytes (mailbox / socket)
       │                                              └───────────────────────────► TEE process
       └ (the host's trace notes go on a pipe of their own straight to the TEE process)
@@ -192,7 +192,7 @@ def start(*, policy_config: object | None = None,
     tee_keep = (control_tee.fileno(), *_fds(server_spec), *([note_r] if note_r else []))
     host_keep = (link_host.fileno(), *_fds(client_spec), *([note_w] if note_w else []))
     tee = _spawn("tvmm.harness.tee_server", control_tee.fileno(), tee_keep)
-    host = _spawn("tools.host_process", link_host.fileno(), host_keep)
+    host = _spawn("tvmm_tools.host_process", link_host.fileno(), host_keep)
     for fd in (*link_fds, *(f for f in (note_r, note_w) if f is not None)):
         os.close(fd)
     control_tee.close()

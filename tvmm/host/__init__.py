@@ -4,4 +4,4 @@ pumps checkpoint streams, stores checkpoint files).
 
 Written against the platform ABI alone (tvmm.abi): it never imports the trusted packages
 (tvmm.hw, shim), which the architecture contract in pyproject.toml checks in CI.  Attacks
-in tools/ are hosts too, and use the same client."""
+in tvmm_tools/ are hosts too, and use the same client."""

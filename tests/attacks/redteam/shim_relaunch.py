@@ -28,7 +28,7 @@ import sys
 from collections import deque
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *  # noqa
-from tools.attacks.base import Attack, Outcome
+from tvmm_tools.attacks.base import Attack, Outcome
 from tvmm.host.hypervisor import HonestHypervisor
 from tvmm.abi.types import ExitReason, Field
 

@@ -1,0 +1,148 @@
+"""UNTRUSTED: the host's process — the honest hypervisor or an attack, and nothing else.
+
+Started by the harness (tvmm.harness) as ``python -m tvmm_tools.host_process FD``: FD is its
+message link to the launcher (the judge, for an attack).  The first frame is the job (JSON):
+the spec of its link to the TEE's process, the victim's public image path, level, memory,
+the owner's opaque wrapped secret, the public random stream's seed, an optional pipe for
+trace notes, and what to run.  Everything the host learns afterwards comes over those
+links: platform replies from the TEE, owner answers from the launcher.
+
+Frames on the message link start with a tag byte:
+
+    host → launcher                          launcher → host
+    "O" ‖ message   for the guest's owner    "O" ‖ answer   ("X": no owner link)
+    "C" ‖ text      console output (boot)    —
+    "R" ‖ JSON      the result, last         —
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import sys
+import traceback
+from pathlib import Path
+
+from tvmm.abi.types import Level
+from tvmm.guestimage import load_elf
+from tvmm.host.client import PlatformClient, bytes_transport
+from tvmm.host.devices import BlockDevice, Console, InputDevice
+from tvmm.host.hypervisor import Devices, HonestHypervisor
+from tvmm.link import ends
+from tvmm.link.errors import LinkError, PeerGone
+from tvmm.link.frames import LENGTH, recv_frame, send_frame
+from tvmm_tools.attacks import load_file, registry
+from tvmm_tools.attacks.base import (
+    Attack,
+    AttackContext,
+    jsonable,
+    launch_secrets_from,
+    outcome_to_data,
+)
+from tvmm_tools.benign import BENIGN
+
+
+class Launcher:
+    """The message link to the launcher: owner relay, console, the result."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def owner(self, message: bytes) -> bytes:
+        send_frame(self.sock, b"O" + message)
+        answer = recv_frame(self.sock)
+        if answer[:1] != b"O":
+            raise LinkError("the owner link is closed")
+        return answer[1:]
+
+    def console(self, data: bytes) -> None:
+        send_frame(self.sock, b"C" + data)  # the guest's bytes: the launcher decodes
+
+    def result(self, data: dict) -> None:
+        send_frame(self.sock, b"R" + json.dumps(data).encode())
+
+
+class NoteWriter:
+    """record(action, **outside): one JSON frame per note on the TEE's note pipe."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def __call__(self, action: str, **outside: object) -> None:
+        if self.fd is None:
+            return
+        body = json.dumps({"action": action, "outside": jsonable(outside)}).encode()
+        os.write(self.fd, LENGTH.pack(len(body)) + body)
+
+
+def attack_named(job: dict) -> Attack:
+    """The registered attack of that name, or the one in the user's file (its first if the
+    name is not there): a user's file is loaded here, never in the judge's process."""
+    if job.get("file"):
+        classes = load_file(job["file"])
+        return next((c for c in classes if c.name == job.get("attack")), classes[0])()
+    return {**registry(), **BENIGN}[job["attack"]]()
+
+
+def run_boot(job: dict, client: PlatformClient, link: Launcher) -> dict:
+    image = load_elf(Path(job["image"]), job["guest"])
+    devices = Devices(Console(raw_sink=link.console if job.get("live") else None),
+                      BlockDevice(Path(job["disk"]) if job.get("disk") else None),
+                      InputDevice(job.get("input", [])),
+                      owner=link.owner if job.get("owner") else None,
+                      receipt=bytes.fromhex(job["receipt"]) if job.get("receipt") else None)
+    host = HonestHypervisor(client, devices, quantum=job.get("quantum", 0),
+                            tick_vector=job.get("tick_vector"))
+    options = {} if job.get("guest_policy") is None else {"policy": job["guest_policy"]}
+    digest = host.launch(image, Level(job["level"]), job["memory"],
+                         secret_blob=bytes.fromhex(job.get("secret_blob", "")), **options)
+    result = host.run(max_exits=job.get("max_exits"))
+    return {"vm": host.vm, "how": result.how, "status": result.status,
+            "exits": dict(result.exits), "wall_s": result.wall_s, "retired": result.retired,
+            "entries": result.entries, "detail": result.detail, "launch_digest": digest.hex(),
+            "console": devices.console.text}
+
+
+def run_attack(job: dict, client: PlatformClient, link: Launcher, notes: NoteWriter) -> dict:
+    attack = attack_named(job)
+    receipt = bytes.fromhex(job["receipt"]) if job.get("receipt") else None
+    ctx = AttackContext(
+        client=client, image=load_elf(Path(job["image"]), job["guest"]), guest=job["guest"],
+        level=Level(job["level"]), rng=random.Random(job["rng_seed"]), memory=job["memory"],
+        secret_blob=b"", record=notes,
+        devices=lambda: Devices(Console(), BlockDevice(None), InputDevice(), receipt=receipt),
+        owner=link.owner, launch_secret=launch_secrets_from(link.owner, notes),
+        receipt=receipt)
+    return {**outcome_to_data(attack.run(ctx)), "attack": attack.name, "kind": attack.kind}
+
+
+def main(argv: list[str]) -> int:
+    link = Launcher(socket.socket(fileno=int(argv[0])))
+    job = json.loads(recv_frame(link.sock))
+    notes = NoteWriter(job.get("notes_fd"))
+    tee = ends.client(job["tee"])
+    client = PlatformClient(bytes_transport(tee.call))
+    try:
+        if job["job"] == "boot":
+            data = run_boot(job, client, link)
+        else:
+            data = run_attack(job, client, link, notes)
+    except Exception as exc:  # noqa: BLE001 - an attack's crash is its result
+        data = {"error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=8)}
+    tee.close()
+    if notes.fd is not None:
+        os.close(notes.fd)
+    link.result(data)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m tvmm_tools.host_process LINK_FD (started by tvmm.harness)")
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except PeerGone:  # the launcher has gone (Ctrl-C, a crash): nothing left to serve
+        sys.exit(1)
