@@ -8,8 +8,10 @@ rebuild it), gives it to the owner's key broker, and afterwards reads the truth:
   leaked bits = n − log2(rank of the true secret);
 - detection: the TEE's own records of every VM the run created (violations, kills),
   whatever the attack returned or destroyed;
-- blocked: the TEE's records of the host requests it refused (DENIED, ENTRY_REFUSED) and
-  the owner's own refusals to release the secret — never what the attack says;
+- blocked: the TEE's records of the host requests it refused (DENIED, ENTRY_REFUSED), the
+  owner's own refusals to release the secret, and — for an attack on a perimeter the judge
+  started for it (tvmm.harness.perimeter) — the refusals in its coordinator's audit log,
+  read by the judge over an attested connection — never what the attack says;
 - integrity: what each victim VM wrote to its console and its exit status as the TEE saw
   them, against the owner's honest reference run of the same guest with the same secret
   and the same input (``reference_run``).
@@ -31,6 +33,7 @@ from tvmm import keyrank
 from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level
 from tvmm.guestimage import GuestImage
+from tvmm.harness.perimeter import JudgePerimeter, Reading
 from tvmm.harness.tee_server import vm_record
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor
@@ -231,11 +234,13 @@ def integrity_broken(records: list[dict], owner: Owner, varies: tuple[str, ...])
 # -- scoring ----------------------------------------------------------------------------------------
 def judge(name: str, kind: str, guest: str, level: Level, secret: bytes, outcome: dict,
           records: list[dict], wall: float, *, sample: Sample | None = None,
-          owner: Owner | None = None, owner_refusals: int = 0) -> Verdict:
+          owner: Owner | None = None, owner_refusals: int = 0,
+          perimeter: Reading | None = None) -> Verdict:
     """Score an attack's outcome (as data: tvmm_tools.attacks.base.outcome_to_data) against the
     secret, with the TEE's own records of the VMs (tvmm.harness.tee_server.vm_record): the
-    first violation, or a kill, is a detection; a refusal by the TEE, or the owner's
-    refusal to release the secret, is "blocked"; for integrity, each victim VM's result
+    first violation, or a kill, is a detection; a refusal by the TEE, the owner's refusal
+    to release the secret, or a refusal in the audit log of the run's ``perimeter`` (as
+    the judge read it), is "blocked"; for integrity, each victim VM's result
     against ``owner``'s honest reference run — whatever the attack reports."""
     form = secret_form(sample)
     rank = keyrank.score(secret, outcome, form)
@@ -252,6 +257,7 @@ def judge(name: str, kind: str, guest: str, level: Level, secret: bytes, outcome
     if kind in ("integrity", "benign") and owner is not None:
         bad = integrity_broken(records, owner, sample.varies if sample is not None else ())
     violated = bool(bad) and detected_at is None
+    fenced = perimeter.refusals if perimeter is not None else []
     notes = dict(outcome.get("notes") or {})
     notes.pop("blocked", None)  # the attack's word: not evidence
     n = rank.n_bits
@@ -261,12 +267,16 @@ def judge(name: str, kind: str, guest: str, level: Level, secret: bytes, outcome
         n_bits=round(n, 1), bits_correct=round(rank.correct * bits_per, 1),
         leaked_bits=round(rank.leaked_bits, 1), full_recovery=rank.full_recovery,
         detected=detected_at is not None, detected_after_exits=detected_at,
-        integrity_violated=violated, blocked=bool(refusals) or owner_refusals > 0,
+        integrity_violated=violated,
+        blocked=bool(refusals) or owner_refusals > 0 or bool(fenced),
         exits=outcome.get("exits", 0), wall_s=wall, stepping=outcome.get("stepping"),
         detail=str(notes.pop("detail", "")), notes=notes,
         log2_rank=round(rank.log2_rank, 3), secret=secret.hex(),
         evidence={"refusals": refusals[:16], "owner_refusals": owner_refusals,
-                  "tampered_vms": bad, "vms": len(records)},
+                  "tampered_vms": bad, "vms": len(records),
+                  **({"perimeter": {"refusals": fenced[:16], "problem": perimeter.problem,
+                                    "audit_records": perimeter.records}}
+                     if perimeter is not None else {})},
     )
 
 
@@ -307,11 +317,13 @@ def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
 
     owner = owner_endpoint(image, secret, memory=memory, policy=release_policy, ledger=ledger,
                            launch_key=lambda: machine.platform.launch_public_key)
+    fence = JudgePerimeter()
     ctx = AttackContext(
         client=machine.client, image=image, guest=guest, level=level,
         rng=random.Random(public_rng_seed(seed)), memory=memory, secret_blob=b"",
         record=record, devices=devices, owner=owner,
         launch_secret=launch_secrets_from(owner, record),
+        perimeter=lambda nodes: fence.offer({"nodes": nodes}),
     )
     start = time.perf_counter()
     try:
@@ -320,9 +332,10 @@ def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
         records = [vm_record(vm) for vm in machine.platform.tee.vms.values()]
         verdict = judge(attack.name, attack.kind, guest, level, secret, outcome, records, wall,
                         sample=sample, owner=Owner(image, level, secret, memory),
-                        owner_refusals=owner_refusals(owner))
+                        owner_refusals=owner_refusals(owner), perimeter=fence.read())
         recorder.emit(EventKind.VERDICT, attack.name, inside=verdict_event(verdict, secret,
                                                                            outcome))
         return verdict
     finally:
+        fence.close()
         machine.close()

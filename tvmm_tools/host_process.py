@@ -11,6 +11,7 @@ Frames on the message link start with a tag byte:
 
     host → launcher                          launcher → host
     "O" ‖ message   for the guest's owner    "O" ‖ answer   ("X": no owner link)
+    "P" ‖ JSON      a perimeter, please      "P" ‖ JSON     what an operator holds of it
     "C" ‖ text      console output (boot)    —
     "R" ‖ JSON      the result, last         —
 """
@@ -56,6 +57,15 @@ class Launcher:
         if answer[:1] != b"O":
             raise LinkError("the owner link is closed")
         return answer[1:]
+
+    def perimeter(self, nodes: list[str]) -> dict:
+        """Ask the judge for a perimeter with these genuine nodes: {host, port, nodes,
+        state_dir} (what an operator holds), or {"error": why}."""
+        send_frame(self.sock, b"P" + json.dumps({"nodes": nodes}).encode())
+        answer = recv_frame(self.sock)
+        if answer[:1] != b"P":
+            raise LinkError("the perimeter request was not answered")
+        return json.loads(answer[1:])
 
     def console(self, data: bytes) -> None:
         send_frame(self.sock, b"C" + data)  # the guest's bytes: the launcher decodes
@@ -114,7 +124,7 @@ def run_attack(job: dict, client: PlatformClient, link: Launcher, notes: NoteWri
         secret_blob=b"", record=notes,
         devices=lambda: Devices(Console(), BlockDevice(None), InputDevice(), receipt=receipt),
         owner=link.owner, launch_secret=launch_secrets_from(link.owner, notes),
-        receipt=receipt)
+        receipt=receipt, perimeter=link.perimeter)
     return {**outcome_to_data(attack.run(ctx)), "attack": attack.name, "kind": attack.kind}
 
 

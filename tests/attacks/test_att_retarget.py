@@ -190,3 +190,46 @@ def test_att_retarget_every_attack_scores_or_says_na(victims, attack, guest, lev
     assert not verdict.notes.get("error"), verdict.detail
     if verdict.cell == "n/a":
         assert verdict.detail.startswith("n/a: ") and "\n" not in verdict.detail
+
+
+PIN = r"""
+#include "tvmm.h"
+
+__attribute__((noinline)) int same(const u8 *a, const u8 *b, u64 n)
+{
+    for (u64 i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return 0;
+    return 1;
+}
+
+int main(void)
+{
+    const struct secrets_page *s = secrets();
+    u8 line[64];
+    for (int k = 0; k < 64; k++) {
+        i64 n = input_read(line, sizeof line);
+        if (n <= 0)
+            break;
+        if (same(line, s->data, 6)) {
+            puts("open\n");
+            return 0;
+        }
+        puts("closed\n");
+    }
+    return 1;
+}
+"""
+
+
+def test_att_retarget_register_snoop_reads_a_pin_by_no_routine_name(tmp_path: Path):
+    """An input-driven victim whose compare has a name of its own: register-snoop finds
+    where the secret's bytes pass through a register on its own profiled runs."""
+    path = tmp_path / "pin.c"
+    path.write_text(PIN)
+    path.with_suffix(".toml").write_text('secret_bytes = 6\ndescription = "a 6-byte PIN"\n')
+    secret = b"k3y!Z9"
+    verdict = judge_in_process(registry()["register-snoop"](), str(path), Level.PLAIN,
+                               secret=secret)
+    assert verdict.full_recovery and verdict.leaked_bits == 48, verdict.detail
+    assert "6 of 6 bytes read" in verdict.detail

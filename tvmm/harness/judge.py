@@ -5,8 +5,9 @@ The attack's process gets only its job (tvmm_tools/host_process.py): the link to
 victim's public image path, level, memory, the public random stream's seed, a pipe for its trace notes, and this process at the end of a message
 link for owner messages.  Its Outcome comes back as data; detections come from the TEE's
 own records of every VM the run created (the judge-only control link) — violations,
-kills, refusals, what each guest printed and how it ended — not from anything the attack
-says.  The secret is drawn from the OS in this process, for every run.  A crash or a dead attack process is an "error" verdict.
+kills, refusals, what each guest printed and how it ended — and, for an attack that asks
+for a perimeter, from the audit log of the coordinator this process started for it
+(tvmm.harness.perimeter), not from anything the attack says.  The secret is drawn from the OS in this process, for every run.  A crash or a dead attack process is an "error" verdict.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level
 from tvmm.guestimage import GuestImage
 from tvmm.harness import launcher
+from tvmm.harness.perimeter import JudgePerimeter
 from tvmm.judge import (
     Owner,
     Verdict,
@@ -89,6 +91,7 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
         policy = ReleasePolicy(measurement=digest, budget=budget)
     owner = owner_endpoint(image, secret, memory=memory, launch_key=lambda: session.launch_key,
                            policy=policy, ledger=LaunchLedger(Path(ledger_dir.name) / "launches"))
+    fence = JudgePerimeter()
     try:
         session.start_job({
             "job": "attack", "attack": name, "file": str(file) if file else None,
@@ -96,7 +99,7 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
             "memory": memory, "rng_seed": public_rng_seed(seed),
             "receipt": receipt.hex() if receipt is not None else None})
         start = time.perf_counter()
-        outcome = session.serve(owner)
+        outcome = session.serve(owner, perimeter=fence.offer)
         wall = time.perf_counter() - start
         if outcome is None or "error" in outcome:
             why = "the attack's process died" if outcome is None else outcome["error"]
@@ -105,11 +108,12 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
             name, kind = str(outcome.get("attack")), str(outcome.get("kind"))
         verdict = judge(name, kind, guest, level, secret, outcome, session.records(), wall,
                         sample=sample, owner=Owner(image, level, secret, memory),
-                        owner_refusals=owner_refusals(owner))
+                        owner_refusals=owner_refusals(owner), perimeter=fence.read())
         session.emit(EventKind.VERDICT.value, name,
                      inside=verdict_event(verdict, secret, outcome))
         return verdict
     finally:
+        fence.close()
         session.close()
         ledger_dir.cleanup()
 

@@ -92,9 +92,12 @@ class Session:
     def serve(self, owner: Callable[[bytes], bytes] | None = None,
               on_console: Callable[[str], None] | None = None,
               on_output: Callable[[bytes], None] | None = None,
-              time_limit: float | None = None) -> dict | None:
+              time_limit: float | None = None,
+              perimeter: Callable[[dict], dict] | None = None) -> dict | None:
         """Answer the host until it hands in its result (None: it died without one); each
-        console write goes to ``on_console`` as text and to ``on_output`` as bytes.  With
+        console write goes to ``on_console`` as text and to ``on_output`` as bytes; a
+        request for a perimeter goes to ``perimeter`` (the judge's), whose answer (what an
+        operator holds of it) goes back.  With
         ``time_limit`` (seconds) a run still going then is ended: both processes are
         killed (the TEE may be inside a guest that never exits, where nothing else reaches
         it; its trace holds every event so far) and the result is ``{"how": "time_limit"}``."""
@@ -113,6 +116,17 @@ class Session:
                 answer = b"O" + owner(body) if owner is not None else b"X"
                 try:
                     send_frame(self.link, answer)
+                except LinkError:
+                    return None
+            elif tag == b"P":
+                try:
+                    request = json.loads(body)
+                except ValueError:
+                    request = None
+                offered = perimeter(request) if perimeter is not None else {
+                    "error": "no perimeter is offered in this run"}
+                try:
+                    send_frame(self.link, b"P" + json.dumps(offered).encode())
                 except LinkError:
                     return None
             elif tag == b"C":

@@ -108,9 +108,12 @@ class Perimeter:
     nodes: dict[str, Proc] = field(default_factory=dict)
     die_with_parent: bool = True
     trees: list[Path] = field(default_factory=list)  # rogue code trees, removed at stop
+    joins: tuple[str, int] | None = None  # a coordinator someone else runs, for our nodes
 
     @property
     def address(self) -> tuple[str, int]:
+        if self.coordinator is None and self.joins is not None:
+            return self.joins
         assert self.coordinator is not None
         return self.coordinator.info["host"], self.coordinator.info["port"]
 

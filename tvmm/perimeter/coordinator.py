@@ -5,7 +5,9 @@ every management operation against its SQLite state (store.py), and is the only 
 that decides a migration's outcome: commit (the destination runs, the frozen source is
 destroyed) or abort (the source thaws).  Operators (the CLI, the host operator, attacks)
 may ask for anything; what they get is decided here and written to the audit log, with
-every refusal.
+every refusal.  An operator (or the judge, tvmm.harness.perimeter) that must
+know it talks to the genuine coordinator asks ``evidence``: the same attestation a
+perimeter peer gets, bound to this TLS session's key.
 
 Its state is sealed to its TEE (store.py).  A database that is not the newest state the
 TEE sealed — an older copy, or one edited outside it — is refused: the coordinator then
@@ -94,6 +96,8 @@ class Coordinator:
     def handle(self, peer: Peer | None, msg: wire.Message, conn: ssl.SSLSocket
                ) -> wire.Message:
         op = msg.op
+        if op == "evidence":  # anyone may check who answers: this process's attest message
+            return self.identity.attest_message()
         if self.refusal is not None:
             if op == "audit":
                 return wire.reply(records=[], problems=[str(self.refusal)])

@@ -35,6 +35,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     # operator → coordinator
     "register": {"name": S, "host": S, "port": N, "host_port": N},
     "nodes": {}, "vms": {}, "audit": {"limit": N},
+    "evidence": {},  # the coordinator's attest message, for an operator that checks it
     "console": {"vm": S},  # the console log a running VM's node keeps
     "launch": {"guest": S, "node": S, "level": S, "memory": N, "secret": S},
     "suspend": {"vm": S},

@@ -1,40 +1,57 @@
 """Helpers for the management-interface attacks (docs/attacks.md §12).
 
-The attacker is the host operator: it starts the perimeter's processes on its machines
-(tvmm.operator.launcher — the coordinator and nodes are real processes; the attacker
-holds only their untrusted interfaces), talks to the coordinator as an operator
-(tvmm.operator.client) and carries every byte between nodes.  Nothing here imports
-trusted code (architecture contract).
+The attacker is the host operator of a perimeter the judge starts for the run
+(AttackContext.perimeter: a coordinator and the genuine nodes asked for, real processes).
+It holds what an operator holds — the coordinator's address and the operator credentials
+of the state directory — talks to the coordinator as an operator (tvmm.operator.client),
+starts any rogue node of its own on its machines (tvmm.operator.launcher) and carries
+every byte between nodes.  What it reports of refusals is not evidence: the judge reads
+the coordinator's audit log itself.  Nothing here imports trusted code (architecture
+contract).
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tvmm.abi.state_dir import default_state_dir
 from tvmm.operator.client import OperatorClient, PerimeterError
 from tvmm.operator.launcher import Perimeter
-from tvmm_tools.attacks.base import AttackContext
+from tvmm_tools.attacks.base import AttackContext, Outcome, not_applicable
 
 COUNT = 10**9  # the counter keeps running for the whole attack
 
 
+class NoPerimeter(RuntimeError):
+    """The judge offered no perimeter (or it did not start)."""
+
+
+def without_perimeter(ctx: AttackContext) -> Outcome | None:
+    """``n/a`` for a run that offers no perimeter, else None."""
+    if ctx.perimeter is None:
+        return not_applicable("this run offers no perimeter to manage")
+    return None
+
+
 @contextmanager
-def perimeter(nodes: tuple[str, ...] = ("n1", "n2"), rogue: tuple[str, ...] = ()):
-    state = default_state_dir()
-    work = Path(tempfile.mkdtemp(prefix="tvmm-attack-"))
-    per = Perimeter(state, die_with_parent=True)
+def perimeter(ctx: AttackContext, nodes: tuple[str, ...] = ("n1", "n2"),
+              rogue: tuple[str, ...] = ()) -> Iterator[tuple[Perimeter, OperatorClient]]:
+    """The judge's perimeter with the genuine ``nodes``, and the attacker's own ``rogue``
+    nodes (modified trusted code) started here and joined to its coordinator."""
+    if ctx.perimeter is None:
+        raise NoPerimeter("this run offers no perimeter")
+    offered = ctx.perimeter(list(nodes))
+    if "error" in offered:
+        raise NoPerimeter(str(offered["error"]))
+    state, address = Path(offered["state_dir"]), (str(offered["host"]), int(offered["port"]))
+    own = Perimeter(state, die_with_parent=True, joins=address)
     try:
-        per.start_coordinator(db=work / "coordinator.db")
-        per.start_nodes(list(nodes))
         if rogue:
-            per.start_nodes(list(rogue), rogue=True)
-        yield per, OperatorClient(per.address, state)
+            own.start_nodes(list(rogue), rogue=True)
+        yield own, OperatorClient(address, state)
     finally:
-        per.stop()
+        own.stop()
 
 
 def launch_counter(ctx: AttackContext, op: OperatorClient, node: str = "n1") -> str:

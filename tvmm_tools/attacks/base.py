@@ -68,6 +68,11 @@ class AttackContext:
     # the genuine build's signed statement and receipt (public), which a host presents
     # with the guest's evidence (tvmm.transparency.bundle); None otherwise.
     receipt: bytes | None = None
+    # The judge's perimeter, for a management-interface attack: perimeter([node names])
+    # starts a coordinator and those genuine nodes and gives what an operator holds of
+    # them — {host, port, nodes, state_dir} — or {"error": why}.  The judge reads the
+    # coordinator's audit log itself afterwards.  None: no perimeter in this run.
+    perimeter: Callable[[list[str]], dict] | None = None
 
     def fresh_secret_blob(self) -> bytes:
         """A launch secret for the next launch: one from the owner, else ``secret_blob``."""

@@ -1,12 +1,19 @@
 """Scenario 12d — clone a VM: resume one checkpoint twice.
 
 The host suspends the VM, resumes the checkpoint on one node, then the same checkpoint
-on another.  Blocked when the second resume was refused and audited, so exactly one copy
-runs."""
+on another.  The judge reads the coordinator's audit log for the refusal of the second
+resume (tvmm.harness.perimeter); the detail says what the attack saw."""
 
 from __future__ import annotations
 
-from tvmm_tools.attacks._perimeter import audit_has, launch_counter, perimeter, refusal, vm_row
+from tvmm_tools.attacks._perimeter import (
+    audit_has,
+    launch_counter,
+    perimeter,
+    refusal,
+    vm_row,
+    without_perimeter,
+)
 from tvmm_tools.attacks.base import Attack, AttackContext, Outcome, needs_symbols
 
 
@@ -19,9 +26,11 @@ class CloneResume(Attack):
                  "uncommitted destination); docs/attacks.md §12")
 
     def run(self, ctx: AttackContext) -> Outcome:
+        if (na := without_perimeter(ctx)) is not None:
+            return na
         if (na := needs_symbols(ctx, "counter", why="a guest that keeps running to clone")) is not None:
             return na
-        with perimeter(("n1", "n2", "n3")) as (_per, op):
+        with perimeter(ctx, ("n1", "n2", "n3")) as (_per, op):
             vm = launch_counter(ctx, op)
             ckpt = op.suspend(vm)
             op.resume(ckpt, "n2")
@@ -29,7 +38,6 @@ class CloneResume(Attack):
             refused = refusal(lambda: op.resume(ckpt, "n3"))
             logged = audit_has(op, "resume_refused", vm=vm, reason="clone")
             row = vm_row(op, vm)
-        blocked = refused == "clone" and logged and row["node"] == "n2"
-        return Outcome(notes={"blocked": blocked, "detail": (
+        return Outcome(notes={"detail": (
             f"second resume {'refused: ' + refused if refused else 'ACCEPTED'}; audit: "
             f"{logged}; the VM runs on {row['node']} only")})

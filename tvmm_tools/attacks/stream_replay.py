@@ -2,9 +2,9 @@
 
 The host carries the page stream between nodes (it is the network).  It relays a live
 migration through itself and sends one bundle twice (``replay``) or swaps two
-(``reorder``).  Blocked when the destination TEE refused the stream (per-stream
-counters), the coordinator aborted, both are in the audit log, and the VM runs on,
-exactly once, on its source."""
+(``reorder``).  The judge reads the coordinator's audit log for the destination TEE's
+refusal of the stream (tvmm.harness.perimeter); the detail says what the attack saw
+(the abort, and where the VM runs)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ import threading
 
 from tvmm.operator.client import PerimeterError
 from tvmm.perimeter import wire
-from tvmm_tools.attacks._perimeter import audit_has, launch_counter, perimeter, vm_row
+from tvmm_tools.attacks._perimeter import (
+    audit_has,
+    launch_counter,
+    perimeter,
+    vm_row,
+    without_perimeter,
+)
 from tvmm_tools.attacks.base import Attack, AttackContext, Outcome, needs_symbols
 
 
@@ -72,10 +78,12 @@ class StreamReplay(Attack):
                  "headers (Intel TDX Migration spec); docs/attacks.md §12")
 
     def run(self, ctx: AttackContext) -> Outcome:
+        if (na := without_perimeter(ctx)) is not None:
+            return na
         if (na := needs_symbols(ctx, "counter", why="a guest that keeps running to migrate")) is not None:
             return na
         results = []
-        with perimeter(("n1", "n2")) as (_per, op):
+        with perimeter(ctx, ("n1", "n2")) as (_per, op):
             vm = launch_counter(ctx, op)
             n2 = next(n for n in op.nodes() if n["name"] == "n2")
             for mode in ("replay", "reorder"):
@@ -92,9 +100,7 @@ class StreamReplay(Attack):
             tee = audit_has(op, "tee_refused", node="n2")
             aborted = audit_has(op, "migrate_abort", vm=vm)
             row = vm_row(op, vm)
-        blocked = all(t and r for _m, t, r in results) and tee and aborted and \
-            row["node"] == "n1" and row["state"] == "running"
-        return Outcome(notes={"blocked": blocked, "detail": "; ".join(
+        return Outcome(notes={"detail": "; ".join(
             f"{m}: {t} bundle(s) tampered, migration {r or 'NOT refused'}"
-            for m, t, r in results) + f"; TEE refusal audited: {tee}; VM {row['state']} on "
-            f"{row['node']}"})
+            for m, t, r in results) + f"; TEE refusal audited: {tee}; aborted: {aborted}; "
+            f"VM {row['state']} on {row['node']}"})

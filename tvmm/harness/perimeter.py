@@ -1,0 +1,124 @@
+"""The judge's perimeter: started for an attack that asks for one, read back by the judge.
+
+A management-interface attack (docs/attacks.md §12) plays the host operator of a
+perimeter.  The judge starts that perimeter — a coordinator and the genuine nodes the
+attack asks for, real processes (tvmm.operator.launcher) with the coordinator's database
+in a directory of the judge's — and hands the attack only what an operator holds: the
+coordinator's address, the node names and the state directory its operator credentials
+come from.  What the attack does with them (its own rogue nodes, relays, requests) is its
+business.
+
+After the attack ends the judge reads the coordinator's audit log over a connection of its
+own: the coordinator's attestation (chip chain to the pinned ARK, the measurement of the
+perimeter's code, bound to that TLS session's key) is checked first, the log must have
+verified in the coordinator (no problems: its keyed chain and sealed state hold), and
+every process the judge started must still run — an attack that kills the coordinator or a
+node is credited with nothing.  Each refusal in the log (``REFUSALS``) is a refusal of the
+run, as the TEE's DENIED records are: "blocked".
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tvmm.abi.state_dir import default_state_dir
+from tvmm.operator.client import operator_context
+from tvmm.operator.launcher import LaunchError, Perimeter
+from tvmm.perimeter import wire
+from tvmm.perimeter.identity import PeerRefused, pinned_ark, verify_peer
+from tvmm.perimeter.measure import measurement
+
+# The coordinator's audit events that record a request it (or a node's TEE) refused.
+REFUSALS = frozenset({"attestation_refused", "register_refused", "launch_refused",
+                      "suspend_refused", "resume_refused", "migrate_refused", "tee_refused"})
+NODE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,15}")
+MAX_NODES = 4
+READ_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Reading:
+    """What the judge read from its perimeter: the refusals, or why it credits none."""
+
+    refusals: list[dict] = field(default_factory=list)
+    problem: str = ""  # non-empty: the reading is not evidence (the refusals are empty)
+    records: int = 0
+
+
+class JudgePerimeter:
+    """One run's perimeter, started on the attack's request (``offer``), read (``read``)
+    and stopped (``close``) by the judge."""
+
+    def __init__(self, state_dir: Path | None = None) -> None:
+        self.state_dir = Path(state_dir) if state_dir else default_state_dir()
+        self.per: Perimeter | None = None
+        self._work: tempfile.TemporaryDirectory | None = None
+
+    def offer(self, request: dict) -> dict:
+        """Start the perimeter the attack asks for ({"nodes": [names]}); what an operator
+        holds of it, or {"error": why}."""
+        nodes = request.get("nodes") if isinstance(request, dict) else None
+        if self.per is not None:
+            return {"error": "a run gets one perimeter"}
+        if not isinstance(nodes, list) or not 1 <= len(nodes) <= MAX_NODES or len(set(nodes)) \
+                != len(nodes) or not all(isinstance(n, str) and NODE_NAME.fullmatch(n)
+                                         for n in nodes):
+            return {"error": f"nodes: 1 to {MAX_NODES} distinct names of [a-z0-9-]"}
+        self._work = tempfile.TemporaryDirectory(prefix="tvmm-judge-perimeter-")
+        self.per = Perimeter(self.state_dir, die_with_parent=True)
+        try:
+            self.per.start_coordinator(db=Path(self._work.name) / "coordinator.db")
+            self.per.start_nodes(list(nodes))
+        except LaunchError as exc:
+            return {"error": f"the perimeter did not start: {exc}"}
+        host, port = self.per.address
+        return {"host": host, "port": port, "nodes": nodes, "state_dir": str(self.state_dir)}
+
+    def read(self) -> Reading | None:
+        """The coordinator's refusals as the judge reads them; None when no perimeter ran."""
+        if self.per is None:
+            return None
+        per = self.per
+        if per.coordinator is None:
+            return Reading(problem="the perimeter did not start")
+        gone = [p.name for p in (per.coordinator, *per.nodes.values())
+                if p.popen.poll() is not None]
+        if gone:
+            return Reading(problem=f"{', '.join(gone)} did not survive the run")
+        try:
+            records, problems = read_audit(per.address, self.state_dir)
+        except (OSError, PeerRefused, wire.WireError, KeyError, ValueError) as exc:
+            return Reading(problem=f"the coordinator's audit could not be read: {exc}")
+        if problems:
+            return Reading(problem=f"the coordinator's log does not verify: {problems[0]}",
+                           records=len(records))
+        refusals = [{**r["detail"], "event": r["event"]} for r in records
+                    if r["event"] in REFUSALS]
+        return Reading(refusals=refusals, records=len(records))
+
+    def close(self) -> None:
+        if self.per is not None:
+            self.per.stop()
+        if self._work is not None:
+            self._work.cleanup()
+
+
+def read_audit(address: tuple[str, int], state_dir: Path) -> tuple[list[dict], list[str]]:
+    """(the audit records, the problems the coordinator found in its own log), over one
+    connection whose far end has proved it is a coordinator running the perimeter's code
+    on a chip of the pinned manufacturer; PeerRefused when it has not."""
+    raw = socket.create_connection(address, timeout=READ_TIMEOUT_S)
+    with operator_context(state_dir).wrap_socket(raw) as conn:
+        wire.send(conn, wire.Message("evidence"))
+        peer = verify_peer(conn, wire.recv(conn), pinned_ark(state_dir), measurement())
+        if peer.role != "coordinator":
+            raise PeerRefused("role", f"{peer.name} is a {peer.role}, not the coordinator")
+        answer = wire.call(conn, wire.Message("audit", {"limit": 0}))
+    if not answer["ok"]:
+        raise ValueError(answer.fields.get("error", "refused"))
+    data = answer["data"]
+    return list(data["records"]), [str(p) for p in data["problems"]]
