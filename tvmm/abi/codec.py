@@ -58,7 +58,7 @@ def _pairs_source(count: int) -> str:
 def _pairs_any(count: int, data: bytes, pos: int) -> tuple:
     """Pairs beyond the unrolled counts."""
     flat = struct.Struct("<" + "qQ" * count).unpack_from(data, pos)
-    return tuple(zip(map(_FIELD_OF.__getitem__, flat[0::2]), flat[1::2]))
+    return tuple(zip(map(_FIELD_OF.__getitem__, flat[0::2]), flat[1::2], strict=True))
 
 
 def _pairs_decoders() -> dict[int, Any]:
