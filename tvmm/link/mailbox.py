@@ -135,7 +135,9 @@ class _End:
         q, at = self.q, self._in_seq
         seen = self.seen
         if q[at] == seen:
-            for _ in range(64):  # a few microseconds: the peer is running and nearly done
+            # A few microseconds if the peer is running and nearly done; none if this end
+            # had to wake it (it needs a core first).
+            for _ in range(0 if self.rang else 64):
                 if q[at] != seen:
                     break
             else:
