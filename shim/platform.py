@@ -147,7 +147,7 @@ class Platform:
             request = codec.decode(data)
         except codec.DecodeError as exc:
             return codec.encode(Reply(Result.MALFORMED, operand=exc.operand))
-        if type(request) not in REQUESTS.values():
+        if type(request) not in _ROUTES:  # keyed by every request type: one lookup
             return codec.encode(Reply(Result.MALFORMED, operand="tag"))
         return codec.encode(self.handle(request))
 

@@ -110,6 +110,60 @@ def test_a_forged_length_in_shared_memory_is_a_frame_error_for_the_server():
     server.close()
 
 
+class _Clock:
+    """A stand-in for the mailbox's ``time``: each look at the clock is counted, and the
+    peer's answer may arrive at the first one (as if while spinning)."""
+
+    def __init__(self, on_first_look=None) -> None:
+        self.looks = 0
+        self.on_first_look = on_first_look
+
+    def perf_counter(self) -> float:
+        self.looks += 1
+        if self.looks == 1 and self.on_first_look is not None:
+            self.on_first_look()
+        return float(self.looks) * 1e-9  # never past a deadline
+
+
+def _waited(client, server, monkeypatch, *, peer_asleep: bool) -> tuple[_Clock, list]:
+    """The client sends with the server's sleep flag up or down, then waits for the
+    answer; which way it waited (spin: looks at the clock; sleep: ``_sleep``)."""
+    slept: list = []
+    clock = _Clock(on_first_look=lambda: server.send(b"answer"))
+
+    def sleep(seen: int) -> None:
+        slept.append(seen)
+        server.send(b"answer")
+
+    monkeypatch.setattr(mailbox, "time", clock)
+    monkeypatch.setattr(client, "_sleep", sleep)
+    server.w[server._my_sleep] = int(peer_asleep)  # as the server's _sleep raises it
+    client._put(b"request")
+    assert server.recv() == b"request"
+    server.w[server._my_sleep] = 0
+    assert client._take() == b"answer"
+    return clock, slept
+
+
+def test_a_mailbox_end_spins_for_a_peer_that_is_awake(monkeypatch):
+    client, server = _pair("mailbox")
+    clock, slept = _waited(client, server, monkeypatch, peer_asleep=False)
+    assert (client.rang, clock.looks, slept) == (0, 1, [])  # answered while spinning
+    client.close()
+    server.close()
+
+
+def test_a_mailbox_end_that_woke_its_peer_sleeps_at_once(monkeypatch):
+    """The peer was asleep: it needs a core before it can answer, so this end does not
+    spin on one (and it rang the peer's doorbell, which the peer's sleep reads away)."""
+    client, server = _pair("mailbox")
+    clock, slept = _waited(client, server, monkeypatch, peer_asleep=True)
+    assert (client.rang, clock.looks, slept) == (1, 0, [0])
+    assert os.read(server.bell_in, 16) == b"\1"
+    client.close()
+    server.close()
+
+
 def test_an_oversized_frame_on_a_socket_is_read_away():
     a, b = socket.socketpair()
     a.sendall(struct.pack("<I", 5000) + bytes(5000) + struct.pack("<I", 2) + b"ok")

@@ -164,3 +164,26 @@ def test_unusual_values_still_encode_as_the_reference_encodes_them():
     for message in (Enter(1, 0, 64, bytearray(b"st")), WritePage(1, 0x1000, memoryview(b"x"))):
         assert codec.encode(message) == codec_reference.encode(message)
         assert codec.decode(codec.encode(message)).vm == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(Field), U64), min_size=0, max_size=40).map(tuple))
+def test_exit_fields_of_every_count_decode_as_the_reference_decodes_them(fields):
+    """The compiled decoder unrolls up to UNROLLED_PAIRS (field, value) pairs and takes a
+    general path beyond: both give the reference's message, and refuse what it refuses."""
+    raw = codec.encode(Reply(Result.OK, exit=ExitRecord(ExitReason.TIMER, 1, 0, fields, b"s")))
+    assert raw == codec_reference.encode(codec_reference.decode(raw))
+    assert codec.decode(raw) == codec_reference.decode(raw)
+    unknown = raw.replace(bytes([Field.RIP]) + bytes(7), b"\x7f" + bytes(7), 1)
+    assert _verdict(codec.decode, unknown) == _verdict(codec_reference.decode, unknown)
+
+
+def test_a_decoded_request_is_frozen_and_hashable_as_one_built_by_hand():
+    """Requests are decoded through their slots (no ``__init__``): still frozen, equal and
+    hashing as the constructor's."""
+    for message in _one_of_each()[:-2]:
+        decoded = codec.decode(codec.encode(message))
+        assert decoded == message and hash(decoded) == hash(message)
+        name = dataclasses.fields(decoded)[0].name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(decoded, name, getattr(decoded, name))

@@ -41,12 +41,35 @@ class _Refuse(Exception):
 
 
 _PAIR = struct.Struct("<qQ")
-_PAIR_RUNS = {n: struct.Struct("<" + "qQ" * n).unpack_from for n in range(65)}
+_FIELD_OF = {int(m): m for m in Field}
+UNROLLED_PAIRS = 16  # an exit record carries a handful of fields
 
 
-def _pairs_unpack(count: int) -> Any:
-    got = _PAIR_RUNS.get(count)
-    return got if got is not None else struct.Struct("<" + "qQ" * count).unpack_from
+def _pairs_source(count: int) -> str:
+    """``_pairs_<count>(data, pos)``: ``count`` (Field, u64) pairs, unrolled — one
+    unpack and a tuple display, where zip/map/slices cost three times as much."""
+    names = [(f"a{i}", f"b{i}") for i in range(count)]
+    flat = ", ".join(x for pair in names for x in pair)
+    pairs = "".join(f"(_FIELD_OF[{a}], {b}), " for a, b in names)
+    unpack = f"    {flat}, = _U_pairs_{count}(data, pos)\n" if count else ""
+    return f"def _pairs_{count}(data, pos):\n{unpack}    return ({pairs})"
+
+
+def _pairs_any(count: int, data: bytes, pos: int) -> tuple:
+    """Pairs beyond the unrolled counts."""
+    flat = struct.Struct("<" + "qQ" * count).unpack_from(data, pos)
+    return tuple(zip(map(_FIELD_OF.__getitem__, flat[0::2]), flat[1::2], strict=True))
+
+
+def _pairs_decoders() -> dict[int, Any]:
+    env: dict[str, Any] = {"_FIELD_OF": _FIELD_OF}
+    for n in range(1, UNROLLED_PAIRS + 1):
+        env[f"_U_pairs_{n}"] = struct.Struct("<" + "qQ" * n).unpack_from
+    exec("\n\n".join(map(_pairs_source, range(UNROLLED_PAIRS + 1))), env)  # noqa: S102
+    return {n: env[f"_pairs_{n}"] for n in range(UNROLLED_PAIRS + 1)}
+
+
+_PAIRS_DECODE = _pairs_decoders()
 
 
 def _kind(tp: Any) -> str:
@@ -132,8 +155,26 @@ def _compile(cls: type, tag: int | None, env: dict) -> tuple[str, str]:
             dec += _decode_var(*var, env)
             values.append(f"v_{var[0]}")
     enc.append(f"    return b''.join(({', '.join(parts)},))")
-    dec.append(f"    return _C_{name}({', '.join(values)}), pos")
+    dec += _construct(cls, [f for f, _, _ in fields], values, env)
     return "\n".join(enc), "\n".join(dec)
+
+
+def _construct(cls: type, names: list[str], values: list[str], env: dict) -> list[str]:
+    """Lines that return the decoded message.  A frozen slotted dataclass without
+    ``__post_init__`` (every request) is filled through its slots' own descriptors —
+    what its ``__init__`` does through ``object.__setattr__``, at half the cost."""
+    name = cls.__name__
+    params = getattr(cls, "__dataclass_params__", None)
+    plain = (params is not None and params.frozen and hasattr(cls, "__slots__")
+             and not hasattr(cls, "__post_init__")
+             and all(type(cls.__dict__.get(f)).__name__ == "member_descriptor" for f in names))
+    if not plain:
+        return [f"    return _C_{name}({', '.join(values)}), pos"]
+    lines = [f"    m = _new(_C_{name})"]
+    for f, v in zip(names, values, strict=True):
+        env[f"_S_{name}_{f}"] = cls.__dict__[f].__set__
+        lines.append(f"    _S_{name}_{f}(m, {v})")
+    return [*lines, "    return m, pos"]
 
 
 def _encode_var(f: str, kind: str, tp: Any, env: dict) -> list[str]:
@@ -161,8 +202,8 @@ def _decode_var(f: str, kind: str, tp: Any, env: dict) -> list[str]:
         lines = [f"    end = pos + n_{f}",
                  f"    if n_{f} > {MAX_BYTES} or end > size: raise _Refuse",
                  f"    v_{f} = data[pos:end]", "    pos = end"]
-        if kind == "str":
-            lines.append(f"    v_{f} = v_{f}.decode()")
+        if kind == "str":  # most replies name no operand
+            lines.append(f"    v_{f} = v_{f}.decode() if n_{f} else ''")
         elif kind == "strenum":
             env[f"_D_{tp.__name__}"] = {m.value.encode(): m for m in tp}
             lines.append(f"    v_{f} = _D_{tp.__name__}[v_{f}]")
@@ -170,9 +211,9 @@ def _decode_var(f: str, kind: str, tp: Any, env: dict) -> list[str]:
     if kind == "pairs":
         return [f"    end = pos + {_PAIR.size} * n_{f}",
                 "    if end > size: raise _Refuse",
-                f"    flat = _pairs_unpack(n_{f})(data, pos)",
-                "    pos = end",
-                f"    v_{f} = tuple(zip(map(_FIELDS.__getitem__, flat[0::2]), flat[1::2]))"]
+                f"    p = _PAIRS_DECODE.get(n_{f})",
+                f"    v_{f} = p(data, pos) if p is not None else _pairs_any(n_{f}, data, pos)",
+                "    pos = end"]
     return [f"    if n_{f} == 1: v_{f}, pos = _dec_ExitRecord(data, pos)",
             f"    elif n_{f} == 0: v_{f} = None",
             "    else: raise _Refuse"]
@@ -184,8 +225,8 @@ def _refuse() -> bytes:
 
 def _build() -> tuple[dict[type, Any], dict[int, Any]]:
     env: dict[str, Any] = {"_Refuse": _Refuse, "_refuse": _refuse, "_starmap": starmap,
-                           "_PAIR": _PAIR.pack, "_pairs_unpack": _pairs_unpack,
-                           "_FIELDS": {int(m): m for m in Field}}
+                           "_PAIR": _PAIR.pack, "_PAIRS_DECODE": _PAIRS_DECODE,
+                           "_pairs_any": _pairs_any, "_new": object.__new__}
     classes = [(ExitRecord, None)] + [(cls, tag) for tag, cls in reference._TAGS.items()]
     source = []
     for cls, tag in classes:

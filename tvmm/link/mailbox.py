@@ -8,9 +8,10 @@ waits for the number to move, copies the request out (the client may scribble on
 memory at any time: the server parses only its copy), and answers the same way.
 
 Waiting spins on the peer's number for up to ``spin_s`` (a single-stepping host asks
-again within tens of microseconds) — skipped while the last waits all took longer — then
-blocks: the waiter raises its sleep flag, looks once more, and sleeps on a pipe the peer
-writes a byte to after a bump it sees the flag up for.
+again within tens of microseconds) — skipped while the last waits all took longer, and
+after waking a sleeping peer (it needs a core first) — then blocks: the waiter raises its
+sleep flag, looks once more, and sleeps on a pipe the peer writes a byte to after a bump
+it sees the flag up for.
 A wake-up lost between flag and number (stores and loads may pass each other) costs at most
 one ``poll`` timeout.  The pipe's other end dying is end of file: PeerGone, never a hang.
 
@@ -89,6 +90,9 @@ class _End:
         self.w = self.buf[:HEADER].cast("I")  # lengths and sleep flags: offset // 4
         self.bell_in = spec["bell_in"]
         self.bell_out = spec["bell_out"]
+        poller = select.poll()  # one for the end's life: a sleep registers nothing
+        poller.register(self.bell_in, select.POLLIN)
+        self._poll = poller.poll
         os.set_blocking(self.bell_out, False)
         self.spin_s = DEFAULT_SPIN_S if spin_s is None else spin_s
         in_seq, in_len, my_sleep, peer_sleep = mine
@@ -104,6 +108,7 @@ class _End:
         self.closed = False
         self.misses = 0  # waits in a row that the spin did not end
         self.waits = 0
+        self.rang = 0  # the peer was asleep when this end last sent: it woke it
 
     def _put(self, data: bytes) -> None:
         if self.closed:
@@ -111,11 +116,13 @@ class _End:
         if len(data) > self.capacity:
             raise FrameError(f"frame of {len(data)} bytes is over the mailbox's "
                              f"capacity of {self.capacity}")
-        self.buf[self._out_area : self._out_area + len(data)] = data
+        at = self._out_area
+        self.map[at : at + len(data)] = data
         self.w[self._out_len] = len(data)
         self.sent += 1
         self.q[self._out_seq] = self.sent
-        if self.w[self._peer_sleep]:
+        self.rang = self.w[self._peer_sleep]
+        if self.rang:
             try:
                 os.write(self.bell_out, b"\1")
             except BlockingIOError:
@@ -128,7 +135,9 @@ class _End:
         q, at = self.q, self._in_seq
         seen = self.seen
         if q[at] == seen:
-            for _ in range(64):  # a few microseconds: the peer is running and nearly done
+            # A few microseconds if the peer is running and nearly done; none if this end
+            # had to wake it (it needs a core first).
+            for _ in range(0 if self.rang else 64):
                 if q[at] != seen:
                     break
             else:
@@ -138,18 +147,22 @@ class _End:
         if n > self.capacity:
             raise FrameError(f"frame length {n} is over the mailbox's capacity "
                              f"of {self.capacity}")
-        return bytes(self.buf[self._in_area : self._in_area + n])
+        at = self._in_area
+        return self.map[at : at + n]  # one copy, straight into a bytes object
 
     def _wait_longer(self, seen: int) -> None:
         """Spin on the peer's number for up to ``spin_s`` (a single-stepping host asks
         again within tens of microseconds), then sleep — unless the last ``MISSES`` waits
-        all outlasted the spin: then sleep at once, spinning again every ``RETRY`` waits.
+        all outlasted the spin, or this end's last frame had to wake the peer: then sleep
+        at once, spinning again every ``RETRY`` waits.  A peer that was asleep needs a
+        core before it can answer, and with every core taken the one this end would spin
+        on is the one it gets soonest (a pipe's wake-up prefers the waker's core).
         No ``sched_yield``: on a machine with more runnable processes than cores a yield
         hands the core to a stranger for a whole time slice (a round trip of milliseconds,
         measured), where a sleeper the pipe wakes is scheduled at once."""
         q, at = self.q, self._in_seq
         self.waits += 1
-        if self.misses < MISSES or self.waits % RETRY == 0:
+        if (self.misses < MISSES and not self.rang) or self.waits % RETRY == 0:
             clock = time.perf_counter
             deadline = clock() + self.spin_s
             while q[at] == seen:
@@ -165,10 +178,9 @@ class _End:
         q, w = self.q, self.w
         w[self._my_sleep] = 1
         try:
-            poller = select.poll()
-            poller.register(self.bell_in, select.POLLIN)
+            poll = self._poll
             while q[self._in_seq] == seen:
-                if poller.poll(POLL_S * 1000) and not os.read(self.bell_in, 4096):
+                if poll(POLL_S * 1000) and not os.read(self.bell_in, 4096):
                     raise PeerGone("the peer closed the link or died")
         finally:
             w[self._my_sleep] = 0
