@@ -127,6 +127,8 @@ def _measure(mode: str, trace: str, seed: int) -> dict:
         return _measure_viewer_ops(trace)
     if mode == "viewer-app":
         return _measure_viewer_app(trace)
+    if mode == "viewer-first":
+        return _measure_viewer_first(trace)
     if mode == "tracemalloc":
         tracemalloc.start()
         reader = TraceReader(trace)
@@ -192,6 +194,7 @@ def run_viewer(n: int = 1_000_000, seed: int = 0, real_exits: int = 250_000,
     """The viewer's figures on an ``n``-event synthetic trace (``synthetic`` if given,
     written otherwise) and on a real trace of ``real_exits`` exits, each measured in fresh
     children."""
+    from tvmm.trace.recorder import index_path
     from tvmm.trace.synthetic import write_synthetic_trace
 
     with tempfile.TemporaryDirectory(prefix="tvmm-bench-viewer-") as tmp:
@@ -200,9 +203,11 @@ def run_viewer(n: int = 1_000_000, seed: int = 0, real_exits: int = 250_000,
         real = record_real_trace(Path(tmp) / "real.jsonl", real_exits)
         traces = {}
         for name, trace in (("synthetic", synthetic), ("real", real)):
+            index_path(trace).unlink(missing_ok=True)  # the viewer rebuilds (and saves) it
+            first = _child(trace, "viewer-first", seed)
             ops = _child(trace, "viewer-ops", seed)
             app = _child(trace, "viewer-app", seed)
-            traces[name] = _viewer_figures(trace, ops, app)
+            traces[name] = _viewer_figures(trace, first, ops, app)
     return {"bench": "trace_viewer", "traces": traces,
             "within_budget": all(t["within_budget"] for t in traces.values())}
 
@@ -221,11 +226,15 @@ def record_real_trace(path: Path, exits: int) -> Path:
     return path
 
 
-def _viewer_figures(trace: Path, ops: dict, app: dict) -> dict:
+def _viewer_figures(trace: Path, first: dict, ops: dict, app: dict) -> dict:
     events = ops["events"]
     figures = {
         "events": events,
         "trace_mb": round(trace.stat().st_size / 2**20, 1),
+        "unindexed_first_screen_s": round(first["first_s"], 2),
+        "unindexed_first_events": first["first_events"],
+        "unindexed_whole_s": round(first["whole_s"], 2),
+        "unindexed_rss_mb": round(first["rss_peak_mb"], 1),
         "open_s": round(ops["open_s"], 3),
         "search_s": round(ops["search_s"], 2),
         "filter_s": round(ops["filter_s"], 2),
@@ -242,7 +251,8 @@ def _viewer_figures(trace: Path, ops: dict, app: dict) -> dict:
         figures["completed"]
         and ops["open_s"] <= OPEN_BUDGET_S
         and app["open_s"] <= OPEN_BUDGET_S
-        and max(ops["rss_peak_mb"], app["rss_peak_mb"]) <= RSS_BUDGET_MB
+        and first["first_s"] <= OPEN_BUDGET_S
+        and max(ops["rss_peak_mb"], app["rss_peak_mb"], first["rss_peak_mb"]) <= RSS_BUDGET_MB
     )
     return figures
 
@@ -332,6 +342,38 @@ def _measure_viewer_app(trace: str) -> dict:
     return figures
 
 
+def _measure_viewer_first(trace: str) -> dict:
+    """The viewer on a trace without its index: the time until the first screen (the
+    preview of the trace's first lines) and until the rebuilt index's whole timeline."""
+    import asyncio
+
+    from tvmm.tui.app import TraceViewerApp
+    from tvmm.tui.screens.error import ErrorScreen
+    from tvmm.tui.screens.timeline import TimelineScreen
+
+    figures: dict = {}
+    app = TraceViewerApp(trace)
+
+    async def drive() -> None:
+        t0 = time.perf_counter()
+        async with app.run_test(size=(120, 40)) as pilot:
+            deadline = t0 + 600
+            while not isinstance(app.screen, TimelineScreen | ErrorScreen):
+                await pilot.pause(0.01)
+            figures["first_s"] = time.perf_counter() - t0  # the first timeline is shown
+            figures["first_events"] = len(app.screen.reader)
+            while app.reader is None and app.error is None and time.perf_counter() < deadline:
+                await pilot.pause(0.02)
+            figures["whole_s"] = time.perf_counter() - t0  # the whole index is ready
+            figures["rebuilt"] = app.reader is not None and app.reader.index_rebuilt
+            await app.workers.wait_for_complete()
+            await pilot.pause(0.1)  # the last screen's mounting ends before the app does
+
+    asyncio.run(drive())
+    figures["rss_peak_mb"] = _rss_peak_mb()
+    return figures
+
+
 def markdown(reader: dict, viewer: dict) -> str:
     """The doc block: the command's own figures, as tables."""
     lines = [
@@ -363,7 +405,22 @@ def markdown(reader: dict, viewer: dict) -> str:
             f"{t['app_search_s']} / {t['app_filter_s']} / {t['app_overview_s']} s "
             f"| {t['app_rss_mb']} MB |"
         )
+    lines += [
+        "",
+        "The viewer on the same traces without their index (deleted first: it is rebuilt, "
+        "and saved for the next open): the first screen shows the trace's first lines while "
+        "the rebuild goes on behind it.",
+        "",
+        "| trace | first screen | events on it | whole index ready | peak RSS |",
+        "|---|---|---|---|---|",
+    ]
+    for name, t in viewer["traces"].items():
+        lines.append(
+            f"| {name} | {t['unindexed_first_screen_s']} s | {t['unindexed_first_events']:,} "
+            f"| {t['unindexed_whole_s']} s | {t['unindexed_rss_mb']} MB |"
+        )
     traces = viewer["traces"].values()
+    peaks = [max(t["app_rss_mb"], t["unindexed_rss_mb"]) for t in traces]
 
     def yes(ok: bool) -> str:
         return "yes" if ok else "**no**"
@@ -377,10 +434,12 @@ def markdown(reader: dict, viewer: dict) -> str:
         + ("" if reader['open_rebuild_s'] <= OPEN_BUDGET_S else
            ", so the viewer rebuilds it in its cancellable opening worker, which shows "
            "the percentage scanned (q stops it), and saves it beside the trace for the "
-           "next open") + "; the viewer open <= "
+           "next open") + "; the viewer's first screen without the index <= "
         f"{OPEN_BUDGET_S:g} s on both traces: "
+        f"{yes(all(t['unindexed_first_screen_s'] <= OPEN_BUDGET_S for t in traces))}; "
+        f"the viewer open <= {OPEN_BUDGET_S:g} s on both traces: "
         f"{yes(all(t['app_open_s'] <= OPEN_BUDGET_S for t in traces))}; every whole run <= "
-        f"{RSS_BUDGET_MB:g} MB: {yes(all(t['app_rss_mb'] <= RSS_BUDGET_MB for t in traces))}; "
+        f"{RSS_BUDGET_MB:g} MB: {yes(all(peak <= RSS_BUDGET_MB for peak in peaks))}; "
         "search, filter and overview run in cancellable workers with progress, and each "
         f"finished in the whole run: {yes(all(t['completed'] for t in traces))}.",
     ]

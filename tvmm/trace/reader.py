@@ -232,19 +232,25 @@ class TraceReader:
         write_index: bool = True,
         allow_truncated: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        preview: int | None = None,
     ) -> None:
         """``allow_truncated``: a file cut inside its last line (a crashed run) opens with
         the whole lines before the cut, and ``truncation`` says where it stops; without
         it such a file is a TRUNCATED error.  A file cut inside its header is one either way.
         A trace whose recorder never finished (its index ends early) opens whole, with
         ``unfinished`` set and ``truncation`` saying so.  ``progress(done, total)`` hears
-        how far an index rebuild has got, in bytes, and may raise to stop it."""
+        how far an index rebuild has got, in bytes, and may raise to stop it.
+        ``preview``: open only the whole lines in the first ``preview`` bytes (at least the
+        header's line), scanned without the index: a first screen for the viewer while
+        the whole index is rebuilt; ``previewing`` is then True and ``len()`` counts only
+        those events."""
         self.path = Path(path)
         self.truncation: str | None = None  # where a cut-short recording stops, in words
         self.index_rebuilt = False  # True when the .idx file was missing or stale
         self.index_note: str | None = None  # why it was rebuilt
         self.index_written = False  # True when a rebuilt index was saved beside the trace
         self.unfinished = False  # True when the recorder never closed (killed or crashed)
+        self.previewing = preview is not None  # only the trace's first lines are indexed
         self._progress = progress  # told the bytes scanned while an index is rebuilt
         self._fd = _open_regular(self.path)
         try:
@@ -266,7 +272,14 @@ class TraceReader:
                     )
                 cut = self._size
                 self._size = self._mm.rfind(b"\n") + 1  # the whole lines before the cut
-            offsets, kinds = self._load_index(rebuild_index, write_index)
+            if preview is not None:
+                stop = max(preview, first_nl + 1)
+                self._size = self._mm.rfind(b"\n", 0, min(stop, self._size)) + 1
+                self._progress = None
+                offsets, kinds = self._rebuild()
+                cut = None  # the lines after the preview are not looked at
+            else:
+                offsets, kinds = self._load_index(rebuild_index, write_index)
             if self.unfinished and cut is None:
                 events = len(kinds) - 1
                 where = f"after event {events - 1:,}" if events else "before its first event"

@@ -1,5 +1,9 @@
 """The viewer App: opens the trace in a worker, then offers two modes — the timeline and
-the overview — plus help on top.  Everything else lives in the screens and widgets."""
+the overview — plus help on top.  Everything else lives in the screens and widgets.
+
+A trace whose index must be rebuilt (missing or stale: a rebuild reads the whole file, many
+seconds for a million events on a loaded machine) shows its first ``PREVIEW_BYTES`` first,
+in a timeline of their own, while the worker rebuilds the rest."""
 
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ from tvmm.tui.screens.help import HelpScreen
 from tvmm.tui.screens.loading import LoadingScreen
 from tvmm.tui.screens.overview import OverviewScreen
 from tvmm.tui.screens.timeline import TimelineScreen
+from tvmm.tui.widgets.event_list import EventList
+
+PREVIEW_BYTES = 4 << 20  # what a preview scans: ~10,000 events, milliseconds to index
 
 
 class _Cancelled(Exception):
@@ -39,6 +46,7 @@ class TraceViewerApp(App[None]):
         super().__init__()
         self.path = Path(path)
         self.reader: TraceReader | None = None
+        self.preview: TraceReader | None = None  # the first lines, while the index is rebuilt
         self.error: TraceError | None = None
 
     def get_default_screen(self) -> Screen:
@@ -49,8 +57,9 @@ class TraceViewerApp(App[None]):
 
     @work(thread=True, exclusive=True)
     def _open(self) -> None:
-        """Open the trace (perhaps rebuilding its index, with progress on the loading
-        screen; cancelled between chunks when the user quits) and load the guest image."""
+        """Open the trace and load the guest image.  Without a usable index, show a preview
+        of its first lines, then rebuild the index (with progress on the screen; cancelled
+        between chunks when the user quits) and show the whole."""
         worker = get_current_worker()
 
         def progress(done: int, total: int) -> None:
@@ -59,7 +68,17 @@ class TraceViewerApp(App[None]):
             self.call_from_thread(self._progress, done, total)
 
         try:
-            reader = TraceReader(self.path, allow_truncated=True, progress=progress)
+            try:
+                reader = TraceReader(self.path, allow_truncated=True, rebuild_index=False)
+            except TraceError as exc:
+                if exc.reason is not TraceErrorReason.INDEX_MISMATCH:
+                    raise
+                if self.path.stat().st_size > PREVIEW_BYTES:  # else the rebuild is quick
+                    preview = TraceReader(self.path, allow_truncated=True,
+                                          preview=PREVIEW_BYTES)
+                    image = GuestImage.load(preview.header, self.path.parent)
+                    self.call_from_thread(self._previewed, preview, image)
+                reader = TraceReader(self.path, allow_truncated=True, progress=progress)
             image = GuestImage.load(reader.header, self.path.parent)
         except _Cancelled:
             return
@@ -72,12 +91,20 @@ class TraceViewerApp(App[None]):
             self.call_from_thread(self._opened, reader, image)
 
     def _progress(self, done: int, total: int) -> None:
-        if isinstance(self.screen, LoadingScreen):
+        if isinstance(self.screen, LoadingScreen | TimelineScreen):
             self.screen.progress(done, total)
+
+    def _previewed(self, preview: TraceReader, image: GuestImage) -> None:
+        self.preview = preview
+        self.push_screen(TimelineScreen(preview, image))
 
     def _opened(self, reader: TraceReader, image: GuestImage) -> None:
         self.reader = reader
-        self.add_mode("timeline", lambda: TimelineScreen(reader, image))
+        select = None
+        if isinstance(self.screen, TimelineScreen):  # the preview: start where the user is
+            select = self.screen.query_one(EventList).selected  # (it stays, hidden, in the
+            # default mode: popping a screen still mounting its header ends the app)
+        self.add_mode("timeline", lambda: TimelineScreen(reader, image, select=select))
         self.add_mode("overview", lambda: OverviewScreen(reader, image))
         self.switch_mode("timeline")
 
@@ -92,11 +119,14 @@ class TraceViewerApp(App[None]):
     def action_overview(self) -> None:
         if self.reader is not None:
             self.switch_mode("timeline" if self.current_mode == "overview" else "overview")
+        elif self.preview is not None:
+            self.notify("the overview opens once the index is rebuilt", severity="warning")
 
     async def action_quit(self) -> None:
         self.exit(return_code=1 if self.error is not None else 0)
 
     def on_unmount(self) -> None:
-        if self.reader is not None:
-            with suppress(BufferError):  # a worker still scanning keeps the map; the OS frees it
-                self.reader.close()
+        for reader in (self.reader, self.preview):
+            if reader is not None:
+                with suppress(BufferError):  # a worker still scanning keeps the map
+                    reader.close()

@@ -1,5 +1,7 @@
-"""Shown while the trace is opened (and its index rebuilt, if needed) in a worker: a
-rebuild says how far it has got; q stops it (the worker is cancelled between chunks)."""
+"""Shown while the trace is opened in a worker, until its first screen is ready: the
+timeline comes as soon as the index is read, or, when it must be rebuilt, as soon as the
+trace's first lines are scanned (the rebuild goes on behind it, saying how far it has
+got; q stops it: the worker is cancelled between chunks)."""
 
 from __future__ import annotations
 
@@ -26,5 +28,9 @@ class LoadingScreen(Screen):
     def progress(self, done: int, total: int) -> None:
         """The index rebuild has scanned ``done`` of ``total`` bytes."""
         self.query_one("#loading-message", Static).update(
-            f"Opening {self.path} … no index beside it: indexing "
-            f"{done * 100 // max(total, 1)}% of {total / 2**20:,.0f} MB (q stops)")
+            f"Opening {self.path} … no index beside it: {indexing(done, total)}")
+
+
+def indexing(done: int, total: int) -> str:
+    """How far an index rebuild has got, as the loading and timeline screens say it."""
+    return f"indexing {done * 100 // max(total, 1)}% of {total / 2**20:,.0f} MB (q stops)"

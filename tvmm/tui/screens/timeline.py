@@ -20,6 +20,7 @@ from tvmm.abi.trace_events import EventKind
 from tvmm.trace.reader import TraceReader
 from tvmm.tui.filter_spec import FilterSpec, apply_filter
 from tvmm.tui.guest_image import GuestImage
+from tvmm.tui.screens.loading import indexing
 from tvmm.tui.text_search import find_text
 from tvmm.tui.vms import VmSpan, created_vms, derived_vms, span_of
 from tvmm.tui.widgets.detail_pane import DetailPane
@@ -43,10 +44,14 @@ class TimelineScreen(Screen):
         Binding("escape", "focus_list", "list", show=False),
     ]
 
-    def __init__(self, reader: TraceReader, image: GuestImage) -> None:
+    def __init__(self, reader: TraceReader, image: GuestImage, *, select: int | None = None) -> None:
+        """``reader.previewing``: the trace's first lines only, shown while its index is
+        rebuilt (search and filter wait for the whole); ``select``: the event to start on."""
         super().__init__()
         self.reader = reader
         self.image = image
+        self._select = select
+        self._indexed = (0, 1)  # a preview: how far the rebuild behind it has got
         self.spec = FilterSpec()
         self.spans: list[VmSpan] = [VmSpan(1, reader.header.level, 0, len(reader))]
         self._searching: str | None = None  # the query of the search under way
@@ -62,7 +67,12 @@ class TimelineScreen(Screen):
     def on_mount(self) -> None:
         self._title()
         self.query_one(FilterBar).status = f"{len(self.reader):,} events"
-        self.query_one(EventList).focus()
+        events = self.query_one(EventList)
+        events.focus()
+        if self._select is not None:
+            events.select_event(min(self._select, len(self.reader) - 1))
+        if self.reader.previewing:
+            self._show_indexed()
         if self.reader.index_rebuilt:
             saved = "saved beside the trace" if self.reader.index_written else "not saved"
             self.notify(f"index rebuilt ({self.reader.index_note}); {saved}")
@@ -75,6 +85,8 @@ class TimelineScreen(Screen):
         the one the selected event belongs to."""
         header = self.reader.header
         stops = f"; cut short after event {len(self.reader) - 1}" if self.reader.truncation else ""
+        if self.reader.previewing:
+            stops = " so far: the first lines, while the index is rebuilt"
         if len(self.spans) == 1:
             self.sub_title = (
                 f"{self.reader.path.name} — {header.guest} @ {self.spans[0].level}, "
@@ -107,6 +119,23 @@ class TimelineScreen(Screen):
         self._title(events.selected)
         if len(spans) > 1:
             pane.watch_event_index(pane.event_index)
+
+    def progress(self, done: int, total: int) -> None:
+        """A preview: the index rebuild behind it has scanned ``done`` of ``total`` bytes
+        (told from the moment the screen is pushed, shown once it is mounted)."""
+        self._indexed = (done, total)
+        if self.is_mounted:
+            self._show_indexed()
+
+    def _show_indexed(self) -> None:
+        self.query_one(FilterBar).status = (
+            f"first {len(self.reader):,} events · {indexing(*self._indexed)}")
+
+    def _waits_for_index(self, what: str) -> bool:
+        if self.reader.previewing:
+            self.notify(f"{what} starts once the index is rebuilt (see its progress above)",
+                        severity="warning")
+        return self.reader.previewing
 
     # -- messages up -------------------------------------------------------------------
 
@@ -211,10 +240,12 @@ class TimelineScreen(Screen):
         self.notify(f"no policy event or attack action shown {where} this one")
 
     def action_search(self) -> None:
-        self.query_one(SearchBar).open()
+        if not self._waits_for_index("search"):
+            self.query_one(SearchBar).open()
 
     def action_filter(self) -> None:
-        self.query_one(FilterBar).focus_input()
+        if not self._waits_for_index("filtering"):
+            self.query_one(FilterBar).focus_input()
 
     def action_focus_list(self) -> None:
         self._cancel()
