@@ -225,3 +225,22 @@ def test_state_round_trips_through_the_vcpu(vcpu, ext, fx):
 def test_write_state_refuses_a_short_state(vcpu):
     with pytest.raises(ValueError, match=f"expected {NSLOTS}"):
         vcpu.write_state(tuple(range(NREGS)))
+
+
+def test_a_register_changed_in_the_vcpu_is_read_again(vcpu):
+    """The save area is read afresh at every exit: a change to XMM, MXCSR or an MSR since
+    the last read shows in the next one (the vCPU skips only the copy of what is equal)."""
+    from unicorn import x86_const as X
+
+    first = vcpu.read_state()
+    vcpu._uc.reg_write(X.UC_X86_REG_XMM15, 0x1234_5678_9ABC_DEF0_0FED_CBA9_8765_4321)
+    vcpu._uc.reg_write(X.UC_X86_REG_MXCSR, 0x1F80 ^ 0x6000)  # round toward zero
+    vcpu._uc.reg_write(X.UC_X86_REG_MSR, (0xC0000082, 0xFFFF_8000_0000_1000))  # LSTAR
+    got = vcpu.read_state()
+    xmm15 = XMM0_SLOT + 2 * 15
+    assert got[xmm15 : xmm15 + 2] == (0x0FED_CBA9_8765_4321, 0x1234_5678_9ABC_DEF0)
+    assert got[FX_FIRST + FX_MXCSR // 8] & 0xFFFF_FFFF == 0x1F80 ^ 0x6000
+    assert got[NREGS + EXT_NAMES.index("lstar")] == 0xFFFF_8000_0000_1000
+    changed = {i for i, (a, b) in enumerate(zip(first, got, strict=True)) if a != b}
+    assert changed <= {xmm15, xmm15 + 1, FX_FIRST + FX_MXCSR // 8,
+                       NREGS + EXT_NAMES.index("lstar")}

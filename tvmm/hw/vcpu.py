@@ -204,6 +204,7 @@ class Vcpu:
         ext_ptrs = [base + SLOT * NREGS, base + SLOT * (NREGS + 1),
                     *[ctypes.addressof(m) for m in self._msrs],
                     ctypes.addressof(self._ftw), *[fx + off for _reg, off in _FX_IDS]]
+        self._snap = b""  # the extended buffers as last moved into the slots
         self._ext_n = len(ext_ids)
         self._ext_ids = (ctypes.c_int * self._ext_n)(*ext_ids)
         self._ext_ptrs = (ctypes.c_void_p * self._ext_n)(*ext_ptrs)
@@ -437,6 +438,11 @@ class Vcpu:
             self._fresh = True
         if status != 0:  # pragma: no cover
             raise uc_mod.UcError(status)
+        # Unchanged since the last read (a guest that used no FPU/SSE and set no MSR in
+        # between): the slots hold it already.  Strided copies cost more than the compare.
+        snap = bytes(self._fx) + bytes(self._msrs) + bytes(self._ftw)
+        if snap == self._snap:
+            return
         fx, tags = self._fxw, self._ftw.value
         abridged = _ABRIDGED.get(tags)
         if abridged is None:
@@ -445,6 +451,7 @@ class Vcpu:
         words = self._words
         words[_W_MSRS] = self._msr_values
         words[2 * FX_FIRST :: 2] = fx
+        self._snap = bytes(self._fx) + bytes(self._msrs) + bytes(self._ftw)
 
     def save_area(self, tags: tuple[int, ...]) -> bytes:
         """The whole register state as NSLOTS 16-byte slots (general registers, EXT_NAMES,
@@ -480,6 +487,7 @@ class Vcpu:
         self._ftw.value = _full_tags((fx[0] >> (8 * FX_FTW)) & 0xFF)
         fx[FX_MXCSR // 8] &= MXCSR_MASK
         status = _WRITE_BATCH(self._handle, self._ext_ids, self._ext_ptrs, self._ext_n)
+        self._snap = b""
         ctypes.memset(self._fx, 0, FXSAVE_SIZE)  # reads fill only the registers' bytes
         fx[FX_MXCSR // 8] = MXCSR_MASK << 32
         if status != 0:  # pragma: no cover
