@@ -182,8 +182,6 @@ def test_unsupported_calls_are_counted_in_the_summary_and_the_trace(musl_prog, t
     console.print(stats_table(stats))
     (row,) = [ln for ln in console.export_text().splitlines() if "-ENOSYS" in ln]
     assert "system calls answered -ENOSYS" in row and "│ 4 (socket 2, bind 1) │" in row
-    assert main(["run", str(musl_prog), "--json"]) == 0  # none made: null
-    assert json.loads(capsys.readouterr().out)["unsupported_syscalls"] is None
 
 
 @given(st.text(max_size=300))
@@ -197,6 +195,7 @@ def test_unsupported_line_parser_reads_the_last_line():
                "tvmm-linux: unsupported system calls made: 9 (openat2 3, x 1, ...)\n")
     assert guestlinux.unsupported_calls(console) == {"total": 9, "openat2": 3, "x": 1}
     assert guestlinux.unsupported_calls("unsupported system calls made: 2 (a 2)") is None
+    assert guestlinux.unsupported_calls("argc=1\n") is None  # none made: null in --json
 
 
 @pytest.mark.parametrize("case", ["dynamic", "32-bit", "missing-file", "bad-file-arg"])
