@@ -99,7 +99,7 @@ def accept_host_state(vm: Vm, ctx: VcpuContext, state: bytes) -> None:
             regs = unpack_plain(state)
         except ValueError as exc:
             raise BadOperand("state", str(exc)) from None
-    vm.vcpu.write_regs(regs)
+    vm.vcpu.write_state(regs)
     ctx.rip = regs[RIP]
 
 

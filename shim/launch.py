@@ -16,13 +16,21 @@ from typing import TYPE_CHECKING, Protocol
 from shim.errors import BadOperand
 from shim.levels import FEATURES
 from shim.vm import Vm, VmState
-from tvmm.abi.guest import BOOT_MAGIC, FEATURE_SHIM, INITIAL_RFLAGS
+from tvmm.abi.guest import BOOT_MAGIC, FEATURE_SHIM, INITIAL_FCW, INITIAL_MXCSR, INITIAL_RFLAGS
 from tvmm.abi.guest import initial_registers as initial_register_values
 from tvmm.abi.launch_secret import LaunchSecretError, launch_secret_identity, unwrap
 from tvmm.abi.types import LEVEL_CODES, Level, PageType
 from tvmm.hw import measurement
 from tvmm.hw.code_traps import sweep
-from tvmm.hw.vcpu import PAGE, REG_NAMES
+from tvmm.hw.vcpu import (
+    FX_FCW,
+    FX_MXCSR,
+    MXCSR_MASK,
+    NEXT,
+    NFX,
+    PAGE,
+    REG_NAMES,
+)
 from tvmm.hw.vmsa import VMSA_GPA, pack_plain
 
 if TYPE_CHECKING:
@@ -117,9 +125,15 @@ def _boot_info(vm: Vm) -> bytes:
 
 
 def initial_registers(entry: int, memory_size: int) -> tuple[int, ...]:
-    """The launch ABI's initial vCPU (tvmm.launch_plan) as a register file."""
+    """The launch ABI's initial vCPU (tvmm.launch_plan) as a whole register state: the
+    general registers, zero bases and MSRs (the guest sets them), and the x87/SSE state a
+    Linux process starts with (FCW 0x37F, MXCSR 0x1F80: every exception masked; all x87
+    registers empty)."""
     values = initial_register_values(entry, memory_size)
-    return tuple(values.get(name, 0) for name in REG_NAMES)
+    fx = [0] * NFX
+    fx[FX_FCW // 8] = INITIAL_FCW << (8 * FX_FCW)
+    fx[FX_MXCSR // 8] = INITIAL_MXCSR | MXCSR_MASK << 32
+    return (*(values.get(name, 0) for name in REG_NAMES), *[0] * NEXT, *fx)
 
 
 # SEV_FEATURES, a u64 at this offset of SEV-SNP's VMSA, is part of the measured VMSA page:
@@ -139,12 +153,18 @@ def sev_features(level: Level) -> int:
         RESTRICTED_INJECTION if features.irq_filter else 0)
 
 
+# The initial register state (tvmm.hw.vmsa's save area) sits in the VMSA page from here,
+# past SEV_FEATURES, as SEV-SNP's VMSA keeps its general and x87/SSE registers above the
+# segment and control state.
+STATE_OFFSET = 0x400
+
+
 def vmsa_page(entry: int, memory_size: int, level: Level) -> bytes:
-    """The VMSA page FINALIZE measures: the initial register file and, at its SEV-SNP
-    offset, the level's SEV_FEATURES; zeros elsewhere."""
+    """The VMSA page FINALIZE measures: the level's SEV_FEATURES at its SEV-SNP offset and
+    the whole initial register state at STATE_OFFSET; zeros elsewhere."""
     page = bytearray(PAGE)
     regs = pack_plain(initial_registers(entry, memory_size))
-    page[: len(regs)] = regs
+    page[STATE_OFFSET : STATE_OFFSET + len(regs)] = regs
     page[SEV_FEATURES_OFFSET : SEV_FEATURES_OFFSET + 8] = sev_features(level).to_bytes(8, "little")
     return bytes(page)
 
@@ -168,7 +188,7 @@ def predict(plan: Plan, level: Level) -> measurement.LaunchDigest:
 def finalize(tee: Tee, vm: Vm, entry: int) -> bytes:
     regs = initial_registers(entry, vm.memory.size)
     vm.digest.add_page(VMSA_GPA, measurement.PageType.VMSA, vmsa_page(entry, vm.memory.size, vm.level))
-    vm.vcpu.write_regs(regs)
+    vm.vcpu.write_state(regs)
     hlt, rdtsc = sweep(vm.code_ranges)
     vm.vcpu.install_code_traps(hlt, rdtsc)
     vm.entry = entry

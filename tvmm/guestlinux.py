@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -35,6 +36,28 @@ DEFAULT_HEAP = 32 << 20  # the mmap area and the program's stack, after the root
 MAX_MEMORY = 1 << 30  # the largest guest memory CREATE_VM accepts
 ENVIRONMENT = ("PATH=/bin", "HOME=/", "PWD=/")
 DIRECTORIES = ("/", "/bin", "/dev", "/tmp", "/run", "/run/secrets")
+
+
+LOG_PREFIX = "tvmm-linux: "  # the personality's own console lines (tvmm run: stderr)
+# Its line at the program's end (guests/libos/syscalls.c, report_unsupported).
+_UNSUPPORTED = re.compile(r"^tvmm-linux: unsupported system calls made: (\d+) \((.*)\)$",
+                          re.MULTILINE)
+_ITEM = re.compile(r"^(\w+) (\d+)$")
+
+
+def unsupported_calls(console: str) -> dict[str, int] | None:
+    """The calls the personality answered -ENOSYS, from its line at the program's end:
+    ``{"total": N, name: count, ...}`` (names that did not fit the line are in the total
+    only), or None when the program made none (or did not end by exit or kill)."""
+    found = _UNSUPPORTED.findall(console)
+    if not found:
+        return None
+    total, items = found[-1]
+    counts = {"total": int(total)}
+    for item in items.split(", "):
+        if (m := _ITEM.match(item)) is not None:
+            counts[m[1]] = counts.get(m[1], 0) + int(m[2])
+    return counts
 
 
 class LinuxImageError(ValueError):

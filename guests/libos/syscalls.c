@@ -127,6 +127,7 @@ SYS(334, rseq, sys_nosys, "ENOSYS: glibc runs without restartable sequences")
 #define NTABLE 512
 static syscall_fn table[NTABLE];
 static u8 reported[NTABLE];
+static u32 unsupported_count[NTABLE];  /* -ENOSYS answers by number (NTABLE and up: total) */
 u64 unsupported_calls;
 
 void syscalls_init(void)
@@ -145,6 +146,7 @@ i64 syscall_dispatch(u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5, u64 nr)
 {
     if (nr < NTABLE && table[nr]) return table[nr](a0, a1, a2, a3, a4, a5);
     unsupported_calls++;
+    if (nr < NTABLE) unsupported_count[nr]++;
     if (nr >= NTABLE || !reported[nr]) {
         char num[32];
         if (nr < NTABLE) reported[nr] = 1;
@@ -158,10 +160,53 @@ i64 syscall_dispatch(u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5, u64 nr)
     return -ENOSYS;
 }
 
+/* Append s to the line at *n (the caller has checked the room). */
+static void put(char *line, size_t *n, const char *s)
+{
+    size_t k = strlen(s);
+    copy(line + *n, s, k + 1);
+    *n += k;
+}
+
+/* At the program's end, one line that counts the calls answered -ENOSYS, by name:
+ * "unsupported system calls made: 4 (socket 3, bind 1)".  The console is the host's only
+ * view of them (no syscall leaves the guest): tvmm run's summary and the trace's end event
+ * read the count back from this line.  Names that do not fit end the list with "...". */
+static void report_unsupported(void)
+{
+    if (!unsupported_calls) return;
+    char line[200], num[24], item[48];
+    size_t n = 0, room = sizeof line - 7;  /* keeps ", ...)" and the NUL */
+    u64 listed = 0;
+    put_dec(num, unsupported_calls);
+    put(line, &n, "unsupported system calls made: ");
+    put(line, &n, num);
+    put(line, &n, " (");
+    for (u64 nr = 0; nr < NTABLE; nr++) {
+        if (!unsupported_count[nr]) continue;
+        const char *name = nr < NSYSNAMES && sysnames[nr] ? sysnames[nr] : "unknown";
+        size_t k = strnlen_(name, 32);
+        copy(item, name, k);
+        item[k++] = ' ';
+        put_dec(item + k, unsupported_count[nr]);
+        if (n + (listed ? 2 : 0) + strlen(item) > room) break;
+        if (listed) put(line, &n, ", ");
+        put(line, &n, item);
+        listed += unsupported_count[nr];
+    }
+    if (listed < unsupported_calls) {  /* did not fit, or numbers past the table */
+        if (listed) put(line, &n, ", ");
+        put(line, &n, "...");
+    }
+    put(line, &n, ")");
+    log_line(line, "", "");
+}
+
 /* -- the calls -------------------------------------------------------------------- */
 static i64 sys_exit_group(u64 status, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
 {
     (void)a1; (void)a2; (void)a3; (void)a4; (void)a5;
+    report_unsupported();
     tvmm_exit((int)(status & 0xff));
 }
 
@@ -319,6 +364,7 @@ static i64 sys_kill(u64 pid, u64 sig, u64 a2, u64 a3, u64 a4, u64 a5)
     char num[24];
     put_dec(num, sig);
     log_line("killed by signal ", num, "");
+    report_unsupported();
     tvmm_exit((int)(128 + (sig & 0x7f)));
 }
 

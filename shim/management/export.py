@@ -211,6 +211,10 @@ def state_of(vm: Vm) -> bytes:
         "added": bytes(vm.added).hex(),
         "bounce": bytes(vm.bounce.used).hex() if vm.bounce is not None else "",
         "pending": _pending(ctx.pending), "completion": ctx.completion,
+        # The architectural register state (the save area's values: general registers,
+        # FS/GS base, SYSCALL's MSRs, FXSAVE), loaded over the context on import: what
+        # the guest's program depends on does not rest on the emulator's context layout.
+        "regs": [f"{v:x}" for v in vm.vcpu.read_state()],
     }
     raw = json.dumps(meta).encode()
     return _LEN.pack(len(raw)) + raw + vm.vcpu.save()

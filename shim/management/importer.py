@@ -122,6 +122,8 @@ class Importer:
         (n,) = _LEN.unpack_from(payload)
         meta = json.loads(payload[4 : 4 + n])
         vm.vcpu.restore(payload[4 + n :])
+        if "regs" in meta:  # absent: an older stream, whose context holds it all
+            vm.vcpu.write_state([int(v, 16) for v in meta["regs"]])
         ctx = vm.vcpus[0]
         ctx.rip, ctx.seq = int(meta["rip"]), int(meta["seq"])
         ctx.retired, ctx.entries = int(meta["retired"]), int(meta["entries"])

@@ -6,7 +6,7 @@ import pytest
 
 from tvmm.abi.guest import SECRETS_GPA, SHARED_BASE
 from tvmm.abi.types import ExitReason, Field, Level, Result
-from tvmm.hw.vcpu import NREGS, RIP
+from tvmm.hw.vcpu import NSLOTS, RIP
 from tvmm.hw.vmsa import VMSA_SIZE, pack_plain, unpack_plain
 
 LEVELS = [lv.value for lv in Level]
@@ -57,13 +57,13 @@ def test_register_state_per_level(launch, level):
     if level in ("plain", "sev"):
         regs = unpack_plain(rec.state)
         assert regs[RIP] == rec.get(Field.RIP)
-        assert len(regs) == NREGS
+        assert len(regs) == NSLOTS
     elif level in ("sev-es", "snp"):
         assert len(rec.state) == VMSA_SIZE
         assert rec.get(Field.RIP) is None  # the host does not learn RIP
         assert unpack_plain(rec.state)[RIP] != v.vm.vcpus[0].rip  # ciphertext, not the truth
     else:
-        assert len(rec.state) == VMSA_SIZE + 28  # nonce + sealed register file + tag
+        assert len(rec.state) == VMSA_SIZE + 28  # nonce + sealed register state + tag
         assert rec.get(Field.RIP) is None and rec.get(Field.NR) is None
 
 
@@ -73,7 +73,7 @@ def test_deterministic_encryption_repeats_and_sealing_never_does(launch):
     for level, should_repeat in (("sev-es", True), ("shim", False)):
         v = launch("hello", level)
         vm, ctx = v.vm, v.vm.vcpus[0]
-        plain = pack_plain(vm.vcpu.read_regs(), ctx.index)
+        plain = pack_plain(vm.vcpu.read_state(), ctx.index)
         if vm.features.sealed_state:
             a = vm.sealer.seal(plain, vm.id, 0, 0)
             b = vm.sealer.seal(plain, vm.id, 0, 0)
@@ -135,7 +135,7 @@ def test_core_levels_save_area_is_the_packed_register_file(launch):
 
     vcpu = launch("hello", "plain").vm.vcpu
     for index in (0, 1, 0):
-        assert vcpu.save_area(slot_tags(index)) == pack_plain(vcpu.read_regs(), index)
+        assert vcpu.save_area(slot_tags(index)) == pack_plain(vcpu.read_state(), index)
     vcpu.write_reg(RAX, 0x1234)
     assert vcpu.read_regs()[RAX] == 0x1234
     assert unpack_plain(vcpu.save_area(slot_tags(0)))[RAX] == 0x1234

@@ -1,5 +1,6 @@
 """A non-editable install boots every guest: the wheel carries guests/ (sources, runtime,
-headers, linker script, victims) and the installed package finds it there.
+headers, linker script, victims, the Linux personality) and the installed package finds it
+there.
 
 Cheap enough for the default suite: the wheel is built without an isolated build env when
 setuptools can make wheels itself (the test extra asks for it), installed with
@@ -17,6 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+BUSYBOX = Path("/bin/busybox")  # a static Linux program for the personality (tests/linux)
 SKIP = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "dist",
                               ".*_cache", ".hypothesis", "fuzz-findings", "*.jsonl*", "*.elf")
 
@@ -39,7 +41,12 @@ BOOT_ALL = textwrap.dedent("""
     victim = next(iter(VICTIMS))
     report = boot(victim, Level.PLAIN)
     assert report.how == "exit", (victim, report.how, report.detail)
-    print("booted", len(SAMPLES), "samples and", victim)
+    from tvmm import guestlinux  # the Linux personality (guests/libos), built from the wheel
+    assert guestlinux.LIBOS_DIR.is_relative_to(site), guestlinux.LIBOS_DIR
+    image = guestlinux.build(Path(sys.argv[2]), ["echo", "libos ok"], [])
+    report = boot(str(image.path), Level.PLAIN, memory=image.memory)
+    assert (report.how, report.console) == ("exit", "libos ok\\n"), (report.how, report.detail)
+    print("booted", len(SAMPLES), "samples,", victim, "and a Linux program")
 """)
 
 
@@ -64,9 +71,13 @@ def test_a_wheel_installed_elsewhere_boots_every_guest(tmp_path: Path) -> None:
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site),
                     str(wheel)], check=True, cwd=tmp_path)
     assert (site / "tvmm" / "guests" / "runtime" / "guest.ld").is_file()
+    libos = site / "tvmm" / "guests" / "libos"
+    assert {p.name for p in libos.iterdir()} >= {"entry.S", "libos.h", "sysnames.h", "syscalls.c"}
+    assert BUSYBOX.is_file(), "apt-get install busybox-static (.ci/run does)"
     assert not (site / "tvmm" / "guests").is_symlink()  # the files themselves
     env = {**os.environ, "PYTHONPATH": str(site), "TVMM_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-c", BOOT_ALL, str(site)], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-c", BOOT_ALL, str(site), str(BUSYBOX)],
+                          cwd=tmp_path, env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "booted" in proc.stdout

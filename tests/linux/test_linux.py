@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import json
 import random
 import re
 import shutil
@@ -17,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from tvmm import guestlinux
 from tvmm.abi.types import Level
@@ -152,10 +155,47 @@ def test_glibc_static_pie(tmp_path):
 
 
 def test_unsupported_call_is_named_on_stderr(musl_prog, capsys):
+    """Each unsupported number is named in one line at its first call; at the end one
+    line counts every call answered -ENOSYS, by name."""
     status = main(["run", str(musl_prog), "unsupported"])
     out = capsys.readouterr()
-    assert out.err == "tvmm-linux: unsupported system call socket (41): -ENOSYS\n"
+    assert out.err == (
+        "tvmm-linux: unsupported system call socket (41): -ENOSYS\n"
+        "tvmm-linux: unsupported system call bind (49): -ENOSYS\n"
+        "tvmm-linux: unsupported system call unknown (600): -ENOSYS\n"
+        "tvmm-linux: unsupported system calls made: 4 (socket 2, bind 1, ...)\n")
     assert "socket=-1\n" in out.out and status == 0
+
+
+def test_unsupported_calls_are_counted_in_the_summary_and_the_trace(musl_prog, tmp_path,
+                                                                    capsys):
+    from tvmm.trace.reader import TraceReader
+    from tvmm.trace.stats import stats_table, trace_stats
+
+    trace = tmp_path / "run.jsonl"
+    assert main(["run", str(musl_prog), "unsupported", "--json", "--trace", str(trace)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["unsupported_syscalls"] == {"total": 4, "socket": 2, "bind": 1}
+    stats = trace_stats(TraceReader(trace))
+    assert stats.end["unsupported_syscalls"] == {"total": 4, "socket": 2, "bind": 1}
+    console = Console(record=True, width=120, file=io.StringIO())
+    console.print(stats_table(stats))
+    (row,) = [ln for ln in console.export_text().splitlines() if "-ENOSYS" in ln]
+    assert "system calls answered -ENOSYS" in row and "│ 4 (socket 2, bind 1) │" in row
+
+
+@given(st.text(max_size=300))
+def test_unsupported_line_parser_takes_any_console(text):
+    counts = guestlinux.unsupported_calls(text)
+    assert counts is None or isinstance(counts["total"], int)
+
+
+def test_unsupported_line_parser_reads_the_last_line():
+    console = ("hi\ntvmm-linux: unsupported system calls made: 2 (a 2)\n"
+               "tvmm-linux: unsupported system calls made: 9 (openat2 3, x 1, ...)\n")
+    assert guestlinux.unsupported_calls(console) == {"total": 9, "openat2": 3, "x": 1}
+    assert guestlinux.unsupported_calls("unsupported system calls made: 2 (a 2)") is None
+    assert guestlinux.unsupported_calls("argc=1\n") is None  # none made: null in --json
 
 
 @pytest.mark.parametrize("case", ["dynamic", "32-bit", "missing-file", "bad-file-arg"])

@@ -69,6 +69,12 @@ OWNER_BUFFER = 4352  # the runtime's exchange buffer: the largest wrapped secret
 INITIAL_RFLAGS = 0x2  # only the always-one bit: interrupts off, as at reset
 
 
+# The x87 control word and MXCSR at launch: Linux's for a new process (every exception
+# masked, round to nearest, 64-bit x87 precision); a static program assumes them.
+INITIAL_FCW = 0x37F
+INITIAL_MXCSR = 0x1F80
+
+
 def initial_registers(entry: int, memory_size: int) -> dict[str, int]:
     """RIP at the entry, the stack at the top of memory; every register not named is 0."""
     return {"rip": entry, "rsp": memory_size, "rflags": INITIAL_RFLAGS}

@@ -21,7 +21,7 @@ from tvmm.guestimage import GuestImageError
 from tvmm.harness.boot import boot
 from tvmm.harness.launcher import HarnessError
 
-LOG_PREFIX = "tvmm-linux: "  # the personality's own lines: shown on stderr
+LOG_PREFIX = guestlinux.LOG_PREFIX  # the personality's own lines: shown on stderr
 # Exception vectors as the signal Linux would send for them.
 SIGNALS = {1: "SIGTRAP", 3: "SIGTRAP", 6: "SIGILL", 13: "SIGSEGV", 14: "SIGSEGV",
            16: "SIGFPE", 17: "SIGBUS", 19: "SIGFPE"}
@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         emit_json({"program": str(args.program), "args": args.args, "level": args.level,
                    "how": report.how, "status": report.status, "detail": report.detail,
                    "output": report.console, "exits": report.exits,
-                   "launch_digest": report.launch_digest, "memory": image.memory})
+                   "launch_digest": report.launch_digest, "memory": image.memory,
+                   "unsupported_syscalls": guestlinux.unsupported_calls(report.console)})
     if report.how == "exit" and report.status is not None:
         return report.status & 0xFF
     print(f"tvmm: {args.program.name} did not exit: {_ended(report, args.program)}",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shim.policies.config import PolicyConfig
+from tvmm import guestlinux
 from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level
 from tvmm.harness import launcher
@@ -99,10 +100,14 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
             raise launcher.HarnessError(f"boot failed: {why}")
         records = {r["id"]: r for r in session.records()}
         violations = records.get(result["vm"], {}).get("violations", [])
-        session.emit(EventKind.END.value, result["how"], inside={
-            "how": result["how"], "status": result["status"],
-            "instructions": result["retired"] or None, "exits": result["exits"],
-            "wall_s": wall})
+        end = {"how": result["how"], "status": result["status"],
+               "instructions": result["retired"] or None, "exits": result["exits"],
+               "wall_s": wall}
+        # A Linux program's calls the personality answered -ENOSYS (it counts them on
+        # the console: no syscall leaves the guest), for `tvmm trace stats`.
+        if (unsupported := guestlinux.unsupported_calls(result["console"])) is not None:
+            end["unsupported_syscalls"] = unsupported
+        session.emit(EventKind.END.value, result["how"], inside=end)
     finally:
         session.close()
     return BootReport(

@@ -66,11 +66,41 @@ RIP, RFLAGS = 16, 17
 _RIP_SLOT = 2 * RIP  # RIP's value in the save area (c_uint64 words, two per slot)
 IF_FLAG = 1 << 9
 
+# The rest of the save area, after the general registers: the FS and GS bases, SYSCALL's
+# MSRs, then the x87/SSE state as FXSAVE (64-bit form) lays it out in 512 bytes, eight
+# bytes a slot.  A static Linux program keeps its thread pointer in FS and its string
+# functions' data in XMM registers: a state without them does not resume such a program.
+EXT_NAMES: tuple[str, ...] = ("fs_base", "gs_base", "star", "lstar", "fmask")
+NEXT = len(EXT_NAMES)
+FXSAVE_SIZE = 512
+NFX = FXSAVE_SIZE // 8
+NSLOTS = NREGS + NEXT + NFX  # every slot of the save area
+FX_FIRST = NREGS + NEXT  # the first FXSAVE slot
+# FXSAVE offsets (Intel SDM vol. 1, table 10-2; AMD APM vol. 5, FXSAVE): FCW 0, FSW 2,
+# abridged FTW 4, FOP 6, FIP 8, FDP 16, MXCSR 24, MXCSR_MASK 28, ST0-7 at 32 + 16i,
+# XMM0-15 at 160 + 16i; 416-511 reserved (zero).
+FX_FCW, FX_FSW, FX_FTW, FX_FOP, FX_FIP, FX_FDP, FX_MXCSR, FX_MXCSR_MASK = 0, 2, 4, 6, 8, 16, 24, 28
+FX_ST, FX_XMM = 32, 160
+MXCSR_MASK = 0xFFFF  # the MXCSR bits the model supports (FXSAVE's MXCSR_MASK, as QEMU's)
+
+_EXT_IDS = (X.UC_X86_REG_FS_BASE, X.UC_X86_REG_GS_BASE)
+_FX_IDS: tuple[tuple[int, int], ...] = (  # (Unicorn register, FXSAVE offset); FSW before ST
+    (X.UC_X86_REG_FPCW, FX_FCW), (X.UC_X86_REG_FPSW, FX_FSW), (X.UC_X86_REG_FOP, FX_FOP),
+    (X.UC_X86_REG_FIP, FX_FIP), (X.UC_X86_REG_FDP, FX_FDP), (X.UC_X86_REG_MXCSR, FX_MXCSR),
+    *((getattr(X, f"UC_X86_REG_ST{i}"), FX_ST + 16 * i) for i in range(8)),
+    *((getattr(X, f"UC_X86_REG_XMM{i}"), FX_XMM + 16 * i) for i in range(16)),
+)
+
+_W_MSRS = slice(2 * (NREGS + 2), 2 * FX_FIRST, 2)  # the value words of STAR, LSTAR, FMASK
+_FTW_CLEAR = ~(0xFFFF << (8 * FX_FTW)) & 0xFFFF_FFFF_FFFF_FFFF  # FTW and its reserved byte
+_ABRIDGED: dict[int, int] = {}  # x87 tag word -> FXSAVE word 0's tag byte, shifted in place
+
 _VMCALL = (b"\x0f\x01\xc1", b"\x0f\x01\xd9")  # vmcall, vmmcall
 
 # SYSCALL's model-specific registers (AMD64 APM vol. 2, 6.1.1).
 MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_FMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084
 MSR_FS_BASE, MSR_GS_BASE = 0xC0000100, 0xC0000101
+_EXT_MSRS = (MSR_STAR, MSR_LSTAR, MSR_FMASK)  # EXT_NAMES after the two bases
 EFER_SCE = 1
 # Prefixes that may precede an instruction's opcode: legacy ones and REX (0x40-0x4f).
 _PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3") | frozenset(range(0x40, 0x50))
@@ -152,9 +182,36 @@ class Vcpu:
         base = ctypes.addressof(self._vals)
         self._ptrs = (ctypes.c_void_p * NREGS)(*[base + 8 * i for i in range(NREGS)])
         # Reads land in the save area's slots, so that handing the state over is one copy.
-        self._area = (ctypes.c_uint64 * (2 * NREGS))()
+        self._area = (ctypes.c_uint64 * (2 * NSLOTS))()
         base = ctypes.addressof(self._area)
         self._area_ptrs = (ctypes.c_void_p * NREGS)(*[base + SLOT * i for i in range(NREGS)])
+        # The extended state (EXT_NAMES, then FXSAVE) in one batch of either direction:
+        # the bases, SYSCALL's MSRs (uc_x86_msr, index preset), the full tag word (FXSAVE
+        # keeps an abridged one) and the FXSAVE image, each register at its offset.
+        # The bases land in their slots; the rest is moved there by _read_full (a memoryview
+        # per buffer: item and strided copies cost a fraction of ctypes' own).
+        self._words = memoryview(self._area).cast("B").cast("Q")
+        self._msrs = (_Msr * len(_EXT_MSRS))(*[_Msr(m, 0) for m in _EXT_MSRS])
+        assert ctypes.sizeof(_Msr) == 16 and _Msr.value.offset == 8  # noqa: S101
+        self._msr_values = memoryview(self._msrs).cast("B").cast("Q")[1::2]
+        self._ftw = ctypes.c_uint16()
+        self._fx = (ctypes.c_uint64 * NFX)()
+        self._fx[FX_MXCSR // 8] = MXCSR_MASK << 32  # never read: set once, kept
+        self._fxw = memoryview(self._fx).cast("B").cast("Q")
+        fx = ctypes.addressof(self._fx)
+        ext_ids = [*_EXT_IDS, *[X.UC_X86_REG_MSR] * len(_EXT_MSRS), X.UC_X86_REG_FPTAG,
+                   *[reg for reg, _off in _FX_IDS]]
+        ext_ptrs = [base + SLOT * NREGS, base + SLOT * (NREGS + 1),
+                    *[ctypes.addressof(m) for m in self._msrs],
+                    ctypes.addressof(self._ftw), *[fx + off for _reg, off in _FX_IDS]]
+        self._snap = b""  # the extended buffers as last moved into the slots
+        self._ext_n = len(ext_ids)
+        self._ext_ids = (ctypes.c_int * self._ext_n)(*ext_ids)
+        self._ext_ptrs = (ctypes.c_void_p * self._ext_n)(*ext_ptrs)
+        # The same with the general registers first: a stale save area is one call.
+        self._all_n = NREGS + self._ext_n
+        self._all_ids = (ctypes.c_int * self._all_n)(*_REG_IDS, *ext_ids)
+        self._all_ptrs = (ctypes.c_void_p * self._all_n)(*self._area_ptrs, *ext_ptrs)
         self._tags: tuple[int, ...] | None = None
         handle = getattr(self._uc, "_uch", None)
         # The unchecked C calls take the engine as a C pointer object; anything else (a
@@ -352,7 +409,7 @@ class Vcpu:
         if self._fresh:
             return
         if self._handle is None:  # pragma: no cover - a binding without the handle
-            self._area[0::2] = [self._uc.reg_read(r) for r in _REG_IDS]
+            self._area[0 : 2 * NREGS : 2] = [self._uc.reg_read(r) for r in _REG_IDS]
         else:
             status = _READ_BATCH(self._handle, self._ids, self._area_ptrs, NREGS)
             if status != 0:  # pragma: no cover
@@ -363,17 +420,78 @@ class Vcpu:
         """All of REG_NAMES (one batch read per stop, unpacked once when asked for)."""
         if self._regs is None:
             self._read_area()
-            self._regs = _SLOTTED.unpack(self._area)
+            self._regs = _SLOTTED.unpack_from(self._area)
         return self._regs
 
+    def _read_full(self) -> None:
+        """The whole save area: EXT_NAMES and the FXSAVE image into the slots after the
+        general registers (and those too, in the same batch, unless the last read still
+        holds), then the abridged tag word (one bit a register: not empty) from the full
+        one Unicorn keeps (two bits a register, 3 = empty).  One C call and two strided
+        copies: the extended part is read at every exit the host sees."""
+        if self._handle is None:  # pragma: no cover - a binding without the handle
+            raise RuntimeError("the extended state needs libunicorn's engine handle")
+        if self._fresh:
+            status = _READ_BATCH(self._handle, self._ext_ids, self._ext_ptrs, self._ext_n)
+        else:
+            status = _READ_BATCH(self._handle, self._all_ids, self._all_ptrs, self._all_n)
+            self._fresh = True
+        if status != 0:  # pragma: no cover
+            raise uc_mod.UcError(status)
+        # Unchanged since the last read (a guest that used no FPU/SSE and set no MSR in
+        # between): the slots hold it already.  Strided copies cost more than the compare.
+        snap = bytes(self._fx) + bytes(self._msrs) + bytes(self._ftw)
+        if snap == self._snap:
+            return
+        fx, tags = self._fxw, self._ftw.value
+        abridged = _ABRIDGED.get(tags)
+        if abridged is None:
+            abridged = _ABRIDGED[tags] = _abridged_tags(tags) << (8 * FX_FTW)
+        fx[0] = fx[0] & _FTW_CLEAR | abridged
+        words = self._words
+        words[_W_MSRS] = self._msr_values
+        words[2 * FX_FIRST :: 2] = fx
+        self._snap = bytes(self._fx) + bytes(self._msrs) + bytes(self._ftw)
+
     def save_area(self, tags: tuple[int, ...]) -> bytes:
-        """The registers as NREGS 16-byte slots: value, then ``tags[i]`` (tvmm.hw.vmsa
-        passes the VMSA's slot addresses, so this is the save area's plaintext)."""
-        self._read_area()
+        """The whole register state as NSLOTS 16-byte slots (general registers, EXT_NAMES,
+        the FXSAVE image 8 bytes a slot): value, then ``tags[i]`` (tvmm.hw.vmsa passes the
+        VMSA's slot addresses, so this is the save area's plaintext)."""
+        self._read_full()
         if tags is not self._tags:
             self._area[1::2] = tags
             self._tags = tags
         return bytes(self._area)
+
+    def read_state(self) -> tuple[int, ...]:
+        """Every slot's value (what save_area carries), for the TEE's own checks."""
+        self._read_full()
+        return tuple(self._words[0::2])
+
+    def write_state(self, values: tuple[int, ...] | list[int]) -> None:
+        """Load a whole register state (NSLOTS values, save_area's order).  What FXRSTOR
+        would refuse is cut to what it accepts: MXCSR to MXCSR_MASK; the reserved bytes
+        and MXCSR_MASK itself are not loaded (the model has nowhere to keep them)."""
+        if len(values) != NSLOTS:
+            raise ValueError(f"expected {NSLOTS} state values")
+        if self._handle is None:  # pragma: no cover - a binding without the handle
+            raise RuntimeError("the extended state needs libunicorn's engine handle")
+        self.write_regs(values[:NREGS])  # also marks the save area stale
+        wide = 0xFFFF_FFFF_FFFF_FFFF
+        words = self._words
+        words[2 * NREGS], words[2 * NREGS + 2] = values[NREGS] & wide, values[NREGS + 1] & wide
+        for msr, value in zip(self._msrs, values[NREGS + 2 : FX_FIRST], strict=True):
+            msr.value = value & wide
+        fx = self._fx
+        fx[:] = [v & wide for v in values[FX_FIRST:]]
+        self._ftw.value = _full_tags((fx[0] >> (8 * FX_FTW)) & 0xFF)
+        fx[FX_MXCSR // 8] &= MXCSR_MASK
+        status = _WRITE_BATCH(self._handle, self._ext_ids, self._ext_ptrs, self._ext_n)
+        self._snap = b""
+        ctypes.memset(self._fx, 0, FXSAVE_SIZE)  # reads fill only the registers' bytes
+        fx[FX_MXCSR // 8] = MXCSR_MASK << 32
+        if status != 0:  # pragma: no cover
+            raise uc_mod.UcError(status)
 
     def write_regs(self, values: Iterable[int]) -> None:
         vals = values if isinstance(values, tuple | list) else list(values)
@@ -539,6 +657,26 @@ class Vcpu:
 
         self._uc.hook_add(uc_mod.UC_HOOK_MEM_WRITE, on_write)
         self._uc.ctl_flush_tb()
+
+
+def _abridged_tags(full: int) -> int:
+    """FXSAVE's tag byte from the x87 tag word: bit i set unless register i is empty (its
+    two bits 11)."""
+    empty = full & (full >> 1) & 0x5555  # bit 2i: register i is empty
+    empty = (empty | (empty >> 1)) & 0x3333
+    empty = (empty | (empty >> 2)) & 0x0F0F
+    empty = (empty | (empty >> 4)) & 0x00FF
+    return ~empty & 0xFF
+
+
+def _full_tags(abridged: int) -> int:
+    """The x87 tag word FXRSTOR makes of the tag byte: empty (11) where the bit is clear,
+    valid (00) elsewhere (the model, like QEMU's FXRSTOR, keeps only empty or not)."""
+    empty = ~abridged & 0xFF
+    empty = (empty | (empty << 4)) & 0x0F0F
+    empty = (empty | (empty << 2)) & 0x3333
+    empty = (empty | (empty << 1)) & 0x5555
+    return empty | (empty << 1)
 
 
 def _syscall_length(code: bytes) -> int:

@@ -1,7 +1,9 @@
 """The VMSA: the register save area, and its deterministic encryption at sev-es/snp.
 
-Layout: one 16-byte slot per register of ``vcpu.REG_NAMES`` (value u64 LE, then the slot's
-own address u64 LE).  At ``sev-es``/``snp`` the host holds the save area encrypted
+Layout: NSLOTS 16-byte slots, each a value u64 LE then the slot's own address u64 LE:
+the general registers (``vcpu.REG_NAMES``), then ``vcpu.EXT_NAMES`` (FS and GS base,
+STAR, LSTAR, FMASK), then the x87/SSE state in FXSAVE's 512-byte layout, eight bytes a
+slot (FCW/FSW/FTW/FOP, FIP, FDP, MXCSR/MXCSR_MASK, ST0-7, XMM0-15, reserved).  At ``sev-es``/``snp`` the host holds the save area encrypted
 block by block under the VM's key, deterministically and bound to the slot address, as
 SEV-ES does with its address-tweaked memory encryption: the same register value in the
 same slot always gives the same 16 ciphertext bytes.  That is what the ciphertext
@@ -15,14 +17,14 @@ from array import array
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from tvmm.hw.vcpu import NREGS, SLOT
+from tvmm.hw.vcpu import NSLOTS, SLOT
 
-VMSA_SIZE = NREGS * SLOT
+VMSA_SIZE = NSLOTS * SLOT
 VMSA_GPA = 0xFFFF_FFFF_F000  # where SNP measures VMSA pages; also the slots' tweak base
 _SLOT = struct.Struct("<QQ")
 
 
-_FILE = struct.Struct("<" + "QQ" * NREGS)
+_FILE = struct.Struct("<" + "QQ" * NSLOTS)
 _templates: dict[int, array] = {}
 
 
@@ -30,7 +32,7 @@ def _template(vcpu: int) -> array:
     """The save area with its slot addresses filled in and every value zero."""
     if vcpu not in _templates:
         base = VMSA_GPA + vcpu * VMSA_SIZE
-        _templates[vcpu] = array("Q", [w for i in range(NREGS) for w in (0, base + i * SLOT)])
+        _templates[vcpu] = array("Q", [w for i in range(NSLOTS) for w in (0, base + i * SLOT)])
     return _templates[vcpu]
 
 
@@ -47,7 +49,7 @@ def slot_tags(vcpu: int) -> tuple[int, ...]:
 
 
 def pack_plain(regs: tuple[int, ...], vcpu: int = 0) -> bytes:
-    """Register values are u64 (as the vCPU reads them); anything else is refused."""
+    """NSLOTS values, u64 each (as the vCPU reads them); anything else is refused."""
     words = array("Q", _template(vcpu))
     words[0::2] = array("Q", regs)
     return words.tobytes()
@@ -55,7 +57,7 @@ def pack_plain(regs: tuple[int, ...], vcpu: int = 0) -> bytes:
 
 def unpack_plain(blob: bytes) -> tuple[int, ...]:
     if len(blob) != VMSA_SIZE:
-        raise ValueError(f"a register file is {VMSA_SIZE} bytes, got {len(blob)}")
+        raise ValueError(f"a register state is {VMSA_SIZE} bytes, got {len(blob)}")
     return _FILE.unpack(blob)[0::2]
 
 
@@ -80,7 +82,7 @@ class DeterministicVmsaCipher:
         plain = self._dec.update(blob)
         base = VMSA_GPA + vcpu * VMSA_SIZE
         out = []
-        for i in range(NREGS):
+        for i in range(NSLOTS):
             value, addr = _SLOT.unpack_from(plain, i * SLOT)
             expected = base + i * SLOT
             out.append(value if addr == expected else value ^ addr ^ expected)

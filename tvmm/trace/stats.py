@@ -239,6 +239,12 @@ def stats_table(stats: TraceStats) -> Table:
             table.add_row("  instructions", f"{stats.end['instructions']:,}")
         if isinstance(stats.end.get("wall_s"), int | float):
             table.add_row("  wall time", f"{stats.end['wall_s']:.3f} s")
+        unsupported = stats.end.get("unsupported_syscalls")
+        if isinstance(unsupported, dict) and isinstance(unsupported.get("total"), int):
+            names = ", ".join(f"{escape(str(k))} {v}" for k, v in unsupported.items()
+                              if k != "total")
+            table.add_row("  system calls answered -ENOSYS",
+                          f"{unsupported['total']:,}" + (f" ({names})" if names else ""))
     if stats.unreadable:
         table.add_section()
         table.add_row("[red]unreadable events[/]", f"{stats.unreadable:,}")
