@@ -29,6 +29,7 @@ from tvmm.judge import run_attack
 from tvmm.samples import MODEXP_BASE, MODEXP_MODULUS, PASSWORD_ALPHABET
 from tvmm_tools.attacks import registry
 from tvmm_tools.attacks._decode import (
+    SLOT_SIZE,
     STATE_SIZE,
     Stepping,
     bits_to_guess,
@@ -233,7 +234,7 @@ def test_att_conf_complete_bits_uses_the_printed_result():
 def test_att_conf_plain_registers_rejects_ciphertext():
     from tvmm.hw.vmsa import DeterministicVmsaCipher, pack_plain
 
-    regs = tuple(range(100, 118))
+    regs = tuple(range(100, 100 + STATE_SIZE // SLOT_SIZE))
     assert plain_registers(pack_plain(regs))["rip"] == 116
     assert plain_registers(DeterministicVmsaCipher(bytes(32)).encrypt(pack_plain(regs))) is None
     assert plain_registers(bytes(STATE_SIZE + 16)) is None

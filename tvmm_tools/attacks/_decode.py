@@ -27,7 +27,10 @@ REG_NAMES: tuple[str, ...] = (
     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags",
 )
 SLOT_SIZE = 16
-STATE_SIZE = SLOT_SIZE * len(REG_NAMES)
+# After the general registers: FS and GS base, STAR, LSTAR, FMASK, then the 512-byte
+# FXSAVE image, eight bytes a slot (docs/exits.md).
+EXTENDED_SLOTS = 5 + 512 // 8
+STATE_SIZE = SLOT_SIZE * (len(REG_NAMES) + EXTENDED_SLOTS)
 RIP_SLOT = REG_NAMES.index("rip")
 VMSA_GPA = 0xFFFF_FFFF_F000
 _SLOT = struct.Struct("<QQ")
