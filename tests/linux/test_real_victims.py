@@ -40,7 +40,15 @@ def test_real_victim_prints_the_honest_result(name, level):
     assert report.violations == []
 
 
+@pytest.mark.parametrize("level", list(Level))
+def test_spellcheck_finds_every_word_of_the_passphrase(level):
+    report = boot("spellcheck", level, seed=5)
+    assert report.how == "exit" and report.status == 0, report.detail
+    assert "result=4/4" in report.console
+
+
 def test_the_real_victims_are_declared_linux_programs():
+    assert VICTIMS["spellcheck"].linux and not VICTIMS["spellcheck"].libraries  # libc only
     for name in REAL:
         victim = VICTIMS[name]
         assert victim.linux and victim.libraries and victim.packages
@@ -127,5 +135,6 @@ def test_the_real_code_table_shows_every_cell_and_the_published_figures():
     assert "| single-step | gcry_modexp | **2 b** | **2 b** | **2 b** | **2 b** | detected (2 b) |" \
         in text
     assert "| mbedtls_modexp | 6 | 5 | 1, 2, 3, 4, 5, 5 |" in text
-    assert "Shinde et al." in text and "Schwarz et al." in text
-    assert len([line for line in text.splitlines() if line.startswith("| page-fault |")]) == 12
+    assert "Shinde et al." in text and "Schwarz et al." in text and "Xu, Cui" in text
+    assert len([line for line in text.splitlines() if line.startswith("| page-fault |")]) == \
+        6 * len(real_code.VICTIMS)

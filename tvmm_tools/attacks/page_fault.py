@@ -46,7 +46,7 @@ class PageFault(Attack):
     summary = ("fault on every call between the victim's code pages and every access to its "
                "data pages: the fault sequence, learned on own copies, spells the secret")
     victims = ("modexp", "modexp-ct", "branches", "ttable", "scan", "stores",
-               "gcry_modexp", "mbedtls_modexp")
+               "gcry_modexp", "mbedtls_modexp", "spellcheck")
     kind = "confidentiality"
     published = ("Xu, Cui, Peinado (S&P 2015): page-fault sequences recovered text and image "
                  "outlines from Hunspell, FreeType and libjpeg; Van Bulck et al. (USENIX "
