@@ -11,9 +11,12 @@ program is asked to do).  Format: guests/libos/libos.h (struct rfs_header, rfs_e
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import struct
+import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -21,6 +24,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from tvmm import guestbuild
+from tvmm.guestimage import GuestImage
 
 LIBOS_DIR = guestbuild.GUESTS_DIR / "libos"
 LIBOS_SOURCES = tuple(LIBOS_DIR / name for name in
@@ -189,6 +193,66 @@ def pack_rootfs(program: Path, args: list[str], files: list[FileSpec]) -> bytes:
     return bytes(image + bytes(data_at - len(image)) + data)
 
 
+@dataclass(frozen=True, slots=True)
+class ProgramMap:
+    """Where the program of a Linux image lies once the personality has loaded it: its
+    function symbols and its code and data pages (guest physical, identity mapped)."""
+
+    symbols: tuple[tuple[int, int, str], ...]
+    code: tuple[int, ...]  # executable pages that hold a function
+    data: tuple[int, ...]  # its other loaded pages (read-only data, data, bss)
+
+
+def program_map(image: GuestImage) -> ProgramMap | None:
+    """The program inside a Linux image, read from its public root file system as any
+    reader of the image can (None for an image without one)."""
+    rootfs = _bytes_at(image, ROOTFS_BASE, _HEADER.size)
+    if rootfs is None:
+        return None
+    magic, size, count, program, *_ = _HEADER.unpack(rootfs)
+    if magic != RFS_MAGIC or not 0 <= program < count:
+        return None
+    entry = _bytes_at(image, ROOTFS_BASE + _HEADER.size + _ENTRY.size * program, _ENTRY.size)
+    if entry is None:
+        return None
+    _name, offset, length, _mode, _pad = _ENTRY.unpack(entry)
+    blob = _bytes_at(image, ROOTFS_BASE + offset, length)
+    if blob is None:
+        return None
+    try:
+        elf = ELFFile(io.BytesIO(blob))
+        bias = PROG_BASE if elf["e_type"] == "ET_DYN" else 0
+        code, data = set(), set()
+        for seg in elf.iter_segments():
+            if seg["p_type"] == "PT_LOAD" and seg["p_memsz"]:
+                start = (seg["p_vaddr"] + bias) & ~(PAGE - 1)
+                pages = range(start, seg["p_vaddr"] + bias + seg["p_memsz"], PAGE)
+                (code if seg["p_flags"] & 1 else data).update(pages)
+        symtab = elf.get_section_by_name(".symtab")
+        symbols = tuple(sorted(
+            (sym["st_value"] + bias, sym["st_size"], sym.name)
+            for sym in (symtab.iter_symbols() if symtab is not None else ())
+            if sym["st_info"]["type"] == "STT_FUNC" and sym["st_value"]))
+    except (ELFError, KeyError, ValueError, struct.error):
+        return None
+    held = {p for start, n, _ in symbols for p in range(start & ~(PAGE - 1), start + max(n, 1),
+                                                        PAGE)}
+    return ProgramMap(symbols, tuple(sorted(code & held)), tuple(sorted(data - code)))
+
+
+def _bytes_at(image: GuestImage, gpa: int, length: int) -> bytes | None:
+    """``length`` bytes of the image at ``gpa`` (None where the image has none)."""
+    out = bytearray()
+    for chunk in image.chunks:
+        end = chunk.gpa + len(chunk.data)
+        at = gpa + len(out)
+        if chunk.gpa <= at < end:
+            out += bytes(chunk.data[at - chunk.gpa : at - chunk.gpa + length - len(out)])
+        if len(out) == length:
+            return bytes(out)
+    return None
+
+
 def memory_for(rootfs_size: int, heap: int = DEFAULT_HEAP) -> int:
     """Guest memory for a root file system of ``rootfs_size`` bytes: it is measured (the
     initial RSP), so the owner computes it the same way."""
@@ -220,10 +284,53 @@ def build(program: Path | str, args: list[str] = (), files: list[FileSpec] = (),
     out = guestbuild.cache_dir() / f"linux-{program.name}-{key}.elf"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}-{threading.get_ident()}")
         tmp.write_bytes(with_segment(libos.read_bytes(), rootfs, ROOTFS_BASE))
         os.replace(tmp, out)
     return LinuxImage(out, memory, len(rootfs))
+
+
+PROGRAM_CFLAGS = ("-static", "-O2")
+
+
+def build_program(source: Path, libraries: tuple[str, ...] = (), packages: tuple[str, ...] = ()
+                  ) -> Path:
+    """``source`` built as a static Linux program (``gcc -static``) against the system's
+    static ``libraries`` (``gcrypt`` for libgcrypt.a), in the build cache: the key hashes
+    the compiler's version, the flags, the source and every library archive, so a library
+    update rebuilds.  A missing archive is one line naming ``packages`` to install."""
+    if not source.is_file():
+        raise LinuxImageError(f"no such source file: {source}")
+    cc = guestbuild.find_compiler()
+    key = hashlib.sha256()
+    key.update(guestbuild._compiler_version(cc).encode())
+    key.update(" ".join((*PROGRAM_CFLAGS, *libraries)).encode())
+    key.update(source.read_bytes())
+    for lib in libraries:
+        archive = _archive(cc, lib)
+        if archive is None:
+            need = " ".join(packages) or f"the static lib{lib}"
+            raise LinuxImageError(f"{source.name}: lib{lib}.a not found: install {need} "
+                                  f"(apt-get install {need})")
+        key.update(archive.read_bytes())
+    out = guestbuild.cache_dir() / f"prog-{source.stem}-{key.hexdigest()[:24]}"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}-{threading.get_ident()}")
+        cmd = [cc, *PROGRAM_CFLAGS, "-o", str(tmp), str(source), *[f"-l{x}" for x in libraries]]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise LinuxImageError(f"{source.name}: build failed:\n{proc.stderr.strip()}")
+        os.replace(tmp, out)
+    return out
+
+
+def _archive(cc: str, lib: str) -> Path | None:
+    """Where the compiler finds ``lib<lib>.a``, or None."""
+    proc = subprocess.run([cc, f"-print-file-name=lib{lib}.a"], capture_output=True, text=True)
+    path = Path(proc.stdout.strip())
+    return path if proc.returncode == 0 and path.is_absolute() and path.is_file() else None
 
 
 def with_segment(elf: bytes, data: bytes, vaddr: int) -> bytes:

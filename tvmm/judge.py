@@ -304,6 +304,7 @@ def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
     image, sample = resolve(guest)
     if secret is None:
         secret = draw_secret(sample)
+    memory = max(memory, sample.memory) if sample else memory  # a Linux image's
     machine = make_machine(seed=seed, trace=trace, image=image, level=level,
                            policy_config=policy_config,
                            extra_header={"attack": attack.name})

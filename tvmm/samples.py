@@ -11,10 +11,10 @@ import random
 import string
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tvmm import guestbuild
+from tvmm import guestbuild, guestlinux
 from tvmm.guestimage import GuestImage, GuestImageError, load_elf
 
 SAMPLES_DIR = guestbuild.GUESTS_DIR / "samples"
@@ -34,6 +34,10 @@ class Sample:
     form: str = "bits"  # how the judge reads the secret: "bits", or "symbols" of ``alphabet``
     alphabet: str = ""
     varies: tuple[str, ...] = ()  # console lines starting so depend on the host's schedule
+    linux: bool = False  # a Linux program (gcc -static), run by the personality (docs/linux.md)
+    libraries: tuple[str, ...] = ()  # the static libraries it links (-l names)
+    packages: tuple[str, ...] = ()  # the Debian packages that hold them
+    memory: int = 0  # guest memory it needs (a Linux image's, known once built); 0: default
 
 
 def _none(rng: random.Random) -> bytes:
@@ -89,7 +93,8 @@ def _random_symbols(size: int, alphabet: str, rng: random.Random) -> bytes:
     return "".join(rng.choice(alphabet) for _ in range(size)).encode("ascii")
 
 
-SETTINGS = {"secret_bytes", "description", "form", "alphabet", "varies"}
+SETTINGS = {"secret_bytes", "description", "form", "alphabet", "varies", "linux", "libraries",
+            "packages"}
 
 
 def declared(source: Path) -> Sample | None:
@@ -128,13 +133,25 @@ def declared(source: Path) -> Sample | None:
         raise GuestImageError(f"{spec}: alphabet goes with form = \"symbols\"")
     if not (isinstance(varies, list) and all(isinstance(v, str) and v for v in varies)):
         raise GuestImageError(f"{spec}: varies must be a list of non-empty strings")
+    linux, libraries, packages = (data.get("linux", False), data.get("libraries", []),
+                                  data.get("packages", []))
+    if not isinstance(linux, bool):
+        raise GuestImageError(f"{spec}: linux must be true or false")
+    for key, names in (("libraries", libraries), ("packages", packages)):
+        if not (isinstance(names, list) and all(isinstance(n, str) and n.replace("-", "")
+                                                .replace("_", "").replace(".", "").isalnum()
+                                                for n in names)):
+            raise GuestImageError(f"{spec}: {key} must be a list of names")
+        if names and not linux:
+            raise GuestImageError(f"{spec}: {key} go with linux = true")
     if form == "symbols":
         make, doc = functools.partial(_random_symbols, size, alphabet), \
             f"{size} characters from {alphabet!r}"
     else:
         make, doc = functools.partial(_random_bytes, size), f"{size} random bytes"
     return Sample(source.stem, str(source), description, doc, make, "result=", form,
-                  alphabet if form == "symbols" else "", tuple(varies))
+                  alphabet if form == "symbols" else "", tuple(varies), linux,
+                  tuple(libraries), tuple(packages))
 
 
 def _victims() -> dict[str, Sample]:
@@ -150,8 +167,20 @@ def build_sample(name: str) -> GuestImage:
     sample = SAMPLES.get(name) or VICTIMS.get(name)
     if sample is None:
         raise KeyError(f"no sample guest {name!r}; try one of: {', '.join(SAMPLES)}")
-    path = guestbuild.build([SAMPLES_DIR / sample.source])  # a victim's source is absolute
-    return load_elf(path, name)
+    return _built(sample)[0]
+
+
+def _built(sample: Sample) -> tuple[GuestImage, Sample]:
+    """The sample's image, and the sample with the memory its image needs."""
+    source = SAMPLES_DIR / sample.source  # a victim's source is absolute
+    if not sample.linux:
+        return load_elf(guestbuild.build([source]), sample.name), sample
+    try:
+        program = guestlinux.build_program(source, sample.libraries, sample.packages)
+        image = guestlinux.build(program)
+    except guestlinux.LinuxImageError as exc:
+        raise GuestImageError(str(exc)) from None
+    return load_elf(image.path, sample.name), replace(sample, memory=image.memory)
 
 
 def source_files(guest: str) -> list[Path]:
@@ -170,14 +199,17 @@ def resolve(guest: str) -> tuple[GuestImage, Sample | None]:
     it, if it is) or an ELF path."""
     known = SAMPLES.get(guest) or VICTIMS.get(guest)
     if known is not None:
-        return build_sample(guest), known
+        return _built(known)
     path = Path(guest)
     if not path.exists():
         raise GuestImageError(
             f"no sample guest {guest!r} (try one of: {', '.join(SAMPLES)}) and no such file"
         )
     if path.suffix in (".c", ".S", ".s"):
-        return load_elf(guestbuild.build([path]), path.stem), declared(path)
+        sample = declared(path)
+        if sample is not None and sample.linux:
+            return _built(replace(sample, source=str(path.resolve())))
+        return load_elf(guestbuild.build([path]), path.stem), sample
     return load_elf(path), None
 
 

@@ -68,6 +68,7 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
     if secret_path not in SECRET_PATHS:
         raise ValueError(f"secret path {secret_path!r} is not one of {SECRET_PATHS}")
     image, sample = resolve(guest)
+    memory = max(memory, sample.memory) if sample else memory  # a Linux image's
     if secret is None:
         secret = sample.make_secret(random.Random(seed)) if sample else b""
     if sample and sample.name == "password" and not input_lines:

@@ -74,6 +74,7 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
     image, sample = resolve(guest)
     if secret is None:
         secret = draw_secret(sample)
+    memory = max(memory, sample.memory) if sample else memory  # a Linux image's
     session = launcher.start(policy_config=policy_config, trace=trace,
                              header=trace_header(image, level, seed, {"attack": name or str(file)}),
                              link=link, notes=True)

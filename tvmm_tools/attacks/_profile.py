@@ -25,29 +25,39 @@ from tvmm.abi.guest import PAGE_SIZE, SECRETS_GPA
 from tvmm.abi.messages import ExitRecord, Reply
 from tvmm.abi.types import ExitReason, Field, Level, Result
 from tvmm.guestimage import GuestImage
+from tvmm.guestlinux import ROOTFS_BASE, program_map
 from tvmm.host.hypervisor import HonestHypervisor
 from tvmm_tools.attacks._decode import Stepping, fault_page, is_console_write, is_input_read
 from tvmm_tools.attacks._learn import profile_secrets
 from tvmm_tools.attacks.base import AttackContext
 
 MAX_EVENTS = 20_000
-PROFILE_VERSION = 2  # bump when the tracer's events change
+LIVELOCK = 256  # faults alternating between two adjacent code pages: one straddling instruction
+PROFILE_VERSION = 3  # bump when the tracer's events change
 
 
 def code_pages(image: GuestImage) -> list[int]:
-    """Executable pages that hold a function of the image."""
+    """Executable pages that hold a function of the image — and of the program inside a
+    Linux image, read from its public root file system (where the personality loads it)."""
     pages = {p.gpa for p in image.pages if p.executable}
     found = set()
     for start, size, _name in image.symbols:
         for page in range(start & ~(PAGE_SIZE - 1), start + max(size, 1), PAGE_SIZE):
             if page in pages:
                 found.add(page)
-    return sorted(found)
+    program = program_map(image)
+    return sorted(found | set(program.code if program else ()))
 
 
 def data_pages(image: GuestImage) -> list[int]:
-    """The image's pages that are not executable (read-only data, data, bss)."""
-    return sorted(p.gpa for p in image.pages if not p.executable)
+    """The image's pages that are not executable (read-only data, data, bss); in a Linux
+    image the program's data pages instead of its root file system (which the
+    personality reads only to load the program and files)."""
+    program = program_map(image)
+    if program is None:
+        return sorted(p.gpa for p in image.pages if not p.executable)
+    return sorted({p.gpa for p in image.pages if not p.executable and p.gpa < ROOTFS_BASE}
+                  | set(program.data))
 
 
 def declared_secret_bytes(guest: str) -> int:
@@ -79,6 +89,10 @@ class Tracer(HonestHypervisor):
                  rip: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.code, self.data = (([], []) if rip else (code, data))
+        self.code_set, self.data_set = set(self.code), set(self.data)
+        self.current: tuple[int, ...] = ()  # the code page (or pair) mapped while tracing
+        self.units: dict[int, tuple[int, ...]] = {}  # page -> the pair it is mapped with
+        self.alternation: tuple[int, int, int] = (0, 0, 0)  # (page, page before, times)
         self.step, self.rip = step, rip
         self.events: list[Hashable] = []
         self.state_ = "armed"  # armed -> tracing -> done
@@ -110,6 +124,21 @@ class Tracer(HonestHypervisor):
         if len(self.events) >= MAX_EVENTS:
             self._stop()
 
+    def _note_alternation(self, page: int) -> None:
+        """An instruction that straddles two code pages faults on each in turn for ever
+        while only one is mapped: after LIVELOCK faults alternating between two adjacent
+        pages and nothing else, the two are mapped together from then on (one unit)."""
+        last, before, times = self.alternation
+        if page == before and abs(page - last) == PAGE_SIZE:
+            times += 1
+        else:
+            times = 0
+        self.alternation = (page, last, times)
+        if times >= LIVELOCK:
+            pair = (min(page, last), max(page, last))
+            self.units[page] = self.units[last] = pair
+            self.alternation = (0, 0, 0)
+
     def _close(self) -> None:
         if self.step and not self.rip and self.events:
             self.events[-1] = (self.events[-1][0], self.counted)
@@ -125,14 +154,18 @@ class Tracer(HonestHypervisor):
             return True
         if self.state_ != "tracing":
             return super().on_exit(rec)
-        if page in self.code:
+        if page in self.code_set:
             self._event(page)
-            self.client.map(self.vm, page)
-            for other in self.code:
-                if other != page:
-                    self.client.unmap(self.vm, other)
+            self._note_alternation(page)
+            unit = self.units.get(page, (page,))
+            for p in unit:
+                self.client.map(self.vm, p)
+            for p in self.current:
+                if p not in unit:
+                    self.client.unmap(self.vm, p)  # the others are unmapped already
+            self.current = unit
             return True
-        if page in self.data:
+        if page in self.data_set:
             self._event(page)
             self.client.map(self.vm, page)
             self.strict.add(page)

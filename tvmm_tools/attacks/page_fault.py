@@ -45,7 +45,8 @@ class PageFault(Attack):
     name = "page-fault"
     summary = ("fault on every call between the victim's code pages and every access to its "
                "data pages: the fault sequence, learned on own copies, spells the secret")
-    victims = ("modexp", "modexp-ct", "branches", "ttable", "scan", "stores")
+    victims = ("modexp", "modexp-ct", "branches", "ttable", "scan", "stores",
+               "gcry_modexp", "mbedtls_modexp", "spellcheck")
     kind = "confidentiality"
     published = ("Xu, Cui, Peinado (S&P 2015): page-fault sequences recovered text and image "
                  "outlines from Hunspell, FreeType and libjpeg; Van Bulck et al. (USENIX "

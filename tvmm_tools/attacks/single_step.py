@@ -69,7 +69,8 @@ class SingleStep(Attack):
     name = "single-step"
     summary = ("single-step the victim (timer quantum 1) or count its instructions between "
                "events: the exponent's control flow, the early-exit compare's length")
-    victims = ("modexp", "modexp-ct", "password", "branches", "ttable", "scan", "stores")
+    victims = ("modexp", "modexp-ct", "password", "branches", "ttable", "scan", "stores",
+               "gcry_modexp", "mbedtls_modexp", "spellcheck")
     kind = "confidentiality"
     published = ("SGX-Step: 100,000 of 100,000 nops single-stepped with 0 multi-steps "
                  "(zero-steps ≈2%); an early-exit memcmp password falls byte by byte in "
