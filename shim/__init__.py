@@ -8,4 +8,4 @@ step and fault policies, the interrupt filter, hardened bounce buffers.  At the 
 below ``shim`` the same code runs with those features off and models what the hardware
 alone gives (``levels.py``).
 
-Never imported by tvmm.host or tools (architecture contract in pyproject.toml)."""
+Never imported by tvmm.host or tvmm_tools (architecture contract in pyproject.toml)."""

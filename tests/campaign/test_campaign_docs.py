@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
-from tools import bench_campaign, tradeoff
 
 from tvmm.campaign import report
+from tvmm_tools import bench_campaign, tradeoff
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from tools import bench_core
 
 from tvmm.abi.types import Level
+from tvmm_tools import bench_core
 
 
 def test_bench_pieces_run():

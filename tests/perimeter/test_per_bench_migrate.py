@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tools import bench_migrate
 from tvmm.abi.types import Level
+from tvmm_tools import bench_migrate
 
 
 def test_throughput_smoke():

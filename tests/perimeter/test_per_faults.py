@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from tools import fault_injection
 
 from tvmm.abi.state_dir import default_state_dir
+from tvmm_tools import fault_injection
 
 
 @pytest.mark.parametrize("trials", [int(os.environ.get("TVMM_FAULT_TRIALS", "5"))])

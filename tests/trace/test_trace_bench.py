@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 import pytest
-from tools import bench_trace
 
+from tvmm_tools import bench_trace
 from tvmm_tools.bench_trace import OPEN_BUDGET_S, RSS_BUDGET_MB, run, summarise
 
 

@@ -28,7 +28,7 @@ BLOCK = "bench-core"  # <!-- bench-core:begin --> … <!-- bench-core:end -->
 
 
 def run(args: argparse.Namespace) -> int:
-    from tools import bench_core
+    from tvmm_tools import bench_core
 
     results = bench_core.run(rounds=1 if args.quick else 3, quick=args.quick)
     if args.write_docs:
