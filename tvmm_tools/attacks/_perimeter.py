@@ -9,6 +9,7 @@ trusted code (architecture contract).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -25,8 +26,8 @@ COUNT = 10**9  # the counter keeps running for the whole attack
 @contextmanager
 def perimeter(nodes: tuple[str, ...] = ("n1", "n2"), rogue: tuple[str, ...] = ()):
     state = default_state_dir()
-    work = Path(tempfile.mkdtemp(prefix="tvmm-attack-"))
-    per = Perimeter(state, die_with_parent=True)
+    work = Path(tempfile.mkdtemp(prefix="tvmm-attack-"))  # storage and logs of this run
+    per = Perimeter(state, die_with_parent=True, files=work)
     try:
         per.start_coordinator(db=work / "coordinator.db")
         per.start_nodes(list(nodes))
@@ -35,6 +36,7 @@ def perimeter(nodes: tuple[str, ...] = ("n1", "n2"), rogue: tuple[str, ...] = ()
         yield per, OperatorClient(per.address, state)
     finally:
         per.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def launch_counter(ctx: AttackContext, op: OperatorClient, node: str = "n1") -> str:
