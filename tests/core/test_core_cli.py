@@ -117,3 +117,16 @@ def test_a_guest_gets_its_secret_the_way_its_level_can(capsys):
     _, refused = run_json(capsys, "boot", "modexp", "--level", "plain", "--secret-path",
                           "attested")
     assert refused["key_release"]["refusal"] and refused["console"] != results["plain"]
+
+
+def test_an_attacks_table_says_words_not_python_values(capsys):
+    """The console table of one attack shows "-", "yes", "no" where --json has null, true
+    and false ("detected after exits None" read like a bug)."""
+    assert main(["attack", "memory-scan", "--guest", "modexp", "--level", "plain",
+                 "--secret", "1122334455667788"]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out and "True" not in out and "False" not in out
+    rows = {line.split("  ")[0].strip(): line for line in out.splitlines() if "  " in line}
+    assert rows["full recovery"].split()[-1] == "yes"
+    assert rows["detected"].split()[-1] == "no"
+    assert rows["detected after exits"].split()[-1] == "-"
