@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +132,32 @@ def test_an_attacks_table_says_words_not_python_values(capsys):
     assert rows["full recovery"].split()[-1] == "yes"
     assert rows["detected"].split()[-1] == "no"
     assert rows["detected after exits"].split()[-1] == "-"
+
+
+@pytest.mark.parametrize("argv", [
+    ["boot", "hello", "--trace", "/nonexistent/dir/run.jsonl"],
+    ["attack", "page-fault", "--guest", "modexp", "--level", "snp", "--trace",
+     "/nonexistent/dir/pf.jsonl"],
+    ["run", "/bin/busybox", "true", "--trace", "/nonexistent/dir/run.jsonl"],
+])
+def test_a_trace_into_a_missing_directory_is_one_line_before_anything_runs(capsys, argv):
+    """`tvmm attack … --trace /missing/pf.jsonl` printed a traceback from the TEE's
+    process after the build and launch: the directory is checked first."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --trace: /nonexistent/dir/" in err and "no such directory" in err
+    assert "Traceback" not in err
+
+
+def test_a_trace_in_the_current_directory_or_onto_a_directory(tmp_path):
+    from tvmm.commands.output import writable_file
+
+    assert writable_file("run.jsonl") == Path("run.jsonl")
+    assert writable_file(str(tmp_path / "run.jsonl")) == tmp_path / "run.jsonl"
+    with pytest.raises(argparse.ArgumentTypeError, match="is a directory"):
+        writable_file(str(tmp_path))
+    (tmp_path / "f").write_text("")
+    with pytest.raises(argparse.ArgumentTypeError, match="not a directory"):
+        writable_file(str(tmp_path / "f" / "run.jsonl"))

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tvmm.abi.types import Level
 from tvmm.commands.boot import add_policy_options, load_policy
-from tvmm.commands.output import console, emit_json, fail
+from tvmm.commands.output import console, emit_json, fail, writable_file
 from tvmm.owner.ledger import SCORED_RUN_LAUNCHES
 
 
@@ -29,7 +29,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "from it: the judge draws it from the OS each run)")
     a.add_argument("--secret", metavar="HEX",
                    help="a fixed victim secret, for debugging (default: drawn from the OS)")
-    a.add_argument("--trace", type=Path)
+    a.add_argument("--trace", type=writable_file)
     a.add_argument("--launches", type=_launches, default=SCORED_RUN_LAUNCHES, metavar="N",
                    help=f"the owner releases the victim's secret at most N times an hour "
                         f"(default {SCORED_RUN_LAUNCHES}; 0: no bound)")
