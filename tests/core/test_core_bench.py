@@ -106,4 +106,4 @@ def test_bench_tells_each_figure_before_measuring_it(monkeypatch, capsys):
     assert set(measured) == set(names)  # every measurement came after its announcement
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith(f"measuring 1 of {len(told)}: compute_no_timer_plain")
-    assert "--quick" in err[0] and len(err) == len(told)
+    assert "the table comes at the end" in err[0] and len(err) == len(told)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
 def tell_progress(name: str, i: int, n: int) -> None:
     """One line on stderr per figure: a full run takes minutes before its table."""
-    note = " (a few minutes in all; --quick: about one)" if i == 1 else ""
+    note = " (minutes in all: the table comes at the end)" if i == 1 else ""
     print(f"measuring {i} of {n}: {name}{note}", file=sys.stderr, flush=True)
 
 
