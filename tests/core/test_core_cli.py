@@ -161,3 +161,29 @@ def test_a_trace_in_the_current_directory_or_onto_a_directory(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(argparse.ArgumentTypeError, match="not a directory"):
         writable_file(str(tmp_path / "f" / "run.jsonl"))
+
+
+def test_a_terminated_boot_stops_its_tee_and_host(tmp_path):
+    """`timeout tvmm boot …` (SIGTERM) ended the launcher alone: the TEE, in a guest that
+    never exits and has no timer, ran on at full speed with no parent. Now SIGTERM ends the
+    run as Ctrl-C does, its processes with it."""
+    import signal
+
+    spin = tmp_path / "spin.c"
+    spin.write_text('#include "tvmm.h"\nint main(void) { puts("spin\\n"); for (;;) {} }\n')
+    proc = subprocess.Popen([sys.executable, "-m", "tvmm", "boot", str(spin), "--level",
+                             "shim"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"spin\n"  # the guest runs
+        children = [int(p) for t in Path(f"/proc/{proc.pid}/task").iterdir()
+                    for p in (t / "children").read_text().split()]
+        assert len(children) == 2  # the TEE's process and the host's
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+        assert "Traceback" not in proc.stderr.read().decode()
+        # the launcher reaped both before it returned
+        assert not [c for c in children if Path(f"/proc/{c}").exists()], children
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
