@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 SUBCOMMANDS = ("boot", "run", "guests", "bench", "attacks", "campaign", "trace", "attest",
@@ -29,8 +30,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # ends the run as Ctrl-C does: its processes are stopped too
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # `timeout`, `kill` or a closed terminal: without this the launcher died at once and left
+    # the run's TEE and host processes (a process group of their own) running, a TEE in a
+    # guest with no timer at full speed for ever
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
     try:
         return args.run(args)
     except KeyboardInterrupt:

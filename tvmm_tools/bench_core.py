@@ -260,13 +260,28 @@ def for_seconds(run_once: Callable[[], float], seconds: float) -> float:
     return total / runs
 
 
-def run(rounds: int = 3, quick: bool = False) -> dict:
+def run(rounds: int = 3, quick: bool = False,
+        progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Every figure; ``progress(name, i, n)`` is told before each of the n is measured (a
+    full run takes minutes, and the table comes only at the end)."""
+    names = [*(f"compute_{label}_{lv.value}" for label in ("no_timer", "timer")
+               for lv in (Level.PLAIN, Level.SHIM)),
+             "exit_round_trip_shim", "exit_round_trip_shim_codec", "single_step_sev-es",
+             *(f"exit_round_trip_shim_across_{link}" for link in launcher.LINKS),
+             "single_step_sev-es_across_mailbox"]
+
+    def step(name: str) -> str:
+        if progress is not None:
+            progress(name, names.index(name) + 1, len(names))
+        return name
+
     image = compute_image()
     quantum = 100_000
     side_s = 0.5 if quick else 2.0
     results: dict = {"guest": "compute", "rounds": rounds, "seconds_per_side": side_s}
     for label, q in (("no_timer", 0), ("timer", quantum)):
         for level in (Level.PLAIN, Level.SHIM):
+            key = step(f"compute_{label}_{level.value}")
             ratios, tv, bare = [], [], []
             for _ in range(rounds):
                 b = for_seconds(lambda q=q: bare_unicorn(image, q), side_s)
@@ -274,33 +289,36 @@ def run(rounds: int = 3, quick: bool = False) -> dict:
                 bare.append(b)
                 tv.append(t)
                 ratios.append(b / t)
-            results[f"compute_{label}_{level.value}"] = {
+            results[key] = {
                 "bare_s": round(statistics.median(bare), 4),
                 "tvmm_s": round(statistics.median(tv), 4),
                 "speed_vs_bare": round(statistics.median(ratios), 3),
             }
     n_exits = 1_000 if quick else 2_000
+    key = step("exit_round_trip_shim")
     tv_s, bare_s = round_trip(Level.SHIM, 64, n_exits, rounds=9)
-    results["exit_round_trip_shim"] = {
+    results[key] = {
         "quantum": 64, "tvmm_us": round(tv_s * 1e6, 2), "bare_us": round(bare_s * 1e6, 2),
         "cost_vs_bare": round(tv_s / bare_s, 2),
     }
+    key = step("exit_round_trip_shim_codec")
     tv_s, bare_s = round_trip(Level.SHIM, 64, n_exits, rounds=9, wire=True)
-    results["exit_round_trip_shim_codec"] = {
+    results[key] = {
         "quantum": 64, "tvmm_us": round(tv_s * 1e6, 2), "bare_us": round(bare_s * 1e6, 2),
         "cost_vs_bare": round(tv_s / bare_s, 2),
     }
     for level in (Level.SEV_ES,):  # at shim single-stepping is refused by design
+        key = step(f"single_step_{level.value}")
         tv_s, bare_s = round_trip(level, 1, n_exits, rounds=5)
-        results[f"single_step_{level.value}"] = {
+        results[key] = {
             "exits_per_s": round(1 / tv_s), "bare_steps_per_s": round(1 / bare_s),
         }
     across_exits = 2_000 if quick else 10_000
     for link in launcher.LINKS:
-        results[f"exit_round_trip_shim_across_{link}"] = boundary_round_trip(
-            Level.SHIM, 64, across_exits, rounds=5, link=link)
-    results["single_step_sev-es_across_mailbox"] = boundary_round_trip(
-        Level.SEV_ES, 1, across_exits, rounds=5)
+        key = step(f"exit_round_trip_shim_across_{link}")
+        results[key] = boundary_round_trip(Level.SHIM, 64, across_exits, rounds=5, link=link)
+    key = step("single_step_sev-es_across_mailbox")
+    results[key] = boundary_round_trip(Level.SEV_ES, 1, across_exits, rounds=5)
     return results
 
 

@@ -27,7 +27,7 @@ class BenignWorkload(Attack):
 
     kind = "benign"
     published = ("AEX-Notify's authors rejected rate heuristics for their false positives: "
-                 "ours must show none on the benign suite (ATTACKS.md, metrics)")
+                 "ours must show none on the benign suite (docs/policies.md)")
     quantum = 0
     tick_vector: int | None = None
     storm = False

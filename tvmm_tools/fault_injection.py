@@ -34,6 +34,7 @@ import argparse
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,11 +75,10 @@ def trial(state: Path, image: bytes, op_kind: str, who: str, point: str, auditor
           ark: bytes) -> dict:
     work = Path(tempfile.mkdtemp(prefix="tvmm-fault-"))
     db = work / "c.db"
-    per = Perimeter(state, die_with_parent=True)
+    per = Perimeter(state, die_with_parent=True, files=work)  # storage and logs: this trial's
     env_for = {"coordinator": {"TVMM_FAULT_COORDINATOR": point},
                "src": {"TVMM_FAULT_NODE": point}, "dst": {"TVMM_FAULT_NODE": point}}
     out = {"op": op_kind, "killed": who, "point": point}
-    started = time.time()
     try:
         per.start_coordinator(db=db, env=env_for.get("coordinator") if who == "coordinator"
                               else None)
@@ -111,8 +111,7 @@ def trial(state: Path, image: bytes, op_kind: str, who: str, point: str, auditor
         if op_kind == "suspend-resume" and out["op_result"] != "ok":
             op = OperatorClient(per.address, state, timeout=60)
             row = next((v for v in op.vms() if v["name"] == vm), None)
-            stored = sorted(p for p in (state / "storage" / "n1").glob(f"{vm}.v*.ckpt")
-                            if p.stat().st_mtime >= started)  # not an earlier trial's
+            stored = sorted(per.storage("n1").glob(f"{vm}.v*.ckpt"))
             if row and row["state"] == "suspended" and stored:
                 try:  # the operator retries the resume from the host's stored copy
                     op.resume(stored[-1].read_bytes(), "n2")
@@ -153,6 +152,7 @@ def trial(state: Path, image: bytes, op_kind: str, who: str, point: str, auditor
         out["ok"] = not problems
     finally:
         per.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return out
 
 

@@ -76,3 +76,34 @@ def test_every_ratio_of_tvmm_bench_has_one_wording_and_a_legend(capsys):
     assert [r.rsplit("|", 2)[-2].strip() for r in block.splitlines() if r.startswith("| ")
             and not r.startswith("| measure")] == ["2.00×", "3.00×", "4.00×", "3.00×"]
     assert "lower is better" in block
+
+
+def test_bench_tells_each_figure_before_measuring_it(monkeypatch, capsys):
+    """A full tvmm bench takes minutes: each figure is announced on stderr before it is
+    measured, one line each, in the order of the table (the timing loops are replaced by
+    constants here: this checks the announcements, not the figures)."""
+    from tvmm.commands.bench import tell_progress
+
+    measured: list[str] = []
+    told: list[tuple[str, int, int]] = []
+
+    def note(what):
+        measured.append(what)
+        assert len(told) == len({k for k, _, _ in told})  # one line per figure
+        return what
+
+    monkeypatch.setattr(bench_core, "for_seconds", lambda f, s: note(told[-1][0]) and 1.0)
+    monkeypatch.setattr(bench_core, "round_trip",
+                        lambda *a, **k: note(told[-1][0]) and (2e-6, 1e-6))
+    monkeypatch.setattr(bench_core, "boundary_round_trip",
+                        lambda *a, **k: note(told[-1][0]) and {"across_us": 1.0})
+    results = bench_core.run(rounds=1, quick=True,
+                             progress=lambda *a: (told.append(a), tell_progress(*a)))
+    names = [k for k, _, _ in told]
+    assert names == [k for k in results if isinstance(results[k], dict)]
+    assert [i for _, i, _ in told] == list(range(1, len(told) + 1))
+    assert {n for _, _, n in told} == {len(told)}
+    assert set(measured) == set(names)  # every measurement came after its announcement
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"measuring 1 of {len(told)}: compute_no_timer_plain")
+    assert "the table comes at the end" in err[0] and len(err) == len(told)

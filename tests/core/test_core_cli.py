@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +119,71 @@ def test_a_guest_gets_its_secret_the_way_its_level_can(capsys):
     _, refused = run_json(capsys, "boot", "modexp", "--level", "plain", "--secret-path",
                           "attested")
     assert refused["key_release"]["refusal"] and refused["console"] != results["plain"]
+
+
+def test_an_attacks_table_says_words_not_python_values(capsys):
+    """The console table of one attack shows "-", "yes", "no" where --json has null, true
+    and false ("detected after exits None" read like a bug)."""
+    assert main(["attack", "memory-scan", "--guest", "modexp", "--level", "plain",
+                 "--secret", "1122334455667788"]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out and "True" not in out and "False" not in out
+    rows = {line.split("  ")[0].strip(): line for line in out.splitlines() if "  " in line}
+    assert rows["full recovery"].split()[-1] == "yes"
+    assert rows["detected"].split()[-1] == "no"
+    assert rows["detected after exits"].split()[-1] == "-"
+
+
+@pytest.mark.parametrize("argv", [
+    ["boot", "hello", "--trace", "/nonexistent/dir/run.jsonl"],
+    ["attack", "page-fault", "--guest", "modexp", "--level", "snp", "--trace",
+     "/nonexistent/dir/pf.jsonl"],
+    ["run", "/bin/busybox", "true", "--trace", "/nonexistent/dir/run.jsonl"],
+])
+def test_a_trace_into_a_missing_directory_is_one_line_before_anything_runs(capsys, argv):
+    """`tvmm attack … --trace /missing/pf.jsonl` printed a traceback from the TEE's
+    process after the build and launch: the directory is checked first."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --trace: /nonexistent/dir/" in err and "no such directory" in err
+    assert "Traceback" not in err
+
+
+def test_a_trace_in_the_current_directory_or_onto_a_directory(tmp_path):
+    from tvmm.commands.output import writable_file
+
+    assert writable_file("run.jsonl") == Path("run.jsonl")
+    assert writable_file(str(tmp_path / "run.jsonl")) == tmp_path / "run.jsonl"
+    with pytest.raises(argparse.ArgumentTypeError, match="is a directory"):
+        writable_file(str(tmp_path))
+    (tmp_path / "f").write_text("")
+    with pytest.raises(argparse.ArgumentTypeError, match="not a directory"):
+        writable_file(str(tmp_path / "f" / "run.jsonl"))
+
+
+def test_a_terminated_boot_stops_its_tee_and_host(tmp_path):
+    """`timeout tvmm boot …` (SIGTERM) ended the launcher alone: the TEE, in a guest that
+    never exits and has no timer, ran on at full speed with no parent. Now SIGTERM ends the
+    run as Ctrl-C does, its processes with it."""
+    import signal
+
+    spin = tmp_path / "spin.c"
+    spin.write_text('#include "tvmm.h"\nint main(void) { puts("spin\\n"); for (;;) {} }\n')
+    proc = subprocess.Popen([sys.executable, "-m", "tvmm", "boot", str(spin), "--level",
+                             "shim"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"spin\n"  # the guest runs
+        children = [int(p) for t in Path(f"/proc/{proc.pid}/task").iterdir()
+                    for p in (t / "children").read_text().split()]
+        assert len(children) == 2  # the TEE's process and the host's
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+        assert "Traceback" not in proc.stderr.read().decode()
+        # the launcher reaped both before it returned
+        assert not [c for c in children if Path(f"/proc/{c}").exists()], children
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -115,3 +115,55 @@ def test_a_child_that_runs_past_its_time_is_one_line_not_a_traceback(tmp_path, m
     out = capsys.readouterr().out
     assert f"{name}: 0 inputs" in out and "still running after" in out
     assert "Traceback" not in out
+
+
+def test_the_seeds_count_against_the_time_asked_for(tmp_path, monkeypatch):
+    """``--seconds 10`` is ten seconds even for a target whose seeds take minutes
+    (host-abi's 205 seeds ran 90 s): the seed pass stops at the deadline too, and runs the
+    seeds in a seeded order, so that a short run starts from more than the first level's."""
+    clock = [0.0]
+    ran: list[bytes] = []
+
+    def one(data: bytes) -> None:
+        ran.append(data)
+        clock[0] += 1.0  # each input takes a (fake) second
+
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock[0])
+    child = engine._Child(TARGETS["abi-codec"], tmp_path, 10.0)
+    child.dir.mkdir(parents=True)
+    child.run_input = one
+    pool = [bytes([i]) for i in range(200)]
+    engine._random_loop(child, pool, 10.0, 0, TARGETS["abi-codec"])
+    assert len(ran) == 10 and set(ran) <= set(pool)
+    assert ran != pool[:10]  # not the first ten in list order
+    again: list[bytes] = []
+    clock[0] = 0.0
+
+    def one_again(data: bytes) -> None:
+        again.append(data)
+        clock[0] += 1.0
+
+    child.run_input = one_again
+    engine._random_loop(child, pool, 10.0, 0, TARGETS["abi-codec"])
+    assert again == ran  # the order is the seed's
+
+
+def test_under_atheris_the_child_keeps_the_time_itself(tmp_path, monkeypatch):
+    """libFuzzer replays its whole seed corpus before looking at -max_total_time: the child
+    stops itself once the seconds are spent (here: its way out is seen, not taken)."""
+    clock = [0.0]
+    exits: list[int] = []
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(engine.os, "_exit", exits.append)
+    child = engine._Child(TARGETS["abi-codec"], tmp_path, 3.0)
+    child.dir.mkdir(parents=True)
+    child.own_deadline = True
+
+    def one(data: bytes) -> None:
+        clock[0] += 1.0
+
+    child.run_input = one
+    for i in range(5):
+        child.one(bytes([i]))
+        assert bool(exits) == (clock[0] >= 3.0), (i, exits)
+    assert json.loads((child.dir / "stats.json").read_text())["inputs"] == 5

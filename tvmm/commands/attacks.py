@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tvmm.abi.types import Level
 from tvmm.commands.boot import add_policy_options, load_policy
-from tvmm.commands.output import console, emit_json, fail
+from tvmm.commands.output import console, emit_json, fail, writable_file
 from tvmm.owner.ledger import SCORED_RUN_LAUNCHES
 
 
@@ -29,7 +29,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "from it: the judge draws it from the OS each run)")
     a.add_argument("--secret", metavar="HEX",
                    help="a fixed victim secret, for debugging (default: drawn from the OS)")
-    a.add_argument("--trace", type=Path)
+    a.add_argument("--trace", type=writable_file)
     a.add_argument("--launches", type=_launches, default=SCORED_RUN_LAUNCHES, metavar="N",
                    help=f"the owner releases the victim's secret at most N times an hour "
                         f"(default {SCORED_RUN_LAUNCHES}; 0: no bound)")
@@ -111,16 +111,32 @@ def run_one(args: argparse.Namespace) -> int:
                   show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
-    for key in ("cell", "n_bits", "bits_correct", "leaked_bits", "log2_rank", "full_recovery",
-                "detected",
-                "detected_after_exits", "integrity_violated", "blocked", "exits", "wall_s",
-                "stepping", "detail"):
-        value = verdict.cell if key == "cell" else getattr(verdict, key)
-        if key == "wall_s":
-            value = f"{value:.2f} s"
-        table.add_row(key.replace("_", " "), escape(str(value)))
+    for name, value in verdict_rows(verdict):
+        table.add_row(name, escape(value))
     console.print(table)
     return 0
+
+
+def verdict_rows(verdict) -> list[tuple[str, str]]:
+    """The verdict as the table shows it: words, not Python's None, True and False
+    (--json keeps the values)."""
+    rows = []
+    for key in ("cell", "n_bits", "bits_correct", "leaked_bits", "log2_rank", "full_recovery",
+                "detected", "detected_after_exits", "integrity_violated", "blocked", "exits",
+                "wall_s", "stepping", "detail"):
+        value = verdict.cell if key == "cell" else getattr(verdict, key)
+        if key == "wall_s":
+            shown = f"{value:.2f} s"
+        elif value is None:
+            shown = "-"
+        elif isinstance(value, bool):
+            shown = "yes" if value else "no"
+        elif isinstance(value, dict):
+            shown = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+        else:
+            shown = str(value)
+        rows.append((key.replace("_", " "), shown))
+    return rows
 
 
 def run_matrix(args: argparse.Namespace) -> int:

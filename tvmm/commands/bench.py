@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -30,7 +31,8 @@ BLOCK = "bench-core"  # <!-- bench-core:begin --> … <!-- bench-core:end -->
 def run(args: argparse.Namespace) -> int:
     from tvmm_tools import bench_core
 
-    results = bench_core.run(rounds=1 if args.quick else 3, quick=args.quick)
+    results = bench_core.run(rounds=1 if args.quick else 3, quick=args.quick,
+                             progress=tell_progress)
     if args.write_docs:
         write_docs(args.write_docs, results)
     if args.json == "-":
@@ -40,6 +42,12 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(results, indent=2))
     show(results)
     return 0
+
+
+def tell_progress(name: str, i: int, n: int) -> None:
+    """One line on stderr per figure: a full run takes minutes before its table."""
+    note = " (minutes in all: the table comes at the end)" if i == 1 else ""
+    print(f"measuring {i} of {n}: {name}{note}", file=sys.stderr, flush=True)
 
 
 def show(results: dict) -> None:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from shim.policies import config as policy_config
 from tvmm.abi.types import Level
-from tvmm.commands.output import console, emit_json, fail
+from tvmm.commands.output import console, emit_json, fail, writable_file
 from tvmm.guestbuild import GuestBuildError
 from tvmm.guestimage import GuestImageError
 from tvmm.harness.boot import boot
@@ -48,7 +48,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", choices=[lv.value for lv in Level], default="plain")
-    p.add_argument("--trace", type=Path, help="write a trace (JSON Lines) here")
+    p.add_argument("--trace", type=writable_file, help="write a trace (JSON Lines) here")
     p.add_argument("--quantum", type=int, default=0,
                    help="arm the host's instruction timer (0: no timer)")
     p.add_argument("--memory", type=lambda s: int(s, 0), default=DEFAULT_MEMORY,

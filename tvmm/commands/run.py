@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tvmm import guestlinux
 from tvmm.abi.types import Level
-from tvmm.commands.output import emit_json, fail
+from tvmm.commands.output import emit_json, fail, writable_file
 from tvmm.guestbuild import GuestBuildError
 from tvmm.guestimage import GuestImageError
 from tvmm.harness.boot import boot
@@ -44,7 +44,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="put a host file into the root file system (repeatable)")
     p.add_argument("--level", choices=[lv.value for lv in Level], default="plain")
     p.add_argument("--stdin", type=Path, metavar="FILE", help="the program's standard input")
-    p.add_argument("--trace", type=Path, help="write a trace (JSON Lines) here")
+    p.add_argument("--trace", type=writable_file, help="write a trace (JSON Lines) here")
     p.add_argument("--secret", type=Path, metavar="FILE",
                    help="the owner's secret: released to the guest (attested at snp and "
                    "shim) and read by the program as /run/secrets/key")

@@ -69,7 +69,8 @@ class JudgePerimeter:
                                          for n in nodes):
             return {"error": f"nodes: 1 to {MAX_NODES} distinct names of [a-z0-9-]"}
         self._work = tempfile.TemporaryDirectory(prefix="tvmm-judge-perimeter-")
-        self.per = Perimeter(self.state_dir, die_with_parent=True)
+        # node storage and logs in the run's directory: never the user's perimeter's
+        self.per = Perimeter(self.state_dir, die_with_parent=True, files=Path(self._work.name))
         try:
             self.per.start_coordinator(db=Path(self._work.name) / "coordinator.db")
             self.per.start_nodes(list(nodes))

@@ -109,6 +109,18 @@ class Perimeter:
     die_with_parent: bool = True
     trees: list[Path] = field(default_factory=list)  # rogue code trees, removed at stop
     joins: tuple[str, int] | None = None  # a coordinator someone else runs, for our nodes
+    # where this run keeps node storage, logs and rogue trees: the state directory for
+    # `tvmm perimeter up`; a run of its own (an attack, a fault trial) gives its own, so
+    # that it never writes into the storage of the user's perimeter nor of another run
+    files: Path | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.files or self.state_dir
+
+    def storage(self, name: str) -> Path:
+        """The directory where node ``name``'s host keeps its files (checkpoints)."""
+        return self.run_dir / "storage" / name
 
     @property
     def address(self) -> tuple[str, int]:
@@ -122,7 +134,7 @@ class Perimeter:
         if db:
             args += ["--db", str(db)]
         self.coordinator = spawn(args, self.state_dir, die_with_parent=self.die_with_parent,
-                                 env=env, log=self.state_dir / "coordinator.log")
+                                 env=env, log=self.run_dir / "coordinator.log")
         return self.coordinator
 
     def start_node(self, name: str, *, rogue: bool = False, env: dict | None = None) -> Proc:
@@ -136,17 +148,17 @@ class Perimeter:
         started = []
         code = None
         if rogue:
-            (self.state_dir / "rogue").mkdir(parents=True, exist_ok=True)
-            code = rogue_tree(self.state_dir / "rogue")
+            (self.run_dir / "rogue").mkdir(parents=True, exist_ok=True)
+            code = rogue_tree(self.run_dir / "rogue")
             self.trees.append(code)
         for name in names:
             args = ["node", "--name", name, "--coordinator", f"{host}:{port}",
-                    "--storage", str(self.state_dir / "storage" / name)]
-            (self.state_dir / "storage" / name).mkdir(parents=True, exist_ok=True)
+                    "--storage", str(self.storage(name))]
+            self.storage(name).mkdir(parents=True, exist_ok=True)
             started.append((name, args, start(args, self.state_dir,
                                               die_with_parent=self.die_with_parent,
                                               env=(env or {}).get(name),
-                                              log=self.state_dir / f"{name}.log", code=code)))
+                                              log=self.run_dir / f"{name}.log", code=code)))
         try:
             for name, args, popen in started:
                 self.nodes[name] = await_ready(popen, args)

@@ -12,6 +12,8 @@ contract).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,13 +47,15 @@ def perimeter(ctx: AttackContext, nodes: tuple[str, ...] = ("n1", "n2"),
     if "error" in offered:
         raise NoPerimeter(str(offered["error"]))
     state, address = Path(offered["state_dir"]), (str(offered["host"]), int(offered["port"]))
-    own = Perimeter(state, die_with_parent=True, joins=address)
+    work = Path(tempfile.mkdtemp(prefix="tvmm-attack-"))  # its rogue nodes' storage, logs
+    own = Perimeter(state, die_with_parent=True, joins=address, files=work)
     try:
         if rogue:
             own.start_nodes(list(rogue), rogue=True)
         yield own, OperatorClient(address, state)
     finally:
         own.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def launch_counter(ctx: AttackContext, op: OperatorClient, node: str = "n1") -> str:

@@ -152,6 +152,9 @@ class _Child:
         self.start = time.monotonic()
         self.last_write = 0.0
         self.run_input = None
+        # libFuzzer runs its whole seed corpus before it looks at -max_total_time: under
+        # atheris the child keeps the time itself
+        self.own_deadline = False
 
     def one(self, data: bytes) -> None:
         if self.inputs == 0:
@@ -167,7 +170,8 @@ class _Child:
         if now - self.last_write > 0.25:
             self.write_stats(now)
         if (self.limit_inputs and self.inputs >= self.limit_inputs) or (
-                self.limit_calls and self.calls >= self.limit_calls):
+                self.limit_calls and self.calls >= self.limit_calls) or (
+                self.own_deadline and now - self.start >= self.seconds):
             self.write_stats(now)
             sys.stdout.flush()
             sys.stderr.flush()
@@ -242,6 +246,7 @@ def child_main(name: str, seconds: float, seed: int, out: Path, engine: str, inp
                 f"-timeout={target.timeout}", f"-max_len={target.max_len}",
                 "-rss_limit_mb=4096", f"-artifact_prefix={child.dir}/", "-print_final_stats=1",
                 str(corpus)]
+        child.own_deadline = True
         atheris.Setup(argv, child.one)
         atheris.Fuzz()  # never returns: libFuzzer exits when the time is up
         return 0  # pragma: no cover
@@ -261,7 +266,11 @@ def _random_loop(child: _Child, seeds: list[bytes], seconds: float, seed: int,
         raise TimeoutError(f"one input ran longer than {target.timeout} s")
 
     signal.signal(signal.SIGALRM, alarm)
-    for s in pool:
+    # the seeds count against --seconds too (host-abi's 205 take minutes on a busy
+    # machine), in a seeded order so that a short run starts from every level and call
+    for s in rng.sample(pool, len(pool)):
+        if time.monotonic() >= deadline:
+            return
         _one_with_alarm(child, s, target)
     while time.monotonic() < deadline:
         data = mutate(rng, rng.choice(pool), pool, target.max_len)
