@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,11 @@ class JudgePerimeter:
         try:
             records, problems = read_audit(per.address, self.state_dir)
         except (OSError, PeerRefused, wire.WireError, KeyError, ValueError) as exc:
+            # A process killed just before the liveness check above can still be exiting
+            # then; the failed read is the first sign.  Say which one it was.
+            gone = [p.name for p in (per.coordinator, *per.nodes.values()) if _ended(p.popen)]
+            if gone:
+                return Reading(problem=f"{', '.join(gone)} did not survive the run")
             return Reading(problem=f"the coordinator's audit could not be read: {exc}")
         if problems:
             return Reading(problem=f"the coordinator's log does not verify: {problems[0]}",
@@ -106,6 +112,14 @@ class JudgePerimeter:
             self.per.stop()
         if self._work is not None:
             self._work.cleanup()
+
+
+def _ended(popen: subprocess.Popen, grace_s: float = 2.0) -> bool:
+    try:
+        popen.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def read_audit(address: tuple[str, int], state_dir: Path) -> tuple[list[dict], list[str]]:
