@@ -342,6 +342,19 @@ class Coordinator:
                                       recovered="the node no longer holds it")
         return f"{vm} is suspended at version {epoch} (the checkpoint its host stored)"
 
+    @staticmethod
+    def _resume_refusal(vm: str, epoch: int, row: tuple | None, ck: tuple | None
+                        ) -> tuple[str, str]:
+        """(reason, message) for refusing to resume ``vm`` from version ``epoch`` — its
+        row (state, version, ...) and the checkpoint's (consumed, stream) — or ("", "")."""
+        if row is None or ck is None:
+            return "unknown", f"no checkpoint {vm} version {epoch}"
+        if epoch < row[1]:
+            return "rollback", f"{vm} version {epoch} is older than the newest version {row[1]}"
+        if ck[0] or row[0] != "suspended":
+            return "clone", f"{vm} version {epoch} was already resumed (the VM is {row[0]})"
+        return "", ""
+
     def resume(self, node: str, ckpt: bytes) -> wire.Message:
         try:
             meta = read_meta(ckpt)[0]
@@ -357,15 +370,7 @@ class Coordinator:
                              (vm,)).fetchone()
             ck = db.execute("SELECT consumed, stream FROM checkpoints WHERE vm=? AND "
                             "version=? AND state='committed'", (vm, epoch)).fetchone()
-            reason = ""
-            if row is None or ck is None:
-                reason, message = "unknown", f"no checkpoint {vm} version {epoch}"
-            elif epoch < row[1]:
-                reason, message = "rollback", (f"{vm} version {epoch} is older than the "
-                                               f"newest version {row[1]}")
-            elif ck[0] or row[0] != "suspended":
-                reason, message = "clone", (f"{vm} version {epoch} was already resumed "
-                                            f"(the VM is {row[0]})")
+            reason, message = self._resume_refusal(vm, epoch, row, ck)
             if reason:
                 self.store.audit(db, "resume_refused", vm=vm, node=node, version=epoch,
                                  reason=reason, message=message)
