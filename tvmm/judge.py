@@ -14,7 +14,9 @@ rebuild it), gives it to the owner's key broker, and afterwards reads the truth:
   read by the judge over an attested connection — never what the attack says;
 - integrity: what each victim VM wrote to its console and its exit status as the TEE saw
   them, against the owner's honest reference run of the same guest with the same secret
-  and the same input (``reference_run``).
+  and the same input (``reference_run``); and, for a perimeter, every breach of its
+  invariants in that log (a rollback, a clone, a VM on a node outside it, a refused stream
+  committed: tvmm.harness.perimeter_invariants), whatever else was refused.
 
 Scored runs go through tvmm.harness.judge (the attack in a process of its own);
 ``run_attack`` here keeps the attack in this process, next to the platform, for unit tests.
@@ -241,7 +243,8 @@ def judge(name: str, kind: str, guest: str, level: Level, secret: bytes, outcome
     first violation, or a kill, is a detection; a refusal by the TEE, the owner's refusal
     to release the secret, or a refusal in the audit log of the run's ``perimeter`` (as
     the judge read it), is "blocked"; for integrity, each victim VM's result
-    against ``owner``'s honest reference run — whatever the attack reports."""
+    against ``owner``'s honest reference run, and any breach of the perimeter's
+    invariants in that log — whatever the attack reports."""
     form = secret_form(sample)
     rank = keyrank.score(secret, outcome, form)
     detected_at: int | None = None
@@ -256,8 +259,10 @@ def judge(name: str, kind: str, guest: str, level: Level, secret: bytes, outcome
     bad: list[int] = []
     if kind in ("integrity", "benign") and owner is not None:
         bad = integrity_broken(records, owner, sample.varies if sample is not None else ())
-    violated = bool(bad) and detected_at is None
     fenced = perimeter.refusals if perimeter is not None else []
+    breached = perimeter.breaches if perimeter is not None else []
+    # a perimeter breach (rollback, clone, VM outside it) stands whatever else happened
+    violated = (bool(bad) and detected_at is None) or bool(breached)
     notes = dict(outcome.get("notes") or {})
     notes.pop("blocked", None)  # the attack's word: not evidence
     n = rank.n_bits
@@ -274,7 +279,8 @@ def judge(name: str, kind: str, guest: str, level: Level, secret: bytes, outcome
         log2_rank=round(rank.log2_rank, 3), secret=secret.hex(),
         evidence={"refusals": refusals[:16], "owner_refusals": owner_refusals,
                   "tampered_vms": bad, "vms": len(records),
-                  **({"perimeter": {"refusals": fenced[:16], "problem": perimeter.problem,
+                  **({"perimeter": {"refusals": fenced[:16], "breaches": breached[:16],
+                                    "problem": perimeter.problem,
                                     "audit_records": perimeter.records}}
                      if perimeter is not None else {})},
     )

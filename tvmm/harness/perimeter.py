@@ -15,6 +15,12 @@ verified in the coordinator (no problems: its keyed chain and sealed state hold)
 every process the judge started must still run — an attack that kills the coordinator or a
 node is credited with nothing.  Each refusal in the log (``REFUSALS``) is a refusal of the
 run, as the TEE's DENIED records are: "blocked".
+
+Refusals say nothing of the requests that went through, so the judge also replays the
+whole log, and the coordinator's VM listing read on the same connection just before it,
+against the perimeter's invariants (tvmm.harness.perimeter_invariants: no rollback, no
+clone, no VM on a node outside the perimeter, no refused stream committed).  Each breach
+is the run's integrity violated: "tampered", whatever was refused besides.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tvmm.abi.state_dir import default_state_dir
+from tvmm.harness.perimeter_invariants import breaches
 from tvmm.operator.client import operator_context
 from tvmm.operator.launcher import LaunchError, Perimeter
 from tvmm.perimeter import wire
@@ -43,9 +50,11 @@ READ_TIMEOUT_S = 60.0
 
 @dataclass
 class Reading:
-    """What the judge read from its perimeter: the refusals, or why it credits none."""
+    """What the judge read from its perimeter: the refusals and the breaches of its
+    invariants, or why it credits none."""
 
     refusals: list[dict] = field(default_factory=list)
+    breaches: list[str] = field(default_factory=list)  # non-empty: integrity violated
     problem: str = ""  # non-empty: the reading is not evidence (the refusals are empty)
     records: int = 0
 
@@ -92,20 +101,14 @@ class JudgePerimeter:
         if gone:
             return Reading(problem=f"{', '.join(gone)} did not survive the run")
         try:
-            records, problems = read_audit(per.address, self.state_dir)
-        except (OSError, PeerRefused, wire.WireError, KeyError, ValueError) as exc:
+            return reading(per.address, self.state_dir)
+        except (OSError, PeerRefused, wire.WireError, KeyError, TypeError, ValueError) as exc:
             # A process killed just before the liveness check above can still be exiting
             # then; the failed read is the first sign.  Say which one it was.
             gone = [p.name for p in (per.coordinator, *per.nodes.values()) if _ended(p.popen)]
             if gone:
                 return Reading(problem=f"{', '.join(gone)} did not survive the run")
             return Reading(problem=f"the coordinator's audit could not be read: {exc}")
-        if problems:
-            return Reading(problem=f"the coordinator's log does not verify: {problems[0]}",
-                           records=len(records))
-        refusals = [{**r["detail"], "event": r["event"]} for r in records
-                    if r["event"] in REFUSALS]
-        return Reading(refusals=refusals, records=len(records))
 
     def close(self) -> None:
         if self.per is not None:
@@ -122,18 +125,37 @@ def _ended(popen: subprocess.Popen, grace_s: float = 2.0) -> bool:
     return True
 
 
-def read_audit(address: tuple[str, int], state_dir: Path) -> tuple[list[dict], list[str]]:
-    """(the audit records, the problems the coordinator found in its own log), over one
-    connection whose far end has proved it is a coordinator running the perimeter's code
-    on a chip of the pinned manufacturer; PeerRefused when it has not."""
+def reading(address: tuple[str, int], state_dir: Path) -> Reading:
+    """The judge's reading of the attested coordinator at ``address``: its refusals and
+    the breaches of the perimeter's invariants in its verified log and VM listing."""
+    records, problems, vms = read_audit(address, state_dir)
+    if problems:
+        return Reading(problem=f"the coordinator's log does not verify: {problems[0]}",
+                       records=len(records))
+    refusals = [{**r["detail"], "event": r["event"]} for r in records
+                if r["event"] in REFUSALS]
+    return Reading(refusals=refusals, breaches=breaches(records, measurement().hex(), vms),
+                   records=len(records))
+
+
+def read_audit(address: tuple[str, int], state_dir: Path
+               ) -> tuple[list[dict], list[str], list[dict]]:
+    """(the audit records, the problems the coordinator found in its own log, its VM
+    listing: asked first, so the log covers every state it shows), over one connection
+    whose far end has proved it is a coordinator running the perimeter's code on a chip of
+    the pinned manufacturer; PeerRefused when it has not."""
     raw = socket.create_connection(address, timeout=READ_TIMEOUT_S)
     with operator_context(state_dir).wrap_socket(raw) as conn:
         wire.send(conn, wire.Message("evidence"))
         peer = verify_peer(conn, wire.recv(conn), pinned_ark(state_dir), measurement())
         if peer.role != "coordinator":
             raise PeerRefused("role", f"{peer.name} is a {peer.role}, not the coordinator")
+        listing = wire.call(conn, wire.Message("vms", {}))
         answer = wire.call(conn, wire.Message("audit", {"limit": 0}))
     if not answer["ok"]:
         raise ValueError(answer.fields.get("error", "refused"))
-    data = answer["data"]
-    return list(data["records"]), [str(p) for p in data["problems"]]
+    problems = [str(p) for p in answer["data"]["problems"]]
+    if not listing["ok"] and not problems:  # a refused state: its audit names why
+        raise ValueError(listing.fields.get("error", "refused"))
+    vms = list(listing["data"]["vms"]) if listing["ok"] else []
+    return list(answer["data"]["records"]), problems, vms
