@@ -14,10 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from tvmm.abi.state_dir import default_state_dir
 from tvmm.abi.types import Level
 from tvmm.harness.judge import run_attack
-from tvmm.harness.perimeter import JudgePerimeter, read_audit
-from tvmm.perimeter.identity import PeerRefused
+from tvmm.harness.perimeter import JudgePerimeter, read_audit, reading
+from tvmm.judge import judge
+from tvmm.machine import DEFAULT_MEMORY
+from tvmm.operator.client import OperatorClient, PerimeterError
+from tvmm.operator.launcher import Perimeter
+from tvmm.perimeter.coordinator import Coordinator
+from tvmm.perimeter.identity import Identity, PeerRefused, pinned_ark
+from tvmm.samples import resolve
+from tvmm_tools.attacks.base import Outcome, outcome_to_data
 
 ATTACKS = '''
 import os
@@ -89,6 +97,7 @@ def test_saying_blocked_with_nothing_refused_scores_nothing(attack_file: Path):
     assert "nodes ['n1']" in verdict.detail  # it did get a perimeter, and used it
     reading = verdict.evidence["perimeter"]
     assert reading["problem"] == "" and reading["audit_records"] > 0 and not reading["refusals"]
+    assert reading["breaches"] == []  # a genuine perimeter: nothing went through wrongly
     assert verdict.cell == "✗" and not verdict.blocked
 
 
@@ -100,8 +109,6 @@ def test_a_refusal_is_not_credited_once_the_coordinator_is_killed(attack_file: P
 
 
 def test_the_judge_reads_refusals_only_from_an_attested_coordinator():
-    from tvmm.operator.client import OperatorClient, PerimeterError
-
     fence = JudgePerimeter()
     try:
         assert "error" in fence.offer({"nodes": ["../n1"]}) and fence.per is None
@@ -121,3 +128,48 @@ def test_the_judge_reads_refusals_only_from_an_attested_coordinator():
         assert gone.refusals == [] and "n1 did not survive" in gone.problem
     finally:
         fence.close()
+
+
+class Forgetful(Coordinator):
+    """A test double: a coordinator whose resume checks only that the checkpoint exists
+    (its rollback and clone checks removed), running the perimeter's code otherwise."""
+
+    @staticmethod
+    def _resume_refusal(vm: str, epoch: int, row: tuple | None, ck: tuple | None
+                        ) -> tuple[str, str]:
+        reason, message = Coordinator._resume_refusal(vm, epoch, row, ck)
+        return (reason, message) if reason == "unknown" else ("", "")
+
+
+def test_a_rollback_that_goes_through_beside_a_refusal_scores_tampered(tmp_path: Path):
+    """End to end on real nodes: the weakened coordinator resumes an older checkpoint, and
+    a launch onto no node is refused in the same run; the judge's reading of its verified
+    log names the rollback, and the verdict is "tampered", not "blocked"."""
+    state = default_state_dir()
+    coordinator = Forgetful(tmp_path / "coordinator.db",
+                            Identity.create("forgetful", "coordinator", state),
+                            pinned_ark(state)).start()
+    nodes = Perimeter(state, die_with_parent=True, joins=coordinator.address,
+                      files=tmp_path)
+    try:
+        nodes.start_nodes(["n1", "n2"])
+        op = OperatorClient(coordinator.address, state)
+        image, _ = resolve("counter")
+        vm = op.launch(image.path.read_bytes(), "counter", "n1", "shim", DEFAULT_MEMORY,
+                       (10**9).to_bytes(8, "little"))
+        old = op.suspend(vm)
+        op.resume(old, "n2")
+        op.suspend(vm)  # version 3: the old checkpoint is stale
+        with pytest.raises(PerimeterError):
+            op.launch(b"", "counter", "nowhere")  # the trivial refusal
+        assert op.resume(old, "n1")["version"] == 2  # the rollback goes through
+        read = reading(coordinator.address, state)
+    finally:
+        nodes.stop()
+        coordinator.close()
+    assert read.problem == "" and [r["event"] for r in read.refusals] == ["launch_refused"]
+    assert any("(rollback)" in b for b in read.breaches), read.breaches
+    verdict = judge("checkpoint-rollback", "integrity", "counter", Level.SHIM, b"\x01" * 8,
+                    outcome_to_data(Outcome(notes={"detail": "old checkpoint RESUMED"})),
+                    [], 1.0, perimeter=read)
+    assert verdict.cell == "tampered" and verdict.blocked
