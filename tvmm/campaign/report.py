@@ -197,10 +197,14 @@ def _tables(aggs: list[Aggregate]) -> list[str]:
                 line += f"  Published: {published}"
                 seen.add(a)
             out.append(line)
+    if out[-1] == "":
+        out.append("None: no attack worked at any level in any seed.")
     out += ["", "### Residual leakage at `shim`", ""]
     residual = [a for a in aggs if a.level == Level.SHIM.value
                 and a.kind == "confidentiality" and a.max_bits >= 1]
-    if not residual:
+    if not any(a.level == Level.SHIM.value and a.kind == "confidentiality" for a in aggs):
+        out.append("No confidentiality attack ran at `shim` in this campaign.")
+    elif not residual:
         out.append("None: no confidentiality attack leaked a bit at `shim` in any seed.")
     for a in residual:
         out.append(f"- {a.attack} on {a.victim}: {cell_text(a)} — seeds leaking: "
