@@ -104,7 +104,11 @@ def test_saying_blocked_with_nothing_refused_scores_nothing(attack_file: Path):
 def test_a_refusal_is_not_credited_once_the_coordinator_is_killed(attack_file: Path):
     verdict = run_attack("kills-coordinator", "?", "counter", Level.SHIM, file=attack_file)
     assert verdict.detail == "refused: not_in_perimeter; audited: True", verdict.detail
-    assert "coordinator did not survive" in verdict.evidence["perimeter"]["problem"]
+    reading = verdict.evidence["perimeter"]
+    assert "coordinator did not survive" in reading["problem"]
+    # the judge still read the log (a restarted coordinator on its database): a breach
+    # there would count; this run has none, and its refusal is not credited
+    assert reading["audit_records"] > 0 and reading["breaches"] == []
     assert verdict.cell == "✗" and not verdict.blocked
 
 
