@@ -50,6 +50,19 @@ def test_ratios_divide_the_measured_durations() -> None:
     assert result["naive_scan_s"] == 0.0004 and result["within_budget"]
 
 
+def test_the_open_budget_is_the_indexed_open_not_the_rebuild() -> None:
+    """A rebuild runs behind the viewer's first screen (judged with the viewer's figures):
+    a 10 s rebuild keeps the reader within budget; a 3 s indexed open or a 600 MB rebuild
+    does not."""
+    def judge(index: dict, rebuild: dict) -> bool:
+        return summarise(10, 1.0, 0.1, index, _figures(0), rebuild, _figures(0),
+                         _figures(0.5))["within_budget"]
+
+    assert judge(_figures(0.05), _figures(10.0))
+    assert not judge(_figures(3.0), _figures(1.0))
+    assert not judge(_figures(0.05), {**_figures(1.0), "rss_peak_mb": 600.0})
+
+
 def test_a_duration_too_short_to_measure_has_no_ratio() -> None:
     result = summarise(1, 1.0, 0.1, _figures(0.001), _figures(0), _figures(0.002),
                        _figures(0), _figures(0.0))
