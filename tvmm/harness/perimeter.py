@@ -83,7 +83,7 @@ class JudgePerimeter:
         # node storage and logs in the run's directory: never the user's perimeter's
         self.per = Perimeter(self.state_dir, die_with_parent=True, files=Path(self._work.name))
         try:
-            self.per.start_coordinator(db=Path(self._work.name) / "coordinator.db")
+            self.per.start_coordinator(db=self._db())
             self.per.start_nodes(list(nodes))
         except LaunchError as exc:
             return {"error": f"the perimeter did not start: {exc}"}
@@ -97,8 +97,7 @@ class JudgePerimeter:
         per = self.per
         if per.coordinator is None:
             return Reading(problem="the perimeter did not start")
-        gone = [p.name for p in (per.coordinator, *per.nodes.values())
-                if p.popen.poll() is not None]
+        gone = [p.name for p in _processes(per) if p.popen.poll() is not None]
         if gone:
             return self._after_a_kill(gone)
         try:
@@ -106,7 +105,7 @@ class JudgePerimeter:
         except _UNREADABLE as exc:
             # A process killed just before the liveness check above can still be exiting
             # then; the failed read is the first sign.  Say which one it was.
-            gone = [p.name for p in (per.coordinator, *per.nodes.values()) if _ended(p.popen)]
+            gone = [p.name for p in _processes(per) if _ended(p.popen)]
             if gone:
                 return self._after_a_kill(gone)
             return Reading(problem=f"the coordinator's audit could not be read: {exc}")
@@ -122,7 +121,7 @@ class JudgePerimeter:
         assert per is not None and per.coordinator is not None and self._work is not None
         try:
             if per.coordinator.popen.poll() is not None:
-                per.start_coordinator(db=Path(self._work.name) / "coordinator.db")
+                per.start_coordinator(db=self._db())
             found = reading(per.address, self.state_dir)
         except (LaunchError, *_UNREADABLE) as exc:
             return Reading(problem=f"{problem}; its log could not be read after: {exc}")
@@ -130,11 +129,21 @@ class JudgePerimeter:
             return Reading(problem=f"{problem}; {found.problem}", records=found.records)
         return Reading(breaches=found.breaches, problem=problem, records=found.records)
 
+    def _db(self) -> Path:
+        """The coordinator's database, in the judge's own directory for the run."""
+        assert self._work is not None  # noqa: S101 - set by offer, before any start
+        return Path(self._work.name) / "coordinator.db"
+
     def close(self) -> None:
         if self.per is not None:
             self.per.stop()
         if self._work is not None:
             self._work.cleanup()
+
+
+def _processes(per: Perimeter) -> tuple:
+    """The processes the judge started: the coordinator and the genuine nodes."""
+    return (per.coordinator, *per.nodes.values())
 
 
 def _ended(popen: subprocess.Popen, grace_s: float = 2.0) -> bool:
