@@ -244,3 +244,20 @@ def test_a_register_changed_in_the_vcpu_is_read_again(vcpu):
     changed = {i for i, (a, b) in enumerate(zip(first, got, strict=True)) if a != b}
     assert changed <= {xmm15, xmm15 + 1, FX_FIRST + FX_MXCSR // 8,
                        NREGS + EXT_NAMES.index("lstar")}
+
+
+def test_a_state_read_before_the_guest_ran_is_loaded_again(vcpu):
+    """The vCPU skips loading the extended state only when it is handed back as read and
+    the guest has not run since: a host that hands back an older state after a run (the
+    guest changed XMM0 in between) gets that older state loaded, as below snp it may."""
+    from unicorn import x86_const as X
+
+    vcpu._uc.reg_write(X.UC_X86_REG_XMM0, 0xAB << 64)
+    old = vcpu.read_state()
+    vcpu.set_mapped(0x1000, 1, True)
+    vcpu.mem_write(0x1000, b"\x66\x0f\xef\xc0\xf4")  # pxor xmm0, xmm0; hlt
+    vcpu.run(0x1000, 0)  # the guest clears XMM0; nothing reads the state before the write
+    vcpu.write_state(old)
+    assert vcpu.read_state()[XMM0_SLOT + 1] == 0xAB
+    vcpu.run(0x1000, 0)
+    assert vcpu.read_state()[XMM0_SLOT + 1] == 0  # the snippet does clear it

@@ -205,6 +205,7 @@ class Vcpu:
                     *[ctypes.addressof(m) for m in self._msrs],
                     ctypes.addressof(self._ftw), *[fx + off for _reg, off in _FX_IDS]]
         self._snap = b""  # the extended buffers as last moved into the slots
+        self._ext_valid = False  # the extended slots hold the engine's state as it is now
         self._ext_n = len(ext_ids)
         self._ext_ids = (ctypes.c_int * self._ext_n)(*ext_ids)
         self._ext_ptrs = (ctypes.c_void_p * self._ext_n)(*ext_ptrs)
@@ -362,7 +363,7 @@ class Vcpu:
         """Run from ``rip`` until a stop; ``quantum`` > 0 arms the instruction timer."""
         self._stop = None
         self._hook_error = None
-        self._regs, self._fresh = None, False
+        self._regs, self._fresh, self._ext_valid = None, False, False
         error: uc_mod.UcError | None = None
         if quantum and not self._timed:
             # Unicorn counts instructions with a code hook it adds when a timed run starts;
@@ -440,6 +441,7 @@ class Vcpu:
             raise uc_mod.UcError(status)
         # Unchanged since the last read (a guest that used no FPU/SSE and set no MSR in
         # between): the slots hold it already.  Strided copies cost more than the compare.
+        self._ext_valid = True
         snap = bytes(self._fx) + bytes(self._msrs) + bytes(self._ftw)
         if snap == self._snap:
             return
@@ -477,6 +479,9 @@ class Vcpu:
         if self._handle is None:  # pragma: no cover - a binding without the handle
             raise RuntimeError("the extended state needs libunicorn's engine handle")
         self.write_regs(values[:NREGS])  # also marks the save area stale
+        if self._ext_valid and tuple(self._words[2 * NREGS :: 2]) == tuple(values[NREGS:]):
+            return  # handed back as read, and the guest has not run since: nothing to load
+        self._ext_valid = False
         wide = 0xFFFF_FFFF_FFFF_FFFF
         words = self._words
         words[2 * NREGS], words[2 * NREGS + 2] = values[NREGS] & wide, values[NREGS + 1] & wide
@@ -548,7 +553,7 @@ class Vcpu:
             raise ValueError("context blob has the wrong size")
         ctypes.memmove(ctx.context, blob, len(blob))
         self._uc.context_restore(ctx)
-        self._regs, self._fresh = None, False
+        self._regs, self._fresh, self._ext_valid = None, False, False
 
     # -- memory ----------------------------------------------------------------------
     def _check_range(self, gpa: int, size: int, error: int) -> None:
