@@ -70,8 +70,8 @@ def calibrate(ctx: AttackContext) -> Calibration | str:
     or why the victim does not fit (the scenario's n/a)."""
     routines = program_routines(ctx.image)
     if len(routines) < 2:
-        return (f"{len(routines)} routine(s) above main on code pages of their own: no two "
-                "call sites to tell the bits apart")
+        return (f"{len(routines)} routine{'' if len(routines) == 1 else 's'} above main on "
+                "code pages of their own: no two call sites to tell the bits apart")
     host = ctx.host(_StepHost, pages=sorted({r & ~0xFFF for r in routines}), stack=None)
     step_own_copy(ctx, host)
     calls = {r: [t for t, rip in enumerate(host.rips) if rip == r] for r in routines}

@@ -79,8 +79,8 @@ def layout(ctx: AttackContext) -> Layout | str:
     """The own copy's layout, or why the victim does not fit (the scenario's n/a)."""
     routines = program_routines(ctx.image)
     if len(routines) != 2:
-        return (f"{len(routines)} routines above main on code pages of their own, not 2: "
-                "no pair of calls tells a bit apart")
+        return (f"{len(routines)} routine{'' if len(routines) == 1 else 's'} above main on "
+                "code pages of their own, not 2: no pair of calls tells a bit apart")
     pages = sorted({_page(r) for r in routines})
     host = ctx.host(RoutineStepper, pages=pages)
     step_own_copy(ctx, host)
