@@ -297,6 +297,135 @@ def row_from_dict(d: dict) -> Row:
                benign=[Benign(**b) for b in d["benign"]])
 
 
+# -- the cost of issue 15's defences (docs/tradeoff.md, "Cost of each new defence") -------
+TICK_CASE = BenignCase("counter, tick 50", "counter", HonestHypervisor, 50)
+DEFENCE_CONFIGS = (("none of them", NO_FAULT_POLICY),
+                   ("data-fault budget (pinning off)", replace(PolicyConfig(),
+                                                               pin_working_set=False)),
+                   ("default (pinning)", PolicyConfig()))
+
+
+def exit_round_trips(reps: int) -> dict[str, tuple[float, float, float, int]]:
+    """For each of DEFENCE_CONFIGS: (µs of CPU time an exit, median over ``reps`` rounds
+    that run every setting once, interleaved; exits) of the counter under an honest host
+    whose timer fires every 50 instructions — hundreds of exits, every entry through the
+    fault policy's checks."""
+    runs: dict[str, list[tuple[float, bool, str, int]]] = {k: [] for k, _ in DEFENCE_CONFIGS}
+    for _ in range(reps):
+        for label, config in DEFENCE_CONFIGS:
+            runs[label].append(benign_run(TICK_CASE, config))
+    out = {}
+    for label, rs in runs.items():
+        per = [r[0] / max(1, r[3]) * 1e6 for r in rs]
+        out[label] = (statistics.median(per), min(per), max(per), rs[0][3])
+    return out
+
+
+def read_page_cost(hidden: bool, reps: int) -> float:
+    """µs a host's READ_PAGE of a private page takes at shim with ciphertext hiding on or
+    (switched off in the TEE's memory, for this measurement only) off."""
+    image, sample = resolve("modexp")
+    machine = make_machine(seed=0, image=image, level=Level.SHIM)
+    try:
+        host = HonestHypervisor(machine.client, Devices(Console()))
+        host.launch(image, Level.SHIM, DEFAULT_MEMORY, secret_blob=wrap_secret(
+            machine, sample.make_secret(random.Random(0)) if sample else b""))
+        machine.platform.tee.vms[host.vm].memory.hide_ciphertext = hidden
+        page = DEFAULT_MEMORY - PAGE_SIZE  # the stack's page: private
+        times = []
+        for _ in range(reps):
+            start = time.process_time()
+            for _ in range(200):
+                machine.client.read_page(host.vm, page)
+            times.append((time.process_time() - start) / 200 * 1e6)
+        return statistics.median(times)
+    finally:
+        machine.close()
+
+
+def count_shortfall() -> tuple[float, int]:
+    """(instructions an honest host's count falls short per timer exit, timer exits) at
+    shim: the host counts the quanta it asked for (no count is shown), the TEE counts what
+    ran, the quantum plus the step policy's jitter (kvstore, tick 10,000)."""
+    image, sample = resolve("kvstore")
+    machine = make_machine(seed=0, image=image, level=Level.SHIM)
+    try:
+        devices = Devices(Console(), BlockDevice(None), InputDevice([]))
+        host = HonestHypervisor(machine.client, devices, quantum=COARSE_TICK)
+        host.launch(image, Level.SHIM, DEFAULT_MEMORY, secret_blob=wrap_secret(
+            machine, sample.make_secret(random.Random(0)) if sample else b""))
+        result = host.run()
+        timers = result.exits.get("timer", 0)
+        retired = sum(ctx.retired for ctx in machine.platform.tee.vms[host.vm].vcpus)
+        return (retired - result.retired) / max(1, timers), timers
+    finally:
+        machine.close()
+
+
+def launches_refused(launches: int, window_s: int, restarts: int, tmp: Path) -> int:
+    """Launch secrets the owner's ledger refuses an honest host that launches the VM once
+    and restarts it ``restarts`` times, evenly, within one window (a crash loop, an
+    operator's redeploys), under a budget of ``launches`` per ``window_s``."""
+    from tvmm.owner.ledger import AuditRecord, LaunchBudget, LaunchLedger
+
+    ledger = LaunchLedger(tmp / f"ledger-{launches}-{restarts}")
+    budget = LaunchBudget(launches, window_s)
+    step = window_s / (restarts + 1)
+    return sum(bool(ledger.admit(budget, AuditRecord(1.0 + i * step, f"{i:032x}", "", "launch",
+                                                     True)))
+               for i in range(restarts + 1))
+
+
+def defence_costs(reps: int) -> dict:
+    """Each of issue 15's defences against what it costs an honest host."""
+    import tempfile
+
+    trips = exit_round_trips(reps)
+    shortfall, timers = count_shortfall()
+    with tempfile.TemporaryDirectory(prefix="tvmm-tradeoff-") as tmp:
+        refused = {r: launches_refused(3, 3600, r, Path(tmp)) for r in range(1, 7)}
+    return {"reps": reps, "exit_us": {k: [round(x, 2) for x in v[:3]] for k, v in trips.items()},
+            "exits": trips["default (pinning)"][3],
+            "read_page_us": {"hidden": round(read_page_cost(True, reps), 2),
+                             "ciphertext": round(read_page_cost(False, reps), 2)},
+            "count_shortfall": round(shortfall, 1), "timer_exits": timers,
+            "refused": refused,
+            "meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "load": round(os.getloadavg()[0], 1), "commit": git_commit()}}
+
+
+def defences_section(d: dict) -> str:
+    """The section of docs/tradeoff.md on the cost of issue 15's defences."""
+    def us(label: str) -> str:
+        median, lo, hi = d["exit_us"][label]
+        return f"{median:.1f} µs an exit ({lo:.0f}–{hi:.0f})"
+
+    refused = ", ".join(f"{int(r)} restart{'s' if int(r) > 1 else ''}: {n}"
+                        for r, n in d["refused"].items())
+    m = d["meta"]
+    return f"""## Cost of each new defence (issue 15)
+
+Measured by `python -m tvmm_tools.tradeoff --defences --reps {d["reps"]}` on {m["date"]} (load
+average {m["load"]}, commit {m["commit"] or "?"}); CPU time, median of {d["reps"]} runs.
+
+| defence | exit round trip | compute | launches refused |
+|---|---|---|---|
+| no count at a timer exit | nothing to do: a field left out of the record | none; the honest host counts the quanta it asked for, {d["count_shortfall"]} instructions a timer exit short of what ran (the jitter, 0..32; kvstore, tick {COARSE_TICK}, {d["timer_exits"]} timer exits) | none |
+| data-fault budget (pinning off) | {us("data-fault budget (pinning off)")}, against {us("none of them")} with no fault policy | time × of the fault table's "data_fault_budget off" row against the default's | a host that demand-pages is killed at its first data fault (the fault table's last column) |
+| pinning (default) | {us("default (pinning)")}, against {us("none of them")} (two scans of a byte a page at each entry) | time × of the fault table's "default (pinning)" row | a host that demand-pages: its first entry is refused |
+| ciphertext hiding | READ_PAGE of a private page {d["read_page_us"]["hidden"]:.1f} µs hidden, {d["read_page_us"]["ciphertext"]:.1f} µs as ciphertext | none: no honest host reads a private page (a migration's pages leave sealed, by the TEE) | none |
+| launch budget (owner: 3 per 3600 s) | none | none | an honest host that launches once and restarts the VM evenly within the hour — {refused} |
+
+Exit round trip: the counter under an honest host whose timer fires every 50 instructions
+({d["exits"]} exits), CPU time of launch and run divided by its exits (so it includes the
+guest's own 50 instructions an exit), the settings interleaved: median (min–max) of the
+runs.  The differences between the rows are the defences' cost an exit; where they are
+smaller than the spread of the runs they are noise on a shared machine.  Launches refused: the owner's ledger
+(tvmm.owner.ledger) deciding each launch of the pattern; a refused launch gets no secret
+(the guest runs without it, or the operator waits for the window to move).
+"""
+
+
 # -- output ------------------------------------------------------------------------------------
 def markdown_table(rows: list[Row], attacks: list[AttackSpec]) -> str:
     keys = [k for k, _, _ in attacks]
@@ -485,7 +614,7 @@ its first fault), which the data-fault budget and pinning rule out by design.
   tick (717 exits) does not lift above the noise either.  (On hardware the TDX module
   single-steps the extension itself, which does cost time; the model does not charge for
   it.)
-"""
+""" + ("\n" + defences_section(data["defences"]) if "defences" in data else "")
 
 
 def _model_note() -> str:
@@ -511,8 +640,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", type=Path, default=Path("tradeoff.sqlite"),
                     help="the campaign store of the attack cells (a rerun resumes)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--defences", action="store_true",
+                    help="measure only the cost of issue 15's defences and add it to the "
+                         "page's data (its JSON beside --out), then regenerate the page")
     args = ap.parse_args(argv)
     start = time.perf_counter()
+    if args.defences:
+        data = json.loads(args.out.with_suffix(".json").read_text())
+        data["defences"] = defence_costs(args.reps)
+        args.out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+        args.out.write_text(document(data))
+        print(f"wrote {args.out} in {time.perf_counter() - start:.0f} s")
+        return 0
     with Store(args.store) as store:
         step_rows = sweep(step_settings(), STEP_ATTACKS, STEP_BENIGN, args.seeds, args.reps,
                           print, store, args.workers)
@@ -528,7 +667,8 @@ def main(argv: list[str] | None = None) -> int:
                      "commit": git_commit()},
             "seeds": args.seeds, "reps": args.reps, "region": region,
             "step": [row_to_dict(r) for r in step_rows],
-            "fault": [row_to_dict(r) for r in fault_rows]}
+            "fault": [row_to_dict(r) for r in fault_rows],
+            "defences": defence_costs(args.reps)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.svg.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+
 from shim.policies.config import PolicyConfig
 from tvmm.abi.types import Level
 from tvmm.judge import run_attack
@@ -99,3 +101,17 @@ def test_timing_bound_rounds_take_only_the_line_that_runs_longer_under_jitter():
                 probe = search.send(counts[index] > probe.quantum + rng.randrange(JITTER))
         except StopIteration as stop:
             assert stop.value is not None and stop.value[0] == right, trial
+
+
+@pytest.mark.parametrize("attack, victim", [
+    (FaultBudget, "modexp-ct"), (FaultBudget, "dispatch"), (Relaunch, "branches"),
+    (CipherStack, "modexp-ct"), (CipherStack, "branches"), (TimingBound, "modexp")])
+def test_an_adaptive_attack_says_why_a_victim_does_not_fit(attack, victim):
+    """A victim whose public image or own copy lacks what the attack reads (two routines
+    on pages of their own, a loop calling them, input lines it answers) is a cell 'n/a'
+    with the reason, not a run that found nothing (✗) nor an error: modexp-ct has one
+    routine, dispatch four handlers, branches no routine called every iteration, modexp
+    reads no input."""
+    verdict = run_attack(attack(), victim, Level.PLAIN, seed=SEED)
+    assert verdict.cell == "n/a" and verdict.detail.startswith("n/a: "), verdict.detail
+    assert verdict.leaked_bits == 0 and not verdict.notes.get("error")

@@ -176,3 +176,21 @@ def test_results_doc_is_regenerated_from_its_cells_file(tmp_path):
 def test_a_damaged_cells_file_is_one_error():
     with pytest.raises(CampaignError, match="not a campaign's cells file"):
         report.load_cells('{"meta": {}}\n')
+
+
+def test_a_residual_states_its_bits_per_launch_and_per_fault():
+    """Issue 15: a residual at shim is stated per owner launch secret and per fault the
+    attack says it spent (its notes), mean over the seeds; a cell whose attack does not
+    say shows neither."""
+    rows = []
+    for seed, (bits, launches, faults) in enumerate([(40.0, 2, 10), (20.0, 1, 20)]):
+        v = _verdict(bits, attack="tb")
+        v.notes.update(launches=launches, faults=faults)
+        rows.append((CellKey("tb", "g", "shim", "default", seed, "c0de"), v))
+        rows.append((CellKey("pf", "g", "shim", "default", seed, "c0de"), _verdict(3.0,
+                                                                                   attack="pf")))
+    meta = report.Meta.now("x", "c0de", "abc", 4, 1.0, "1")
+    text = report.results_markdown(meta, rows, "x.jsonl")
+    assert ("- tb on g: 30 b (20–40) — seeds leaking: 2/2; 20.0 b a launch (1.5 launches, "
+            "mean); 2.50 b a fault (15.0 faults, mean)") in text
+    assert "- pf on g: 3 b — seeds leaking: 2/2\n" in text

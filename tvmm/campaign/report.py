@@ -208,7 +208,12 @@ def _tables(aggs: list[Aggregate]) -> list[str]:
         out.append("None: no confidentiality attack leaked a bit at `shim` in any seed.")
     for a in residual:
         out.append(f"- {a.attack} on {a.victim}: {cell_text(a)} — seeds leaking: "
-                   f"{sum(1 for b in a.bits if b >= 1)}/{a.n}")
+                   f"{sum(1 for b in a.bits if b >= 1)}/{a.n}{_spent(a)}")
+    if any(a.attack in _ADAPTIVE and a.level == Level.SHIM.value for a in aggs):
+        out += ["", "Bits per launch and per fault of the adaptive attacks with each fault "
+                "defence on and off, over 5 seeds: docs/policies.md, \"Residuals of the "
+                "adaptive attacks at shim\" (`python -m tvmm_tools.residuals --seeds 5 "
+                "--write-docs`)."]
     out += ["", "### Every cell", "", "<details><summary>each cell over its seeds</summary>",
             "", "| attack | victim | level | bits median (min–max) | success k/N [95 % CI] "
             "| detected k/N | class per seed | exits (median) | wall s (median) | detail "
@@ -222,6 +227,23 @@ def _tables(aggs: list[Aggregate]) -> list[str]:
                    f"{statistics.median(a.exits):.0f} | {statistics.median(a.wall_s):.2f} | "
                    f"{detail} |")
     out += ["", "</details>", ""]
+    return out
+
+
+_ADAPTIVE = ("fault-budget", "relaunch", "cipher-stack", "timing-bound")  # issue 15's
+
+
+def _spent(a: Aggregate) -> str:
+    """The residual per owner launch secret and per fault the attack says it spent (mean
+    over the seeds), where it says so for every seed."""
+    out = ""
+    if a.launches and all(x for x in a.launches):
+        per = statistics.mean(b / x for b, x in zip(a.bits, a.launches, strict=True))
+        out += (f"; {per:.1f} b a launch ({statistics.mean(a.launches):.1f} launches, "
+                "mean)")
+    if a.faults and all(x for x in a.faults):
+        per = statistics.mean(b / x for b, x in zip(a.bits, a.faults, strict=True))
+        out += f"; {per:.2f} b a fault ({statistics.mean(a.faults):.1f} faults, mean)"
     return out
 
 

@@ -42,6 +42,10 @@ class Aggregate:
     exits: tuple[int, ...]
     wall_s: tuple[float, ...]
     details: tuple[str, ...]
+    # What an attack that relaunches or counts its faults says it spent, per seed (None
+    # where it does not say): the residual per launch and per fault (results.md).
+    launches: tuple[int | None, ...] = ()
+    faults: tuple[int | None, ...] = ()
 
     @property
     def n(self) -> int:
@@ -86,5 +90,11 @@ def aggregate(items: Iterable[tuple[int, str, Verdict]]) -> list[Aggregate]:
             seeds=tuple(s for s, _ in runs), bits=tuple(v.leaked_bits for v in vs),
             classes=tuple(outcome_class(v) for v in vs),
             detected=sum(1 for v in vs if v.detected), exits=tuple(v.exits for v in vs),
-            wall_s=tuple(v.wall_s for v in vs), details=tuple(v.detail for v in vs)))
+            wall_s=tuple(v.wall_s for v in vs), details=tuple(v.detail for v in vs),
+            launches=tuple(_count(v.notes.get("launches")) for v in vs),
+            faults=tuple(_count(v.notes.get("faults")) for v in vs)))
     return out
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

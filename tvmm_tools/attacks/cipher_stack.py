@@ -36,7 +36,7 @@ from tvmm_tools.attacks._decode import (
 )
 from tvmm_tools.attacks._stepper import MAX_STEPS, RoutineStepper, step_own_copy
 from tvmm_tools.attacks._targets import STACK_BLOCK, program_routines, stack_page
-from tvmm_tools.attacks.base import Attack, AttackContext, Outcome
+from tvmm_tools.attacks.base import Attack, AttackContext, Outcome, not_applicable
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +65,13 @@ class _StepHost(RoutineStepper):
         return not self.hidden
 
 
-def calibrate(ctx: AttackContext) -> Calibration | None:
-    """Iteration lengths from the own copy at plain (RIP shown): exponent 1 then 63 zeros."""
+def calibrate(ctx: AttackContext) -> Calibration | str:
+    """Iteration lengths from the own copy at plain (RIP shown): exponent 1 then 63 zeros;
+    or why the victim does not fit (the scenario's n/a)."""
     routines = program_routines(ctx.image)
     if len(routines) < 2:
-        return None
+        return (f"{len(routines)} routine{'' if len(routines) == 1 else 's'} above main on "
+                "code pages of their own: no two call sites to tell the bits apart")
     host = ctx.host(_StepHost, pages=sorted({r & ~0xFFF for r in routines}), stack=None)
     step_own_copy(ctx, host)
     calls = {r: [t for t, rip in enumerate(host.rips) if rip == r] for r in routines}
@@ -77,7 +79,8 @@ def calibrate(ctx: AttackContext) -> Calibration | None:
     others = [r for r in routines if r != loop and calls[r]]
     starts = calls[loop]
     if not others or len(starts) < 3:
-        return None
+        return ("the own copy (no secret) calls no second routine between three calls of "
+                "one loop routine: no call site whose stack slot tells a bit")
     zero = statistics.median(b - a for a, b in zip(starts[1:], starts[2:], strict=False))
     return Calibration(loop, others[0], starts[1] - starts[0], int(zero))
 
@@ -124,9 +127,8 @@ class CipherStack(Attack):
 
     def run(self, ctx: AttackContext) -> Outcome:
         cal = calibrate(ctx)
-        if cal is None:
-            return Outcome(notes={"detail": "one routine on a page of its own: no call site "
-                                            "tells the bits apart"})
+        if isinstance(cal, str):
+            return not_applicable(cal)
         host = ctx.host(_StepHost, pages=[cal.loop & ~0xFFF], stack=stack_page(ctx.memory))
         ctx.launch(host)
         ctx.client.unmap(host.vm, cal.loop & ~0xFFF)

@@ -49,7 +49,7 @@ from tvmm_tools.attacks._decode import (
 )
 from tvmm_tools.attacks._stepper import RoutineStepper, step_own_copy
 from tvmm_tools.attacks._targets import program_routines
-from tvmm_tools.attacks.base import Attack, AttackContext, Outcome
+from tvmm_tools.attacks.base import Attack, AttackContext, Outcome, not_applicable
 
 SAME_RIP = 6  # docs/policies.md: fault_same_rip (default)
 BUDGET = 64  # docs/policies.md: fault_budget per window (default)
@@ -75,16 +75,19 @@ class Layout:
     one: int | None  # the same for a 1 bit, when the own copy shows one
 
 
-def layout(ctx: AttackContext) -> Layout | None:
+def layout(ctx: AttackContext) -> Layout | str:
+    """The own copy's layout, or why the victim does not fit (the scenario's n/a)."""
     routines = program_routines(ctx.image)
     if len(routines) != 2:
-        return None
+        return (f"{len(routines)} routine{'' if len(routines) == 1 else 's'} above main on "
+                "code pages of their own, not 2: no pair of calls tells a bit apart")
     pages = sorted({_page(r) for r in routines})
     host = ctx.host(RoutineStepper, pages=pages)
     step_own_copy(ctx, host)
     calls = sorted((t, r) for r in routines for t, rip in enumerate(host.rips) if rip == r)
     if len(calls) < 3:
-        return None
+        return (f"the own copy calls its two routines {len(calls)} times: no loop of calls "
+                "to read")
     loop = calls[0][1]
     other = next(r for r in routines if r != loop)
     starts = [t for t, r in calls if r == loop]
@@ -281,9 +284,8 @@ class FaultBudget(Attack):
 
     def run(self, ctx: AttackContext) -> Outcome:
         lay = layout(ctx)
-        if lay is None:
-            return Outcome(notes={"detail": "no pair of routines on pages of their own: "
-                                            "no call tells the bits apart"})
+        if isinstance(lay, str):
+            return not_applicable(lay)
         got = read_window(ctx, lay, 0)
         if got is None:
             return Outcome(notes={"detail": "the owner refused the launch secret"})
@@ -336,9 +338,11 @@ class Relaunch(Attack):
 
     def run(self, ctx: AttackContext) -> Outcome:
         lay = layout(ctx)
-        if lay is None or lay.style != "extra" or lay.one is None:
-            return Outcome(notes={"detail": "no loop routine with a conditional one: nothing "
-                                            "to locate by count"})
+        if isinstance(lay, str):
+            return not_applicable(lay)
+        if lay.style != "extra" or lay.one is None:
+            return not_applicable("no loop routine called every iteration with a conditional "
+                                  "one: nothing to locate by count")
         known: list[int | None] = []
         hosts: list[HonestHypervisor] = []
         console = ""

@@ -39,7 +39,7 @@ from tvmm.host.devices import InputDevice
 from tvmm.host.hypervisor import HonestHypervisor
 from tvmm.samples import PASSWORD_ALPHABET
 from tvmm_tools.attacks._decode import is_console_write, is_input_read
-from tvmm_tools.attacks.base import Attack, AttackContext, Outcome
+from tvmm_tools.attacks.base import Attack, AttackContext, Outcome, not_applicable
 from tvmm_tools.attacks.calibrate import finish
 
 MIN_QUANTUM = 32  # docs/policies.md: min_progress; a quantum below it is a short entry
@@ -179,11 +179,12 @@ def _calibration(jittered: bool, out: list[float]) -> Search:
     return None
 
 
-def calibrate(ctx: AttackContext, jittered: bool) -> tuple[float, float]:
+def calibrate(ctx: AttackContext, jittered: bool) -> tuple[float, float] | None:
     """(instructions for a one-byte line, instructions more per byte), measured on the
     attacker's own copy at the victim's level with no secret (every length is wrong
     there): the input path differs between levels (at shim the bounce buffer is copied by
-    the shim, not the guest)."""
+    the shim, not the guest).  None if the own copy does not answer input lines (the
+    victim has no attempt to time)."""
     counts: list[float] = []
     search = _calibration(jittered, counts)
     host = ctx.host(_TimingHost, search=search, probe=next(search))
@@ -193,7 +194,7 @@ def calibrate(ctx: AttackContext, jittered: bool) -> tuple[float, float]:
     finally:
         finish(host)
     if len(counts) < 2:
-        raise RuntimeError("calibration: the own copy answered too few lines")
+        return None
     return counts[0], (counts[1] - counts[0]) / (CALIBRATION_LENGTH - 1)
 
 
@@ -209,7 +210,11 @@ class TimingBound(Attack):
 
     def run(self, ctx: AttackContext) -> Outcome:
         jittered = ctx.level == Level.SHIM  # docs/policies.md: the shim jitters timers
-        base, slope = calibrate(ctx, jittered)
+        calibrated = calibrate(ctx, jittered)
+        if calibrated is None:
+            return not_applicable("the own copy answers no input line with a console write: "
+                                  "no attempt whose run time a timer could bound")
+        base, slope = calibrated
         notes: dict[str, object] = {"calibration": [round(base, 1), round(slope, 2)]}
         hosts: list[HonestHypervisor] = []
         search = _search(base, slope, jittered, notes)
