@@ -70,8 +70,15 @@ class Remote:
 
 def remote(ledger: str, state_dir: Path | None) -> Remote:
     host, port = _ADDRESS.match(ledger).groups()  # type: ignore[union-attr]
-    return Remote(OperatorClient((host.strip("[]"), int(port)),
-                                 state_dir or default_state_dir(), timeout=60))
+    state = state_dir or default_state_dir()
+    try:
+        return Remote(OperatorClient((host.strip("[]"), int(port)), state, timeout=60))
+    except (OSError, ValueError) as exc:  # no perimeter (its transport CA) in this state
+        raise TransparencyError("unreachable", f"{ledger}: no perimeter to reach it from "
+                                f"in {state} ({getattr(exc, 'strerror', None) or exc}); "
+                                "a perimeter ledger runs from a state directory "
+                                "(tvmm transparency serve): give the same --state-dir or "
+                                "TVMM_STATE_DIR") from None
 
 
 def open_local(ledger: str) -> LedgerService:
