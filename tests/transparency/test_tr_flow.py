@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import shutil
 import sqlite3
 from pathlib import Path
@@ -248,3 +249,34 @@ def test_a_feed_is_quoted_in_the_policies_written(ledger: Path, tmp_path) -> Non
                "--issuer-key", d / "issuer.pem", "-o", tmp_path / "h.stmt") == 0
     assert run("transparency", "register", tmp_path / "h.stmt", "--ledger", tmp_path / "l",
                "-o", tmp_path / "h.receipt") == 0
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "attestation.md"
+
+
+def worked_example() -> list[tuple[str, str]]:
+    """The commands of attestation.md's worked example, each with its '# →' outcome."""
+    text = DOC.read_text().split("### Worked example", 1)[1].split("\n#", 1)[0]
+    found = []
+    for line in text.splitlines():
+        if line.startswith("    tvmm "):
+            command, _, outcome = line.strip().partition("# →")
+            found.append((command, outcome.strip()))
+    return found
+
+
+def test_the_worked_example_in_attestation_md_runs_as_written(tmp_path, monkeypatch,
+                                                                capsys) -> None:
+    """Line by line, in an empty directory, as a new user would paste it: each command
+    succeeds, and each with an outcome prints it (refusals with status 1)."""
+    monkeypatch.chdir(tmp_path)
+    steps = worked_example()
+    assert len(steps) >= 10 and sum(1 for _, o in steps if o.startswith("refused")) >= 3
+    for command, outcome in steps:
+        argv = shlex.split(command, comments=True)
+        assert argv[0] == "tvmm"
+        code = main(argv[1:])
+        out = " ".join(capsys.readouterr().out.split())
+        assert code == (1 if outcome.startswith("refused") else 0), (command, out)
+        for piece in outcome.split(" (")[0].split("…"):
+            assert piece.strip() in out, (command, piece, out)
