@@ -19,18 +19,22 @@ checks the attestation that binds it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from shim.launch import predict
+from tvmm import guestlinux
 from tvmm.abi.state_dir import default_state_dir
 from tvmm.abi.types import Level
 from tvmm.commands.ledger_remote import is_remote, ledger_key, remote
 from tvmm.commands.output import console, emit_json, fail, writable_file
 from tvmm.guestbuild import GuestBuildError, build_inputs
-from tvmm.guestimage import GuestImageError
+from tvmm.guestimage import GuestImage, GuestImageError, load_elf
+from tvmm.guestlinux import LinuxImageError
 from tvmm.launch_plan import plan_launch
 from tvmm.machine import DEFAULT_MEMORY
 from tvmm.samples import resolve, source_files
@@ -58,9 +62,18 @@ def add(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--feed", action="append", required=True, help="a feed they may publish on")
     i.set_defaults(run=run_init)
     c = verbs.add_parser("claim", help="build and measure a guest, sign a statement about it")
-    c.add_argument("guest")
+    c.add_argument("guest", nargs="?", help="sample name or .c file")
+    c.add_argument("--program", type=Path, help="instead of a guest: a static Linux program "
+                   "in the Linux personality (tvmm run), with its files and arguments")
+    c.add_argument("--file", action="append", default=[], metavar="HOST:GUEST",
+                   help="with --program: a file of its root file system (repeatable)")
+    c.add_argument("--args", default="", metavar="'ARG ...'",
+                   help="with --program: its arguments, as a shell would split them")
+    c.add_argument("--heap", type=lambda s: int(s, 0), default=guestlinux.DEFAULT_HEAP,
+                   help="with --program: as tvmm run --heap")
     c.add_argument("--level", choices=[Level.SNP.value, Level.SHIM.value], default="snp")
-    c.add_argument("--memory", type=lambda s: int(s, 0), default=DEFAULT_MEMORY)
+    c.add_argument("--memory", type=lambda s: int(s, 0),
+                   help="guest memory (default 4 MiB; with --program what tvmm run gives it)")
     c.add_argument("--feed", required=True)
     c.add_argument("--svn", type=int, required=True)
     c.add_argument("--issuer-key", type=Path, required=True)
@@ -145,23 +158,48 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_claim(args: argparse.Namespace) -> int:
+    if (args.guest is None) == (args.program is None):
+        return fail("claim a guest or a --program, one of them")
     try:
-        image, _sample = resolve(args.guest)
-        sources = source_files(args.guest)
-        inputs = build_inputs(sources)
         issuer = keys.load_private(args.issuer_key)
         level = Level(args.level)
-        digest = predict(plan_launch(image, args.memory), level).digest
-        claim = Claim(digest, image.name, args.feed, args.svn, inputs.sources_digest,
-                      level.value, {"compiler": inputs.compiler, "flags": inputs.flags,
-                                    "memory": hex(args.memory), "elf_sha256": image.sha256})
-    except (GuestBuildError, GuestImageError, KeyError, OSError, TransparencyError) as exc:
+        if args.program is not None:
+            image, memory, sources_digest, build = _linux_build(args)
+        else:
+            image, _sample = resolve(args.guest)
+            inputs = build_inputs(source_files(args.guest))
+            memory = args.memory or DEFAULT_MEMORY
+            sources_digest = inputs.sources_digest
+            build = {"compiler": inputs.compiler, "flags": inputs.flags}
+        digest = predict(plan_launch(image, memory), level).digest
+        claim = Claim(digest, image.name, args.feed, args.svn, sources_digest, level.value,
+                      {**build, "memory": hex(memory), "elf_sha256": image.sha256})
+    except (GuestBuildError, GuestImageError, LinuxImageError, KeyError, OSError,
+            TransparencyError) as exc:
         return fail(str(exc).strip("'\""))
     if (problem := _write(args.out, sign_statement(claim, issuer))) is not None:
         return fail(problem)
     console.print(f"{args.out}: {image.name} svn {args.svn} on {args.feed}, launch digest "
                   f"at {level.value} {digest.hex()[:32]}…", soft_wrap=True)
     return 0
+
+
+def _linux_build(args: argparse.Namespace) -> tuple[GuestImage, int, bytes, dict[str, str]]:
+    """A Linux program's image as tvmm run launches it (the personality with its root
+    file system), its memory, and its build inputs: the personality's (compiler, flags,
+    sources — the guest cache's key) and the root file system (program, files, argv),
+    which is measured as part of the image."""
+    argv = shlex.split(args.args)
+    files = [guestlinux.FileSpec.parse(f) for f in args.file]
+    linux = guestlinux.build(args.program, argv, files, heap=args.heap)
+    image = load_elf(linux.path, args.program.name)
+    inputs = build_inputs(list(guestlinux.LIBOS_SOURCES))
+    rootfs = guestlinux.pack_rootfs(args.program, argv, files)
+    sources = hashlib.sha256(inputs.sources_digest + rootfs).digest()
+    return image, args.memory or linux.memory, sources, {
+        "compiler": inputs.compiler, "flags": inputs.flags, "personality": "linux",
+        "program_sha256": hashlib.sha256(args.program.read_bytes()).hexdigest(),
+        "args": shlex.join(argv)}
 
 
 def run_register(args: argparse.Namespace) -> int:
