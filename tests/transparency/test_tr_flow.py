@@ -147,6 +147,22 @@ def test_audit_catches_a_fork(ledger: Path, tmp_path, capsys) -> None:
                "-o", tmp_path / "r") == 0
     assert run("transparency", "audit", "--ledger", forked, "--state", state) == 1
     assert "forked or rewritten" in capsys.readouterr().out
+    # a monitor that fetches no entries: the forked log's newest head does not extend the
+    # head it remembers (RFC 9162 consistency proof), the genuine one's does
+    light = tmp_path / "light.json"
+    light.write_text(state.read_text())
+    assert run("transparency", "audit", "--ledger", forked, "--state", light, "--light") == 1
+    assert "fork: " in capsys.readouterr().out
+    assert run("transparency", "audit", "--ledger", d / "ledger", "--state", light,
+               "--light") == 0
+    truncated = copy_ledger(d, "cut")  # the last entry and the heads that name it dropped
+    with sqlite3.connect(truncated / "log.db") as db:
+        size = db.execute("SELECT COUNT(*) FROM leaf").fetchone()[0]
+        db.execute("DELETE FROM leaf WHERE id = ?", (size,))
+        db.execute("DELETE FROM head WHERE size = ?", (size,))
+    assert run("transparency", "audit", "--ledger", truncated, "--state", light, "--light",
+               "--service-key", d / "ledger" / "service.pub.pem") == 1
+    assert "cut or rolled back" in capsys.readouterr().out
 
 
 def test_a_guest_builds_the_same_twice(tmp_path, monkeypatch) -> None:

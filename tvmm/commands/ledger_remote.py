@@ -58,6 +58,15 @@ class Remote:
     def head(self) -> bytes:
         return self.call("ledger_head").blob
 
+    def consistency(self, size1: int, size2: int) -> list[bytes]:
+        """The RFC 9162 proof that the tree of ``size2`` extends the tree of ``size1``."""
+        path = self.call("ledger_consistency", size1=size1, size2=size2)["data"]["path"]
+        try:
+            return [bytes.fromhex(h) for h in path]
+        except (TypeError, ValueError):
+            raise TransparencyError("malformed", "the ledger's consistency proof is not "
+                                                 "a list of hashes") from None
+
     def entries(self) -> list[bytes]:
         found: list[bytes] = []
         while True:

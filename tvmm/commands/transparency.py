@@ -123,6 +123,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--state-dir", type=Path, help="(HOST:PORT) the perimeter's state dir")
     a.add_argument("--state", type=writable_file,
                    help="the auditor's memory of heads (JSON)")
+    a.add_argument("--light", action="store_true",
+                   help="fetch no entries: check by RFC 9162 consistency proofs that the "
+                        "newest signed head extends every head remembered in --state")
     a.add_argument("--json", action="store_true")
     a.set_defaults(run=run_audit)
 
@@ -302,6 +305,8 @@ def run_audit(args: argparse.Namespace) -> int:
 
     A ledger directory needs only its log.db and the service's public key: anyone given a
     copy of the published log audits it without the ledger's private key."""
+    if args.light:
+        return _light_audit(args)
     try:
         seen = _load_state(args.state)
         if is_remote(args.ledger):
@@ -342,13 +347,93 @@ def run_audit(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def read_published(directory: Path) -> tuple[list[bytes], list[bytes]]:
-    """The signed heads and the entries of a ledger directory's log (or a copy of it)."""
+def _light_audit(args: argparse.Namespace) -> int:
+    """A monitor's check: the newest head, and a consistency proof from each remembered
+    head to it (about log2 n hashes each, no entries); then the newest head is remembered."""
+    if args.state is None:
+        return fail("--light checks the heads remembered in --state: give --state (a "
+                    "full audit first fills it)")
+    log = None
+    newest = None
+    problems: list[str] = []
+    try:
+        seen = _load_state(args.state)
+        if is_remote(args.ledger):
+            far = remote(args.ledger, args.state_dir)
+            service = (keys.load_public(args.service_key) if args.service_key
+                       else ledger_key(far, args.state_dir))
+            newest_raw, prove = far.head(), far.consistency
+        else:
+            directory = Path(args.ledger)
+            read_published(directory, entries=False)  # the same checks and messages
+            service = keys.load_public(args.service_key or directory / "service.pub.pem")
+            log = TransparencyLog(directory / "log.db")
+            heads = log.heads()
+            if not heads:
+                raise TransparencyError("store", f"{directory}: the log has no signed head")
+            newest_raw, prove = heads[-1], log.consistency
+        try:
+            newest = verify_head(newest_raw, service)
+            problems = consistency_problems(newest, seen, prove)
+        except TransparencyError as exc:
+            problems.append(str(exc))
+    except OSError as exc:
+        return fail(_os_error(exc))
+    except TransparencyError as exc:
+        return fail(str(exc))
+    finally:
+        if log is not None:
+            log.close()
+    if not problems and newest is not None:
+        seen[newest.size] = newest.root
+        text = json.dumps({str(s): r.hex() for s, r in sorted(seen.items())}, indent=1)
+        if (problem := _write(args.state, text.encode())) is not None:
+            return fail(problem)
+    if args.json:
+        emit_json({"ledger": str(args.ledger), "newest": newest.size if newest else None,
+                   "remembered": len(seen), "consistent": not problems,
+                   "problems": problems})
+    elif problems:
+        for line in problems:
+            console.print(f"[bold red]inconsistent[/]: {line}", soft_wrap=True)
+    else:
+        console.print(f"consistent: the newest head (size {newest.size}) extends every head "
+                      f"remembered in {args.state} (consistency proofs, no entries fetched)",
+                      soft_wrap=True)
+    return 1 if problems else 0
+
+
+def consistency_problems(newest, seen: dict[int, bytes], prove) -> list[str]:
+    """What is wrong with ``newest`` (a verified head) against the heads seen before, by
+    the ledger's consistency proofs (``prove(size1, size2)``); empty when it extends
+    every one of them."""
+    problems = []
+    for size, root in sorted(seen.items()):
+        if size == 0:
+            continue  # every log extends the empty one
+        if size > newest.size:
+            problems.append(f"a head of size {size} seen before is beyond the newest head "
+                            f"({newest.size}): the log was cut or rolled back")
+            continue
+        try:
+            merkle.verify_consistency(size, newest.size, root, newest.root,
+                                      prove(size, newest.size))
+        except TransparencyError as exc:
+            problems.append(f"the head of size {size} seen before: {exc}")
+    return problems
+
+
+def read_published(directory: Path, *, entries: bool = True
+                   ) -> tuple[list[bytes], list[bytes]]:
+    """The signed heads and the entries of a ledger directory's log (or a copy of it);
+    with ``entries=False`` only the checks that it is one."""
     if not directory.is_dir():
         raise TransparencyError("store", f"{directory}: no such ledger directory")
     if not (directory / "log.db").is_file():
         raise TransparencyError("store", f"{directory}: no log.db here (a ledger directory "
                                          "or a copy of its log.db and service.pub.pem)")
+    if not entries:
+        return [], []
     log = TransparencyLog(directory / "log.db")
     try:
         return log.heads(), [log.entry(i) for i in range(log.size)]
