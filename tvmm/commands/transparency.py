@@ -6,9 +6,11 @@
         --issuer-key issuer.pem -o hello.stmt               build, measure, sign
     tvmm transparency register hello.stmt --ledger LEDGER -o hello.receipt
     tvmm transparency verify hello.stmt hello.receipt --service-key LEDGER/service.pub.pem
-    tvmm transparency policy --ledger LEDGER --issuer issuer.pem --feed tvmm/samples \\
-        --min-svn 3 -o release.toml                         a broker policy by receipt
-    tvmm transparency audit --ledger LEDGER --state auditor.json
+    tvmm transparency policy --service-key LEDGER/service.pub.pem --issuer issuer.pub.pem \\
+        --feed tvmm/samples --min-svn 3 -o release.toml     a broker policy by receipt
+    tvmm transparency claim --program ./prog --args 'a b' --feed F --svn 3 \\
+        --issuer-key issuer.pem -o prog.stmt                a Linux program (tvmm run)
+    tvmm transparency audit --ledger LEDGER --state auditor.json [--light]
 
 LEDGER is a directory (a ledger on this machine, its key in service.pem) or HOST:PORT, a
 ledger process in the perimeter (``tvmm transparency serve``: measured, attested, its key
