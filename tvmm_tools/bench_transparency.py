@@ -88,11 +88,19 @@ def measure(size: int, seconds: float, workdir: Path) -> dict:
             "receipt_bytes_at_end": len(last), "proofs": proofs}
 
 
-def doc_block(results: list[dict], seconds: float) -> str:
-    load = os.getloadavg()[0]
-    lines = [f"Written by `python -m tvmm_tools.bench_transparency --seconds {seconds:g} "
-             f"--write-docs` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} "
-             f"CPUs, Python {platform.python_version()}, load average {load:.1f} at the end.",
+def run_meta(seconds: float) -> dict:
+    """When, where and under what load the figures were taken (at the end of the run)."""
+    return {"seconds": seconds, "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "load": round(os.getloadavg()[0], 1)}
+
+
+def doc_block(results: list[dict], meta: dict) -> str:
+    """The docs' block for ``results``; it carries its figures as a JSON comment, so a
+    test regenerates it byte for byte (the figures are the command's, not typed)."""
+    lines = [f"Written by `python -m tvmm_tools.bench_transparency --seconds "
+             f"{meta['seconds']:g} --write-docs` on {meta['date']} UTC, {meta['cpus']} "
+             f"CPUs, Python {meta['python']}, load average {meta['load']:.1f} at the end.",
              "", "| log size | registrations/s | receipt verification | receipt size |",
              "|---:|---:|---:|---:|"]
     for r in results:
@@ -103,7 +111,17 @@ def doc_block(results: list[dict], seconds: float) -> str:
               "| log size | path (hashes) |", "|---:|---:|"]
     for p in results[-1]["proofs"]:
         lines.append(f"| {p['log_size']:,} | {p['path_hashes']} |")
+    lines += ["", "<!-- data: " + json.dumps({"results": results, "meta": meta},
+                                             sort_keys=True) + " -->"]
     return "\n".join(lines)
+
+
+def parse_block(text: str) -> dict:
+    """The figures a block was written from (its JSON comment): results and meta."""
+    _head, sep, rest = text.partition("<!-- data: ")
+    if not sep or " -->" not in rest:
+        raise ValueError("no data comment in the block")
+    return json.loads(rest.split(" -->", 1)[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         results = [measure(size, args.seconds, Path(tmp)) for size in sorted(args.sizes)]
     print(json.dumps(results))
     if args.write_docs:
-        write_block(DOC, "bench-transparency", doc_block(results, args.seconds))
+        write_block(DOC, "bench-transparency", doc_block(results, run_meta(args.seconds)))
     return 0
 
 

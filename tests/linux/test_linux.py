@@ -368,3 +368,37 @@ def test_live_migration_of_a_running_busybox_gives_the_same_output(busybox, tmp_
     assert (result.how, result.status) == ("exit", 0), result.detail
     assert host.devices.console.text + moved.devices.console.text == text.replace("x", "yz")
     assert host.devices.console.text and moved.devices.console.text  # moved mid-output
+
+
+def test_a_linux_program_is_claimed_registered_and_released_by_ledger(musl_prog, tmp_path,
+                                                                       capsys):
+    """tvmm transparency claim --program: the claim's digest is tvmm measure --program's,
+    and tvmm run releases the secret under a transparency policy only when the host
+    presents the program's statement and receipt."""
+    t = tmp_path
+
+    def cli(*argv: object) -> dict | None:
+        code = main([str(a) for a in argv])
+        out = capsys.readouterr().out
+        assert code == 0, (argv, out)
+        return json.loads(out) if "--json" in argv else None
+    cli("transparency", "keygen", t / "issuer.pem")
+    cli("transparency", "init", t / "ledger", "--issuer", t / "issuer.pub.pem", "--feed", "f")
+    cli("transparency", "claim", "--program", musl_prog, "--args", "a b", "--feed", "f",
+        "--svn", 3, "--issuer-key", t / "issuer.pem", "-o", t / "p.stmt")
+    cli("transparency", "register", t / "p.stmt", "--ledger", t / "ledger", "-o", t / "p.receipt")
+    claimed = cli("transparency", "verify", t / "p.stmt", t / "p.receipt", "--service-key",
+                  t / "ledger" / "service.pub.pem", "--json")
+    measured = cli("measure", "--program", musl_prog, "--args", "a b", "--json")
+    assert claimed["launch_digest"] == measured["measurement"] and claimed["svn"] == 3
+    cli("transparency", "policy", "--service-key", t / "ledger" / "service.pub.pem",
+        "--issuer", t / "issuer.pub.pem", "--feed", "f", "--min-svn", 3, "-o", t / "r.toml")
+    (t / "key").write_bytes(b"k" * 16)
+    run_args = ["run", musl_prog, "a", "b", "--level", "snp", "--secret", t / "key",
+                "--release-policy", t / "r.toml", "--json"]
+    released = cli(*run_args, "--present", t / "p.stmt", t / "p.receipt")
+    assert released["key_release"]["released"] is True
+    assert f"secret bytes=16 sum={ord('k') * 16}\n" in released["output"]
+    refused = cli(*run_args)  # nothing presented
+    assert refused["key_release"]["refusal"] == "transparency"
+    assert "no secret\n" in refused["output"]

@@ -41,6 +41,16 @@ def test_tree_roots_agree_with_pymerkle_and_rfc9162(log: TransparencyLog) -> Non
         assert log.root(n) == merkle.root_of(entries[:n]) == tree.get_root()
 
 
+def test_prefix_roots_in_one_pass_are_the_logs_roots(log: TransparencyLog) -> None:
+    """The auditor's one-pass roots (every prefix, any order, sizes past the end left
+    out) are the log's own roots."""
+    entries = [log.entry(i) for i in range(log.size)]
+    sizes = [log.size + 3, *range(log.size, -1, -1)]
+    roots = merkle.prefix_roots(entries, sizes)
+    assert set(roots) == set(range(log.size + 1))
+    assert all(roots[n] == log.root(n) for n in range(log.size + 1))
+
+
 def test_every_inclusion_and_consistency_proof_verifies(log: TransparencyLog) -> None:
     for n in range(1, log.size + 1):
         root = log.root(n)

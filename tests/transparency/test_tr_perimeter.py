@@ -56,7 +56,12 @@ def test_a_perimeter_ledger_registers_attests_its_key_and_audits(issuer, tmp_pat
                    "--service-key", tmp_path / "ledger.pub.pem") == 0
         assert run("transparency", "audit", "--ledger", address,
                    "--state", tmp_path / "auditor.json") == 0
-        capsys.readouterr()
+        assert run("transparency", "register", issuer / "h2.stmt", "--ledger", address,
+                   "-o", tmp_path / "h2-first.receipt") == 0
+        # the ledger proves over the wire that its newest head extends the one remembered
+        assert run("transparency", "audit", "--ledger", address, "--light",
+                   "--state", tmp_path / "auditor.json") == 0
+        assert "extends every head" in capsys.readouterr().out
     finally:
         stop(proc)
     # no private key on disk: nothing under the state directory or beside the database
@@ -76,7 +81,7 @@ def test_a_perimeter_ledger_registers_attests_its_key_and_audits(issuer, tmp_pat
     proc = start(state, "--db", str(db))
     address = f"127.0.0.1:{proc.info['port']}"
     try:
-        assert proc.info["entries"] == 1
+        assert proc.info["entries"] == 2
         assert run("transparency", "register", issuer / "h2.stmt", "--ledger", address,
                    "-o", tmp_path / "h2.receipt") == 0
         assert run("transparency", "verify", issuer / "h2.stmt", tmp_path / "h2.receipt",

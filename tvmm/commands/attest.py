@@ -58,6 +58,8 @@ from tvmm.owner.verify import (
 )
 from tvmm.samples import resolve
 from tvmm.transparency import bundle
+from tvmm.transparency.errors import TransparencyError
+from tvmm.transparency.statements import parse_statement
 
 GUEST_KEY_FILE = "guest_key.bin"
 REPORT_FILE = "report.bin"
@@ -247,6 +249,8 @@ def run_attest(args: argparse.Namespace) -> int:
         return fail(f"{image.name} never asked its owner for a secret, so there is no report "
                     "(only guests that read the secrets page, or call attest(), make one)")
     attempt = owner.releases[-1]
+    expected = (owner.policy.measurement.hex() if owner.policy.measurement
+                else _registered_digest(args.present))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_FILE).write_bytes(attempt.report)
@@ -256,13 +260,13 @@ def run_attest(args: argparse.Namespace) -> int:
         (out / name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     summary = {
         "guest": image.name, "level": level.value, "measurement": report.launch_digest,
-        "expected_measurement": (owner.policy.measurement.hex() if owner.policy.measurement
-                                 else "any build registered under the policy"),
+        "expected_measurement": expected or "any build registered under the policy",
         "nonce": attempt.nonce.hex(),
         "guest_key": attempt.guest_key.hex(),
         "report_data": report_data_for(attempt.nonce, attempt.guest_key).hex(),
         "released": attempt.released,
         "refusal": attempt.reason.value if attempt.reason else None,
+        "refusal_detail": attempt.detail or None,
         "guest_status": report.status,
         "budget": report.key_release["budget"] if report.key_release else None,
         "files": sorted({p.name for p in out.iterdir()} | {EVIDENCE_FILE}),
@@ -272,7 +276,9 @@ def run_attest(args: argparse.Namespace) -> int:
         emit_json({**summary, "out": str(out)})
     else:
         broker = ("released the secret" if attempt.released
-                  else f"[bold red]refused[/]: {summary['refusal']}")
+                  else f"[bold red]refused[/]: {summary['refusal']}"
+                  + (f" ({attempt.detail.removeprefix(summary['refusal'] + ': ')})"
+                     if attempt.detail else ""))
         if attempt.reason == VerifyFailure.SIGNING_KEY and level not in (Level.SNP, Level.SHIM):
             broker += f" (no SEV-SNP guest at {level.value}: its report is unsigned)"
         for name, value in (
@@ -285,10 +291,23 @@ def run_attest(args: argparse.Namespace) -> int:
             ("evidence", f"{out}/ " + ", ".join(summary["files"])),
         ):
             console.print(f"[bold]{name:>13}[/]  {value}", soft_wrap=True)
-        console.print(f"check it: tvmm verify {out / REPORT_FILE} --chain {out} --measurement "
-                      f"{summary['expected_measurement']} --nonce {summary['nonce']}",
-                      soft_wrap=True)
+        # under a transparency policy the digest to check is the presented claim's (the
+        # broker verified its receipt); nothing presented, nothing to name
+        pin = f" --measurement {expected}" if expected else ""
+        console.print(f"check it: tvmm verify {out / REPORT_FILE} --chain {out}{pin} "
+                      f"--nonce {summary['nonce']}", soft_wrap=True)
     return 0 if attempt.released else 1
+
+
+def _registered_digest(present: list[Path] | None) -> str | None:
+    """The launch digest the presented statement claims (unverified here: the broker
+    verified it, or refused), for the line that tells the user how to check the report."""
+    if not present:
+        return None
+    try:
+        return parse_statement(present[0].read_bytes()).claim.launch_digest.hex()
+    except (OSError, TransparencyError):
+        return None
 
 
 def _budget_text(budget: dict | None) -> str:

@@ -58,6 +58,15 @@ class Remote:
     def head(self) -> bytes:
         return self.call("ledger_head").blob
 
+    def consistency(self, size1: int, size2: int) -> list[bytes]:
+        """The RFC 9162 proof that the tree of ``size2`` extends the tree of ``size1``."""
+        path = self.call("ledger_consistency", size1=size1, size2=size2)["data"]["path"]
+        try:
+            return [bytes.fromhex(h) for h in path]
+        except (TypeError, ValueError):
+            raise TransparencyError("malformed", "the ledger's consistency proof is not "
+                                                 "a list of hashes") from None
+
     def entries(self) -> list[bytes]:
         found: list[bytes] = []
         while True:
@@ -70,8 +79,15 @@ class Remote:
 
 def remote(ledger: str, state_dir: Path | None) -> Remote:
     host, port = _ADDRESS.match(ledger).groups()  # type: ignore[union-attr]
-    return Remote(OperatorClient((host.strip("[]"), int(port)),
-                                 state_dir or default_state_dir(), timeout=60))
+    state = state_dir or default_state_dir()
+    try:
+        return Remote(OperatorClient((host.strip("[]"), int(port)), state, timeout=60))
+    except (OSError, ValueError) as exc:  # no perimeter (its transport CA) in this state
+        raise TransparencyError("unreachable", f"{ledger}: no perimeter to reach it from "
+                                f"in {state} ({getattr(exc, 'strerror', None) or exc}); "
+                                "a perimeter ledger runs from a state directory "
+                                "(tvmm transparency serve): give the same --state-dir or "
+                                "TVMM_STATE_DIR") from None
 
 
 def open_local(ledger: str) -> LedgerService:

@@ -20,7 +20,7 @@ def emit_json(obj: Any) -> None:
 
 
 def fail(message: str, code: int = 2) -> int:
-    errors.print(f"[bold red]error:[/] {message}")
+    errors.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, unbroken
     return code
 
 

@@ -20,6 +20,8 @@ from tvmm.guestbuild import GuestBuildError
 from tvmm.guestimage import GuestImageError
 from tvmm.harness.boot import boot
 from tvmm.harness.launcher import HarnessError
+from tvmm.owner.broker import PolicyError, load_policy
+from tvmm.transparency import bundle
 
 LOG_PREFIX = guestlinux.LOG_PREFIX  # the personality's own lines: shown on stderr
 # Exception vectors as the signal Linux would send for them.
@@ -50,10 +52,18 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    "shim) and read by the program as /run/secrets/key")
     p.add_argument("--heap", type=lambda s: int(s, 0), default=guestlinux.DEFAULT_HEAP,
                    help="bytes for the program's mmap area and stack (default 32 MiB)")
+    p.add_argument("--release-policy", type=Path, metavar="TOML",
+                   help="with --secret: the owner's release policy (default: this image's "
+                   "predicted digest), e.g. a transparency policy (tvmm transparency policy)")
+    p.add_argument("--present", nargs=2, type=Path, metavar=("STATEMENT", "RECEIPT"),
+                   help="as the host, present the program's transparency statement and "
+                   "receipt with its evidence (tvmm transparency claim --program)")
     p.add_argument("--json", action="store_true", help="a JSON summary instead of the output")
 
 
-OPTIONS = ("--file", "--level", "--stdin", "--trace", "--secret", "--heap")
+OPTIONS = ("--file", "--level", "--stdin", "--trace", "--secret", "--heap",
+           "--release-policy", "--present")
+ARITY = {"--present": 2}  # values an option takes (others: one)
 FLAGS = ("--json",)
 
 
@@ -70,8 +80,9 @@ def split_args(args: argparse.Namespace) -> argparse.Namespace:
         if name in FLAGS or (name in OPTIONS and "=" in token):
             mine.append(token)
         elif name in OPTIONS:
-            mine += [token, *rest[:1]]
-            rest = rest[1:]
+            n = ARITY.get(name, 1)
+            mine += [token, *rest[:n]]
+            rest = rest[n:]
         else:
             program_args.append(token)
     own = argparse.ArgumentParser(prog="tvmm run", add_help=False, allow_abbrev=False)
@@ -88,13 +99,20 @@ def run(args: argparse.Namespace) -> int:
         image = guestlinux.build(args.program, args.args, specs, heap=args.heap)
         input_lines = _stdin_lines(args.stdin)
         secret = _secret(args.secret)
+        policy = load_policy(args.release_policy) if args.release_policy else None
+        presented = (bundle.pack(args.present[0].read_bytes(), args.present[1].read_bytes())
+                     if args.present else None)
     except (guestlinux.LinuxImageError, GuestBuildError, GuestImageError) as exc:
         return fail(str(exc))
+    except OSError as exc:
+        return fail(f"{exc.filename}: {exc.strerror}")
+    except PolicyError as exc:
+        return fail(f"{args.release_policy}: {exc}")
     live = None if args.json else _output
     try:
         report = boot(str(image.path), Level(args.level), trace=args.trace,
                       memory=image.memory, input_lines=input_lines, on_output=live,
-                      secret=secret)
+                      secret=secret, release_policy=policy, receipt=presented)
     except (GuestBuildError, GuestImageError, OSError, HarnessError) as exc:
         return fail(str(exc))
     if args.json:
@@ -102,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
                    "how": report.how, "status": report.status, "detail": report.detail,
                    "output": report.console, "exits": report.exits,
                    "launch_digest": report.launch_digest, "memory": image.memory,
-                   "unsupported_syscalls": guestlinux.unsupported_calls(report.console)})
+                   "unsupported_syscalls": guestlinux.unsupported_calls(report.console),
+                   "key_release": report.key_release})
     if report.how == "exit" and report.status is not None:
         return report.status & 0xFF
     print(f"tvmm: {args.program.name} did not exit: {_ended(report, args.program)}",

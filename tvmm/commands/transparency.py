@@ -6,9 +6,11 @@
         --issuer-key issuer.pem -o hello.stmt               build, measure, sign
     tvmm transparency register hello.stmt --ledger LEDGER -o hello.receipt
     tvmm transparency verify hello.stmt hello.receipt --service-key LEDGER/service.pub.pem
-    tvmm transparency policy --ledger LEDGER --issuer issuer.pem --feed tvmm/samples \\
-        --min-svn 3 -o release.toml                         a broker policy by receipt
-    tvmm transparency audit --ledger LEDGER --state auditor.json
+    tvmm transparency policy --service-key LEDGER/service.pub.pem --issuer issuer.pub.pem \\
+        --feed tvmm/samples --min-svn 3 -o release.toml     a broker policy by receipt
+    tvmm transparency claim --program ./prog --args 'a b' --feed F --svn 3 \\
+        --issuer-key issuer.pem -o prog.stmt                a Linux program (tvmm run)
+    tvmm transparency audit --ledger LEDGER --state auditor.json [--light]
 
 LEDGER is a directory (a ledger on this machine, its key in service.pem) or HOST:PORT, a
 ledger process in the perimeter (``tvmm transparency serve``: measured, attested, its key
@@ -19,18 +21,22 @@ checks the attestation that binds it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from shim.launch import predict
+from tvmm import guestlinux
 from tvmm.abi.state_dir import default_state_dir
 from tvmm.abi.types import Level
 from tvmm.commands.ledger_remote import is_remote, ledger_key, remote
-from tvmm.commands.output import console, emit_json, fail
+from tvmm.commands.output import console, emit_json, fail, writable_file
 from tvmm.guestbuild import GuestBuildError, build_inputs
-from tvmm.guestimage import GuestImageError
+from tvmm.guestimage import GuestImage, GuestImageError, load_elf
+from tvmm.guestlinux import LinuxImageError
 from tvmm.launch_plan import plan_launch
 from tvmm.machine import DEFAULT_MEMORY
 from tvmm.samples import resolve, source_files
@@ -38,8 +44,9 @@ from tvmm.transparency import keys, merkle
 from tvmm.transparency.claims import Claim
 from tvmm.transparency.errors import TransparencyError
 from tvmm.transparency.heads import verify_head
+from tvmm.transparency.log import TransparencyLog
 from tvmm.transparency.receipts import verify_receipt
-from tvmm.transparency.service import LedgerService
+from tvmm.transparency.service import LedgerService, toml_string
 from tvmm.transparency.statements import parse_statement, sign_statement
 
 
@@ -48,7 +55,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                                             "statements, receipts, audits")
     verbs = p.add_subparsers(dest="verb", required=True)
     k = verbs.add_parser("keygen", help="a new P-384 signing key (PEM) and its public half")
-    k.add_argument("out", type=Path)
+    k.add_argument("out", type=writable_file)
     k.set_defaults(run=run_keygen)
     i = verbs.add_parser("init", help="a new ledger in a directory")
     i.add_argument("ledger", type=Path)
@@ -57,18 +64,27 @@ def add(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--feed", action="append", required=True, help="a feed they may publish on")
     i.set_defaults(run=run_init)
     c = verbs.add_parser("claim", help="build and measure a guest, sign a statement about it")
-    c.add_argument("guest")
+    c.add_argument("guest", nargs="?", help="sample name or .c file")
+    c.add_argument("--program", type=Path, help="instead of a guest: a static Linux program "
+                   "in the Linux personality (tvmm run), with its files and arguments")
+    c.add_argument("--file", action="append", default=[], metavar="HOST:GUEST",
+                   help="with --program: a file of its root file system (repeatable)")
+    c.add_argument("--args", default="", metavar="'ARG ...'",
+                   help="with --program: its arguments, as a shell would split them")
+    c.add_argument("--heap", type=lambda s: int(s, 0), default=guestlinux.DEFAULT_HEAP,
+                   help="with --program: as tvmm run --heap")
     c.add_argument("--level", choices=[Level.SNP.value, Level.SHIM.value], default="snp")
-    c.add_argument("--memory", type=lambda s: int(s, 0), default=DEFAULT_MEMORY)
+    c.add_argument("--memory", type=lambda s: int(s, 0),
+                   help="guest memory (default 4 MiB; with --program what tvmm run gives it)")
     c.add_argument("--feed", required=True)
     c.add_argument("--svn", type=int, required=True)
     c.add_argument("--issuer-key", type=Path, required=True)
-    c.add_argument("-o", "--out", type=Path, required=True)
+    c.add_argument("-o", "--out", type=writable_file, required=True)
     c.set_defaults(run=run_claim)
     r = verbs.add_parser("register", help="submit a statement; write its receipt")
     r.add_argument("statement", type=Path)
     r.add_argument("--ledger", required=True, help="a ledger directory or HOST:PORT")
-    r.add_argument("-o", "--out", type=Path, required=True)
+    r.add_argument("-o", "--out", type=writable_file, required=True)
     r.add_argument("--state-dir", type=Path, help="(HOST:PORT) the perimeter's state dir")
     r.set_defaults(run=run_register)
     sv = verbs.add_parser("serve", help="run a ledger in the perimeter: an attested process "
@@ -84,7 +100,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     lk = verbs.add_parser("ledger-key", help="fetch a perimeter ledger's key and check the "
                                              "attestation that binds it")
     lk.add_argument("--ledger", required=True, help="HOST:PORT")
-    lk.add_argument("-o", "--out", type=Path, required=True)
+    lk.add_argument("-o", "--out", type=writable_file, required=True)
     lk.add_argument("--state-dir", type=Path)
     lk.set_defaults(run=run_ledger_key)
     v = verbs.add_parser("verify", help="check a receipt offline with the service's key")
@@ -99,7 +115,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     pol.add_argument("--issuer", type=Path, required=True)
     pol.add_argument("--feed", required=True)
     pol.add_argument("--min-svn", type=int, default=0)
-    pol.add_argument("-o", "--out", type=Path, required=True)
+    pol.add_argument("-o", "--out", type=writable_file, required=True)
     pol.set_defaults(run=run_policy)
     a = verbs.add_parser("audit", help="check the log against every tree head seen before")
     a.add_argument("--ledger", required=True, help="a ledger directory or HOST:PORT")
@@ -107,7 +123,11 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="the service's public key (default: LEDGER/service.pub.pem, or for "
                         "HOST:PORT the attested key)")
     a.add_argument("--state-dir", type=Path, help="(HOST:PORT) the perimeter's state dir")
-    a.add_argument("--state", type=Path, help="the auditor's memory of heads (JSON)")
+    a.add_argument("--state", type=writable_file,
+                   help="the auditor's memory of heads (JSON)")
+    a.add_argument("--light", action="store_true",
+                   help="fetch no entries: check by RFC 9162 consistency proofs that the "
+                        "newest signed head extends every head remembered in --state")
     a.add_argument("--json", action="store_true")
     a.set_defaults(run=run_audit)
 
@@ -116,10 +136,14 @@ def run_keygen(args: argparse.Namespace) -> int:
     if args.out.exists():
         return fail(f"{args.out}: exists; not overwriting a key")
     key = keys.new_key()
-    args.out.write_bytes(keys.private_pem(key))
-    args.out.chmod(0o600)
     public = args.out.with_suffix(".pub.pem")
-    public.write_bytes(keys.public_pem(key.public_key()))
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(keys.private_pem(key))
+        public.write_bytes(keys.public_pem(key.public_key()))
+    except OSError as exc:
+        return fail(_os_error(exc))
     console.print(f"{args.out} (private), {public} (public); key id "
                   f"{keys.key_id(key.public_key()).hex()[:16]}…")
     return 0
@@ -130,6 +154,8 @@ def run_init(args: argparse.Namespace) -> int:
         service = LedgerService.create(args.ledger, [(p, args.feed) for p in args.issuer])
     except TransparencyError as exc:
         return fail(str(exc))
+    except OSError as exc:
+        return fail(_os_error(exc))
     console.print(f"ledger {args.ledger}: service key {args.ledger / 'service.pub.pem'}, "
                   f"{len(service.issuers)} issuer(s) on {', '.join(args.feed)}")
     service.close()
@@ -137,22 +163,48 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_claim(args: argparse.Namespace) -> int:
+    if (args.guest is None) == (args.program is None):
+        return fail("claim a guest or a --program, one of them")
     try:
-        image, _sample = resolve(args.guest)
-        sources = source_files(args.guest)
-        inputs = build_inputs(sources)
         issuer = keys.load_private(args.issuer_key)
         level = Level(args.level)
-        digest = predict(plan_launch(image, args.memory), level).digest
-        claim = Claim(digest, image.name, args.feed, args.svn, inputs.sources_digest,
-                      level.value, {"compiler": inputs.compiler, "flags": inputs.flags,
-                                    "memory": hex(args.memory), "elf_sha256": image.sha256})
-    except (GuestBuildError, GuestImageError, KeyError, OSError, TransparencyError) as exc:
+        if args.program is not None:
+            image, memory, sources_digest, build = _linux_build(args)
+        else:
+            image, _sample = resolve(args.guest)
+            inputs = build_inputs(source_files(args.guest))
+            memory = args.memory or DEFAULT_MEMORY
+            sources_digest = inputs.sources_digest
+            build = {"compiler": inputs.compiler, "flags": inputs.flags}
+        digest = predict(plan_launch(image, memory), level).digest
+        claim = Claim(digest, image.name, args.feed, args.svn, sources_digest, level.value,
+                      {**build, "memory": hex(memory), "elf_sha256": image.sha256})
+    except (GuestBuildError, GuestImageError, LinuxImageError, KeyError, OSError,
+            TransparencyError) as exc:
         return fail(str(exc).strip("'\""))
-    args.out.write_bytes(sign_statement(claim, issuer))
+    if (problem := _write(args.out, sign_statement(claim, issuer))) is not None:
+        return fail(problem)
     console.print(f"{args.out}: {image.name} svn {args.svn} on {args.feed}, launch digest "
                   f"at {level.value} {digest.hex()[:32]}…", soft_wrap=True)
     return 0
+
+
+def _linux_build(args: argparse.Namespace) -> tuple[GuestImage, int, bytes, dict[str, str]]:
+    """A Linux program's image as tvmm run launches it (the personality with its root
+    file system), its memory, and its build inputs: the personality's (compiler, flags,
+    sources — the guest cache's key) and the root file system (program, files, argv),
+    which is measured as part of the image."""
+    argv = shlex.split(args.args)
+    files = [guestlinux.FileSpec.parse(f) for f in args.file]
+    linux = guestlinux.build(args.program, argv, files, heap=args.heap)
+    image = load_elf(linux.path, args.program.name)
+    inputs = build_inputs(list(guestlinux.LIBOS_SOURCES))
+    rootfs = guestlinux.pack_rootfs(args.program, argv, files)
+    sources = hashlib.sha256(inputs.sources_digest + rootfs).digest()
+    return image, args.memory or linux.memory, sources, {
+        "compiler": inputs.compiler, "flags": inputs.flags, "personality": "linux",
+        "program_sha256": hashlib.sha256(args.program.read_bytes()).hexdigest(),
+        "args": shlex.join(argv)}
 
 
 def run_register(args: argparse.Namespace) -> int:
@@ -160,16 +212,20 @@ def run_register(args: argparse.Namespace) -> int:
         raw = args.statement.read_bytes()
         ledger = (remote(args.ledger, args.state_dir) if is_remote(args.ledger)
                   else LedgerService.open(args.ledger))
-    except (OSError, TransparencyError) as exc:
+    except OSError as exc:
+        return fail(_os_error(exc))
+    except TransparencyError as exc:
         return fail(str(exc))
     try:
         index, receipt = ledger.register(raw)
     except TransparencyError as exc:
-        return fail(f"refused: {exc}", 1)
+        return _refused(exc)
     finally:
         if isinstance(ledger, LedgerService):
             ledger.close()
-    args.out.write_bytes(receipt)
+    if (problem := _write(args.out, receipt)) is not None:
+        return fail(f"registered as entry {index}, but the receipt was not written: "
+                    f"{problem}")
     console.print(f"registered as entry {index}; receipt {args.out}")
     return 0
 
@@ -195,8 +251,9 @@ def run_ledger_key(args: argparse.Namespace) -> int:
     try:
         public = ledger_key(remote(args.ledger, args.state_dir), args.state_dir)
     except TransparencyError as exc:
-        return fail(f"refused: {exc}", 1)
-    args.out.write_bytes(keys.public_pem(public))
+        return _refused(exc)
+    if (problem := _write(args.out, keys.public_pem(public))) is not None:
+        return fail(problem)
     console.print(f"{args.out}: the key of the ledger at {args.ledger}, held by the "
                   f"perimeter's measured code (attested); key id "
                   f"{keys.key_id(public).hex()[:16]}…")
@@ -210,7 +267,7 @@ def run_verify(args: argparse.Namespace) -> int:
         proof = verify_receipt(statement, receipt, service)
         claim = parse_statement(statement).claim
     except OSError as exc:
-        return fail(str(exc))
+        return fail(_os_error(exc))
     except TransparencyError as exc:
         return fail(f"refused: {exc}", 1)
     result = {"valid": True, "index": proof.index, "tree_size": proof.size,
@@ -236,8 +293,9 @@ def run_policy(args: argparse.Namespace) -> int:
             f"{keys.key_id(service).hex()[:16]}…\nversion = 1\n[transparency]\n"
             f"service_key = '''\n{keys.public_pem(service).decode()}'''\n"
             f"issuer_key = '''\n{keys.public_pem(issuer).decode()}'''\n"
-            f'feed = "{args.feed}"\nmin_svn = {args.min_svn}\n')
-    args.out.write_text(text)
+            f"feed = {toml_string(args.feed)}\nmin_svn = {args.min_svn}\n")
+    if (problem := _write(args.out, text.encode())) is not None:
+        return fail(problem)
     console.print(f"release policy: {args.out}")
     return 0
 
@@ -245,56 +303,40 @@ def run_policy(args: argparse.Namespace) -> int:
 def run_audit(args: argparse.Namespace) -> int:
     """Recompute every signed head's root from the entries, and check the heads the
     auditor saw before are still in this log (same size, same root): an operator who
-    edits, drops or reorders entries, or forks the log, fails one of the two."""
-    problems: list[str] = []
-    heads: list = []
-    entries: list[bytes] = []
-    seen: dict[int, bytes] = {}
-    local = None
+    edits, drops or reorders entries, or forks the log, fails one of the two.
+
+    A ledger directory needs only its log.db and the service's public key: anyone given a
+    copy of the published log audits it without the ledger's private key."""
+    if args.light:
+        return _light_audit(args)
     try:
+        seen = _load_state(args.state)
         if is_remote(args.ledger):
             far = remote(args.ledger, args.state_dir)
             service = (keys.load_public(args.service_key) if args.service_key
                        else ledger_key(far, args.state_dir))
             raw_heads, entries = [far.head()], far.entries()
         else:
+            raw_heads, entries = read_published(Path(args.ledger))
             service = keys.load_public(args.service_key
                                        or Path(args.ledger) / "service.pub.pem")
-            local = LedgerService.open(args.ledger)
-            raw_heads = local.log.heads()
-            entries = [local.log.entry(i) for i in range(local.log.size)]
-    except (OSError, TransparencyError) as exc:
-        if local is not None:
-            local.close()
+    except OSError as exc:
+        return fail(_os_error(exc))
+    except TransparencyError as exc:
         return fail(str(exc))
+    problems: list[str] = []
+    heads: list = []
     try:
         heads = [verify_head(raw, service) for raw in raw_heads]
-        recomputed = {h.size: merkle.root_of(entries[: h.size]) for h in heads
-                      if h.size <= len(entries)}
-        for h in heads:
-            if h.size > len(entries):
-                problems.append(f"head of size {h.size}: the log has only {len(entries)} "
-                                "entries (truncated)")
-            elif recomputed[h.size] != h.root:
-                problems.append(f"head of size {h.size}: its root is not the entries' root "
-                                "(entries were changed)")
-        seen = _load_state(args.state)
-        for size, root in seen.items():
-            if size > len(entries):
-                problems.append(f"a head of size {size} seen before is beyond the log's end")
-            elif merkle.root_of(entries[:size]) != root:
-                problems.append(f"the head of size {size} seen before does not match the "
-                                "log: it was forked or rewritten")
-        if not problems and args.state is not None and heads:
-            newest = heads[-1]
-            seen[newest.size] = newest.root
-            args.state.write_text(json.dumps({str(s): r.hex() for s, r in seen.items()},
-                                             indent=1))
+        problems = audit_log(heads, entries, seen)
     except TransparencyError as exc:
         problems.append(str(exc))
-    finally:
-        if local is not None:
-            local.close()
+    if not problems and args.state is not None and heads:
+        newest = heads[-1]
+        seen[newest.size] = newest.root
+        text = json.dumps({str(s): r.hex() for s, r in sorted(seen.items())}, indent=1)
+        if (problem := _write(args.state, text.encode())) is not None:
+            return fail(problem)
     if args.json:
         emit_json({"ledger": str(args.ledger), "entries": len(entries), "heads": len(heads),
                    "consistent": not problems, "problems": problems})
@@ -307,11 +349,153 @@ def run_audit(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _light_audit(args: argparse.Namespace) -> int:
+    """A monitor's check: the newest head, and a consistency proof from each remembered
+    head to it (about log2 n hashes each, no entries); then the newest head is remembered."""
+    if args.state is None:
+        return fail("--light checks the heads remembered in --state: give --state (a "
+                    "full audit first fills it)")
+    log = None
+    newest = None
+    problems: list[str] = []
+    try:
+        seen = _load_state(args.state)
+        if is_remote(args.ledger):
+            far = remote(args.ledger, args.state_dir)
+            service = (keys.load_public(args.service_key) if args.service_key
+                       else ledger_key(far, args.state_dir))
+            newest_raw, prove = far.head(), far.consistency
+        else:
+            directory = Path(args.ledger)
+            read_published(directory, entries=False)  # the same checks and messages
+            service = keys.load_public(args.service_key or directory / "service.pub.pem")
+            log = TransparencyLog(directory / "log.db")
+            heads = log.heads()
+            if not heads:
+                raise TransparencyError("store", f"{directory}: the log has no signed head")
+            newest_raw, prove = heads[-1], log.consistency
+        try:
+            newest = verify_head(newest_raw, service)
+            problems = consistency_problems(newest, seen, prove)
+        except TransparencyError as exc:
+            problems.append(str(exc))
+    except OSError as exc:
+        return fail(_os_error(exc))
+    except TransparencyError as exc:
+        return fail(str(exc))
+    finally:
+        if log is not None:
+            log.close()
+    if not problems and newest is not None:
+        seen[newest.size] = newest.root
+        text = json.dumps({str(s): r.hex() for s, r in sorted(seen.items())}, indent=1)
+        if (problem := _write(args.state, text.encode())) is not None:
+            return fail(problem)
+    if args.json:
+        emit_json({"ledger": str(args.ledger), "newest": newest.size if newest else None,
+                   "remembered": len(seen), "consistent": not problems,
+                   "problems": problems})
+    elif problems:
+        for line in problems:
+            console.print(f"[bold red]inconsistent[/]: {line}", soft_wrap=True)
+    else:
+        console.print(f"consistent: the newest head (size {newest.size}) extends every head "
+                      f"remembered in {args.state} (consistency proofs, no entries fetched)",
+                      soft_wrap=True)
+    return 1 if problems else 0
+
+
+def consistency_problems(newest, seen: dict[int, bytes], prove) -> list[str]:
+    """What is wrong with ``newest`` (a verified head) against the heads seen before, by
+    the ledger's consistency proofs (``prove(size1, size2)``); empty when it extends
+    every one of them."""
+    problems = []
+    for size, root in sorted(seen.items()):
+        if size == 0:
+            continue  # every log extends the empty one
+        if size > newest.size:
+            problems.append(f"a head of size {size} seen before is beyond the newest head "
+                            f"({newest.size}): the log was cut or rolled back")
+            continue
+        try:
+            merkle.verify_consistency(size, newest.size, root, newest.root,
+                                      prove(size, newest.size))
+        except TransparencyError as exc:
+            problems.append(f"the head of size {size} seen before: {exc}")
+    return problems
+
+
+def read_published(directory: Path, *, entries: bool = True
+                   ) -> tuple[list[bytes], list[bytes]]:
+    """The signed heads and the entries of a ledger directory's log (or a copy of it);
+    with ``entries=False`` only the checks that it is one."""
+    if not directory.is_dir():
+        raise TransparencyError("store", f"{directory}: no such ledger directory")
+    if not (directory / "log.db").is_file():
+        raise TransparencyError("store", f"{directory}: no log.db here (a ledger directory "
+                                         "or a copy of its log.db and service.pub.pem)")
+    if not entries:
+        return [], []
+    log = TransparencyLog(directory / "log.db")
+    try:
+        return log.heads(), [log.entry(i) for i in range(log.size)]
+    finally:
+        log.close()
+
+
+def audit_log(heads: list, entries: list[bytes], seen: dict[int, bytes]) -> list[str]:
+    """What is wrong with ``entries`` given the verified ``heads`` it came with and the
+    heads an auditor saw before (size → root); empty when consistent."""
+    problems = []
+    roots = merkle.prefix_roots(entries, [h.size for h in heads] + list(seen))
+    for h in heads:
+        if h.size > len(entries):
+            problems.append(f"head of size {h.size}: the log has only {len(entries)} "
+                            "entries (truncated)")
+        elif roots[h.size] != h.root:
+            problems.append(f"head of size {h.size}: its root is not the entries' root "
+                            "(entries were changed)")
+    for size, root in sorted(seen.items()):
+        if size > len(entries):
+            problems.append(f"a head of size {size} seen before is beyond the log's end")
+        elif roots[size] != root:
+            problems.append(f"the head of size {size} seen before does not match the "
+                            "log: it was forked or rewritten")
+    return problems
+
+
 def _load_state(path: Path | None) -> dict[int, bytes]:
     if path is None or not path.exists():
         return {}
     try:
-        return {int(s): bytes.fromhex(r) for s, r in json.loads(path.read_text()).items()}
+        found = {int(s): bytes.fromhex(r) for s, r in json.loads(path.read_text()).items()}
+    except OSError as exc:
+        raise TransparencyError("state", _os_error(exc)) from None
     except (ValueError, AttributeError, UnicodeDecodeError) as exc:
         raise TransparencyError("state", f"{path}: not an auditor's state file ({exc})"
                                 ) from None
+    if not all(size >= 0 and len(root) == 32 for size, root in found.items()):
+        raise TransparencyError("state", f"{path}: not an auditor's state file (sizes and "
+                                         "32-byte roots)")
+    return found
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for a file that could not be read or written (no errno tuple)."""
+    name = exc.filename if exc.filename is not None else ""
+    return f"{name}: {exc.strerror or exc}" if name else str(exc.strerror or exc)
+
+
+def _write(path: Path, data: bytes) -> str | None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        return _os_error(exc)
+    return None
+
+
+def _refused(exc: TransparencyError) -> int:
+    """A refusal (status 1), or a ledger that could not be reached at all (status 2)."""
+    if exc.reason == "unreachable":
+        return fail(str(exc))
+    return fail(f"refused: {exc}", 1)

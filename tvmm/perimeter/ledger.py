@@ -195,6 +195,9 @@ class LedgerAgent:
                 end = min(service.log.size, start + max(count, 0))
                 return wire.reply(True, entries=[service.log.entry(i).hex()
                                            for i in range(max(start, 0), end)])
+            if msg.op == "ledger_consistency":
+                path = service.log.consistency(int(msg["size1"]), int(msg["size2"]))
+                return wire.reply(True, path=[h.hex() for h in path])
             if msg.op == "ledger_key":
                 m = self.identity.chip.manufacturer
                 pem = Encoding.PEM

@@ -77,6 +77,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     # anyone → the transparency ledger (tvmm.perimeter.ledger)
     "ledger_register": {}, "ledger_receipt": {"index": N}, "ledger_head": {},
     "ledger_entries": {"start": N, "count": N}, "ledger_key": {},
+    "ledger_consistency": {"size1": N, "size2": N},
     # the rest of a split blob (see "parts")
     "part": {},
     # replies and reports

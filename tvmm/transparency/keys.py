@@ -62,15 +62,18 @@ def _load(path: Path | str, *, private: bool) -> object:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise TransparencyError("key", f"{path}: {exc.strerror or exc}") from None
+    if private and b"PRIVATE KEY" not in data:
+        raise TransparencyError("key", f"{path}: holds no private key (give the PEM file "
+                                       "keygen wrote, not its .pub.pem)")
     try:
         if b"PRIVATE KEY" in data:
             key: object = serialization.load_pem_private_key(data, password=None)
-        elif private:
-            raise TransparencyError("key", f"{path}: holds no private key")
         else:
             key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
-        raise TransparencyError("key", f"{path}: not a PEM key: {exc}") from None
+        # cryptography's first sentence; the rest is a link to its FAQ
+        raise TransparencyError("key", f"{path}: not a PEM key "
+                                       f"({str(exc).split('. ')[0]})") from None
     _p384(key)
     return key
 

@@ -10,6 +10,7 @@ audit paths."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 from tvmm.transparency.errors import TransparencyError
 
@@ -33,6 +34,29 @@ def root_of(entries: list[bytes]) -> bytes:
         return leaf_hash(entries[0])
     k = 1 << ((len(entries) - 1).bit_length() - 1)
     return node_hash(root_of(entries[:k]), root_of(entries[k:]))
+
+
+def prefix_roots(entries: Iterable[bytes], sizes: Iterable[int]) -> dict[int, bytes]:
+    """MTH of the first n entries for each n in ``sizes`` (those the entries reach), in
+    one pass over the entries: an audit of a log with a signed head per registration
+    would otherwise rehash every prefix (quadratic).  The stack holds the roots of the
+    perfect subtrees the entries so far split into, largest first (RFC 9162 §2.1.1)."""
+    wanted = set(sizes)
+    found = {0: hashlib.sha256(b"").digest()} if 0 in wanted else {}
+    stack: list[bytes] = []
+    for count, entry in enumerate(entries, 1):
+        stack.append(leaf_hash(entry))
+        merged = count
+        while merged & 1 == 0:
+            right = stack.pop()
+            stack[-1] = node_hash(stack[-1], right)
+            merged >>= 1
+        if count in wanted:
+            root = stack[-1]
+            for left in reversed(stack[:-1]):
+                root = node_hash(left, root)
+            found[count] = root
+    return found
 
 
 def root_from_inclusion(leaf: bytes, index: int, size: int, path: list[bytes]) -> bytes:

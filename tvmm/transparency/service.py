@@ -12,6 +12,7 @@ register what) and ``log.db`` (the log and the heads it signed).  The registrati
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import tomllib
@@ -54,6 +55,11 @@ def load_registration_policy(path: Path) -> dict[bytes, Issuer]:
     return issuers
 
 
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string (JSON's escapes are TOML's; DEL must be escaped)."""
+    return json.dumps(text).replace("\x7f", "\\u007f")
+
+
 class LedgerService:
     """A ledger: its log, its signing key, the issuers it admits.  ``on_registered`` runs
     after each registration is durable (the perimeter's ledger seals its state there)."""
@@ -90,7 +96,7 @@ class LedgerService:
             public = keys.load_public(key_path)
             (directory / f"issuer-{n}.pub.pem").write_bytes(keys.public_pem(public))
             lines += ["[[issuer]]", f'key = "issuer-{n}.pub.pem"',
-                      "feeds = [" + ", ".join(f'"{f}"' for f in feeds) + "]", ""]
+                      "feeds = [" + ", ".join(toml_string(f) for f in feeds) + "]", ""]
         (directory / "policy.toml").write_text("\n".join(lines))
         fd = os.open(directory / "service.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
