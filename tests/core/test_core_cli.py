@@ -139,6 +139,9 @@ def test_an_attacks_table_says_words_not_python_values(capsys):
     ["attack", "page-fault", "--guest", "modexp", "--level", "snp", "--trace",
      "/nonexistent/dir/pf.jsonl"],
     ["run", "/bin/busybox", "true", "--trace", "/nonexistent/dir/run.jsonl"],
+    # the matrix wrote its files only after every cell had run (minutes), with a traceback
+    ["matrix", "--attack", "page-fault", "--markdown", "/nonexistent/dir/results.md"],
+    ["matrix", "--attack", "page-fault", "--json", "/nonexistent/dir/results.json"],
 ])
 def test_a_trace_into_a_missing_directory_is_one_line_before_anything_runs(capsys, argv):
     """`tvmm attack … --trace /missing/pf.jsonl` printed a traceback from the TEE's
@@ -147,7 +150,8 @@ def test_a_trace_into_a_missing_directory_is_one_line_before_anything_runs(capsy
         main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "argument --trace: /nonexistent/dir/" in err and "no such directory" in err
+    flag = argv[-2]
+    assert f"argument {flag}: /nonexistent/dir/" in err and "no such directory" in err
     assert "Traceback" not in err
 
 
