@@ -1,7 +1,8 @@
 """UNTRUSTED: the host's process — the honest hypervisor or an attack, and nothing else.
 
-Started by the harness (tvmm.harness) as ``python -m tvmm_tools.host_process FD``: FD is its
-message link to the launcher (the judge, for an attack).  The first frame is the job (JSON):
+Started by the harness (tvmm.harness) as ``python -m tvmm_tools.host_process FD PARENT``: FD is
+its message link to the launcher (the judge, for an attack), PARENT the launcher's pid (the
+host dies with it: tvmm.link.lifetime).  The first frame is the job (JSON):
 the spec of its link to the TEE's process, the victim's public image path, level, memory,
 the owner's opaque wrapped secret, the public random stream's seed, an optional pipe for
 trace notes, and what to run.  Everything the host learns afterwards comes over those
@@ -34,6 +35,7 @@ from tvmm.host.hypervisor import Devices, HonestHypervisor
 from tvmm.link import ends
 from tvmm.link.errors import LinkError, PeerGone
 from tvmm.link.frames import LENGTH, recv_frame, send_frame
+from tvmm.link.lifetime import end_with_parent
 from tvmm_tools.attacks import load_file, registry
 from tvmm_tools.attacks.base import (
     Attack,
@@ -129,6 +131,7 @@ def run_attack(job: dict, client: PlatformClient, link: Launcher, notes: NoteWri
 
 
 def main(argv: list[str]) -> int:
+    end_with_parent(int(argv[1]))
     link = Launcher(socket.socket(fileno=int(argv[0])))
     job = json.loads(recv_frame(link.sock))
     notes = NoteWriter(job.get("notes_fd"))
@@ -150,8 +153,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m tvmm_tools.host_process LINK_FD (started by tvmm.harness)")
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m tvmm_tools.host_process LINK_FD PARENT_PID "
+                 "(started by tvmm.harness)")
     try:
         sys.exit(main(sys.argv[1:]))
     except PeerGone:  # the launcher has gone (Ctrl-C, a crash): nothing left to serve

@@ -365,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         write_block(DOC, "relaunch-per-launch", relaunch_block(result))
         write_block(DOC, "anchors", anchors_block(result))
         write_block(DOC, "redteam", redteam_block(result["redteam"]))
+        print(f"wrote the residuals, relaunch, anchors and red-team blocks of {DOC}",
+              file=sys.stderr)
     return 0
 
 

@@ -44,3 +44,36 @@ def test_campaign_benchmark_block_is_regenerated_from_its_figures():
     assert bench_campaign.block(res) + "\n" == body
     assert res["pool_vs_serial"] == pytest.approx(
         res["cells_per_s"]["pool"] / res["cells_per_s"]["serial"])
+
+
+def test_the_terminal_table_keeps_names_and_cells_whole_at_80_columns():
+    """`tvmm campaign` printed one row per cell with its interval and per-seed classes; at
+    80 columns the result and class columns were cut to "re…" and "pa…".  Now it is
+    results.md's grid (a column per level), every name and cell whole, with a caption."""
+    from rich.console import Console
+
+    from tvmm.abi.types import Level
+    from tvmm.campaign.keys import CellKey
+    from tvmm.judge import Verdict
+    from tvmm_tools.attacks import registry
+
+    rows = []
+    for name, cls in registry().items():
+        for lv in Level:
+            for seed, bits in ((0, 63.0), (1, 60.0)):  # seeds differ: "62 b (60–63)"-like
+                v = Verdict(attack=name, guest=cls.victims[-1], level=lv.value, kind=cls.kind,
+                            n_bits=64.0, bits_correct=bits, leaked_bits=bits,
+                            full_recovery=False, detected=False, detected_after_exits=None,
+                            integrity_violated=False, blocked=False, exits=1, wall_s=0.0)
+                rows.append((CellKey(name, v.guest, lv.value, "default", seed, "c"), v))
+    console = Console(record=True, width=80)
+    console.print(report.table(rows))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    for name, cls in registry().items():
+        assert name in text and cls.victims[-1] in text, name
+    cells = {report.cell_text(a) for a in report.aggregates(rows)}
+    for cell in cells:  # each cell's text whole (a cell may wrap at its spaces)
+        assert all(part in text for part in cell.split()), cell
+    assert "--markdown FILE or --json" in text  # where the interval and classes are

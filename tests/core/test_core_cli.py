@@ -139,6 +139,9 @@ def test_an_attacks_table_says_words_not_python_values(capsys):
     ["attack", "page-fault", "--guest", "modexp", "--level", "snp", "--trace",
      "/nonexistent/dir/pf.jsonl"],
     ["run", "/bin/busybox", "true", "--trace", "/nonexistent/dir/run.jsonl"],
+    # the matrix wrote its files only after every cell had run (minutes), with a traceback
+    ["matrix", "--attack", "page-fault", "--markdown", "/nonexistent/dir/results.md"],
+    ["matrix", "--attack", "page-fault", "--json", "/nonexistent/dir/results.json"],
 ])
 def test_a_trace_into_a_missing_directory_is_one_line_before_anything_runs(capsys, argv):
     """`tvmm attack … --trace /missing/pf.jsonl` printed a traceback from the TEE's
@@ -147,7 +150,8 @@ def test_a_trace_into_a_missing_directory_is_one_line_before_anything_runs(capsy
         main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "argument --trace: /nonexistent/dir/" in err and "no such directory" in err
+    flag = argv[-2]
+    assert f"argument {flag}: /nonexistent/dir/" in err and "no such directory" in err
     assert "Traceback" not in err
 
 
@@ -161,6 +165,47 @@ def test_a_trace_in_the_current_directory_or_onto_a_directory(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(argparse.ArgumentTypeError, match="not a directory"):
         writable_file(str(tmp_path / "f" / "run.jsonl"))
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie (ended, waiting for its new parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_killed_launcher_takes_its_tee_and_host_with_it(tmp_path):
+    """SIGKILL of `tvmm boot` gives the launcher no chance to end its processes: the TEE,
+    in a guest that never exits, spun on as an orphan.  Now each child has the kernel kill
+    it when the launcher dies (PR_SET_PDEATHSIG, tvmm.link.lifetime)."""
+    import signal
+    import time
+
+    spin = tmp_path / "spin.c"
+    spin.write_text('#include "tvmm.h"\nint main(void) { puts("spin\\n"); for (;;) {} }\n')
+    proc = subprocess.Popen([sys.executable, "-m", "tvmm", "boot", str(spin), "--level",
+                             "shim", "--time-limit", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    try:
+        assert proc.stdout.readline() == b"spin\n"  # the guest runs
+        children = [int(p) for t in Path(f"/proc/{proc.pid}/task").iterdir()
+                    for p in (t / "children").read_text().split()]
+        assert len(children) == 2  # the TEE's process and the host's
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while not all(_gone(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the kernel's view, bounded by the deadline
+        assert [c for c in children if not _gone(c)] == []
+    finally:
+        for child in children:  # on failure, leave nothing spinning behind
+            if not _gone(child):
+                os.kill(child, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_a_terminated_boot_stops_its_tee_and_host(tmp_path):

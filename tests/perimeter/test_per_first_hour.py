@@ -147,3 +147,12 @@ def _bad_names(run) -> None:
     assert run("vm", "console", "nosuch-1", code=1)["reason"] == "no_vm"
     run("vm", "resume", "no-such.bin", "--node", "n1", code=2)
     run("vm", "list", "--coordinator", "nonsense", code=2)
+
+
+def test_a_piped_suspend_prints_no_empty_line(capsys: pytest.CaptureFixture) -> None:
+    """`tvmm vm suspend … | cat` began with an empty line: the progress bar, transient on a
+    terminal, leaves one behind when the output is not a terminal.  Piped, there is none."""
+    from tvmm.commands.perimeter import _with_progress
+
+    assert _with_progress("suspending counter-1", lambda: 7, quiet=False) == 7
+    assert capsys.readouterr().out == ""

@@ -4,6 +4,7 @@ when the worker is cancelled (the user quits)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tvmm.trace.recorder import index_path
 from tvmm.trace.synthetic import write_synthetic_trace
 from tvmm.tui import app as app_module
 from tvmm.tui.app import TraceViewerApp
+from tvmm.tui.screens.loading import LoadingScreen
 from tvmm.tui.screens.timeline import TimelineScreen
 from tvmm.tui.widgets.event_list import EventList
 from tvmm.tui.widgets.filter_bar import FilterBar
@@ -138,3 +140,64 @@ async def first_screen(app: TraceViewerApp, pilot) -> None:  # noqa: ANN001 - a 
                 await pilot.pause()
                 return
         await pilot.pause()
+
+
+@sync
+async def test_quitting_while_the_opening_worker_delivers_is_clean(unindexed,
+                                                                   monkeypatch) -> None:
+    """The opening worker finishes just as the user quits: its result must not land while
+    Textual closes the screens.  It once did — the trace's modes were added mid-close and
+    Textual's ``_close_all`` raised "dictionary changed size during iteration".  Here the
+    worker is held after its rebuild until q is pressed and the loading screen is being
+    closed, and that closing waits for the worker to have handed in its result."""
+    monkeypatch.setattr(app_module, "PREVIEW_BYTES", 1 << 30)  # no preview: loading → whole
+    holding, release, handed = threading.Event(), threading.Event(), threading.Event()
+    load = app_module.GuestImage.load.__func__
+
+    def held_load(cls, header, where):  # noqa: ANN001, ANN202 - as GuestImage.load
+        holding.set()  # the worker has rebuilt the index: hold it here
+        assert release.wait(60)
+        return load(cls, header, where)
+
+    deliver = app_module.deliver
+
+    def deliver_then_say(*args):  # noqa: ANN002, ANN202 - as deliver
+        try:
+            return deliver(*args)
+        finally:
+            if release.is_set():
+                handed.set()
+
+    async def closing(screen) -> None:  # noqa: ANN001 - the LoadingScreen, being unmounted
+        release.set()  # the worker goes on, and hands in the whole trace now
+        assert await asyncio.to_thread(handed.wait, 60)
+
+    monkeypatch.setattr(app_module.GuestImage, "load", classmethod(held_load))
+    monkeypatch.setattr(app_module, "deliver", deliver_then_say)
+    monkeypatch.setattr(LoadingScreen, "on_unmount", closing, raising=False)
+    app = TraceViewerApp(unindexed)
+    async with app.run_test(size=(120, 40)) as pilot:
+        assert await asyncio.to_thread(holding.wait, 60)
+        assert isinstance(app.screen, LoadingScreen)
+        await pilot.press("q")
+    assert release.is_set() and handed.is_set()  # the close did wait for the worker
+    assert app.reader is None and app.return_code == 0  # its result was dropped
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["rebuilt", "indexed"])
+@sync
+async def test_q_at_startup_quits_cleanly(unindexed, indexed) -> None:
+    """q as the very first key, and a little later: before the preview, during the
+    rebuild, as the timeline arrives — a quit at startup ends cleanly.  (It once did
+    nothing: the timeline's first focus went to the filter's input, which took the q.)"""
+    if indexed:
+        TraceReader(unindexed).close()  # builds and saves the index
+    for pauses in (0, 1, 4) if not indexed else (0, 1):
+        if not indexed:
+            index_path(unindexed).unlink(missing_ok=True)
+        app = TraceViewerApp(unindexed)
+        async with app.run_test(size=(120, 40)) as pilot:
+            for _ in range(pauses):
+                await pilot.pause()
+            await pilot.press("q")
+        assert app.return_code == 0, pauses

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -280,17 +281,34 @@ def write_results(path: Path, meta: Meta, rows: list[tuple[CellKey, Verdict]]) -
     return data
 
 
+CAPTION = ("over the seeds: n b: the median run's bits leaked (min–max where seeds differ) · "
+           "tampered · detected · blocked · ✗: no effect · k/N: only k of N seeds agree · "
+           "bold: works in a seed · —: not run.  Each cell's 95 % interval and class per "
+           "seed: --markdown FILE or --json")
+
+
 def table(rows: list[tuple[CellKey, Verdict]]) -> Table:
-    """The aggregates for the terminal: one line per cell over its seeds."""
+    """The aggregates for the terminal, laid out as results.md's table: a row per attack and
+    victim (and policy, when there are several), a column per level — every name whole and
+    every cell readable at 80 columns (one row per cell with its interval and classes did
+    not fit: its values were cut to "pa…").  The interval and the class per seed are in
+    --markdown's page and --json."""
     aggs = aggregates(rows)
-    policies = {a.policy for a in aggs}
-    t = Table(title=f"campaign: {len(aggs)} cells, {len(rows)} runs")
-    for name in ("attack", "victim", "level", *(["policy"] if len(policies) > 1 else []),
-                 "result", "works [95 % CI]", "detected", "class per seed"):
-        t.add_column(name, no_wrap=name not in ("result", "class per seed"))
-    for a in aggs:
-        lo, hi = a.success_interval
-        t.add_row(a.attack, a.victim, a.level, *([a.policy] if len(policies) > 1 else []),
-                  escape(cell_text(a)), f"{a.successes}/{a.n} [{lo:.2f}–{hi:.2f}]",
-                  f"{a.detected}/{a.n}", " ".join(a.classes))
+    policies = list(dict.fromkeys(a.policy for a in aggs))
+    by_cell = {(a.attack, a.victim, a.policy, a.level): a for a in aggs}
+    t = Table(title=f"campaign: {len(aggs)} cells, {len(rows)} runs", caption=CAPTION,
+              box=box.SIMPLE_HEAD, pad_edge=False)  # no side rules: room for the cells
+    t.add_column("attack", no_wrap=True)  # names are what the user types: never cut
+    t.add_column("victim", no_wrap=True)
+    if len(policies) > 1:
+        t.add_column("policy")
+    for lv in LEVELS:
+        t.add_column(lv.value, justify="center", overflow="fold")  # never "…"
+    for attack, victim, policy in dict.fromkeys((a.attack, a.victim, a.policy) for a in aggs):
+        cells = []
+        for lv in LEVELS:
+            a = by_cell.get((attack, victim, policy, lv.value))
+            text = "—" if a is None else escape(cell_text(a))
+            cells.append(f"[bold]{text}[/]" if a is not None and a.successes else text)
+        t.add_row(attack, victim, *([policy] if len(policies) > 1 else []), *cells)
     return t

@@ -42,8 +42,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(run=run_one)
     m = sub.add_parser("matrix", help="every attack against every level")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--json", type=Path, dest="json_out", metavar="FILE")
-    m.add_argument("--markdown", type=Path, metavar="FILE")
+    # checked before the run (minutes): a missing directory is one line now, not a
+    # traceback once every cell has run
+    m.add_argument("--json", type=writable_file, dest="json_out", metavar="FILE")
+    m.add_argument("--markdown", type=writable_file, metavar="FILE")
     m.add_argument("--attack", action="append", help="only these attacks (repeatable)")
     m.add_argument("--level", action="append", choices=[lv.value for lv in Level])
     add_policy_options(m)
@@ -150,10 +152,15 @@ def run_matrix(args: argparse.Namespace) -> int:
         verdicts = matrix.run_matrix(seed=args.seed, attacks=args.attack, levels=levels,
                                      policy_config=load_policy(args), progress=progress)
     console.print(matrix.render_table(verdicts))
+    written = []
     if args.json_out:
         args.json_out.write_text(json.dumps(matrix.to_json(verdicts), indent=2, default=str))
+        written.append(str(args.json_out))
     if args.markdown:
         args.markdown.write_text(matrix.to_markdown(verdicts))
+        written.append(str(args.markdown))
+    if written:
+        console.print(f"wrote {' and '.join(written)}")
     return 0
 
 

@@ -254,7 +254,7 @@ def _with_progress(label: str, work: Callable[[], T], quiet: bool) -> T:
 
     t = threading.Thread(target=run)
     t.start()
-    if quiet:
+    if quiet or not console.is_terminal:  # piped: rich would leave an empty line behind
         t.join()
     else:
         with Progress(TextColumn(label), BarColumn(), TimeElapsedColumn(), console=console,

@@ -49,9 +49,10 @@ def _spawn(module: str, fd: int, keep: tuple[int, ...]) -> subprocess.Popen:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
     # A process group of its own: a terminal's Ctrl-C reaches only the launcher, which
     # decides what it means and ends its processes (Session.close) — a TEE inside a guest
-    # with no timer could not see it anyway, and a host would print a traceback.
-    return subprocess.Popen([sys.executable, "-m", module, str(fd)], pass_fds=keep, env=env,
-                            stdin=subprocess.DEVNULL, process_group=0)
+    # with no timer could not see it anyway, and a host would print a traceback.  Our pid
+    # goes along: the child dies with this process, even by SIGKILL (tvmm.link.lifetime).
+    return subprocess.Popen([sys.executable, "-m", module, str(fd), str(os.getpid())],
+                            pass_fds=keep, env=env, stdin=subprocess.DEVNULL, process_group=0)
 
 
 def _fds(spec: dict) -> tuple[int, ...]:

@@ -3,8 +3,8 @@
 Assembly, as tvmm.machine is: it builds the Platform (shim, tvmm.hw) and the trace
 recorder, and serves nothing but bytes.
 
-``python -m tvmm.harness.tee_server FD`` is started by the harness (tvmm.harness.launcher) with one
-socket, its control link, and whatever descriptors the host's link needs.  The first
+``python -m tvmm.harness.tee_server FD PARENT`` is started by the harness (tvmm.harness.launcher),
+whose pid is PARENT (the TEE dies with it: tvmm.link.lifetime), with one socket, its control link, and whatever descriptors the host's link needs.  The first
 control frame configures the TEE (JSON: policy settings, state directory, trace, the
 host link's spec, the attack's note pipe); the answer carries the public launch key.
 
@@ -40,6 +40,7 @@ from tvmm.abi.types import Result
 from tvmm.link import ends
 from tvmm.link.errors import FrameError, LinkError, PeerGone
 from tvmm.link.frames import LENGTH, recv_frame, send_frame
+from tvmm.link.lifetime import end_with_parent
 from tvmm.trace.recorder import TraceRecorder
 
 NOTE_LIMIT = 1 << 20
@@ -190,6 +191,7 @@ def _not_dumpable() -> None:
 
 
 def main(argv: list[str]) -> int:
+    end_with_parent(int(argv[1]))
     _not_dumpable()
     control = socket.socket(fileno=int(argv[0]))
     try:
@@ -226,8 +228,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m tvmm.harness.tee_server CONTROL_FD (started by tvmm.harness)")
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m tvmm.harness.tee_server CONTROL_FD PARENT_PID "
+                 "(started by tvmm.harness)")
     try:
         sys.exit(main(sys.argv[1:]))
     except PeerGone:  # the launcher has gone (Ctrl-C, a crash): nothing left to serve

@@ -13,6 +13,7 @@ really loads that code, and its measurement is whatever that code measures to.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import select
@@ -47,11 +48,15 @@ def rogue_tree(parent: Path) -> Path:
     return root
 
 
-def _pdeathsig() -> None:
+def _pdeathsig(parent: int) -> None:
+    """In the child before exec: SIGTERM when ``parent`` dies; a parent that died before
+    the request (the child already adopted: no signal would come) ends the child at once."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
     except OSError:
-        pass
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 @dataclass
@@ -77,7 +82,8 @@ def start(args: list[str], state_dir: Path, *, die_with_parent: bool, env: dict 
         env["PYTHONPATH"] = str(code)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env,
                             cwd=code,
-                            preexec_fn=_pdeathsig if die_with_parent else None,
+                            preexec_fn=functools.partial(_pdeathsig, os.getpid()) if die_with_parent
+                            else None,
                             start_new_session=not die_with_parent)
 
 

@@ -19,6 +19,7 @@ checked by the TEE.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -59,11 +60,15 @@ class Hosted:
     frozen_stream: int | None = None
 
 
-def _pdeathsig() -> None:
+def _pdeathsig(parent: int) -> None:
+    """In the host's child before exec: SIGKILL when the agent dies; an agent that died
+    before the request (the child already adopted) ends the child at once."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     except OSError:
-        pass
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class HostLink:
@@ -84,7 +89,7 @@ class HostLink:
              "--max-pending", str(limits.max_pending), "--backoff", repr(limits.backoff),
              "--max-backoff", repr(limits.max_backoff)],
             pass_fds=(p_host.fileno(), c_host.fileno()), stdin=subprocess.DEVNULL,
-            preexec_fn=_pdeathsig)
+            preexec_fn=functools.partial(_pdeathsig, os.getpid()))
         p_host.close()
         c_host.close()
         self.platform_sock, self.control = p_agent, c_agent

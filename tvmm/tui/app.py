@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextlib import suppress
 from pathlib import Path
 
+from rich.console import RenderableType
 from textual import work
 from textual.app import App
 from textual.binding import Binding
@@ -17,6 +18,7 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from tvmm.trace.reader import TraceError, TraceErrorReason, TraceReader
+from tvmm.tui.from_worker import deliver
 from tvmm.tui.guest_image import GuestImage
 from tvmm.tui.screens.error import ErrorScreen
 from tvmm.tui.screens.help import HelpScreen
@@ -59,13 +61,13 @@ class TraceViewerApp(App[None]):
     def _open(self) -> None:
         """Open the trace and load the guest image.  Without a usable index, show a preview
         of its first lines, then rebuild the index (with progress on the screen; cancelled
-        between chunks when the user quits) and show the whole."""
+        between chunks when the user quits) and show the whole.  Each result reaches the
+        app through ``deliver``: none lands once the user has quit (tvmm.tui.from_worker)."""
         worker = get_current_worker()
 
         def progress(done: int, total: int) -> None:
-            if worker.is_cancelled:
+            if not deliver(self, worker, self._progress, done, total):
                 raise _Cancelled
-            self.call_from_thread(self._progress, done, total)
 
         try:
             try:
@@ -77,18 +79,21 @@ class TraceViewerApp(App[None]):
                     preview = TraceReader(self.path, allow_truncated=True,
                                           preview=PREVIEW_BYTES)
                     image = GuestImage.load(preview.header, self.path.parent)
-                    self.call_from_thread(self._previewed, preview, image)
+                    if not deliver(self, worker, self._previewed, preview, image):
+                        preview.close()  # the user has quit
+                        return
                 reader = TraceReader(self.path, allow_truncated=True, progress=progress)
             image = GuestImage.load(reader.header, self.path.parent)
         except _Cancelled:
             return
         except TraceError as exc:
-            self.call_from_thread(self._failed, exc)
+            deliver(self, worker, self._failed, exc)
         except Exception as exc:  # noqa: BLE001 - the user gets a message, not a traceback
             error = TraceError(TraceErrorReason.UNREADABLE, f"{type(exc).__name__}: {exc}")
-            self.call_from_thread(self._failed, error)
+            deliver(self, worker, self._failed, error)
         else:
-            self.call_from_thread(self._opened, reader, image)
+            if not deliver(self, worker, self._opened, reader, image):  # the user has quit
+                reader.close()
 
     def _progress(self, done: int, total: int) -> None:
         if isinstance(self.screen, LoadingScreen | TimelineScreen):
@@ -124,6 +129,13 @@ class TraceViewerApp(App[None]):
 
     async def action_quit(self) -> None:
         self.exit(return_code=1 if self.error is not None else 0)
+
+    def exit(self, result: None = None, return_code: int = 0,
+             message: RenderableType | None = None) -> None:
+        """Quitting cancels every worker at once, on this thread: no result of theirs lands
+        while the app closes (tvmm.tui.from_worker), and a rebuild stops at its next chunk."""
+        self.workers.cancel_all()
+        super().exit(result, return_code, message)
 
     def on_unmount(self) -> None:
         for reader in (self.reader, self.preview):

@@ -21,6 +21,7 @@ from textual.worker import get_current_worker
 from tvmm.abi.trace_events import EventKind
 from tvmm.trace.reader import TraceError, TraceReader
 from tvmm.trace.stats import TraceStats, Verdict, stats_table, trace_stats
+from tvmm.tui.from_worker import deliver
 from tvmm.tui.guest_image import GuestImage
 from tvmm.tui.page_access import PageAccessMap, scan_page_faults
 from tvmm.tui.vms import VmSpan, created_vms, derived_vms
@@ -96,7 +97,7 @@ class OverviewScreen(Screen):
                                 progress=lambda f: say(f"finding the VMs… {f:.0%}"))
         if cancelled():
             return
-        self.app.call_from_thread(self._vms_found, spans)
+        deliver(self.app, worker, self._vms_found, spans)
         order = [self.shown] + [n for n in range(len(spans)) if n != self.shown]
         for n in order:
             if n in self._maps:
@@ -113,11 +114,10 @@ class OverviewScreen(Screen):
             exits = _exit_counts(self.reader, span, cancelled) if len(spans) > 1 else {}
             if cancelled():
                 return
-            self.app.call_from_thread(self._scanned, n, access, exits)
+            deliver(self.app, worker, self._scanned, n, access, exits)
         say("counting the whole trace… (Esc cancels)")
         stats = trace_stats(self.reader)
-        if not cancelled():
-            self.app.call_from_thread(self._counted, stats)
+        deliver(self.app, worker, self._counted, stats)
 
     def _say(self, worker):  # noqa: ANN001, ANN202 - a Worker, a callback
         last = [""]
@@ -125,7 +125,7 @@ class OverviewScreen(Screen):
         def say(text: str) -> None:
             if text != last[0] and not worker.is_cancelled:
                 last[0] = text
-                self.app.call_from_thread(self._progress, text)
+                deliver(self.app, worker, self._progress, text)
 
         return say
 

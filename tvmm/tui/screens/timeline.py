@@ -19,6 +19,7 @@ from textual.worker import get_current_worker
 from tvmm.abi.trace_events import EventKind
 from tvmm.trace.reader import TraceReader
 from tvmm.tui.filter_spec import FilterSpec, apply_filter
+from tvmm.tui.from_worker import deliver
 from tvmm.tui.guest_image import GuestImage
 from tvmm.tui.screens.loading import indexing
 from tvmm.tui.text_search import find_text
@@ -32,6 +33,10 @@ MARKS = frozenset({EventKind.POLICY, EventKind.ATTACK})  # what n / N jump betwe
 
 
 class TimelineScreen(Screen):
+    # The list takes the keys from the first moment: by default Textual focuses the first
+    # focusable widget, the filter's input, and a q pressed as the screen came up was typed
+    # into the filter instead of quitting.
+    AUTO_FOCUS = "#events"
     DEFAULT_CSS = """
     TimelineScreen EventList { height: 2fr; }
     TimelineScreen DetailPane { height: 3fr; }
@@ -107,8 +112,7 @@ class TimelineScreen(Screen):
         spans = created_vms(self.reader)
         if spans is None:
             spans = derived_vms(self.reader, cancelled=lambda: worker.is_cancelled)
-        if not worker.is_cancelled:
-            self.app.call_from_thread(self._vms_found, spans)
+        deliver(self.app, worker, self._vms_found, spans)
 
     def _vms_found(self, spans: list[VmSpan]) -> None:
         self.spans = spans
@@ -176,8 +180,7 @@ class TimelineScreen(Screen):
         worker = get_current_worker()
         rows = apply_filter(self.reader, spec, lambda: worker.is_cancelled,
                             self._progress(worker, "filtering"))
-        if not worker.is_cancelled:
-            self.app.call_from_thread(self._filtered, spec, rows)
+        deliver(self.app, worker, self._filtered, spec, rows)
 
     def _progress(self, worker, what: str):  # noqa: ANN001, ANN202 - a Worker, a callback
         """A callback for a worker's scan: the status bar shows how far it is."""
@@ -187,8 +190,8 @@ class TimelineScreen(Screen):
             percent = int(fraction * 100)
             if percent != last[0] and not worker.is_cancelled:
                 last[0] = percent
-                self.app.call_from_thread(self._status, worker,
-                                          f"{what}… {percent}% (Esc cancels)")
+                deliver(self.app, worker, self._status, worker,
+                        f"{what}… {percent}% (Esc cancels)")
 
         return report
 
@@ -210,8 +213,7 @@ class TimelineScreen(Screen):
         worker = get_current_worker()
         found = find_text(self.reader, query, after, rows, cancelled=lambda: worker.is_cancelled,
                           progress=self._progress(worker, f"searching for {query!r}"))
-        if not worker.is_cancelled:
-            self.app.call_from_thread(self._searched, query, found)
+        deliver(self.app, worker, self._searched, query, found)
 
     def _searched(self, query: str, found: int | None) -> None:
         self._searching = None
