@@ -195,8 +195,8 @@ def _encode_var(f: str, kind: str, tp: Any, env: dict) -> list[str]:
         env[f"_E_{tp.__name__}"] = {**{m: m.value.encode() for m in tp},
                                     **{m.value: m.value.encode() for m in tp}}
         return [f"    p_{f} = _E_{tp.__name__}[m.{f}]"]
-    if kind == "pairs":  # starmap: each pair must be exactly two values
-        return [f"    p_{f} = b''.join(_starmap(_PAIR, m.{f}))"]
+    if kind == "pairs":  # starmap: each pair must be exactly two values (none: no join)
+        return [f"    p_{f} = b''.join(_starmap(_PAIR, m.{f})) if m.{f} else b''"]
     # the optional exit record
     return [f"    r_{f} = m.{f}",
             f"    p_{f} = b'' if r_{f} is None else _enc_ExitRecord(r_{f}) "
