@@ -19,6 +19,7 @@ messages the new one; tests/core/test_core_codec.py checks both agree.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 from enum import IntEnum, StrEnum
@@ -164,22 +165,26 @@ def _compile(cls: type, tag: int | None, env: dict) -> tuple[str, str]:
 
 
 def _construct(cls: type, names: list[str], values: list[str], env: dict) -> list[str]:
-    """Lines that return the decoded message.  A frozen slotted dataclass without
-    ``__post_init__`` (every request) is filled through its slots' own descriptors —
-    what its ``__init__`` does through ``object.__setattr__``, at half the cost.  (Not
-    the others: their ``__init__`` stores each field in one step, cheaper than a
-    descriptor's call per field.)"""
+    """Lines that return the decoded message, made without a Python ``__init__`` frame
+    when the class is a slotted dataclass without ``__post_init__`` (every message): a
+    frozen one (every request) is filled through its slots' own descriptors — what its
+    ``__init__`` does through ``object.__setattr__``, at half the cost — and the others
+    (replies, exit records) by plain attribute stores, a bytecode each."""
     name = cls.__name__
     params = getattr(cls, "__dataclass_params__", None)
-    plain = (params is not None and params.frozen and hasattr(cls, "__slots__")
+    plain = (params is not None and hasattr(cls, "__slots__")
              and not hasattr(cls, "__post_init__")
+             and {f.name for f in dataclasses.fields(cls)} == set(names)  # every slot set
              and all(type(cls.__dict__.get(f)).__name__ == "member_descriptor" for f in names))
     if not plain:
         return [f"    return _C_{name}({', '.join(values)}), pos"]
     lines = [f"    m = _new(_C_{name})"]
     for f, v in zip(names, values, strict=True):
-        env[f"_S_{name}_{f}"] = cls.__dict__[f].__set__
-        lines.append(f"    _S_{name}_{f}(m, {v})")
+        if params.frozen:
+            env[f"_S_{name}_{f}"] = cls.__dict__[f].__set__
+            lines.append(f"    _S_{name}_{f}(m, {v})")
+        else:
+            lines.append(f"    m.{f} = {v}")
     return [*lines, "    return m, pos"]
 
 
