@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from shim import delivery, guest_calls, interrupts
 from shim.errors import BadOperand, BadState, Denied, IntegrityError
-from shim.views import View, host_fields
+from shim.views import View, host_fields, timer_fields
 from shim.vm import CONSOLE_LIMIT, Pending, PendingKind, VcpuContext, Vm, VmState
 from tvmm.abi.guest import Hypercall, exit_status
 from tvmm.abi.messages import ExitRecord, Reply
@@ -70,7 +70,10 @@ def enter(tee: Tee, vm: Vm, ctx: VcpuContext, quantum: int, state: bytes) -> Rep
     while True:
         stop = vm.vcpu.run(ctx.rip, budget)
         ctx.rip = stop.rip
-        out = _serve(tee, vm, ctx, stop, budget)
+        if stop.kind is _STOP_TIMER:  # the most common exit, handed over as _serve would
+            ctx.retired += budget
+            return _timer_exit(tee, vm, ctx, budget, stop.rip)
+        out = _serve(tee, vm, ctx, stop)
         if out is not None:
             return _hand_over(tee, vm, ctx, out)
 
@@ -137,11 +140,9 @@ def _apply_completion(tee: Tee, vm: Vm, ctx: VcpuContext) -> None:
     vm.vcpu.write_reg(RIP, ctx.rip)
 
 
-def _serve(tee: Tee, vm: Vm, ctx: VcpuContext, stop: Stop, budget: int) -> Exit | None:
+def _serve(tee: Tee, vm: Vm, ctx: VcpuContext, stop: Stop) -> Exit | None:
+    """Every stop but the timer's (enter hands that over itself: _timer_exit)."""
     kind = stop.kind
-    if kind == _STOP_TIMER:
-        ctx.retired += budget
-        return Exit(_TIMER, {_RETIRED: budget, _RIP: stop.rip})
     if kind == StopKind.HYPERCALL:
         return _hypercall(tee, vm, ctx, stop)
     if kind == StopKind.NPF:
@@ -230,14 +231,31 @@ def host_state(vm: Vm, ctx: VcpuContext, seq: int) -> bytes:
     return plain
 
 
-def _hand_over(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit) -> Reply:
+def _record(vm: Vm, ctx: VcpuContext, reason: ExitReason,
+            fields: tuple[tuple[Field, int], ...]) -> ExitRecord:
+    """The exit record of exit ``ctx.seq`` (the state in the level's form), now the
+    host's: every exit handed over passes here."""
     if vm.writeback is not None and vm.features.commit_writes:
         vm.writeback.commit()  # written back before the host runs: INVD finds nothing
-    state = b"" if out.reason == _KILLED else host_state(vm, ctx, ctx.seq)
-    record = ExitRecord(out.reason, ctx.seq, ctx.index,
-                        host_fields(vm.view, out.reason, out.fields), state)
+    state = b"" if reason == _KILLED else host_state(vm, ctx, ctx.seq)
+    record = ExitRecord(reason, ctx.seq, ctx.index, fields, state)
     ctx.handed_out = state
     ctx.seq += 1
+    return record
+
+
+def _timer_exit(tee: Tee, vm: Vm, ctx: VcpuContext, retired: int, rip: int) -> Reply:
+    """What _hand_over makes of ``Exit(TIMER, {RETIRED: retired, RIP: rip})``, without
+    that Exit, its dict and the filter's loop: a single-stepping or ticking host takes
+    this exit most (the fields are the view's, by views.timer_fields)."""
+    record = _record(vm, ctx, _TIMER, timer_fields(vm.view, retired, rip))
+    if tee.recorder.enabled:
+        _trace_exit(tee, vm, ctx, Exit(_TIMER, {_RETIRED: retired, _RIP: rip}), record)
+    return Reply(_OK, "", exit=record)
+
+
+def _hand_over(tee: Tee, vm: Vm, ctx: VcpuContext, out: Exit) -> Reply:
+    record = _record(vm, ctx, out.reason, host_fields(vm.view, out.reason, out.fields))
     result, operand = _OK, ""
     if out.dead:
         vm.state = VmState.DEAD

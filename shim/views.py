@@ -70,6 +70,21 @@ def host_fields(
     return tuple(kept)
 
 
+# Per view: whether a timer exit shows RETIRED, and RIP (read off the table above).
+_TIMER_SHOWS = {view: (F.RETIRED in ALLOWED[view][ExitReason.TIMER],
+                       F.RIP in ALLOWED[view][ExitReason.TIMER]) for view in View}
+_RETIRED, _RIP = F.RETIRED, F.RIP
+
+
+def timer_fields(view: View, retired: int, rip: int) -> tuple[tuple[Field, int], ...]:
+    """``host_fields(view, TIMER, {RETIRED: retired, RIP: rip})`` without the dict and
+    the loop: the timer exit is the one a single-stepping or ticking host takes most."""
+    shows_retired, shows_rip = _TIMER_SHOWS[view]
+    if shows_retired:
+        return ((_RETIRED, retired), (_RIP, rip)) if shows_rip else ((_RETIRED, retired),)
+    return ((_RIP, rip),) if shows_rip else ()
+
+
 def markdown_table() -> str:
     """The table of docs/exits.md (a test keeps the two equal)."""
     levels = {View.FULL: "plain, sev", View.RESTRICTED: "sev-es, snp", View.SANITISED: "shim"}

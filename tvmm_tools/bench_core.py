@@ -16,13 +16,19 @@ the median ratio is reported.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import re
+import shutil
 import statistics
 import struct
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import unicorn as uc_mod
 from unicorn import x86_const as X
@@ -37,7 +43,7 @@ from tvmm.harness import launcher
 from tvmm.harness.boot import boot
 from tvmm.host.client import PlatformClient, bytes_transport
 from tvmm.host.hypervisor import HonestHypervisor
-from tvmm.link import ends
+from tvmm.link import ends, mailbox
 from tvmm.machine import DEFAULT_MEMORY, make_machine
 
 COMPUTE = guestbuild.GUESTS_DIR / "bench" / "compute.c"
@@ -250,6 +256,118 @@ def boundary_round_trip(level: Level, quantum: int, exits: int, rounds: int,
                                                     for r in triples]}
 
 
+# Callgrind's client requests, for marking the phases of a counted run (compiled at run
+# time against valgrind's own header: the requests are special instruction sequences).
+_MARKS_C = """#include <valgrind/callgrind.h>
+void tvmm_count_from_zero(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; }
+void tvmm_count_dump(const char *name) { CALLGRIND_DUMP_STATS_AT(name); CALLGRIND_STOP_INSTRUMENTATION; }
+int tvmm_emu_start_stub(void *uc, unsigned long begin, unsigned long until,
+                        unsigned long timeout, unsigned long count) { return 0; }
+"""
+COUNT_EXITS = 2000
+PHASES = ("loop", "host", "mailbox")
+
+
+def instructions_per_exit(level: Level, quantum: int, exits: int = COUNT_EXITS) -> dict:
+    """Instructions per exit on each side of the boundary, counted by callgrind (exact and
+    the same on a loaded machine, where CPU time is not): this module's ``--phases`` run
+    under ``valgrind --tool=callgrind``, each phase between client requests.
+
+    - ``loop``: ``exits`` timer exits in one process through the ABI codec — the host's
+      request encoded, ``Platform.handle_bytes``, the reply decoded, the host's loop —
+      with libunicorn's ``uc_emu_start`` a C no-op (the guest does not move, so the count
+      cannot move with its phase; emulation is bare Unicorn's own cost, the baseline);
+    - ``host``: the host's share alone, the same loop answered with a canned reply;
+    - ``mailbox``: one mailbox round trip's copies and numbers, both ends in one process.
+
+    The TEE's side is loop − host + one mailbox end, the host's host + the other end.
+    Needs valgrind with its headers and a C compiler."""
+    for tool in ("valgrind", "gcc"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"counting instructions needs {tool}")
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = build_marks(Path(tmp))
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+             f"--callgrind-out-file={tmp}/cg.%p", sys.executable, "-m",
+             "tvmm_tools.bench_core", "--phases", level.value, str(quantum), str(exits),
+             str(lib)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"the counted run failed: {out.stderr[-2000:]}")
+        counts: dict[str, int] = {}
+        for dump in Path(tmp).glob("cg.*.*"):
+            text = dump.read_text(errors="replace")
+            name = re.search(r"^desc: Trigger: Client Request: (\S+)", text, re.M)
+            total = re.search(r"^totals: (\d+)", text, re.M)
+            if name and total:
+                counts[name.group(1)] = int(total.group(1))
+    if set(counts) != set(PHASES):
+        raise RuntimeError(f"the counted run dumped {sorted(counts)}, not {list(PHASES)}")
+    loop, host = counts["loop"] / exits, counts["host"] / exits
+    end = counts["mailbox"] / exits / 2
+    return {"level": level.value, "quantum": quantum, "exits": exits,
+            "tee": round(loop - host + end), "host": round(host + end),
+            "mailbox_end": round(end), "loop_in_one_process": round(loop)}
+
+
+def build_marks(directory: Path) -> Path:
+    """The client-request library (needs gcc and valgrind's headers)."""
+    source, lib = directory / "marks.c", directory / "marks.so"
+    source.write_text(_MARKS_C)
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(source)],
+                   check=True, capture_output=True)
+    return lib
+
+
+def count_phases(level: Level, quantum: int, exits: int, marks: str) -> tuple[int, int]:
+    """The phases ``instructions_per_exit`` counts (run under callgrind by it; outside
+    valgrind the marks do nothing).  Returns the guest's RIP before and after the counted
+    phases: equal, the guest stood still."""
+    lib = ctypes.CDLL(marks)
+    image = compute_image()
+    machine = make_machine(seed=0, image=image, level=level)
+    client = PlatformClient(bytes_transport(machine.platform.handle_bytes))
+    host = HonestHypervisor(client, quantum=quantum)
+    host.launch(image, level, DEFAULT_MEMORY)
+    vm = host.vm
+
+    def enter(st: bytes) -> Reply:
+        return client.enter(vm, quantum, st)
+
+    reply = timer_exits(enter, host, b"", 200)  # boots into the compute loop
+    canned = codec.encode(reply)
+    # The guest stands still: libunicorn's uc_emu_start swapped for a C no-op of the same
+    # signature, called the same way (the Python and ctypes work around it still counts).
+    machine.platform.vm(vm).vcpu._emu_start = ctypes.CFUNCTYPE(ctypes.c_int)(
+        ctypes.cast(lib.tvmm_emu_start_stub, ctypes.c_void_p).value)
+    state = timer_exits(enter, host, reply.exit.state, 50).exit.state
+    ctx = machine.platform.vm(vm).vcpus[0]
+    rip_before = ctx.rip
+    canned_client = PlatformClient(bytes_transport(lambda _data: canned))
+    ends_ = mailbox.create(1 << 16)
+    near, far = (mailbox.MailboxClient(ends_.client_spec()),
+                 mailbox.MailboxServer(ends_.server_spec()))
+    request = codec.encode(Enter(vm, 0, quantum, state))
+
+    def round_trips() -> None:
+        for _ in range(exits):
+            near._put(request)
+            far._take()
+            far._put(canned)
+            near._take()
+
+    for name, run_phase in (
+            ("loop", lambda: timer_exits(enter, host, state, exits)),
+            ("host", lambda: timer_exits(lambda st: canned_client.enter(vm, quantum, st),
+                                         host, state, exits)),
+            ("mailbox", round_trips)):
+        lib.tvmm_count_from_zero()
+        run_phase()
+        lib.tvmm_count_dump(name.encode())
+    machine.close()
+    return rip_before, ctx.rip
+
+
 def for_seconds(run_once: Callable[[], float], seconds: float) -> float:
     """Seconds per run of ``run_once`` (which returns its own time), run until the runs
     add up to ``seconds``: each side of a ratio is timed for seconds, not one short run."""
@@ -322,8 +440,39 @@ def run(rounds: int = 3, quick: bool = False,
     return results
 
 
+INSTRUCTIONS_BLOCK = "exit-instructions"
+COUNTED = ((Level.SHIM, 64), (Level.SEV_ES, 1))  # the shim's timer exit; single step
+
+
+def instructions_block(rows: list[dict]) -> str:
+    """The doc block of ``--instructions --write-docs``."""
+    lines = [f"Written by `python -m tvmm_tools.bench_core --instructions --write-docs` on "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (callgrind, "
+             f"{rows[0]['exits']:,} exits a phase; instructions do not depend on the load).",
+             "", "| exit | TEE side | host side | one mailbox end (in each side) |", "|---|---|---|---|"]
+    for r in rows:
+        what = ("timer exit at `shim`, quantum 64" if r["level"] == "shim"
+                else f"single step at `{r['level']}`, quantum {r['quantum']}")
+        lines.append(f"| {what} | {r['tee']:,} | {r['host']:,} | {r['mailbox_end']:,} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = argv if argv is not None else sys.argv[1:]
+    if argv[:1] == ["--phases"]:
+        count_phases(Level(argv[1]), int(argv[2]), int(argv[3]), argv[4])
+        return 0
+    if argv[:1] == ["--instructions"]:
+        rows = [instructions_per_exit(level, quantum) for level, quantum in COUNTED]
+        for row in rows:
+            print(json.dumps(row))
+        if "--write-docs" in argv:
+            from tvmm_tools.doc_block import write_block
+
+            doc = Path(argv[argv.index("--write-docs") + 1]) if len(argv) > argv.index(
+                "--write-docs") + 1 else Path("docs/performance.md")
+            write_block(doc, INSTRUCTIONS_BLOCK, instructions_block(rows))
+        return 0
     out = run(quick="--quick" in argv)
     print(json.dumps(out))
     return 0

@@ -24,6 +24,31 @@ def test_core_benchmark_ratios():
     print(results)
 
 
+def _marks(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("gcc") is None or not Path("/usr/include/valgrind/callgrind.h").exists():
+        pytest.skip("needs gcc and valgrind's headers")
+    return bench_core.build_marks(tmp_path)
+
+
+def test_the_counted_phases_run_with_the_guest_standing_still(tmp_path):
+    """Outside valgrind the marks do nothing: the phases run, every exit a timer exit
+    (timer_exits raises on any other), and the stubbed uc_emu_start leaves the guest where
+    it was, so a count cannot move with the guest's phase."""
+    before, after = bench_core.count_phases(Level.SHIM, 64, 20, str(_marks(tmp_path)))
+    assert before == after
+
+
+@pytest.mark.bench
+def test_instructions_per_exit_are_counted_per_side():
+    for level, quantum in bench_core.COUNTED:
+        r = bench_core.instructions_per_exit(level, quantum, exits=200)
+        assert r["tee"] > r["host"] > r["mailbox_end"] > 0
+        print(r)
+
+
 def test_the_boundary_round_trip_measures_all_three_sides():
     """One short round: the exit across the boundary, bare stop/resume and the bare link's
     round trip are all measured, and the ratio is theirs."""

@@ -147,6 +147,7 @@ def _waited(client, server, monkeypatch, *, peer_asleep: bool) -> tuple[_Clock, 
 
 def test_a_mailbox_end_spins_for_a_peer_that_is_awake(monkeypatch):
     client, server = _pair("mailbox")
+    client.crowded = True  # spins even then: the peer is awake
     clock, slept = _waited(client, server, monkeypatch, peer_asleep=False)
     assert (client.rang, clock.looks, slept) == (0, 1, [])  # answered while spinning
     client.close()
@@ -157,11 +158,37 @@ def test_a_mailbox_end_that_woke_its_peer_sleeps_at_once(monkeypatch):
     """The peer was asleep: it needs a core before it can answer, so this end does not
     spin on one (and it rang the peer's doorbell, which the peer's sleep reads away)."""
     client, server = _pair("mailbox")
+    client.crowded = True  # every core taken (the machine's own count is not the test's)
     clock, slept = _waited(client, server, monkeypatch, peer_asleep=True)
     assert (client.rang, clock.looks, slept) == (1, 0, [0])
     assert os.read(server.bell_in, 16) == b"\1"
     client.close()
     server.close()
+
+
+def test_a_mailbox_end_with_a_core_to_spare_spins_after_waking_its_peer(monkeypatch):
+    """Not crowded: the woken peer gets a core of its own, so this end spins for the
+    answer (else two ends that each find the other asleep pay two wake-ups a round trip),
+    even when its last waits outlasted the spin."""
+    client, server = _pair("mailbox")
+    client.crowded, client.misses = False, mailbox.MISSES
+    clock, slept = _waited(client, server, monkeypatch, peer_asleep=True)
+    assert (client.rang, clock.looks, slept) == (1, 1, [])
+    client.close()
+    server.close()
+
+
+@pytest.mark.parametrize(("loadavg", "expected"), [
+    (b"0.10 0.11 0.05 1/215 3338\n", False),  # this process alone
+    (b"6.21 4.46 2.45 9/230 20690\n", True),  # more runnable than any test machine's cores
+    (b"garbage\n", True),  # unknown: the cautious way
+])
+def test_the_mailbox_reads_how_crowded_the_machine_is(tmp_path, monkeypatch, loadavg, expected):
+    path = tmp_path / "loadavg"
+    path.write_bytes(loadavg)
+    monkeypatch.setattr(mailbox, "LOADAVG", str(path))
+    monkeypatch.setattr(mailbox, "CORES", 2)
+    assert mailbox.crowded() is expected
 
 
 def test_an_oversized_frame_on_a_socket_is_read_away():

@@ -46,3 +46,16 @@ def test_the_honest_host_runs_at_shim_with_a_quantum():
     report = boot("modexp", Level.SHIM, seed=3, quantum=500)
     assert report.how == "exit" and report.status == 0 and report.violations == []
     assert report.retired == 500 * report.exits["timer"] > 0  # what it asked for
+
+
+def test_the_timer_exits_fast_path_shows_what_the_table_allows():
+    """The exit path hands a timer exit over through views.timer_fields, not the generic
+    filter: both must give the host the same fields, in the same order, at every view."""
+    from shim.views import View, host_fields, timer_fields
+
+    for view in View:
+        for retired, rip in ((64, 0x1234), (1, 0), (2**64 - 1, 2**64 - 1)):
+            generic = host_fields(view, ExitReason.TIMER, {Field.RETIRED: retired,
+                                                            Field.RIP: rip})
+            assert timer_fields(view, retired, rip) == generic
+    assert timer_fields(View.SANITISED, 64, 0x1234) == ()

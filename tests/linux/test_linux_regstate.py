@@ -38,6 +38,7 @@ from tvmm.hw.vcpu import (
     NREGS,
     NSLOTS,
     SLOT,
+    StopKind,
     Vcpu,
 )
 from tvmm.hw.vmsa import VMSA_SIZE, pack_plain, unpack_plain
@@ -229,13 +230,19 @@ def test_write_state_refuses_a_short_state(vcpu):
 
 def test_a_register_changed_in_the_vcpu_is_read_again(vcpu):
     """The save area is read afresh at every exit: a change to XMM, MXCSR or an MSR since
-    the last read shows in the next one (the vCPU skips only the copy of what is equal)."""
+    the last read shows in the next one after a run (the vCPU keeps a read only until the
+    guest runs, and skips only the copy of what is equal).  The change is made in the
+    engine behind the vCPU's back, then a run of one HLT stands for the guest's run."""
     from unicorn import x86_const as X
 
+    vcpu.set_mapped(0x1000, 1, True)
+    vcpu.mem_write(0x1000, b"\xf4")  # hlt
+    vcpu.run(0x1000, 0)
     first = vcpu.read_state()
     vcpu._uc.reg_write(X.UC_X86_REG_XMM15, 0x1234_5678_9ABC_DEF0_0FED_CBA9_8765_4321)
     vcpu._uc.reg_write(X.UC_X86_REG_MXCSR, 0x1F80 ^ 0x6000)  # round toward zero
     vcpu._uc.reg_write(X.UC_X86_REG_MSR, (0xC0000082, 0xFFFF_8000_0000_1000))  # LSTAR
+    assert vcpu.run(0x1000, 0).kind == StopKind.HLT
     got = vcpu.read_state()
     xmm15 = XMM0_SLOT + 2 * 15
     assert got[xmm15 : xmm15 + 2] == (0x0FED_CBA9_8765_4321, 0x1234_5678_9ABC_DEF0)
@@ -250,9 +257,9 @@ def test_a_state_read_before_the_guest_ran_is_loaded_again(vcpu):
     """The vCPU skips loading the extended state only when it is handed back as read and
     the guest has not run since: a host that hands back an older state after a run (the
     guest changed XMM0 in between) gets that older state loaded, as below snp it may."""
-    from unicorn import x86_const as X
-
-    vcpu._uc.reg_write(X.UC_X86_REG_XMM0, 0xAB << 64)
+    start = list(vcpu.read_state())
+    start[XMM0_SLOT + 1] = 0xAB
+    vcpu.write_state(start)
     old = vcpu.read_state()
     vcpu.set_mapped(0x1000, 1, True)
     vcpu.mem_write(0x1000, b"\x66\x0f\xef\xc0\xf4")  # pxor xmm0, xmm0; hlt

@@ -19,6 +19,8 @@ messages the new one; tests/core/test_core_codec.py checks both agree.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import struct
 from enum import IntEnum, StrEnum
 from itertools import starmap
@@ -156,24 +158,33 @@ def _compile(cls: type, tag: int | None, env: dict) -> tuple[str, str]:
             values.append(f"v_{var[0]}")
     enc.append(f"    return b''.join(({', '.join(parts)},))")
     dec += _construct(cls, [f for f, _, _ in fields], values, env)
-    return "\n".join(enc), "\n".join(dec)
+    # The same encoder taking the field values themselves (encode_values): no message built.
+    encv = [f"def _encv_{name}({', '.join(f'v_{f}' for f, _, _ in fields)}):",
+            *(re.sub(r"\bm\.(\w+)", r"v_\1", line) for line in enc[1:])]
+    return "\n".join(enc) + "\n\n" + "\n".join(encv), "\n".join(dec)
 
 
 def _construct(cls: type, names: list[str], values: list[str], env: dict) -> list[str]:
-    """Lines that return the decoded message.  A frozen slotted dataclass without
-    ``__post_init__`` (every request) is filled through its slots' own descriptors —
-    what its ``__init__`` does through ``object.__setattr__``, at half the cost."""
+    """Lines that return the decoded message, made without a Python ``__init__`` frame
+    when the class is a slotted dataclass without ``__post_init__`` (every message): a
+    frozen one (every request) is filled through its slots' own descriptors — what its
+    ``__init__`` does through ``object.__setattr__``, at half the cost — and the others
+    (replies, exit records) by plain attribute stores, a bytecode each."""
     name = cls.__name__
     params = getattr(cls, "__dataclass_params__", None)
-    plain = (params is not None and params.frozen and hasattr(cls, "__slots__")
+    plain = (params is not None and hasattr(cls, "__slots__")
              and not hasattr(cls, "__post_init__")
+             and {f.name for f in dataclasses.fields(cls)} == set(names)  # every slot set
              and all(type(cls.__dict__.get(f)).__name__ == "member_descriptor" for f in names))
     if not plain:
         return [f"    return _C_{name}({', '.join(values)}), pos"]
     lines = [f"    m = _new(_C_{name})"]
     for f, v in zip(names, values, strict=True):
-        env[f"_S_{name}_{f}"] = cls.__dict__[f].__set__
-        lines.append(f"    _S_{name}_{f}(m, {v})")
+        if params.frozen:
+            env[f"_S_{name}_{f}"] = cls.__dict__[f].__set__
+            lines.append(f"    _S_{name}_{f}(m, {v})")
+        else:
+            lines.append(f"    m.{f} = {v}")
     return [*lines, "    return m, pos"]
 
 
@@ -189,8 +200,8 @@ def _encode_var(f: str, kind: str, tp: Any, env: dict) -> list[str]:
         env[f"_E_{tp.__name__}"] = {**{m: m.value.encode() for m in tp},
                                     **{m.value: m.value.encode() for m in tp}}
         return [f"    p_{f} = _E_{tp.__name__}[m.{f}]"]
-    if kind == "pairs":  # starmap: each pair must be exactly two values
-        return [f"    p_{f} = b''.join(_starmap(_PAIR, m.{f}))"]
+    if kind == "pairs":  # starmap: each pair must be exactly two values (none: no join)
+        return [f"    p_{f} = b''.join(_starmap(_PAIR, m.{f})) if m.{f} else b''"]
     # the optional exit record
     return [f"    r_{f} = m.{f}",
             f"    p_{f} = b'' if r_{f} is None else _enc_ExitRecord(r_{f}) "
@@ -211,8 +222,9 @@ def _decode_var(f: str, kind: str, tp: Any, env: dict) -> list[str]:
     if kind == "pairs":
         return [f"    end = pos + {_PAIR.size} * n_{f}",
                 "    if end > size: raise _Refuse",
-                f"    p = _PAIRS_DECODE.get(n_{f})",
-                f"    v_{f} = p(data, pos) if p is not None else _pairs_any(n_{f}, data, pos)",
+                f"    if not n_{f}: v_{f} = ()",  # a timer exit at shim: no call
+                f"    elif (p := _PAIRS_DECODE.get(n_{f})) is not None: v_{f} = p(data, pos)",
+                f"    else: v_{f} = _pairs_any(n_{f}, data, pos)",
                 "    pos = end"]
     return [f"    if n_{f} == 1: v_{f}, pos = _dec_ExitRecord(data, pos)",
             f"    elif n_{f} == 0: v_{f} = None",
@@ -234,10 +246,11 @@ def _build() -> tuple[dict[type, Any], dict[int, Any]]:
     exec("\n\n".join(source), env)  # noqa: S102 - our own source, built from the schema
     encoders = {cls: env[f"_enc_{cls.__name__}"] for cls, tag in classes if tag is not None}
     decoders = {tag: env[f"_dec_{cls.__name__}"] for cls, tag in classes if tag is not None}
-    return encoders, decoders
+    by_values = {cls: env[f"_encv_{cls.__name__}"] for cls, tag in classes if tag is not None}
+    return encoders, decoders, by_values
 
 
-_ENCODERS, _DECODERS = _build()
+_ENCODERS, _DECODERS, _BY_VALUES = _build()
 _ENCODE_ERRORS = (_Refuse, struct.error, TypeError, ValueError, KeyError, AttributeError,
                   OverflowError)
 
@@ -250,6 +263,20 @@ def encode(message: Any) -> bytes:
         except _ENCODE_ERRORS:
             pass
     return reference.encode(message)  # names the field, or takes an unusual value
+
+
+def encode_values(cls: type, *values: Any) -> bytes:
+    """``encode(cls(*values))`` without building the message (every field given, in the
+    schema's order): a host's ENTER, at every exit, need not build a frozen request
+    only to have it taken apart.  Anything the compiled encoder does not expect goes
+    through ``cls(*values)`` and ``encode``, which encodes it or raises the same error."""
+    encoder = _BY_VALUES.get(cls)
+    if encoder is not None:
+        try:
+            return encoder(*values)
+        except _ENCODE_ERRORS:
+            pass
+    return encode(cls(*values))
 
 
 def decode(data: bytes) -> Any:

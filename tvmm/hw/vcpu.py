@@ -40,6 +40,7 @@ _READ_BATCH = _unchecked(uclib.uc_reg_read_batch)
 _WRITE_BATCH = _unchecked(uclib.uc_reg_write_batch)
 _READ_ONE = _unchecked(uclib.uc_reg_read)
 _WRITE_ONE = _unchecked(uclib.uc_reg_write)
+_EMU_START = _unchecked(uclib.uc_emu_start)
 
 _TLB_FLUSH = uc_mod.unicorn_const.UC_CTL_TLB_FLUSH
 PAGE = 0x1000
@@ -101,6 +102,9 @@ _VMCALL = (b"\x0f\x01\xc1", b"\x0f\x01\xd9")  # vmcall, vmmcall
 MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_FMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084
 MSR_FS_BASE, MSR_GS_BASE = 0xC0000100, 0xC0000101
 _EXT_MSRS = (MSR_STAR, MSR_LSTAR, MSR_FMASK)  # EXT_NAMES after the two bases
+# The extended buffer: the FXSAVE image, the MSRs (uc_x86_msr, 16 bytes each), the full tag word.
+_EXT_FTW = FXSAVE_SIZE + 16 * len(_EXT_MSRS)
+_EXT_RAW = _EXT_FTW + 8
 EFER_SCE = 1
 # Prefixes that may precede an instruction's opcode: legacy ones and REX (0x40-0x4f).
 _PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3") | frozenset(range(0x40, 0x50))
@@ -190,11 +194,17 @@ class Vcpu:
         # The bases land in their slots; the rest is moved there by _read_full (a memoryview
         # per buffer: item and strided copies cost a fraction of ctypes' own).
         self._words = memoryview(self._area).cast("B").cast("Q")
-        self._msrs = (_Msr * len(_EXT_MSRS))(*[_Msr(m, 0) for m in _EXT_MSRS])
+        self._area_bytes = memoryview(self._area).cast("B")  # tobytes(): half bytes()'s cost
+        # The FXSAVE image, SYSCALL's MSRs and the full tag word in one buffer, so that
+        # telling whether they changed since the last read is one copy and one compare.
         assert ctypes.sizeof(_Msr) == 16 and _Msr.value.offset == 8  # noqa: S101
+        self._ext_raw = (ctypes.c_char * _EXT_RAW)()
+        self._fx = (ctypes.c_uint64 * NFX).from_buffer(self._ext_raw, 0)
+        self._msrs = (_Msr * len(_EXT_MSRS)).from_buffer(self._ext_raw, FXSAVE_SIZE)
+        for msr, index in zip(self._msrs, _EXT_MSRS, strict=True):
+            msr.rid = index
         self._msr_values = memoryview(self._msrs).cast("B").cast("Q")[1::2]
-        self._ftw = ctypes.c_uint16()
-        self._fx = (ctypes.c_uint64 * NFX)()
+        self._ftw = ctypes.c_uint16.from_buffer(self._ext_raw, _EXT_FTW)
         self._fx[FX_MXCSR // 8] = MXCSR_MASK << 32  # never read: set once, kept
         self._fxw = memoryview(self._fx).cast("B").cast("Q")
         fx = ctypes.addressof(self._fx)
@@ -208,7 +218,9 @@ class Vcpu:
         self._ext_n = len(ext_ids)
         self._ext_ids = (ctypes.c_int * self._ext_n)(*ext_ids)
         self._ext_ptrs = (ctypes.c_void_p * self._ext_n)(*ext_ptrs)
-        # The same with the general registers first: a stale save area is one call.
+        # The same with the general registers first: a stop reads the whole state in one
+        # call (the extended part costs ~1,000 instructions more in libunicorn; a second
+        # ctypes call for it at the hand-over cost ~5,000).
         self._all_n = NREGS + self._ext_n
         self._all_ids = (ctypes.c_int * self._all_n)(*_REG_IDS, *ext_ids)
         self._all_ptrs = (ctypes.c_void_p * self._all_n)(*self._area_ptrs, *ext_ptrs)
@@ -217,6 +229,14 @@ class Vcpu:
         # The unchecked C calls take the engine as a C pointer object; anything else (a
         # binding that keeps a plain int) would be cut to 32 bits: use the binding's calls.
         self._handle = handle if isinstance(handle, ctypes.c_void_p) else None
+        # emu_start's arguments, of the right C types, and the call itself (an attribute:
+        # a counted run stands the guest still by swapping it for a no-op of the same
+        # signature).  The binding's emu_start converts its five arguments at every call:
+        # ~10,000 instructions, against ~6,000 this way.
+        self._begin, self._count = ctypes.c_uint64(), ctypes.c_size_t()
+        self._until, self._timeout = ctypes.c_uint64(NO_UNTIL), ctypes.c_uint64(0)
+        self._emu_start = _EMU_START if self._handle is not None and hasattr(
+            self._uc, "_hook_exception") else None
         self._one = ctypes.c_uint64()  # one register, for read_reg / write_reg
         self._one_ptr = ctypes.cast(ctypes.byref(self._one), ctypes.c_void_p)
         self._fresh = False  # whether the save area holds the registers as they are now
@@ -370,10 +390,22 @@ class Vcpu:
             # (unicorn #2200): drop them once, when the timer is armed again.
             self._uc.ctl_flush_tb()
         self._timed = quantum > 0
-        try:
-            self._uc.emu_start(rip, NO_UNTIL, 0, quantum)
-        except uc_mod.UcError as exc:
-            error = exc
+        start = self._emu_start
+        if start is None:  # pragma: no cover - a binding without the handle
+            try:
+                self._uc.emu_start(rip, NO_UNTIL, 0, quantum)
+            except uc_mod.UcError as exc:
+                error = exc
+        else:  # what the binding's emu_start does, without converting its arguments
+            uc = self._uc
+            uc._hook_exception = None
+            self._begin.value = rip
+            self._count.value = quantum
+            status = start(self._handle, self._begin, self._until, self._timeout, self._count)
+            if status != 0:
+                error = uc_mod.UcError(status)
+            elif uc._hook_exception is not None:
+                raise uc._hook_exception
         if self._hook_error is not None:
             raise self._hook_error
         stop = self._stop
@@ -410,8 +442,8 @@ class Vcpu:
             return
         if self._handle is None:  # pragma: no cover - a binding without the handle
             self._area[0 : 2 * NREGS : 2] = [self._uc.reg_read(r) for r in _REG_IDS]
-        else:
-            status = _READ_BATCH(self._handle, self._ids, self._area_ptrs, NREGS)
+        else:  # the extended registers in the same call, into their buffers (_read_full)
+            status = _READ_BATCH(self._handle, self._all_ids, self._all_ptrs, self._all_n)
             if status != 0:  # pragma: no cover
                 raise uc_mod.UcError(status)
         self._fresh = True
@@ -424,25 +456,19 @@ class Vcpu:
         return self._regs
 
     def _read_full(self) -> None:
-        """The whole save area: EXT_NAMES and the FXSAVE image into the slots after the
-        general registers (and those too, in the same batch, unless the last read still
-        holds), then the abridged tag word (one bit a register: not empty) from the full
-        one Unicorn keeps (two bits a register, 3 = empty).  One C call and two strided
-        copies: the extended part is read at every exit the host sees."""
+        """The whole save area: the general registers and, in the same call, EXT_NAMES
+        and the FXSAVE image (unless the last read still holds: _read_area reads both);
+        the bases land in their slots, the MSRs and the FXSAVE image are moved into theirs
+        with the abridged tag word (one bit a register: not empty) made from the full one
+        Unicorn keeps (two bits a register, 3 = empty) — only when they changed since the
+        last move (a guest that used no FPU/SSE and set no MSR in between: one copy and
+        one compare, where the strided copies cost more)."""
         if self._handle is None:  # pragma: no cover - a binding without the handle
             raise RuntimeError("the extended state needs libunicorn's engine handle")
-        if self._fresh:
-            status = _READ_BATCH(self._handle, self._ext_ids, self._ext_ptrs, self._ext_n)
-        else:
-            status = _READ_BATCH(self._handle, self._all_ids, self._all_ptrs, self._all_n)
-            self._fresh = True
-        if status != 0:  # pragma: no cover
-            raise uc_mod.UcError(status)
-        # Unchanged since the last read (a guest that used no FPU/SSE and set no MSR in
-        # between): the slots hold it already.  Strided copies cost more than the compare.
+        if not self._fresh:
+            self._read_area()
         self._ext_valid = True
-        snap = bytes(self._fx) + bytes(self._msrs) + bytes(self._ftw)
-        if snap == self._snap:
+        if self._ext_raw.raw == self._snap:
             return
         fx, tags = self._fxw, self._ftw.value
         abridged = _ABRIDGED.get(tags)
@@ -452,7 +478,7 @@ class Vcpu:
         words = self._words
         words[_W_MSRS] = self._msr_values
         words[2 * FX_FIRST :: 2] = fx
-        self._snap = bytes(self._fx) + bytes(self._msrs) + bytes(self._ftw)
+        self._snap = self._ext_raw.raw
 
     def save_area(self, tags: tuple[int, ...]) -> bytes:
         """The whole register state as NSLOTS 16-byte slots (general registers, EXT_NAMES,
@@ -462,7 +488,7 @@ class Vcpu:
         if tags is not self._tags:
             self._area[1::2] = tags
             self._tags = tags
-        return bytes(self._area)
+        return self._area_bytes.tobytes()
 
     def read_state(self) -> tuple[int, ...]:
         """Every slot's value (what save_area carries), for the TEE's own checks."""

@@ -8,8 +8,9 @@ waits for the number to move, copies the request out (the client may scribble on
 memory at any time: the server parses only its copy), and answers the same way.
 
 Waiting spins on the peer's number for up to ``spin_s`` (a single-stepping host asks
-again within tens of microseconds) — skipped while the last waits all took longer, and
-after waking a sleeping peer (it needs a core first) — then blocks: the waiter raises its
+again within tens of microseconds) — skipped, when more tasks are runnable than there are
+cores, while the last waits all took longer and after waking a sleeping peer (it needs a
+core first) — then blocks: the waiter raises its
 sleep flag, looks once more, and sleeps on a pipe the peer writes a byte to after a bump
 it sees the flag up for.
 A wake-up lost between flag and number (stores and loads may pass each other) costs at most
@@ -42,6 +43,20 @@ DEFAULT_SPIN_S = 100e-6
 POLL_S = 0.05
 MISSES = 4
 RETRY = 64
+LOADAVG = "/proc/loadavg"  # its fourth field: runnable tasks now / all tasks
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def crowded() -> bool:
+    """Whether more tasks are runnable right now than this process has cores (this one
+    counted): then a spinning end holds a core its peer may need.  Unknown counts as
+    crowded (the cautious way)."""
+    try:
+        with open(LOADAVG, "rb") as f:
+            runnable = int(f.read().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return True
+    return runnable > (CORES or 1)
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,7 @@ class _End:
         self.misses = 0  # waits in a row that the spin did not end
         self.waits = 0
         self.rang = 0  # the peer was asleep when this end last sent: it woke it
+        self.crowded = crowded()  # looked at again every RETRY waits
 
     def _put(self, data: bytes) -> None:
         if self.closed:
@@ -152,17 +168,23 @@ class _End:
 
     def _wait_longer(self, seen: int) -> None:
         """Spin on the peer's number for up to ``spin_s`` (a single-stepping host asks
-        again within tens of microseconds), then sleep — unless the last ``MISSES`` waits
-        all outlasted the spin, or this end's last frame had to wake the peer: then sleep
-        at once, spinning again every ``RETRY`` waits.  A peer that was asleep needs a
-        core before it can answer, and with every core taken the one this end would spin
-        on is the one it gets soonest (a pipe's wake-up prefers the waker's core).
+        again within tens of microseconds), then sleep.  On a crowded machine (more
+        runnable tasks than cores, looked at every ``RETRY`` waits) sleep at once while
+        the last ``MISSES`` waits all outlasted the spin, or when this end's last frame
+        had to wake the peer (spinning again every ``RETRY`` waits): a peer that was
+        asleep needs a core before it can answer, and with every core taken the one this
+        end would spin on is the one it gets soonest (a pipe's wake-up prefers the
+        waker's core).  With a core to spare both ends spin: otherwise two ends that
+        each find the other asleep go on paying two wake-ups a round trip.
         No ``sched_yield``: on a machine with more runnable processes than cores a yield
         hands the core to a stranger for a whole time slice (a round trip of milliseconds,
         measured), where a sleeper the pipe wakes is scheduled at once."""
         q, at = self.q, self._in_seq
         self.waits += 1
-        if (self.misses < MISSES and not self.rang) or self.waits % RETRY == 0:
+        retry = self.waits % RETRY == 0
+        if retry:
+            self.crowded = crowded()
+        if not self.crowded or (self.misses < MISSES and not self.rang) or retry:
             clock = time.perf_counter
             deadline = clock() + self.spin_s
             while q[at] == seen:
