@@ -8,7 +8,10 @@
       └ (the host's trace notes go on a pipe of their own straight to the TEE process)
 
 Both children are fresh interpreters (exec, not fork): the host's process holds nothing of
-this one's memory — no secret, no owner, no key.  The launcher closes its copies of the
+this one's memory — no secret, no owner, no key.  Within ``warm()`` (a campaign's many
+runs) each is instead a fork of a zygote of its own program (tvmm.link.zygote): an
+interpreter exec'd just as clean that has only imported the program, so a run skips the
+imports and still starts from nothing of this process's or of an earlier run's.  The launcher closes its copies of the
 link's descriptors once both children hold theirs, so a child's death is end of file to its
 peer (no hang).
 """
@@ -169,6 +172,16 @@ def warm(modules: tuple[str, ...] = WARM_MODULES) -> Iterator[None]:
         yield
     finally:
         _warm = None
+        mine.close()
+
+
+def cool() -> None:
+    """End this process's zygotes now (waiting for them: their runs' CPU time then counts
+    in this process's children); the next warm start makes new ones."""
+    global _warm
+    with _warm_lock:
+        mine, _warm = _warm, None
+    if mine is not None and mine.pid == os.getpid():
         mine.close()
 
 
