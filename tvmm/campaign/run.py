@@ -87,8 +87,9 @@ def run_campaign(keys: Sequence[CellKey], store: Store, *, workers: int | None =
     this process).  ``cluster``: a Dask scheduler's address (``tcp://host:port``) or a
     ``distributed.Client``-compatible object such as a LocalCluster; then the cluster's
     workers run the cells.  Local workers, when no more than this process's cores, each
-    get a core of their own (``_pin``).  ``warm`` (every executor alike): each worker forks its cells'
-    TEE and host from warm zygotes (run_key); False starts fresh interpreters per cell."""
+    get a core of their own (``_pin``).  ``warm`` (every executor alike): each worker
+    forks its cells' TEE and host from warm zygotes (run_key); False starts fresh
+    interpreters per cell."""
     done = store.done(keys)
     todo = [k for k in keys if k not in done]
     start = time.perf_counter()
@@ -152,8 +153,9 @@ def _pin(slots: object) -> None:
     host inherit.  A cell is a chain (the host asks, the TEE answers, the judge waits), so
     on one core it loses only the little its processes overlapped; unpinned, two cells'
     four processes wake one another onto whichever core woke them and queue there while
-    the other core idles (measured: 1.5× the serial loop unpinned, 1.8× pinned, the same
-    CPU time per cell).  Its link then never spins (tvmm.link.mailbox.default_spin_s)."""
+    the other core idles (measured in short runs given priority on a loaded machine:
+    1.5× the serial loop unpinned, 1.8× pinned, at the same CPU time per cell).  Its
+    link then never spins (tvmm.link.mailbox.default_spin_s)."""
     os.sched_setaffinity(0, {slots.get()})
 
 
