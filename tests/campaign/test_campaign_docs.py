@@ -77,3 +77,21 @@ def test_the_terminal_table_keeps_names_and_cells_whole_at_80_columns():
     for cell in cells:  # each cell's text whole (a cell may wrap at its spaces)
         assert all(part in text for part in cell.split()), cell
     assert "--markdown FILE or --json" in text  # where the interval and classes are
+
+
+def test_campaign_benchmark_block_shows_cpu_and_cores_used_per_side():
+    """The block's CPU columns come from its figures, and parse back to them."""
+    per_side = {"serial": 1.0, "pool": 1.9, "dask": 1.7}
+    res = {"cells": 360, "rounds": 2, "workers": 2, "min_seconds": 60.0,
+           "cells_per_s": {"serial": 3.0, "pool": 5.7, "dask": 5.1},
+           "runs": {"serial": [3.0, 3.0], "pool": [5.6, 5.8], "dask": [5.0, 5.2]},
+           "pool_vs_serial": 1.9, "dask_vs_pool": 5.1 / 5.7,
+           "seconds_per_side": {"serial": 120.0, "pool": 63.2, "dask": 70.6},
+           "cpu_s_per_cell": {"serial": 0.333, "pool": 0.331, "dask": 0.35},
+           "cores_used": per_side, "load": 0.1, "cores": 2, "code": "c", "commit": "x",
+           "date": "d"}
+    text = bench_campaign.block(res)
+    assert bench_campaign.parse_block(text) == res
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [float(r[5]) for r in rows] == list(per_side.values())
+    assert "--min-seconds 60 --rounds 2" in text

@@ -8,20 +8,29 @@
       └ (the host's trace notes go on a pipe of their own straight to the TEE process)
 
 Both children are fresh interpreters (exec, not fork): the host's process holds nothing of
-this one's memory — no secret, no owner, no key.  The launcher closes its copies of the
+this one's memory — no secret, no owner, no key.  Within ``warm()`` (a campaign's many
+runs) each is instead a fork of a zygote of its own program (tvmm.link.zygote): an
+interpreter exec'd just as clean that has only imported the program, so a run skips the
+imports and still starts from nothing of this process's or of an earlier run's.  The launcher closes its copies of the
 link's descriptors once both children hold theirs, so a child's death is end of file to its
 peer (no hang).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import multiprocessing.util
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -29,7 +38,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from tvmm.link import ends
+from tvmm.link import ends, zygote
 from tvmm.link.errors import LinkError
 from tvmm.link.frames import recv_frame, send_frame
 
@@ -44,15 +53,152 @@ class HarnessError(RuntimeError):
     """A process of the run could not be started or configured."""
 
 
-def _spawn(module: str, fd: int, keep: tuple[int, ...]) -> subprocess.Popen:
+def _spawn(module: str, fd: int, keep: tuple[int, ...]) -> subprocess.Popen | Forked:
+    starter = _warm.get(module) if _warm is not None and _warm.pid == os.getpid() else None
+    if starter is not None:
+        return starter.start([str(fd), str(starter.proc.pid)], keep)
+    # Our pid goes along: the child dies with this process, even by SIGKILL
+    # (tvmm.link.lifetime); a zygote's fork dies with the zygote, which dies with us.
+    return _exec(["-m", module, str(fd), str(os.getpid())], keep)
+
+
+def _exec(args: list[str], keep: tuple[int, ...]) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
     # A process group of its own: a terminal's Ctrl-C reaches only the launcher, which
     # decides what it means and ends its processes (Session.close) — a TEE inside a guest
-    # with no timer could not see it anyway, and a host would print a traceback.  Our pid
-    # goes along: the child dies with this process, even by SIGKILL (tvmm.link.lifetime).
-    return subprocess.Popen([sys.executable, "-m", module, str(fd), str(os.getpid())],
-                            pass_fds=keep, env=env, stdin=subprocess.DEVNULL, process_group=0)
+    # with no timer could not see it anyway, and a host would print a traceback.
+    return subprocess.Popen([sys.executable, *args], pass_fds=keep, env=env,
+                            stdin=subprocess.DEVNULL, process_group=0)
+
+
+class Forked:
+    """A run's process forked by a zygote (tvmm.link.zygote): not this process's child, so
+    it is waited for and killed through its pidfd.  Its exit status stays the zygote's."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+
+    def poll(self) -> bool | None:
+        """True once the process has ended, else None (as Popen.poll's "still running")."""
+        if self.pidfd < 0:
+            return True
+        if select.select([self.pidfd], [], [], 0)[0]:
+            self._release()
+            return True
+        return None
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.pidfd < 0:
+            return
+        if not select.select([self.pidfd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
+        self._release()
+
+    def kill(self) -> None:
+        if self.pidfd >= 0:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def _release(self) -> None:
+        os.close(self.pidfd)
+        self.pidfd = -1
+
+
+class Zygote:
+    """One warm program (tvmm.link.zygote): forks a fresh process of it per run."""
+
+    def __init__(self, module: str) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        theirs.set_inheritable(True)
+        self.module = module
+        self.proc = _exec(["-m", "tvmm.link.zygote", module, str(theirs.fileno()), str(os.getpid())],
+                          (theirs.fileno(),))
+        theirs.close()
+        self.sock = ours
+        self.lock = threading.Lock()  # one request and its reply at a time (Dask's threads)
+
+    def start(self, argv: list[str], keep: tuple[int, ...]) -> Forked:
+        try:
+            with self.lock:
+                zygote.send_request(self.sock, argv, {fd: fd for fd in keep})
+                return Forked(*zygote.recv_reply(self.sock))
+        except (OSError, LinkError) as exc:
+            raise HarnessError(f"the warm {self.module} could not start a run: {exc}") from None
+
+    def close(self) -> None:
+        if self.sock.fileno() < 0:
+            return
+        self.sock.close()  # end of file: the zygote exits
+        try:
+            self.proc.wait(timeout=CLOSE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class Warm:
+    """This process's zygotes, one per program a run starts (see ``warm``)."""
+
+    pid: int
+    zygotes: dict[str, Zygote]
+
+    def get(self, module: str) -> Zygote | None:
+        return self.zygotes.get(module)
+
+    def close(self) -> None:
+        for z in self.zygotes.values():
+            z.close()
+
+
+_warm: Warm | None = None
+_warm_lock = threading.Lock()
+WARM_MODULES = ("tvmm.harness.tee_server", "tvmm_tools.host_process")
+
+
+@contextmanager
+def warm(modules: tuple[str, ...] = WARM_MODULES) -> Iterator[None]:
+    """Within the block, this process starts each run's TEE and host as forks of a warm
+    zygote instead of fresh interpreters (many runs in a row: a campaign).  Nested or
+    repeated use keeps the zygotes that are up."""
+    global _warm
+    if _warm is not None and _warm.pid == os.getpid():
+        yield
+        return
+    mine = Warm(os.getpid(), {})
+    try:
+        for module in modules:
+            mine.zygotes[module] = Zygote(module)
+        _warm = mine
+        yield
+    finally:
+        _warm = None
+        mine.close()
+
+
+def cool() -> None:
+    """End this process's zygotes now (waiting for them: their runs' CPU time then counts
+    in this process's children); the next warm start makes new ones."""
+    global _warm
+    with _warm_lock:
+        mine, _warm = _warm, None
+    if mine is not None and mine.pid == os.getpid():
+        mine.close()
+
+
+def keep_warm() -> None:
+    """Start this process's zygotes for the rest of its life (a campaign's worker process:
+    they end when it does — their socket's end of file)."""
+    global _warm
+    with _warm_lock:
+        if _warm is None or _warm.pid != os.getpid():
+            _warm = Warm(os.getpid(), {m: Zygote(m) for m in WARM_MODULES})
+            # At the process's end, close them and wait: their runs' CPU time then counts
+            # in this process's children, as fresh starts' would (a worker of a
+            # multiprocessing pool ends through its finalizers, not atexit).
+            atexit.register(_warm.close)
+            multiprocessing.util.Finalize(None, _warm.close, exitpriority=100)
 
 
 def _fds(spec: dict) -> tuple[int, ...]:
@@ -79,9 +225,9 @@ CLOSE_GRACE_S = 2.0  # how long a closing session waits for a process that does 
 class Session:
     """One run's two processes and the launcher's three links to them."""
 
-    tee: subprocess.Popen
+    tee: subprocess.Popen | Forked
     control: socket.socket
-    host: subprocess.Popen
+    host: subprocess.Popen | Forked
     link: socket.socket
     launch_key: ec.EllipticCurvePublicKey
     host_job: dict = field(default_factory=dict)  # the link specs the host is handed

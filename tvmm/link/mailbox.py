@@ -10,7 +10,8 @@ memory at any time: the server parses only its copy), and answers the same way.
 Waiting spins on the peer's number for up to ``spin_s`` (a single-stepping host asks
 again within tens of microseconds) — skipped, when more tasks are runnable than there are
 cores, while the last waits all took longer and after waking a sleeping peer (it needs a
-core first) — then blocks: the waiter raises its
+core first), and never on a process confined to one core (the peer could not answer
+meanwhile) — then blocks: the waiter raises its
 sleep flag, looks once more, and sleeps on a pipe the peer writes a byte to after a bump
 it sees the flag up for.
 A wake-up lost between flag and number (stores and loads may pass each other) costs at most
@@ -91,6 +92,19 @@ def create(capacity: int = DEFAULT_CAPACITY) -> MailboxFds:
     return MailboxFds(fd, capacity, to_server, to_client)
 
 
+def default_spin_s(cpus: int | None = None) -> float:
+    """``DEFAULT_SPIN_S`` where this process may run on more than one core (``cpus``: how
+    many it may; default its affinity), else 0: on a single core the peer cannot answer
+    while this end spins — a campaign pins each worker, its TEE and its host to a core of
+    their own (tvmm.campaign.run) — so waiting sleeps at once."""
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+    return DEFAULT_SPIN_S if cpus > 1 else 0.0
+
+
 class _End:
     """What both ends share: the mapping, the waiting and the ringing."""
 
@@ -109,7 +123,7 @@ class _End:
         poller.register(self.bell_in, select.POLLIN)
         self._poll = poller.poll
         os.set_blocking(self.bell_out, False)
-        self.spin_s = DEFAULT_SPIN_S if spin_s is None else spin_s
+        self.spin_s = default_spin_s() if spin_s is None else spin_s
         in_seq, in_len, my_sleep, peer_sleep = mine
         out_seq = REP_SEQ if in_seq == REQ_SEQ else REQ_SEQ
         self._in_seq, self._out_seq = in_seq // 8, out_seq // 8
@@ -153,7 +167,7 @@ class _End:
         if q[at] == seen:
             # A few microseconds if the peer is running and nearly done; none if this end
             # had to wake it (it needs a core first).
-            for _ in range(0 if self.rang else 64):
+            for _ in range(0 if self.rang or not self.spin_s else 64):
                 if q[at] != seen:
                     break
             else:
@@ -184,7 +198,8 @@ class _End:
         retry = self.waits % RETRY == 0
         if retry:
             self.crowded = crowded()
-        if not self.crowded or (self.misses < MISSES and not self.rang) or retry:
+        if self.spin_s and (not self.crowded or (self.misses < MISSES and not self.rang)
+                            or retry):
             clock = time.perf_counter
             deadline = clock() + self.spin_s
             while q[at] == seen:
