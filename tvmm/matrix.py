@@ -22,6 +22,7 @@ from rich.table import Table
 
 from shim.policies.config import PolicyConfig
 from tvmm.abi.types import Level
+from tvmm.harness import launcher
 from tvmm.harness.judge import error_verdict, run_attack
 from tvmm.judge import Verdict
 from tvmm_tools.attacks import registry
@@ -93,10 +94,11 @@ def run_matrix(seed: int = 0, attacks: Iterable[str] | None = None,
     if jobs > 1 and len(todo) > 1:
         return _run_parallel(todo, seed, policy_config, progress, jobs)
     verdicts: list[Verdict] = []
-    for cell in todo:
-        if progress is not None:
-            progress(len(verdicts), len(todo), _label(cell))
-        verdicts.append(run_cell(cell, seed=seed, policy_config=policy_config))
+    with launcher.warm():  # each cell's TEE and host forked fresh from warm zygotes
+        for cell in todo:
+            if progress is not None:
+                progress(len(verdicts), len(todo), _label(cell))
+            verdicts.append(run_cell(cell, seed=seed, policy_config=policy_config))
     if progress is not None:
         progress(len(verdicts), len(todo), "done")
     return verdicts
