@@ -78,7 +78,7 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
                                nonce=nonce, state_dir=state_dir, level=level)
     session = launcher.start(policy_config=policy_config, state_dir=state_dir,
                              trace=trace, header=trace_header(image, level, seed),
-                             link=link)
+                             link=link, separate=False)  # the honest host, and its disk
     try:
         blob = wrap_to(session, secret) if secret_path == "launch" else b""
         session.start_job({
