@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from tvmm.abi.state_dir import default_state_dir
+from tvmm.guestbuild import cache_dir
 from tvmm.link import ends, privsep, zygote
 from tvmm.link.errors import LinkError
 from tvmm.link.frames import recv_frame, send_frame
@@ -79,8 +80,12 @@ def host_spec(mode: str, state_dir: Path | str | None = None) -> dict | None:
     for where in hide:
         where.mkdir(parents=True, exist_ok=True, mode=0o700)
     scratch = {"/tmp", "/var/tmp", "/dev/shm", tempfile.gettempdir()}
+    # The attacks' own cache of their profiling runs on a public image (an attacker's
+    # offline calibration, kept across runs): writable.  The built guests beside it are not.
+    profiles = cache_dir().resolve() / "profiles"
+    profiles.mkdir(parents=True, exist_ok=True)
     return {"files": mode == "full", "caps": True, "scratch": sorted(scratch),
-            "hide": sorted(str(p.resolve()) for p in hide)}
+            "hide": sorted(str(p.resolve()) for p in hide), "writable": [str(profiles)]}
 
 
 def _entry(module: str, spec: dict | None) -> list[str]:

@@ -42,7 +42,8 @@ from tvmm.link.errors import PeerGone
 
 EXIT_NOT_SEPARATED = 3
 _CLONE_NEWNS = 0x00020000
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 1, 2, 4, 1 << 14, 1 << 18
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = (
+    1, 2, 4, 1 << 12, 1 << 14, 1 << 18)
 _SYS_MOUNT_SETATTR = 442  # the same number on every architecture (a syscall of 5.12)
 _AT_FDCWD, _AT_RECURSIVE = -100, 0x8000
 _MOUNT_ATTR_RDONLY = 1
@@ -97,17 +98,27 @@ def _tmpfs(libc: ctypes.CDLL, where: str, mode: str) -> None:
                       f"mode={mode},size=25%".encode()), f"tmpfs on {where}")
 
 
-def sandbox_files(scratch: list[str], hide: list[str]) -> None:
+def _mount_attr(libc: ctypes.CDLL, where: str, flags: int, attr: _MountAttr) -> None:
+    _check(libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_long(_AT_FDCWD),
+                        ctypes.c_char_p(where.encode()), ctypes.c_ulong(flags),
+                        ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
+           f"mount attributes of {where}")
+
+
+def sandbox_files(scratch: list[str], hide: list[str], writable: list[str] = ()) -> None:
     """A mount namespace: everything read-only, ``scratch`` fresh and writable (1777),
-    ``hide`` covered by an empty directory of this process's own (0700)."""
+    ``hide`` covered by an empty directory of this process's own (0700), ``writable``
+    (the attacks' own cache of their profiling runs) left writable."""
     libc = _libc()
     _check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "private mounts")
-    attr = _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0)
-    _check(libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_long(_AT_FDCWD),
-                        ctypes.c_char_p(b"/"), ctypes.c_ulong(_AT_RECURSIVE),
-                        ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
-           "read-only mounts")
+    _mount_attr(libc, "/", _AT_RECURSIVE, _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0))
+    for where in writable:
+        if not os.path.isdir(where):
+            raise SeparationError(0, f"{where} is not a directory: it cannot be writable")
+        _check(libc.mount(where.encode(), where.encode(), None, _MS_BIND, None),
+               f"bind {where}")
+        _mount_attr(libc, where, 0, _MountAttr(0, _MOUNT_ATTR_RDONLY, 0, 0))
     for where in scratch:
         if os.path.isdir(where):
             _tmpfs(libc, where, "1777")
@@ -146,9 +157,10 @@ def drop_capabilities() -> None:
 
 def separate(spec: dict) -> None:
     """Do what ``spec`` asks: {"files": bool, "scratch": [...], "hide": [...],
-    "caps": bool}; raise SeparationError if any step fails."""
+    "writable": [...], "caps": bool}; raise SeparationError if any step fails."""
     if spec.get("files"):
-        sandbox_files(list(spec.get("scratch", [])), list(spec.get("hide", [])))
+        sandbox_files(list(spec.get("scratch", [])), list(spec.get("hide", [])),
+                      list(spec.get("writable", [])))
     if spec.get("caps"):
         drop_capabilities()
 
