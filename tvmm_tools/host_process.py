@@ -3,7 +3,8 @@
 Started by the harness (tvmm.harness) as ``python -m tvmm_tools.host_process FD PARENT``: FD is
 its message link to the launcher (the judge, for an attack), PARENT the launcher's pid (the
 host dies with it: tvmm.link.lifetime).  The first frame is the job (JSON):
-the spec of its link to the TEE's process, the victim's public image path, level, memory,
+the spec of its link to the TEE's process, the victim's public image (its bytes: a host
+separated by tvmm.link.privsep reads none of the launcher's directories), level, memory,
 the owner's opaque wrapped secret, the public random stream's seed, an optional pipe for
 trace notes, and what to run.  Everything the host learns afterwards comes over those
 links: platform replies from the TEE, owner answers from the launcher.

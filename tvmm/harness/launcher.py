@@ -11,7 +11,9 @@ Both children are fresh interpreters (exec, not fork): the host's process holds 
 this one's memory — no secret, no owner, no key.  Within ``warm()`` (a campaign's many
 runs) each is instead a fork of a zygote of its own program (tvmm.link.zygote): an
 interpreter exec'd just as clean that has only imported the program, so a run skips the
-imports and still starts from nothing of this process's or of an earlier run's.  The launcher closes its copies of the
+imports and still starts from nothing of this process's or of an earlier run's.  Run as
+root, the host's program (or its zygote) starts through tvmm.link.privsep, which takes its
+privileges and this machine's files away before it runs (``host_separation``).  The launcher closes its copies of the
 link's descriptors once both children hold theirs, so a child's death is end of file to its
 peer (no hang).
 """

@@ -161,7 +161,8 @@ OPERATOR_FILES = ("perimeter_ca/ca.pem", "perimeter_ca/ca_key.pem")
 def operator_files(state_dir: Path) -> dict[str, str]:
     """What an operator holds of the perimeter's state directory (the transport CA, which
     proves nothing), as text: a separated host cannot read the directory itself."""
-    return {rel: (state_dir / rel).read_text() for rel in OPERATOR_FILES}
+    return {rel: (state_dir / rel).read_text() for rel in OPERATOR_FILES
+            if (state_dir / rel).is_file()}
 
 
 def reading(address: tuple[str, int], state_dir: Path) -> Reading:
