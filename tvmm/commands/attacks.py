@@ -122,8 +122,8 @@ def run_one(args: argparse.Namespace) -> int:
 
 
 UNSEPARATED = {
-    "none": "the attack's process ran as this user, unseparated (tvmm separates it when run "
-            "as root)",
+    "none": "the attack's process ran unseparated, as this user with its privileges (as "
+            "root, tvmm separates it unless TVMM_HOST_SEPARATION=off)",
     "caps": "the attack's process ran without capabilities but saw this machine's files "
             "(no CAP_SYS_ADMIN for a mount namespace)",
 }
