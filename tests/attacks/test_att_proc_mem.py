@@ -79,3 +79,38 @@ def test_capability_sets_are_read_from_status():
     caps = privsep.status_caps("CapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n"
                                "NoNewPrivs:\t1\nName:\tx\n")
     assert caps == {"CapInh": 0, "CapEff": (1 << 41) - 1, "NoNewPrivs": 1}
+
+
+WRITER = '''
+from pathlib import Path
+
+import tvmm
+from tvmm_tools.attacks.base import Attack, Outcome
+
+
+class Writer(Attack):
+    name = "writer"
+    kind = "integrity"
+
+    def run(self, ctx):
+        wrote = []
+        for path in (Path(tvmm.__file__).parent / "PROBE", Path(TARGET)):
+            try:
+                path.write_text("the host was here")
+                wrote.append(str(path))
+            except OSError:
+                pass
+        return Outcome(notes={"wrote": wrote})
+'''
+
+
+@root
+def test_a_separated_host_changes_no_trusted_file(tmp_path):
+    """Trusted code, and the judge's own files, stay as they were: every mount is
+    read-only to the host (and its /tmp is its own)."""
+    target = tmp_path / "judges-file"
+    attack = tmp_path / "writer.py"
+    attack.write_text(WRITER.replace("TARGET", repr(str(target))))
+    verdict = run_across(None, "?", "modexp", Level.PLAIN, seed=0, file=attack)
+    assert not verdict.notes.get("error"), verdict.detail
+    assert verdict.notes["wrote"] == [] and not target.exists()
