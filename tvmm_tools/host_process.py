@@ -3,7 +3,8 @@
 Started by the harness (tvmm.harness) as ``python -m tvmm_tools.host_process FD PARENT``: FD is
 its message link to the launcher (the judge, for an attack), PARENT the launcher's pid (the
 host dies with it: tvmm.link.lifetime).  The first frame is the job (JSON):
-the spec of its link to the TEE's process, the victim's public image path, level, memory,
+the spec of its link to the TEE's process, the victim's public image (its bytes: a host
+separated by tvmm.link.privsep reads none of the launcher's directories), level, memory,
 the owner's opaque wrapped secret, the public random stream's seed, an optional pipe for
 trace notes, and what to run.  Everything the host learns afterwards comes over those
 links: platform replies from the TEE, owner answers from the launcher.
@@ -19,11 +20,14 @@ Frames on the message link start with a tag byte:
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
+import shutil
 import socket
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -50,8 +54,9 @@ from tvmm_tools.benign import BENIGN
 class Launcher:
     """The message link to the launcher: owner relay, console, the result."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, own: Path | None = None) -> None:
         self.sock = sock
+        self.own = own  # this process's private directory (files handed over as bytes)
 
     def owner(self, message: bytes) -> bytes:
         send_frame(self.sock, b"O" + message)
@@ -67,7 +72,18 @@ class Launcher:
         answer = recv_frame(self.sock)
         if answer[:1] != b"P":
             raise LinkError("the perimeter request was not answered")
-        return json.loads(answer[1:])
+        offered = json.loads(answer[1:])
+        files = offered.pop("operator_files", None)
+        if isinstance(files, dict) and self.own is not None:
+            # The operator's files, handed over: the judge's state directory may be out
+            # of this process's reach (tvmm.link.privsep); this copy is the operator's own.
+            state = self.own / "operator-state"
+            for rel, text in files.items():
+                path = state / rel
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                path.write_text(text)
+            offered["state_dir"] = str(state)
+        return offered
 
     def console(self, data: bytes) -> None:
         send_frame(self.sock, b"C" + data)  # the guest's bytes: the launcher decodes
@@ -87,6 +103,23 @@ class NoteWriter:
             return
         body = json.dumps({"action": action, "outside": jsonable(outside)}).encode()
         os.write(self.fd, LENGTH.pack(len(body)) + body)
+
+
+def take_files(job: dict, own: Path) -> dict:
+    """The job with the files it carries as bytes (the victim's image, a user's attack
+    file) written to ``own`` and named by path there, as a job naming paths reads."""
+    job = dict(job)
+    if job.get("image_data"):
+        path = own / (Path(job["image"]).name or "guest.elf")
+        path.write_bytes(base64.b64decode(job.pop("image_data")))
+        job["image"] = str(path)
+    if job.get("file_data"):  # the attack's file and the Python files beside it
+        where = own / "attack"
+        where.mkdir()
+        for name, data in job.pop("file_data").items():
+            (where / Path(name).name).write_bytes(base64.b64decode(data))
+        job["file"] = str(where / Path(job["file"]).name)
+    return job
 
 
 def attack_named(job: dict) -> Attack:
@@ -132,12 +165,20 @@ def run_attack(job: dict, client: PlatformClient, link: Launcher, notes: NoteWri
 
 def main(argv: list[str]) -> int:
     end_with_parent(int(argv[1]))
-    link = Launcher(socket.socket(fileno=int(argv[0])))
+    own = Path(tempfile.mkdtemp(prefix="tvmm-host-"))
+    try:
+        return serve(Launcher(socket.socket(fileno=int(argv[0])), own), own)
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def serve(link: Launcher, own: Path) -> int:
     job = json.loads(recv_frame(link.sock))
     notes = NoteWriter(job.get("notes_fd"))
     tee = ends.client(job["tee"])
     client = PlatformClient(bytes_transport(tee.call))
     try:
+        job = take_files(job, own)
         if job["job"] == "boot":
             data = run_boot(job, client, link)
         else:

@@ -116,7 +116,17 @@ def run_one(args: argparse.Namespace) -> int:
     for name, value in verdict_rows(verdict):
         table.add_row(name, escape(value))
     console.print(table)
+    if (note := UNSEPARATED.get(str(verdict.notes.get("host_separation")))) is not None:
+        console.print(f"[dim]note: {escape(note)} (docs/threat-model.md)[/dim]")
     return 0
+
+
+UNSEPARATED = {
+    "none": "the attack's process ran unseparated, as this user with its privileges (as "
+            "root, tvmm separates it unless TVMM_HOST_SEPARATION=off)",
+    "caps": "the attack's process ran without capabilities but saw this machine's files "
+            "(no CAP_SYS_ADMIN for a mount namespace)",
+}
 
 
 def verdict_rows(verdict) -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@ the guest owner here (a third party the host reaches only by relayed messages)."
 
 from __future__ import annotations
 
+import base64
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -78,11 +79,12 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
                                nonce=nonce, state_dir=state_dir, level=level)
     session = launcher.start(policy_config=policy_config, state_dir=state_dir,
                              trace=trace, header=trace_header(image, level, seed),
-                             link=link)
+                             link=link, separate=disk is None)  # a disk: by its path
     try:
         blob = wrap_to(session, secret) if secret_path == "launch" else b""
         session.start_job({
             "job": "boot", "image": str(image.path), "guest": image.name,
+            "image_data": base64.b64encode(image.path.read_bytes()).decode(),
             "level": level.value, "memory": memory, "secret_blob": blob.hex(),
             "quantum": quantum, "tick_vector": tick_vector, "max_exits": max_exits,
             "input": [str(line) for line in input_lines],

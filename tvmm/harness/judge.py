@@ -12,6 +12,7 @@ for a perimeter, from the audit log of the coordinator this process started for 
 
 from __future__ import annotations
 
+import base64
 import tempfile
 import time
 from pathlib import Path
@@ -94,9 +95,12 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
                            policy=policy, ledger=LaunchLedger(Path(ledger_dir.name) / "launches"))
     fence = JudgePerimeter()
     try:
+        # Files go as bytes: a separated host (tvmm.link.privsep) reads none of this
+        # process's directories.
         session.start_job({
-            "job": "attack", "attack": name, "file": str(file) if file else None,
-            "image": str(image.path), "guest": guest, "level": level.value,
+            "job": "attack", "attack": name, **attack_file(file),
+            "image": str(image.path), "image_data": _b64(image.path.read_bytes()),
+            "guest": guest, "level": level.value,
             "memory": memory, "rng_seed": public_rng_seed(seed),
             "receipt": receipt.hex() if receipt is not None else None})
         start = time.perf_counter()
@@ -104,12 +108,15 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
         wall = time.perf_counter() - start
         if outcome is None or "error" in outcome:
             why = "the attack's process died" if outcome is None else outcome["error"]
-            return error_verdict(name or "?", kind, guest, level, wall, why)
+            verdict = error_verdict(name or "?", kind, guest, level, wall, why)
+            verdict.notes["host_separation"] = session.separation
+            return verdict
         if file:
             name, kind = str(outcome.get("attack")), str(outcome.get("kind"))
         verdict = judge(name, kind, guest, level, secret, outcome, session.records(), wall,
                         sample=sample, owner=Owner(image, level, secret, memory),
                         owner_refusals=owner_refusals(owner), perimeter=fence.read())
+        verdict.notes["host_separation"] = session.separation
         session.emit(EventKind.VERDICT.value, name,
                      inside=verdict_event(verdict, secret, outcome))
         return verdict
@@ -117,6 +124,24 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
         fence.close()
         session.close()
         ledger_dir.cleanup()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+SIBLINGS_MAX = 64  # Python files beside a user's attack that go with it, at most
+
+
+def attack_file(file: Path | str | None) -> dict:
+    """A user's attack file as the job carries it: its name, and its source with the
+    Python files beside it (modules it may import from its own directory)."""
+    if not file:
+        return {"file": None}
+    file = Path(file)
+    siblings = sorted(p for p in file.parent.glob("*.py") if p.is_file() and p != file)
+    files = [file, *siblings[:SIBLINGS_MAX]]
+    return {"file": file.name, "file_data": {p.name: _b64(p.read_bytes()) for p in files}}
 
 
 def registered_build(image: GuestImage, level: Level, digest: bytes, where: Path

@@ -11,7 +11,9 @@ Both children are fresh interpreters (exec, not fork): the host's process holds 
 this one's memory — no secret, no owner, no key.  Within ``warm()`` (a campaign's many
 runs) each is instead a fork of a zygote of its own program (tvmm.link.zygote): an
 interpreter exec'd just as clean that has only imported the program, so a run skips the
-imports and still starts from nothing of this process's or of an earlier run's.  The launcher closes its copies of the
+imports and still starts from nothing of this process's or of an earlier run's.  Run as
+root, the host's program (or its zygote) starts through tvmm.link.privsep, which takes its
+privileges and this machine's files away before it runs (``host_separation``).  The launcher closes its copies of the
 link's descriptors once both children hold theirs, so a child's death is end of file to its
 peer (no hang).
 """
@@ -27,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +41,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from tvmm.link import ends, zygote
+from tvmm.abi.state_dir import default_state_dir
+from tvmm.guestbuild import cache_dir
+from tvmm.link import ends, privsep, zygote
 from tvmm.link.errors import LinkError
 from tvmm.link.frames import recv_frame, send_frame
 
@@ -47,19 +52,60 @@ DEFAULT_LINK = "mailbox"
 NOTE_PIPE_SIZE = 1 << 20
 _ROOT = str(Path(__file__).resolve().parents[2])
 _F_SETPIPE_SZ = 1031
+HOST_MODULE = "tvmm_tools.host_process"
+SEPARATION_ENV = "TVMM_HOST_SEPARATION"  # "off": the host unseparated even as root (tests)
 
 
 class HarnessError(RuntimeError):
     """A process of the run could not be started or configured."""
 
 
-def _spawn(module: str, fd: int, keep: tuple[int, ...]) -> subprocess.Popen | Forked:
+def host_separation() -> str:
+    """How a run's host is separated from this process, the TEE and their files
+    (tvmm.link.privsep): "full" as root — read-only mounts, its own /tmp, the machine's
+    tvmm state hidden, no capabilities; "caps" as root without CAP_SYS_ADMIN (no mount
+    namespace) — no capabilities, the files shared; "none" when this process is not root
+    (nothing to drop: the TEE is not dumpable, which stops a peer without CAP_SYS_PTRACE)
+    or TVMM_HOST_SEPARATION=off."""
+    if os.geteuid() != 0 or os.environ.get(SEPARATION_ENV) == "off":
+        return "none"
+    return "full" if privsep.can_sandbox_files() else "caps"
+
+
+def host_spec(mode: str, state_dir: Path | str | None = None) -> dict | None:
+    """What tvmm.link.privsep is to do for a host separated by ``mode`` (None: nothing).
+    The state directories to hide are made now if missing: one the TEE made later would
+    appear, readable, under the host's feet."""
+    if mode == "none":
+        return None
+    hide = {default_state_dir(), *([Path(state_dir)] if state_dir is not None else [])}
+    for where in hide:
+        where.mkdir(parents=True, exist_ok=True, mode=0o700)
+    scratch = {"/tmp", "/var/tmp", "/dev/shm", tempfile.gettempdir()}
+    # The attacks' own cache of their profiling runs on a public image (an attacker's
+    # offline calibration, kept across runs): writable.  The built guests beside it are not.
+    profiles = cache_dir().resolve() / "profiles"
+    profiles.mkdir(parents=True, exist_ok=True)
+    return {"files": mode == "full", "caps": True, "scratch": sorted(scratch),
+            "hide": sorted(str(p.resolve()) for p in hide), "writable": [str(profiles)]}
+
+
+def _entry(module: str, spec: dict | None) -> list[str]:
+    """The interpreter's arguments that run ``module`` — through the trusted entry that
+    separates it first (tvmm.link.privsep) when ``spec`` asks for that."""
+    if spec is None:
+        return ["-m", module]
+    return ["-m", "tvmm.link.privsep", json.dumps(spec, sort_keys=True), module]
+
+
+def _spawn(module: str, fd: int, keep: tuple[int, ...], spec: dict | None = None
+           ) -> subprocess.Popen | Forked:
     starter = _warm.get(module) if _warm is not None and _warm.pid == os.getpid() else None
-    if starter is not None:
+    if starter is not None and starter.spec == spec:
         return starter.start([str(fd), str(starter.proc.pid)], keep)
     # Our pid goes along: the child dies with this process, even by SIGKILL
     # (tvmm.link.lifetime); a zygote's fork dies with the zygote, which dies with us.
-    return _exec(["-m", module, str(fd), str(os.getpid())], keep)
+    return _exec([*_entry(module, spec), str(fd), str(os.getpid())], keep)
 
 
 def _exec(args: list[str], keep: tuple[int, ...]) -> subprocess.Popen:
@@ -108,12 +154,13 @@ class Forked:
 class Zygote:
     """One warm program (tvmm.link.zygote): forks a fresh process of it per run."""
 
-    def __init__(self, module: str) -> None:
+    def __init__(self, module: str, spec: dict | None = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         theirs.set_inheritable(True)
         self.module = module
-        self.proc = _exec(["-m", "tvmm.link.zygote", module, str(theirs.fileno()), str(os.getpid())],
-                          (theirs.fileno(),))
+        self.spec = spec  # the zygote is separated (and so its forks) as this says
+        self.proc = _exec([*_entry("tvmm.link.zygote", spec), module, str(theirs.fileno()),
+                           str(os.getpid())], (theirs.fileno(),))
         theirs.close()
         self.sock = ours
         self.lock = threading.Lock()  # one request and its reply at a time (Dask's threads)
@@ -154,7 +201,12 @@ class Warm:
 
 _warm: Warm | None = None
 _warm_lock = threading.Lock()
-WARM_MODULES = ("tvmm.harness.tee_server", "tvmm_tools.host_process")
+WARM_MODULES = ("tvmm.harness.tee_server", HOST_MODULE)
+
+
+def _zygote(module: str) -> Zygote:
+    """A zygote of ``module``, the host's separated as a run's host would be."""
+    return Zygote(module, host_spec(host_separation()) if module == HOST_MODULE else None)
 
 
 @contextmanager
@@ -169,7 +221,7 @@ def warm(modules: tuple[str, ...] = WARM_MODULES) -> Iterator[None]:
     mine = Warm(os.getpid(), {})
     try:
         for module in modules:
-            mine.zygotes[module] = Zygote(module)
+            mine.zygotes[module] = _zygote(module)
         _warm = mine
         yield
     finally:
@@ -193,7 +245,7 @@ def keep_warm() -> None:
     global _warm
     with _warm_lock:
         if _warm is None or _warm.pid != os.getpid():
-            _warm = Warm(os.getpid(), {m: Zygote(m) for m in WARM_MODULES})
+            _warm = Warm(os.getpid(), {m: _zygote(m) for m in WARM_MODULES})
             # At the process's end, close them and wait: their runs' CPU time then counts
             # in this process's children, as fresh starts' would (a worker of a
             # multiprocessing pool ends through its finalizers, not atexit).
@@ -232,6 +284,8 @@ class Session:
     launch_key: ec.EllipticCurvePublicKey
     host_job: dict = field(default_factory=dict)  # the link specs the host is handed
     result: dict | None = None
+    separation: str = "none"  # how the host was separated (host_separation)
+    sealed: list[Path] = field(default_factory=list)  # files the host could not read
 
     def start_job(self, job: dict) -> None:
         send_frame(self.link, json.dumps({**job, **self.host_job}).encode())
@@ -327,13 +381,44 @@ class Session:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        unseal(self.sealed)
+
+
+def seal(paths: list[Path]) -> list[Path]:
+    """Make each file (created if missing) mode 0 while the run lasts: the TEE, which holds
+    CAP_DAC_OVERRIDE, still writes it; a host that is uid 0 without capabilities, on
+    read-only mounts, can neither read it nor change its mode."""
+    for path in paths:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0))
+        os.chmod(path, 0)
+    return paths
+
+
+def unseal(paths: list[Path]) -> None:
+    """The files' mode as the user's umask gives a new file, once the run is over."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in paths:
+        try:
+            os.chmod(path, 0o666 & ~mask)
+        except OSError:
+            pass
 
 
 def start(*, policy_config: object | None = None,
           state_dir: Path | str | None = None, trace: Path | str | None = None,
-          header: dict | None = None, link: str = DEFAULT_LINK, notes: bool = False
-          ) -> Session:
-    """Start the TEE's process (configured) and the host's (waiting for its job)."""
+          header: dict | None = None, link: str = DEFAULT_LINK, notes: bool = False,
+          separate: bool = True) -> Session:
+    """Start the TEE's process (configured) and the host's (waiting for its job).  With
+    ``separate`` (scored runs) the host runs as ``host_separation`` says; the trace is
+    sealed from it while the run lasts."""
+    separation = host_separation() if separate else "none"
+    spec = host_spec(separation, state_dir)
+    sealed: list[Path] = []
+    if spec is not None and trace is not None:
+        from tvmm.trace.recorder import index_path
+
+        sealed = seal([Path(trace), index_path(Path(trace))])
     client_spec, server_spec, link_fds = ends.specs(link)
     note_r = note_w = None
     if notes and trace is not None:
@@ -353,7 +438,7 @@ def start(*, policy_config: object | None = None,
     tee_keep = (control_tee.fileno(), *_fds(server_spec), *([note_r] if note_r else []))
     host_keep = (link_host.fileno(), *_fds(client_spec), *([note_w] if note_w else []))
     tee = _spawn("tvmm.harness.tee_server", control_tee.fileno(), tee_keep)
-    host = _spawn("tvmm_tools.host_process", link_host.fileno(), host_keep)
+    host = _spawn(HOST_MODULE, link_host.fileno(), host_keep, spec)
     for fd in (*link_fds, *(f for f in (note_r, note_w) if f is not None)):
         os.close(fd)
     control_tee.close()
@@ -371,17 +456,20 @@ def start(*, policy_config: object | None = None,
         for proc in (host, tee):
             proc.kill()
             proc.wait()
+        unseal(sealed)
         raise
     if not hello.get("ok"):
         for proc in (host, tee):
             proc.kill()
             proc.wait()
+        unseal(sealed)
         control.close()
         link_sock.close()
         raise HarnessError(f"the TEE process did not start: {hello.get('error')}")
     key = load_pem_public_key(hello["launch_public_key"].encode())
     return Session(tee, control, host, link_sock, key,
-                   host_job={"tee": client_spec, "notes_fd": note_w})
+                   host_job={"tee": client_spec, "notes_fd": note_w},
+                   separation=separation, sealed=sealed)
 
 
 @dataclass

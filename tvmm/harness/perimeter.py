@@ -88,7 +88,8 @@ class JudgePerimeter:
         except LaunchError as exc:
             return {"error": f"the perimeter did not start: {exc}"}
         host, port = self.per.address
-        return {"host": host, "port": port, "nodes": nodes, "state_dir": str(self.state_dir)}
+        return {"host": host, "port": port, "nodes": nodes, "state_dir": str(self.state_dir),
+                "operator_files": operator_files(self.state_dir)}
 
     def read(self) -> Reading | None:
         """The coordinator's refusals as the judge reads them; None when no perimeter ran."""
@@ -152,6 +153,16 @@ def _ended(popen: subprocess.Popen, grace_s: float = 2.0) -> bool:
     except subprocess.TimeoutExpired:
         return False
     return True
+
+
+OPERATOR_FILES = ("perimeter_ca/ca.pem", "perimeter_ca/ca_key.pem")
+
+
+def operator_files(state_dir: Path) -> dict[str, str]:
+    """What an operator holds of the perimeter's state directory (the transport CA, which
+    proves nothing), as text: a separated host cannot read the directory itself."""
+    return {rel: (state_dir / rel).read_text() for rel in OPERATOR_FILES
+            if (state_dir / rel).is_file()}
 
 
 def reading(address: tuple[str, int], state_dir: Path) -> Reading:

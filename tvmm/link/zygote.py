@@ -170,8 +170,13 @@ def serve(module_name: str, sock: socket.socket) -> int:
             os.close(pidfd)
 
 
+def main(argv: list[str]) -> int:
+    """``MODULE FD PARENT``: serve forks of MODULE on the socket FD, dying with PARENT."""
+    end_with_parent(int(argv[2]))  # its forks die with it in turn (their PARENT is it)
+    return serve(argv[0], socket.socket(fileno=int(argv[1])))
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 4:
         sys.exit("usage: python -m tvmm.link.zygote MODULE FD PARENT (started by tvmm.harness)")
-    end_with_parent(int(sys.argv[3]))  # its forks die with it in turn (their PARENT is it)
-    sys.exit(serve(sys.argv[1], socket.socket(fileno=int(sys.argv[2]))))
+    sys.exit(main(sys.argv[1:]))
