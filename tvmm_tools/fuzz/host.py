@@ -2,7 +2,8 @@
 
 Each input is a program: a fresh platform, then host calls chosen by the input's bytes
 (tvmm_tools.fuzz.input.Choices) — CREATE_VM at every level, ADD_PAGES of every page type
-(SECRETS with a wrapped secret of any length, oversized ones wrapped by hand), FINALIZE,
+(SECRETS with a wrapped secret of any length, oversized ones wrapped by hand, bound to
+a random digest of any length), FINALIZE,
 ENTER with the state handed out, none, a forged, bit-flipped, replayed or another VM's
 state and random quanta, MAP/UNMAP/REMAP, READ_PAGE/WRITE_PAGE (random or replayed
 ciphertext), INJECT, COMPLETE_IO, DROP_WRITES, DESTROY, raw bytes — plus a LAUNCH macro
@@ -40,6 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shim.host_calls.dispatch import LEGAL_IN
+from shim.launch import vmsa_page
 from shim.platform import Platform
 from shim.vm import Vm
 from tvmm.abi import codec, launch_secret
@@ -63,6 +65,8 @@ from tvmm.abi.messages import (
     WritePage,
 )
 from tvmm.abi.types import DEFAULT_POLICY, Call, ExitReason, Field, Level, PageType, Result
+from tvmm.hw import measurement
+from tvmm.hw.vmsa import VMSA_GPA
 from tvmm_tools.fuzz.input import Choices
 from tvmm_tools.fuzz.targets import OracleViolation
 
@@ -300,16 +304,31 @@ def _image_runs() -> list[tuple[int, bytes, bool]]:
     return _RUNS
 
 
-def wrap_any(secret: bytes, platform_key: ec.EllipticCurvePublicKey, rng: random.Random
-             ) -> bytes:
-    """launch_secret.wrap without its length check: a host may wrap anything to the
-    platform's public key."""
+def wrap_any(secret: bytes, platform_key: ec.EllipticCurvePublicKey, rng: random.Random,
+             digest: bytes | None = None) -> bytes:
+    """launch_secret.wrap without its checks: a host may wrap anything to the platform's
+    public key, bound to any digest (random if None) of any length."""
     eph = ec.derive_private_key(rng.getrandbits(383) | 1, ec.SECP384R1())
     nonce = rng.getrandbits(96).to_bytes(12, "little")
     point = eph.public_key().public_bytes(serialization.Encoding.X962,
                                           serialization.PublicFormat.UncompressedPoint)
-    head = launch_secret.MAGIC + point
+    if digest is None:
+        digest = rng.randbytes(rng.choice((launch_secret.DIGEST,) * 3 + (0, 47, 49)))
+    head = launch_secret.MAGIC + point + bytes([len(digest)]) + digest
     return head + nonce + launch_secret._kek(eph, platform_key).encrypt(nonce, secret, head)
+
+
+def launch_digest(level: Level, marker: bytes) -> bytes:
+    """The digest of the LAUNCH macro's page list at ``level`` (its owner's prediction:
+    the plan's pages plus the marker page), which its launch secret is bound to."""
+    chain = measurement.LaunchDigest()
+    chain.add_page(BOOT_INFO_GPA, PageType.CPUID, None)
+    chain.add_page(SECRETS_GPA, PageType.SECRETS, None)
+    chain.add_run(MARKER_GPA, marker)
+    for gpa, data, _executable in _image_runs():
+        chain.add_run(gpa, data)
+    chain.add_page(VMSA_GPA, PageType.VMSA, vmsa_page(_image().entry, MEMORY, level))
+    return chain.digest
 
 
 # -- the operations -------------------------------------------------------------------------
@@ -329,7 +348,7 @@ def launch(s: Session, level: Level, finalize: bool = True) -> int | None:
     vm = reply.value
     s.info[vm] = VmInfo(level, secret, marker)
     image, runs = _image(), _image_runs()
-    blob = wrap_any(secret, s.platform.launch_public_key, s.rng)
+    blob = wrap_any(secret, s.platform.launch_public_key, s.rng, launch_digest(level, marker))
     s.call(AddPages(vm, BOOT_INFO_GPA, PageType.CPUID, 1))
     s.call(AddPages(vm, SECRETS_GPA, PageType.SECRETS, 1, blob))
     s.call(AddPages(vm, MARKER_GPA, PageType.NORMAL, 1, marker))
