@@ -22,7 +22,9 @@ Oracles, checked after every call:
     and READ_PAGE of a private page is not its plaintext;
   * at snp and shim a successful call other than ENTER leaves every private page of a
     running VM as it was (at snp DROP_WRITES excepted: CacheWarp, docs/attacks.md);
-  * ADD_PAGES changes no page outside the pages it adds.
+  * ADD_PAGES changes no page outside the pages it adds;
+  * a launch secret the host wrapped to a random digest never reaches guest memory, not
+    at ADD_PAGES and not when FINALIZE succeeds (it is bound to another launch).
 
 ENTER's quantum is never 0 (no timer): a guest whose state the host forged may spin
 forever, and that is not a finding.  VMs are at most a few MiB (memory is read whole for
@@ -89,6 +91,7 @@ class VmInfo:
     states: list[bytes] = field(default_factory=list)
     pages: list[bytes] = field(default_factory=list)  # pages the host read (for replays)
     last_exit: object = None
+    unbound: list[bytes] = field(default_factory=list)  # secrets wrapped to other digests
 
 
 class Session:
@@ -165,6 +168,12 @@ class Session:
                                       f"{request.page_type.name} at {lo:#x} x{request.count} "
                                       f"changed {[hex(p) for p in outside[:8]]}",
                                       **{**ctx, "page_type": request.page_type.name})
+        if info is not None and info.unbound and reply.result == Result.OK and \
+                call in (Call.ADD_PAGES, Call.FINALIZE):
+            stray = [secret for secret in info.unbound if secret in now]
+            if stray:
+                raise OracleViolation("unbound_secret_installed", f"{call.name} put a launch "
+                                      "secret bound to another digest into guest memory", **ctx)
         if info is not None and reply.exit is not None:
             info.last_exit = reply.exit
             if reply.exit.state:
@@ -339,7 +348,8 @@ def op_launch(s: Session) -> None:
 def launch(s: Session, level: Level, finalize: bool = True) -> int | None:
     """The honest launch of the counter guest with a planted secret and a marker page
     (stopped before FINALIZE if not ``finalize``); the VM id, or None if CREATE_VM was
-    refused."""
+    refused.  One launch in four binds the secret to another level's digest, as a host
+    spending the owner's blob on a downgrade would: FINALIZE must refuse it."""
     secret = struct.pack("<Q", 100) + s.rng.randbytes(24)  # counter counts to 100
     marker = s.rng.randbytes(PAGE)
     reply = s.call(CreateVm(level, MEMORY, SHARED_BASE, SHARED_SIZE, DEFAULT_POLICY))
@@ -348,7 +358,11 @@ def launch(s: Session, level: Level, finalize: bool = True) -> int | None:
     vm = reply.value
     s.info[vm] = VmInfo(level, secret, marker)
     image, runs = _image(), _image_runs()
-    blob = wrap_any(secret, s.platform.launch_public_key, s.rng, launch_digest(level, marker))
+    bound = level  # now and then the owner's blob for another level: a downgrade
+    if not s.c.chance(3, 4):  # (an input that ran out launches honestly)
+        bound = s.c.pick([other for other in Level if other != level])
+        s.info[vm].unbound.append(secret)
+    blob = wrap_any(secret, s.platform.launch_public_key, s.rng, launch_digest(bound, marker))
     s.call(AddPages(vm, BOOT_INFO_GPA, PageType.CPUID, 1))
     s.call(AddPages(vm, SECRETS_GPA, PageType.SECRETS, 1, blob))
     s.call(AddPages(vm, MARKER_GPA, PageType.NORMAL, 1, marker))
@@ -388,7 +402,11 @@ def op_add_pages(s: Session) -> None:
     k = c.below(6)
     if page_type == PageType.SECRETS and k < 4:
         length = c.pick((0, 8, 32, 4088, 4089, 4096, 6000))
-        data = wrap_any(s.rng.randbytes(length), s.platform.launch_public_key, s.rng)
+        secret = s.rng.randbytes(length)
+        data = wrap_any(secret, s.platform.launch_public_key, s.rng)
+        info = s.info.get(vm)
+        if info is not None and length >= 32:  # bound to a random digest: never installed
+            info.unbound.append(secret)
         if k == 3:
             data = bytearray(data)
             data[c.below(len(data))] ^= 0x40
