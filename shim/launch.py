@@ -1,8 +1,11 @@
 """Launch: adding measured pages, filling the boot-info and secrets pages, finalizing.
 
 The launch digest is SEV-SNP's PAGE_INFO chain (tvmm.hw.measurement), fed in the order the
-host adds pages, then the initial vCPU state and the level's SEV_FEATURES as a VMSA page at
-finalize.  ``predict`` runs a launch plan (tvmm.launch_plan, read through the ``Plan``
+host adds pages, then the initial vCPU state and the level (SEV_FEATURES, and below snp
+tvmm's level word) as a VMSA page at finalize.  A launch secret opened at ADD_PAGES waits
+in the TEE until FINALIZE has the digest: it goes into the secrets page only if the digest
+is the one its owner bound it to (tvmm.abi.launch_secret), as SEV's LAUNCH_SECRET comes
+after LAUNCH_MEASURE.  ``predict`` runs a launch plan (tvmm.launch_plan, read through the ``Plan``
 protocol) at a level through the same chain without a VM: what ``tvmm measure`` prints,
 and what FINALIZE returns when the host follows the plan at that level.
 """
@@ -13,12 +16,13 @@ import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from shim.errors import BadOperand
+from shim.errors import BadOperand, Denied
 from shim.levels import FEATURES
 from shim.vm import Vm, VmState
 from tvmm.abi.guest import BOOT_MAGIC, FEATURE_SHIM, INITIAL_FCW, INITIAL_MXCSR, INITIAL_RFLAGS
 from tvmm.abi.guest import initial_registers as initial_register_values
-from tvmm.abi.launch_secret import LaunchSecretError, launch_secret_identity, unwrap
+from tvmm.abi.launch_secret import LaunchSecret, LaunchSecretError, launch_secret_identity, unwrap
+from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import LEVEL_CODES, Level, PageType
 from tvmm.hw import measurement
 from tvmm.hw.code_traps import sweep
@@ -63,10 +67,12 @@ def add_pages(
     tee: Tee, vm: Vm, gpa: int, page_type: PageType, count: int, data: bytes, executable: bool
 ) -> None:
     if page_type == PageType.SECRETS:
-        contents = _secrets_page(tee, data)
-        vm.vcpu.mem_write(gpa, contents)
-        (length,) = _SECRET_LEN.unpack_from(contents)
-        vm.io.installed(contents[_SECRET_LEN.size : _SECRET_LEN.size + length])
+        opened = _open_secret(tee, data)
+        vm.vcpu.mem_write(gpa, bytes(PAGE))  # empty until FINALIZE checks the digest
+        if opened is None:
+            vm.io.installed(b"")
+        else:
+            vm.pending_secrets.append((gpa, opened))
         vm.digest.add_page(gpa, measurement.PageType(page_type), None)
         vm.added[gpa // PAGE] = 1
         return
@@ -90,26 +96,54 @@ def add_pages(
         vm.code_ranges.append((gpa, vm.vcpu.mem_read(gpa, count * PAGE)))
 
 
-def _secrets_page(tee: Tee, blob: bytes) -> bytes:
-    """The one page measured as SECRETS: ``u64 length ‖ secret``, zero-padded.  Built
-    whole before anything is written, so a refusal leaves the VM as it was.
+def _open_secret(tee: Tee, blob: bytes) -> LaunchSecret | None:
+    """Open the owner's blob (None: no blob, an empty secrets page), all checks before
+    anything is written, so a refusal leaves the VM as it was.  The secret is not put in
+    the guest here: FINALIZE does, once the launch digest equals the one it is bound to.
 
     A blob opens for one launch: the TEE keeps the identity of every blob it opened
-    (its ephemeral key and nonce, which the AEAD binds to the ciphertext) and refuses it
-    again, so a host that relaunches the victim needs the owner's broker for each launch,
-    and the broker's launch budget bounds them (docs/attestation.md, "Launch budget")."""
+    (its ephemeral key, bound digest and nonce, which the AEAD binds to the ciphertext) and
+    refuses it again, so a host that relaunches the victim needs the owner's broker for
+    each launch, and the broker's launch budget bounds them (docs/attestation.md, "Launch
+    budget").  A blob whose launch FINALIZE refuses stays spent."""
+    if not blob:
+        return None
     try:
-        secret = unwrap(blob, tee.launch_key) if blob else b""
+        opened = unwrap(blob, tee.launch_key)
     except LaunchSecretError as exc:
         raise BadOperand("data", str(exc)) from None
-    if _SECRET_LEN.size + len(secret) > PAGE:
-        raise BadOperand("data", f"a {len(secret)}-byte secret does not fit the secrets page")
-    if blob:
-        identity = launch_secret_identity(blob)
-        if identity in tee.opened_launch_secrets:
-            raise BadOperand("data", "this launch secret was opened for an earlier launch")
-        tee.opened_launch_secrets.add(identity)
+    if _SECRET_LEN.size + len(opened.secret) > PAGE:
+        raise BadOperand("data", f"a {len(opened.secret)}-byte secret does not fit the "
+                         "secrets page")
+    identity = launch_secret_identity(blob)
+    if identity in tee.opened_launch_secrets:
+        raise BadOperand("data", "this launch secret was opened for an earlier launch")
+    tee.opened_launch_secrets.add(identity)
+    return opened
+
+
+def _secrets_page(secret: bytes) -> bytes:
+    """The one page measured as SECRETS: ``u64 length ‖ secret``, zero-padded."""
     return (_SECRET_LEN.pack(len(secret)) + secret).ljust(PAGE, b"\0")
+
+
+def _release_secrets(tee: Tee, vm: Vm, digest: bytes) -> None:
+    """At FINALIZE, before anything changes: every launch secret waiting for this VM must
+    be bound to ``digest``, the launch digest just computed; else FINALIZE is refused
+    (DENIED, ``launch_secret``: on the VM's record of refusals) and the secrets are
+    discarded — their blobs stay spent.  On a match each goes into its secrets page."""
+    pending, vm.pending_secrets = vm.pending_secrets, []
+    wrong = [opened.launch_digest for _gpa, opened in pending if opened.launch_digest != digest]
+    if wrong:
+        if tee.recorder.enabled:
+            tee.recorder.emit(EventKind.MGMT, "launch_secret_refused", inside={
+                "vm": vm.id, "bound": wrong[0].hex(), "measured": digest.hex()})
+        raise Denied("launch_secret", f"the launch secret is bound to launch digest "
+                     f"{wrong[0][:8].hex()}…, this launch measured {digest[:8].hex()}… "
+                     "(another image or level): not released, discarded")
+    for gpa, opened in pending:
+        vm.vcpu.mem_write(gpa, _secrets_page(opened.secret))
+        vm.io.installed(opened.secret)
 
 
 def _boot_info(vm: Vm) -> bytes:
@@ -147,10 +181,24 @@ RESTRICTED_INJECTION = 1 << 3
 
 def sev_features(level: Level) -> int:
     """The SEV_FEATURES word measured for a launch at ``level``: 0 below snp, SNPActive at
-    snp, SNPActive | RestrictedInjection at shim — so every level has its own digest."""
+    snp, SNPActive | RestrictedInjection at shim."""
     features = FEATURES[level]
     return (SNP_ACTIVE if features.ownership else 0) | (
         RESTRICTED_INJECTION if features.irq_filter else 0)
+
+
+# Below snp SEV_FEATURES is 0 at every level, yet the level must be measured there too: a
+# launch secret bound to a sev launch must not open in a plain one.  Real SEV and SEV-ES
+# get this from LAUNCH_MEASURE, which covers the guest policy (its ES bit); tvmm puts a
+# level word in bytes SEV-SNP's VMSA reserves (0x3F0): the level's code + 1 at plain, sev
+# and sev-es, 0 at snp and shim (whose SEV_FEATURES differ), so every level has its own
+# digest and the snp and shim digests are SEV-SNP's.
+LEVEL_WORD_OFFSET = 0x3F0
+
+
+def level_word(level: Level) -> int:
+    """The level word measured at LEVEL_WORD_OFFSET: 1 plain, 2 sev, 3 sev-es, 0 from snp."""
+    return 0 if FEATURES[level].ownership else LEVEL_CODES[level] + 1
 
 
 # The initial register state (tvmm.hw.vmsa's save area) sits in the VMSA page from here,
@@ -160,12 +208,14 @@ STATE_OFFSET = 0x400
 
 
 def vmsa_page(entry: int, memory_size: int, level: Level) -> bytes:
-    """The VMSA page FINALIZE measures: the level's SEV_FEATURES at its SEV-SNP offset and
-    the whole initial register state at STATE_OFFSET; zeros elsewhere."""
+    """The VMSA page FINALIZE measures: the level's SEV_FEATURES at its SEV-SNP offset, the
+    level word below snp, and the whole initial register state at STATE_OFFSET; zeros
+    elsewhere."""
     page = bytearray(PAGE)
     regs = pack_plain(initial_registers(entry, memory_size))
     page[STATE_OFFSET : STATE_OFFSET + len(regs)] = regs
     page[SEV_FEATURES_OFFSET : SEV_FEATURES_OFFSET + 8] = sev_features(level).to_bytes(8, "little")
+    page[LEVEL_WORD_OFFSET : LEVEL_WORD_OFFSET + 8] = level_word(level).to_bytes(8, "little")
     return bytes(page)
 
 
@@ -186,8 +236,15 @@ def predict(plan: Plan, level: Level) -> measurement.LaunchDigest:
 
 
 def finalize(tee: Tee, vm: Vm, entry: int) -> bytes:
+    """Measure the VMSA page, release the waiting launch secrets if the digest is theirs
+    (else refuse, changing nothing but discarding them), and make the VM runnable."""
+    vmsa = vmsa_page(entry, vm.memory.size, vm.level)
+    if vm.pending_secrets:
+        chain = measurement.LaunchDigest(vm.digest.digest)
+        chain.add_page(VMSA_GPA, measurement.PageType.VMSA, vmsa)
+        _release_secrets(tee, vm, chain.digest)
     regs = initial_registers(entry, vm.memory.size)
-    vm.digest.add_page(VMSA_GPA, measurement.PageType.VMSA, vmsa_page(entry, vm.memory.size, vm.level))
+    vm.digest.add_page(VMSA_GPA, measurement.PageType.VMSA, vmsa)
     vm.vcpu.write_state(regs)
     hlt, rdtsc = sweep(vm.code_ranges)
     vm.vcpu.install_code_traps(hlt, rdtsc)

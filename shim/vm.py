@@ -9,6 +9,7 @@ from enum import IntEnum
 
 from shim.levels import Features
 from shim.sealing import StateSealer
+from tvmm.abi.launch_secret import LaunchSecret
 from tvmm.abi.types import Device, KillReason, Level
 from tvmm.hw.measurement import LaunchDigest
 from tvmm.hw.memory import GuestMemory
@@ -119,3 +120,6 @@ class Vm:
     bounce: object | None = None  # shim.bounce.BounceBuffers at the shim level
     writeback: WriteBackBuffer | None = None  # created by the first DROP_WRITES (CacheWarp)
     io: GuestIo = field(default_factory=GuestIo)
+    # Launch secrets opened at ADD_PAGES, (secrets page GPA, secret and bound digest): held
+    # here, never in guest memory, until FINALIZE finds the launch digest they are bound to
+    pending_secrets: list[tuple[int, LaunchSecret]] = field(default_factory=list)

@@ -165,7 +165,8 @@ def reference_run(image: GuestImage, level: Level, secret: bytes, inputs: tuple[
     try:
         host = HonestHypervisor(machine.client,
                                 Devices(Console(), BlockDevice(None), ReplayedInput(inputs)))
-        host.launch(image, level, memory, secret_blob=wrap_secret(machine, secret))
+        host.launch(image, level, memory,
+                    secret_blob=wrap_secret(machine, secret, image, level, memory))
         result = host.run(max_exits=REFERENCE_MAX_EXITS)
     finally:
         machine.close()
@@ -323,7 +324,8 @@ def run_attack(attack: Attack, guest: str, level: Level, *, seed: int = 0,
         return Devices(Console(), BlockDevice(None), InputDevice())
 
     owner = owner_endpoint(image, secret, memory=memory, policy=release_policy, ledger=ledger,
-                           launch_key=lambda: machine.platform.launch_public_key)
+                           launch_key=lambda: machine.platform.launch_public_key,
+                           launch_level=level)
     fence = JudgePerimeter()
     ctx = AttackContext(
         client=machine.client, image=image, guest=guest, level=level,

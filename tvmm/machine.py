@@ -7,8 +7,10 @@ returns what the run produced.  The guest gets its secret one of two ways:
 - ``attested`` (the default): the secrets page starts empty; the guest asks its owner,
   whose key broker releases the secret only to a report that verifies against the
   measurement the owner predicted from the image (docs/attestation.md);
-- ``launch``: the SEV-style pre-attestation launch secret, wrapped to the platform's
-  launch key and relayed by the host at ADD_PAGES (what the attack judge uses).
+- ``launch``: the SEV-style launch secret, wrapped to the platform's launch key, bound to
+  the launch digest the owner predicts for the image at the level, and relayed by the
+  host at ADD_PAGES; the TEE writes it into the guest only if FINALIZE measures that
+  digest (what the attack judge uses).
 """
 
 from __future__ import annotations
@@ -99,12 +101,15 @@ def make_machine(*, seed: int | None = 0, trace: Path | str | None = None,
     return Machine(platform, PlatformClient(transport), recorder, image)
 
 
-def wrap_secret(machine: Machine, secret: bytes) -> bytes:
-    """The owner's side: wrap the secret to the platform's launch key (a fresh ephemeral
-    key and nonce from the OS: the run's seed is public)."""
+def wrap_secret(machine: Machine, secret: bytes, image: GuestImage, level: Level,
+                memory: int = DEFAULT_MEMORY) -> bytes:
+    """The owner's side: wrap the secret to the platform's launch key, bound to the launch
+    digest it predicts for ``image`` launched at ``level`` with ``memory`` (a fresh
+    ephemeral key and nonce from the OS: the run's seed is public)."""
     if not secret:
         return b""
-    return launch_secret.wrap(secret, machine.platform.launch_public_key)
+    return launch_secret.wrap(secret, machine.platform.launch_public_key,
+                              expected_measurement(image, memory, level))
 
 
 def expected_measurement(image: GuestImage, memory: int = DEFAULT_MEMORY,
@@ -126,19 +131,26 @@ def owner_endpoint(image: GuestImage, secret: bytes, *,
                    nonce: bytes | None = None, state_dir: Path | str | None = None,
                    level: Level = Level.SNP, ledger: LaunchLedger | None = None,
                    launch_key: Callable[[], ec.EllipticCurvePublicKey] | None = None,
+                   launch_level: Level | None = None,
                    clock: Callable[[], float] = time.time) -> OwnerEndpoint:
     """The guest owner's key broker for ``secret``: it releases only to ``image`` launched
     at ``level`` as the owner predicts its measurement (or to what ``policy`` says), on a
     chip of the modeled manufacturer, whose root (ARK) it pins; with ``launch_key`` it
-    also issues launch secrets, one per launch; ``ledger`` counts and audits releases
-    against the policy's launch budget."""
+    also issues launch secrets, one per launch, each bound to the digest it predicts for
+    ``image`` at ``launch_level`` (default ``level``: below snp, where no report is
+    signed, the attested policy's level and the launch's differ); ``ledger`` counts and
+    audits releases against the policy's launch budget."""
     if policy is None:
         policy = ReleasePolicy(measurement=expected_measurement(image, memory, level))
+    launch_digest = None
+    if launch_key is not None:
+        launch_digest = expected_measurement(image, memory, launch_level or level)
     return OwnerEndpoint(
         policy, secret,
         trust_anchor=lambda: chip_chain(state_dir).ark,
         chain=lambda: chip_chain(state_dir),
-        nonce=nonce, launch_key=launch_key, ledger=ledger, clock=clock,
+        nonce=nonce, launch_key=launch_key, launch_digest=launch_digest, ledger=ledger,
+        clock=clock,
     )
 
 
@@ -204,7 +216,8 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
     devices = Devices(Console(on_console), BlockDevice(disk), InputDevice(input_lines),
                       owner=owner if secret_path == "attested" else None)
     host = HonestHypervisor(machine.client, devices, quantum=quantum, tick_vector=tick_vector)
-    blob = wrap_secret(machine, secret) if secret_path == "launch" else b""
+    blob = wrap_secret(machine, secret, image, level, memory) if secret_path == "launch" \
+        else b""
     launch_options = {} if guest_policy is None else {"policy": guest_policy}
     try:
         start = time.perf_counter()

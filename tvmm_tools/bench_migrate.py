@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from shim import management
+from shim.launch import predict
 from shim.platform import Platform
 from tvmm.abi import launch_secret
 from tvmm.abi.types import Level
@@ -44,6 +45,7 @@ from tvmm.host.node_host import (
     export_round,
     feed_stream,
 )
+from tvmm.launch_plan import plan_launch
 from tvmm.perimeter import wire
 from tvmm.samples import build_sample
 
@@ -60,8 +62,10 @@ def _launch(memory: int, count: int) -> tuple[Platform, PlatformClient, Pausable
 
     client = PlatformClient(transport)
     host = PausableHost(client, Devices())
-    blob = launch_secret.wrap(count.to_bytes(8, "little"), src.launch_public_key)
-    host.launch(build_sample("counter"), Level.SHIM, memory, secret_blob=blob)
+    image = build_sample("counter")
+    blob = launch_secret.wrap(count.to_bytes(8, "little"), src.launch_public_key,
+                              predict(plan_launch(image, memory), Level.SHIM).digest)
+    host.launch(image, Level.SHIM, memory, secret_blob=blob)
     return src, client, host
 
 

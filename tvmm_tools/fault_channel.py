@@ -167,7 +167,7 @@ def measure(level: Level, mode: str, seed: int, victim_name: str = "ttable",
         host = TableHost(machine.client, Devices(Console()), mode=mode,
                          pages=[table + i * PAGE for i in range(4)], wait=wait)
         host.launch(image, level, DEFAULT_MEMORY,
-                    secret_blob=wrap_secret(machine, secret))
+                    secret_blob=wrap_secret(machine, secret, image, level))
         if mode != "late":
             host.unmap_table()
         result = host.run(max_exits=20_000)

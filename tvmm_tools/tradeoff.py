@@ -205,7 +205,7 @@ def benign_run(case: BenignCase, config: PolicyConfig, seed: int = 0
     try:
         devices = Devices(Console(), BlockDevice(None), InputDevice(["guess"]))
         host = case.host(machine.client, devices, quantum=case.quantum)
-        blob = wrap_secret(machine, secret)
+        blob = wrap_secret(machine, secret, image, Level.SHIM)
         start = time.process_time()
         host.launch(image, Level.SHIM, DEFAULT_MEMORY, secret_blob=blob)
         result = host.run()
@@ -329,7 +329,7 @@ def read_page_cost(hidden: bool, reps: int) -> float:
     try:
         host = HonestHypervisor(machine.client, Devices(Console()))
         host.launch(image, Level.SHIM, DEFAULT_MEMORY, secret_blob=wrap_secret(
-            machine, sample.make_secret(random.Random(0)) if sample else b""))
+            machine, sample.make_secret(random.Random(0)) if sample else b"", image, Level.SHIM))
         machine.platform.tee.vms[host.vm].memory.hide_ciphertext = hidden
         page = DEFAULT_MEMORY - PAGE_SIZE  # the stack's page: private
         times = []
@@ -353,7 +353,7 @@ def count_shortfall() -> tuple[float, int]:
         devices = Devices(Console(), BlockDevice(None), InputDevice([]))
         host = HonestHypervisor(machine.client, devices, quantum=COARSE_TICK)
         host.launch(image, Level.SHIM, DEFAULT_MEMORY, secret_blob=wrap_secret(
-            machine, sample.make_secret(random.Random(0)) if sample else b""))
+            machine, sample.make_secret(random.Random(0)) if sample else b"", image, Level.SHIM))
         result = host.run()
         timers = result.exits.get("timer", 0)
         retired = sum(ctx.retired for ctx in machine.platform.tee.vms[host.vm].vcpus)

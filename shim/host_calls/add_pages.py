@@ -4,11 +4,13 @@ Each page is measured into the launch digest in the order added (SEV-SNP PAGE_IN
 NORMAL pages carry count * 4096 bytes of contents; ZERO, UNMEASURED, SECRETS and CPUID
 pages carry none (SECRETS carries the owner's wrapped secret, opaque to the host);
 VMSA pages cannot be added by the host (the TEE measures the initial vCPU at finalize).
-The TEE fills the CPUID page with the boot info and the SECRETS page with the secret
-(``u64 length ‖ secret``, one page).  The launch key is public, so the host can wrap a
-secret of any size: one that would not fit the page is refused (``data``) before
-anything is written, and so is a blob this TEE already opened for an earlier launch
-(each launch secret opens once: shim.launch).
+The TEE fills the CPUID page with the boot info; the SECRETS page stays empty until
+FINALIZE, which writes the secret (``u64 length ‖ secret``, one page) only into a launch
+whose digest is the one the blob is bound to.  The launch key is public, so the host can
+wrap a secret of any size: one that would not fit the page, a blob whose bound-digest
+field is not 48 bytes, or one that does not open, is refused (``data``) before anything is
+written, and so is a blob this TEE already opened for an earlier launch (each launch
+secret opens once: shim.launch).
 Preconditions: state CREATED; pages inside memory, private, not yet added.
 Results: OK, MALFORMED, BAD_OPERAND, BAD_STATE.
 """

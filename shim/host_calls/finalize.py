@@ -1,8 +1,11 @@
 """FINALIZE(vm, entry) -> data = launch digest (48 bytes).
 
 Measures the initial vCPU state (RIP = entry) as a VMSA page, fixes the digest, installs
-the code traps, and makes the VM runnable.  Preconditions: state CREATED; entry inside an
-executable page.  Results: OK, MALFORMED, BAD_OPERAND, BAD_STATE.
+the code traps, and makes the VM runnable.  A launch secret given at ADD_PAGES goes into
+its secrets page here, and only if the launch digest is the one its owner bound it to;
+otherwise FINALIZE is refused (DENIED, operand ``launch_secret``), the secret is discarded
+and nothing else changes (shim.launch).  Preconditions: state CREATED; entry inside an
+executable page.  Results: OK, MALFORMED, BAD_OPERAND, BAD_STATE, DENIED.
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ def _launch(guest: str, level: Level, *, seed: int = 0, inputs=(), policy_config
     secret = SAMPLES[guest].make_secret(random.Random(seed))
     machine = make_machine(seed=seed, image=image, level=level, policy_config=policy_config)
     host = host_cls(machine.client, Devices(input=InputDevice(inputs)), **host_kw)
-    host.launch(image, level, DEFAULT_MEMORY, secret_blob=wrap_secret(machine, secret))
+    host.launch(image, level, DEFAULT_MEMORY,
+                secret_blob=wrap_secret(machine, secret, image, level))
     return machine, host
 
 

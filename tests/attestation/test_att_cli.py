@@ -75,9 +75,10 @@ def test_measure_writes_a_release_policy(tmp_path, capsys):
 
 
 def test_measure_level_is_measured(capsys):
-    digests = {level: _json(capsys, ["measure", "modexp", "--level", level])[1]["measurement"]
-               for level in ("snp", "shim")}
-    assert digests["snp"] != digests["shim"]
+    digests = {level.value: _json(capsys, ["measure", "modexp", "--level", level.value]
+                                  )[1]["measurement"] for level in Level}
+    assert len(set(digests.values())) == len(Level)  # what a launch secret is bound to
+    assert digests["plain"] == boot("modexp", Level.PLAIN, seed=0).launch_digest
     code, default = _json(capsys, ["measure", "modexp"])
     assert default["measurement"] == digests["snp"]
 

@@ -106,8 +106,8 @@ def test_policy_draws_differ_between_two_vms():
 
 def test_a_launch_secret_does_not_open_with_keys_derived_from_the_seed(modexp):
     machine = make_machine(seed=SEED, image=modexp, level=Level.SNP)
-    blob = wrap_secret(machine, b"the owner's launch secret")
-    assert launch_secret.unwrap(blob, machine.platform.tee.launch_key) == (
+    blob = wrap_secret(machine, b"the owner's launch secret", modexp, Level.SNP)
+    assert launch_secret.unwrap(blob, machine.platform.tee.launch_key).secret == (
         b"the owner's launch secret")  # the TEE opens it
     for key in _seed_derived_keys(SEED):
         with pytest.raises(launch_secret.LaunchSecretError):

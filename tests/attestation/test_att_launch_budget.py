@@ -321,19 +321,20 @@ def test_budget_state_counts_the_window(times: list[int], launches: int, window:
 def test_a_launch_secret_opens_for_one_launch_only() -> None:
     from tvmm.host.client import HostCallError
     from tvmm.host.hypervisor import Devices, HonestHypervisor
-    from tvmm.machine import make_machine
+    from tvmm.machine import expected_measurement, make_machine
     from tvmm.samples import build_sample
 
     machine = make_machine(seed=3)
     image = build_sample("modexp")
-    blob = wrap(b"\x01" * 8, machine.platform.launch_public_key)
+    digest = expected_measurement(image, 4 << 20, Level.SEV)
+    blob = wrap(b"\x01" * 8, machine.platform.launch_public_key, digest)
     first = HonestHypervisor(machine.client, Devices())
     first.launch(image, Level.SEV, 4 << 20, secret_blob=blob)
     with pytest.raises(HostCallError) as refused:
         HonestHypervisor(machine.client, Devices()).launch(image, Level.SEV, 4 << 20,
                                                            secret_blob=blob)
     assert (refused.value.result, refused.value.operand) == (Result.BAD_OPERAND, "data")
-    fresh = wrap(b"\x01" * 8, machine.platform.launch_public_key)
+    fresh = wrap(b"\x01" * 8, machine.platform.launch_public_key, digest)
     HonestHypervisor(machine.client, Devices()).launch(image, Level.SEV, 4 << 20,
                                                        secret_blob=fresh)
 
@@ -349,6 +350,7 @@ def test_launch_secrets_spend_the_same_budget(
     owner = OwnerEndpoint(policy(expected_measurement, launches=2), b"volume key",
                           trust_anchor=unused, chain=unused,  # type: ignore[arg-type]
                           launch_key=lambda: platform_key,
+                          launch_digest=expected_measurement,
                           ledger=ledger, clock=lambda: now[0])
     answers = [owner(OWNER_LAUNCH_SECRET) for _ in range(3)]
     assert [a[:4] for a in answers] == [b"TVLS", b"TVLS", OWNER_REFUSED]

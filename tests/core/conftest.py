@@ -29,7 +29,8 @@ class Launched:
         self.devices = Devices(Console(), input=InputDevice(inputs))
         self.host = host_cls(self.machine.client, self.devices, quantum=quantum)
         self.digest = self.host.launch(images[guest], level, DEFAULT_MEMORY,
-                                       secret_blob=wrap_secret(self.machine, self.secret))
+                                       secret_blob=wrap_secret(self.machine, self.secret,
+                                                               images[guest], level))
         self.client = self.machine.client
         self.vm_id = self.host.vm
 

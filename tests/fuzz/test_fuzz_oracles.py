@@ -103,6 +103,32 @@ def test_add_pages_writing_outside_its_pages_is_caught(monkeypatch):
     assert exc.value.context["page_type"] == "CPUID"
 
 
+def test_a_launch_secret_installed_into_another_launch_is_caught(monkeypatch):
+    """The red team's downgrade, as the host fuzzer plays it: the owner's blob for a sev
+    launch in a plain one.  The TEE refuses FINALIZE; a TEE that installs it anyway (the
+    planted bug: the digest check gone) is caught."""
+    from shim import launch
+
+    def launched_with_a_downgraded_blob() -> tuple[host.Session, int]:
+        s = session()
+        monkeypatch.setattr(host, "launch_digest", lambda level, marker, real=host.launch_digest:
+                            real(Level.SEV, marker))
+        vm = host.launch(s, Level.PLAIN, finalize=False)
+        s.info[vm].unbound.append(s.info[vm].secret)
+        monkeypatch.undo()
+        return s, vm
+
+    s, vm = launched_with_a_downgraded_blob()
+    reply = s.call(host.Finalize(vm, host._image().entry))
+    assert (reply.result, reply.operand) == (Result.DENIED, "launch_secret")
+    s, vm = launched_with_a_downgraded_blob()
+    monkeypatch.setattr(launch, "_release_secrets", lambda tee, vm_, digest, real=(
+        launch._release_secrets): real(tee, vm_, vm_.pending_secrets[0][1].launch_digest))
+    with pytest.raises(OracleViolation) as exc:
+        s.call(host.Finalize(vm, host._image().entry))
+    assert exc.value.oracle == "unbound_secret_installed"
+
+
 def test_an_exception_out_of_handle_bytes_is_not_swallowed(monkeypatch):
     import shim.platform as platform
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shim import management
+from shim.launch import predict
 from shim.management.stream import HEADER, Kind, StreamCipher, parse_header
 from shim.platform import Platform
 from shim.vm import VmState
@@ -21,6 +22,7 @@ from tvmm.abi.types import InjectMode, Level, PageType, Result
 from tvmm.host.client import HostCallError, PlatformClient
 from tvmm.host.hypervisor import Devices
 from tvmm.host.node_host import PausableHost, export_round, import_stream
+from tvmm.launch_plan import plan_launch
 from tvmm.samples import build_sample
 
 MEM = 4 << 20
@@ -35,7 +37,8 @@ def _launched(image, level: Level, count: int = 200):
     platform = Platform()
     client = PlatformClient(platform.handle)
     host = PausableHost(client, Devices())
-    blob = launch_secret.wrap(count.to_bytes(8, "little"), platform.launch_public_key)
+    blob = launch_secret.wrap(count.to_bytes(8, "little"), platform.launch_public_key,
+                              predict(plan_launch(image, MEM), level).digest)
     host.launch(image, level, MEM, secret_blob=blob)
     return platform, client, host
 

@@ -80,9 +80,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--memory", type=lambda s: int(s, 0), default=None,
                    help="guest memory in bytes (the initial RSP is measured; default 4 MiB, "
                    "with --program what tvmm run gives it)")
-    m.add_argument("--level", choices=[Level.SNP.value, Level.SHIM.value], default="snp",
-                   help="the level the guest will run at (measured: SEV_FEATURES in the VMSA; "
-                   "only snp and shim have signed reports)")
+    m.add_argument("--level", choices=[lv.value for lv in Level], default="snp",
+                   help="the level the guest will run at (measured: SEV_FEATURES and the level "
+                   "word in the VMSA); only snp and shim have signed reports, below them the "
+                   "digest is what a launch secret is bound to")
     m.add_argument("--pages", action="store_true", help="list every page hashed, in order")
     m.add_argument("--policy-out", type=Path, metavar="TOML",
                    help="write a key-release policy for this measurement")

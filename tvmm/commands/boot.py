@@ -144,7 +144,7 @@ def show(report, args: argparse.Namespace) -> None:
         table.add_row("secret", "released by the owner's key broker after verifying the "
                       "report" if release["released"] else f"refused: {release['refusal']}")
     elif report.secret_path == "launch":
-        table.add_row("secret", "launch secret (unattested)")
+        table.add_row("secret", "launch secret (no report; bound to the predicted digest)")
     if report.violations:
         table.add_row("policy violations", str(len(report.violations)))
     if args.trace:

@@ -14,6 +14,7 @@ from shim.policies.config import PolicyConfig
 from tvmm import guestlinux
 from tvmm.abi.trace_events import EventKind
 from tvmm.abi.types import Level
+from tvmm.guestimage import GuestImage
 from tvmm.harness import launcher
 from tvmm.machine import (
     DEFAULT_MEMORY,
@@ -42,9 +43,12 @@ class PublicPlatform:
     platform: LaunchKey
 
 
-def wrap_to(session: launcher.Session, secret: bytes) -> bytes:
-    """The owner wraps ``secret`` to the TEE process's public launch key."""
-    return wrap_secret(PublicPlatform(LaunchKey(session.launch_key)), secret)
+def wrap_to(session: launcher.Session, secret: bytes, image: GuestImage, level: Level,
+            memory: int) -> bytes:
+    """The owner wraps ``secret`` to the TEE process's public launch key, bound to the
+    digest it predicts for ``image`` at ``level``."""
+    return wrap_secret(PublicPlatform(LaunchKey(session.launch_key)), secret, image, level,
+                       memory)
 
 
 def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
@@ -81,7 +85,8 @@ def boot(guest: str, level: Level = Level.PLAIN, *, seed: int | None = 0,
                              trace=trace, header=trace_header(image, level, seed),
                              link=link, separate=disk is None)  # a disk: by its path
     try:
-        blob = wrap_to(session, secret) if secret_path == "launch" else b""
+        blob = wrap_to(session, secret, image, level, memory) if secret_path == "launch" \
+            else b""
         session.start_job({
             "job": "boot", "image": str(image.path), "guest": image.name,
             "image_data": base64.b64encode(image.path.read_bytes()).decode(),

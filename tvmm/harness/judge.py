@@ -80,7 +80,8 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
                              header=trace_header(image, level, seed, {"attack": name or str(file)}),
                              link=link, notes=True)
     # The owner issues a launch secret per launch (each opens once in the TEE), counted
-    # against its launch budget, wrapped to the TEE process's public launch key.
+    # against its launch budget, wrapped to the TEE process's public launch key and bound
+    # to the digest it predicts at the run's level (the TEE releases it into no other).
     ledger_dir = tempfile.TemporaryDirectory(prefix="tvmm-owner-")
     digest = expected_measurement(image, memory, level if level in (Level.SNP, Level.SHIM)
                                   else Level.SNP)
@@ -92,7 +93,8 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
     else:
         policy = ReleasePolicy(measurement=digest, budget=budget)
     owner = owner_endpoint(image, secret, memory=memory, launch_key=lambda: session.launch_key,
-                           policy=policy, ledger=LaunchLedger(Path(ledger_dir.name) / "launches"))
+                           launch_level=level, policy=policy,
+                           ledger=LaunchLedger(Path(ledger_dir.name) / "launches"))
     fence = JudgePerimeter()
     try:
         # Files go as bytes: a separated host (tvmm.link.privsep) reads none of this

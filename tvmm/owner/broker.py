@@ -27,7 +27,8 @@ The protection level is part of the measurement (SEV_FEATURES in the measured VM
 shim.launch), so an owner requires a level by the measurement it names: ``tvmm measure
 GUEST --level shim --policy-out p.toml`` writes a policy that refuses the same image
 launched at snp, and the reverse. Below snp the chip does not sign reports at all, so no
-policy releases to plain, sev or sev-es (VerifyFailure.SIGNING_KEY).
+policy releases to plain, sev or sev-es (VerifyFailure.SIGNING_KEY); there the secret goes
+as a launch secret, bound to the digest the owner predicts (``launch_secret``).
 
 A launch budget bounds how often the secret is released, whatever the host does::
 
@@ -342,17 +343,25 @@ class KeyBroker:
         return wrapped
 
     def launch_secret(self, secret: bytes, platform_key: ec.EllipticCurvePublicKey, now: float,
-                      *, ephemeral_key: ec.EllipticCurvePrivateKey | None = None,
+                      launch_digest: bytes, *,
+                      ephemeral_key: ec.EllipticCurvePrivateKey | None = None,
                       nonce: bytes | None = None) -> bytes:
-        """A launch secret for one launch (tvmm.owner.launch_secret), within the budget.
+        """A launch secret for one launch (tvmm.abi.launch_secret), within the budget,
+        bound to ``launch_digest``: the digest the owner predicts for its image at the
+        level it launches at (``tvmm measure``).
 
-        Nothing is verified first: below snp there is no signed report.  What binds the
-        blob to one launch is the TEE, which opens each blob once (shim.launch); so each
-        launch needs the owner again, and each counts here as a release (path "launch")."""
+        Nothing is verified here: below snp there is no signed report.  The TEE checks
+        instead: it writes the secret into the guest only if FINALIZE measures
+        ``launch_digest`` (another image or level is refused and gets nothing), and it
+        opens each blob once (shim.launch); so each launch needs the owner again, and each
+        counts here as a release (path "launch", with the bound digest)."""
         nonce = nonce if nonce is not None else os.urandom(launch_secret_format.NONCE)
-        blob = launch_secret_format.wrap(secret, platform_key, ephemeral=ephemeral_key,
-                                         nonce=nonce)
-        self._admit(AuditRecord(now, nonce.hex(), "", "launch", True))
+        try:
+            blob = launch_secret_format.wrap(secret, platform_key, launch_digest,
+                                             ephemeral=ephemeral_key, nonce=nonce)
+        except launch_secret_format.LaunchSecretError as exc:
+            raise VerificationError(VerifyFailure.MALFORMED, str(exc)) from None
+        self._admit(AuditRecord(now, nonce.hex(), launch_digest.hex(), "launch", True))
         return blob
 
     def refuse_malformed(self, now: float) -> None:

@@ -11,7 +11,8 @@ answers (constants in tvmm.abi.guest):
     … ‖ "TVKT" ‖ bundle (the host may append:      (the same; the broker checks the
       a statement and its receipt)                  bundle under a [transparency] policy)
     "TVKL" (from the host, before a launch)           a launch secret ("TVLS…") for one
-                                                      launch, or "TVKX" ‖ reason
+                                                      launch, bound to the launch digest
+                                                      the owner predicts, or "TVKX" ‖ reason
     anything else                                     "TVKX" ‖ "malformed"
 
 The endpoint adds the chip's certificate chain (as an owner fetches a VCEK from the
@@ -90,7 +91,10 @@ class OwnerEndpoint:
     ``trust_anchor`` gives the pinned ARK and ``chain`` the chip's certificates; both are
     called only when evidence arrives.  ``launch_key`` gives the platform's launch key,
     which the owner knows by other means (on SEV, its PDH certified by the chip); without
-    it launch secrets are refused.  ``ledger`` is where launches are counted and audited
+    it launch secrets are refused.  ``launch_digest`` is the launch digest the owner
+    predicts for its image at the level the host is to launch it at: every launch secret
+    is bound to it (the TEE releases it into no other launch); without it launch secrets
+    are refused too.  ``ledger`` is where launches are counted and audited
     (required if the policy has a budget); ``clock`` the time of each decision.  Nonces
     and the wrapping randomness come from the OS; ``nonce`` fixes the first challenge
     (``tvmm attest --nonce``).
@@ -101,6 +105,7 @@ class OwnerEndpoint:
                  chain: Callable[[], CertChain],
                  nonce: bytes | None = None,
                  launch_key: Callable[[], ec.EllipticCurvePublicKey] | None = None,
+                 launch_digest: bytes | None = None,
                  ledger: LaunchLedger | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         if policy.budget is not None and ledger is None:
@@ -111,6 +116,7 @@ class OwnerEndpoint:
         self._chain = chain
         self._fixed_nonce = nonce
         self._launch_key = launch_key
+        self.launch_digest = launch_digest
         self._ledger = ledger
         self._clock = clock
         self._broker: KeyBroker | None = None
@@ -162,13 +168,14 @@ class OwnerEndpoint:
 
     def _launch_secret(self) -> bytes:
         nonce = os.urandom(LAUNCH_NONCE_SIZE)
-        if self._launch_key is None:
+        if self._launch_key is None or self.launch_digest is None:
             self.releases.append(Release(nonce, b"", b"", False, VerifyFailure.MALFORMED,
-                                         "this owner issues no launch secrets", "launch"))
+                                         "this owner issues no launch secrets (no launch key "
+                                         "or no predicted launch digest)", "launch"))
             return refusal(VerifyFailure.MALFORMED.value)
         try:
             blob = self.broker.launch_secret(self._secret, self._launch_key(), self._clock(),
-                                             nonce=nonce)
+                                             self.launch_digest, nonce=nonce)
         except VerificationError as exc:
             self.releases.append(Release(nonce, b"", b"", False, exc.reason, str(exc),
                                          "launch"))

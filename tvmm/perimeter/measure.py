@@ -9,7 +9,9 @@ copy) loads other bytes and gets another measurement, which the coordinator refu
 
 The measured set is the trusted trees (tvmm/hw, shim, tvmm/abi, tvmm/perimeter and the
 transparency ledger's tvmm/transparency: every module in them) and every other module of ours that code imports (``IMPORTED_BY_TRUSTED``:
-the owner-side verifier the agents run and its package's __init__).  The node's host is
+the owner-side verifier the agents run and its package's __init__, and the ELF loader
+and launch plan with which a node's agent predicts the launch digest it binds a launch
+secret to).  The node's host is
 not in it: it runs as a process of its own (tvmm.host.node_service), which the agent
 starts by name and never imports.  A
 perimeter process checks at start that it loaded nothing of ours outside that set
@@ -29,7 +31,8 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[2]
 OURS = ("tvmm", "shim")
 TRUSTED_TREES = ("tvmm.hw", "shim", "tvmm.abi", "tvmm.perimeter", "tvmm.transparency")
-IMPORTED_BY_TRUSTED = ("tvmm", "tvmm.owner", "tvmm.owner.verify")
+IMPORTED_BY_TRUSTED = ("tvmm", "tvmm.owner", "tvmm.owner.verify", "tvmm.guestimage",
+                       "tvmm.launch_plan")
 
 
 class UnmeasuredCode(RuntimeError):

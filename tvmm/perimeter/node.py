@@ -36,9 +36,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shim import management
+from shim.launch import predict
 from shim.platform import Platform
 from tvmm.abi import launch_secret
 from tvmm.abi.types import Level
+from tvmm.guestimage import load_elf
+from tvmm.launch_plan import plan_launch
 from tvmm.perimeter import wire
 from tvmm.perimeter.channel import DEFAULT_LIMITS, Limits, Server, connect
 from tvmm.perimeter.checkpoint_file import Checkpoint
@@ -48,6 +51,18 @@ PRECOPY_ROUNDS = 8
 PRECOPY_STOP = 32  # pages: a round this small means stop-and-copy now
 HOST_PROCESS = "tvmm.host.node_service"  # run by name: the agent imports none of it
 CONSOLE_LIMIT = 64 << 10  # characters of a host's console log the agent passes on
+
+
+def predicted_digest(elf: bytes, name: str, level: Level, memory: int) -> bytes:
+    """The launch digest of ``elf`` launched at ``level`` with ``memory`` by the launch
+    plan (what ``tvmm measure`` prints), computed without a VM."""
+    with tempfile.NamedTemporaryFile(suffix=".elf", delete=False) as f:
+        f.write(elf)
+    try:
+        image = load_elf(Path(f.name), name)
+    finally:
+        os.unlink(f.name)
+    return predict(plan_launch(image, memory), level).digest
 
 
 class HostFailed(ValueError):
@@ -217,8 +232,14 @@ class Node:
         return vm
 
     def launch(self, msg: wire.Message) -> wire.Message:
+        """Wrap the operator's secret to this TEE's launch key, bound to the digest the
+        agent predicts for the image the coordinator sent at the asked level and memory:
+        the host gets a blob that the TEE releases into that launch only."""
         secret = bytes.fromhex(msg["secret"])
-        blob = launch_secret.wrap(secret, self.platform.launch_public_key) if secret else b""
+        blob = b""
+        if secret:
+            digest = predicted_digest(msg.blob, msg["vm"], Level(msg["level"]), msg["memory"])
+            blob = launch_secret.wrap(secret, self.platform.launch_public_key, digest)
         answer = self.host.ok("host_launch", msg.blob, vm=msg["vm"], level=msg["level"],
                               memory=msg["memory"], policy=msg["policy"], secret=blob.hex())
         self.vms[msg["vm"]] = Hosted(self._platform_vm(answer))

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+from shim.launch import predict
 from shim.platform import Platform
 from tvmm import guestbuild
 from tvmm.abi import launch_secret
@@ -23,6 +24,7 @@ from tvmm.guestimage import load_elf
 from tvmm.host.client import HostCallError, PlatformClient, bytes_transport
 from tvmm.host.devices import BlockDevice, Console, InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor
+from tvmm.launch_plan import plan_launch
 from tvmm_tools.fuzz.host import _state_dir
 from tvmm_tools.fuzz.targets import OracleViolation
 
@@ -60,8 +62,9 @@ def run(data: bytes) -> int:
     rng = random.Random(seed)
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    digest = predict(plan_launch(_image(), MEMORY), level).digest  # the owner's prediction
     blob = launch_secret.wrap(struct.pack("<QQQ", seed, rounds, mask), platform.launch_public_key,
-                              ephemeral=ec.derive_private_key(rng.getrandbits(383) | 1,
+                              digest, ephemeral=ec.derive_private_key(rng.getrandbits(383) | 1,
                                                               ec.SECP384R1()),
                               nonce=rng.randbytes(12))
     ctx = {"level": level.value, "seed": seed, "rounds": rounds, "mask": hex(mask)}

@@ -2,7 +2,8 @@
 
 Each input is a program: a fresh platform, then host calls chosen by the input's bytes
 (tvmm_tools.fuzz.input.Choices) — CREATE_VM at every level, ADD_PAGES of every page type
-(SECRETS with a wrapped secret of any length, oversized ones wrapped by hand), FINALIZE,
+(SECRETS with a wrapped secret of any length, oversized ones wrapped by hand, bound to
+a random digest of any length), FINALIZE,
 ENTER with the state handed out, none, a forged, bit-flipped, replayed or another VM's
 state and random quanta, MAP/UNMAP/REMAP, READ_PAGE/WRITE_PAGE (random or replayed
 ciphertext), INJECT, COMPLETE_IO, DROP_WRITES, DESTROY, raw bytes — plus a LAUNCH macro
@@ -21,7 +22,9 @@ Oracles, checked after every call:
     and READ_PAGE of a private page is not its plaintext;
   * at snp and shim a successful call other than ENTER leaves every private page of a
     running VM as it was (at snp DROP_WRITES excepted: CacheWarp, docs/attacks.md);
-  * ADD_PAGES changes no page outside the pages it adds.
+  * ADD_PAGES changes no page outside the pages it adds;
+  * a launch secret the host wrapped to a random digest never reaches guest memory, not
+    at ADD_PAGES and not when FINALIZE succeeds (it is bound to another launch).
 
 ENTER's quantum is never 0 (no timer): a guest whose state the host forged may spin
 forever, and that is not a finding.  VMs are at most a few MiB (memory is read whole for
@@ -40,6 +43,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shim.host_calls.dispatch import LEGAL_IN
+from shim.launch import vmsa_page
 from shim.platform import Platform
 from shim.vm import Vm
 from tvmm.abi import codec, launch_secret
@@ -63,6 +67,8 @@ from tvmm.abi.messages import (
     WritePage,
 )
 from tvmm.abi.types import DEFAULT_POLICY, Call, ExitReason, Field, Level, PageType, Result
+from tvmm.hw import measurement
+from tvmm.hw.vmsa import VMSA_GPA
 from tvmm_tools.fuzz.input import Choices
 from tvmm_tools.fuzz.targets import OracleViolation
 
@@ -85,6 +91,7 @@ class VmInfo:
     states: list[bytes] = field(default_factory=list)
     pages: list[bytes] = field(default_factory=list)  # pages the host read (for replays)
     last_exit: object = None
+    unbound: list[bytes] = field(default_factory=list)  # secrets wrapped to other digests
 
 
 class Session:
@@ -161,6 +168,12 @@ class Session:
                                       f"{request.page_type.name} at {lo:#x} x{request.count} "
                                       f"changed {[hex(p) for p in outside[:8]]}",
                                       **{**ctx, "page_type": request.page_type.name})
+        if info is not None and info.unbound and reply.result == Result.OK and \
+                call in (Call.ADD_PAGES, Call.FINALIZE):
+            stray = [secret for secret in info.unbound if secret in now]
+            if stray:
+                raise OracleViolation("unbound_secret_installed", f"{call.name} put a launch "
+                                      "secret bound to another digest into guest memory", **ctx)
         if info is not None and reply.exit is not None:
             info.last_exit = reply.exit
             if reply.exit.state:
@@ -300,16 +313,31 @@ def _image_runs() -> list[tuple[int, bytes, bool]]:
     return _RUNS
 
 
-def wrap_any(secret: bytes, platform_key: ec.EllipticCurvePublicKey, rng: random.Random
-             ) -> bytes:
-    """launch_secret.wrap without its length check: a host may wrap anything to the
-    platform's public key."""
+def wrap_any(secret: bytes, platform_key: ec.EllipticCurvePublicKey, rng: random.Random,
+             digest: bytes | None = None) -> bytes:
+    """launch_secret.wrap without its checks: a host may wrap anything to the platform's
+    public key, bound to any digest (random if None) of any length."""
     eph = ec.derive_private_key(rng.getrandbits(383) | 1, ec.SECP384R1())
     nonce = rng.getrandbits(96).to_bytes(12, "little")
     point = eph.public_key().public_bytes(serialization.Encoding.X962,
                                           serialization.PublicFormat.UncompressedPoint)
-    head = launch_secret.MAGIC + point
+    if digest is None:
+        digest = rng.randbytes(rng.choice((launch_secret.DIGEST,) * 3 + (0, 47, 49)))
+    head = launch_secret.MAGIC + point + bytes([len(digest)]) + digest
     return head + nonce + launch_secret._kek(eph, platform_key).encrypt(nonce, secret, head)
+
+
+def launch_digest(level: Level, marker: bytes) -> bytes:
+    """The digest of the LAUNCH macro's page list at ``level`` (its owner's prediction:
+    the plan's pages plus the marker page), which its launch secret is bound to."""
+    chain = measurement.LaunchDigest()
+    chain.add_page(BOOT_INFO_GPA, PageType.CPUID, None)
+    chain.add_page(SECRETS_GPA, PageType.SECRETS, None)
+    chain.add_run(MARKER_GPA, marker)
+    for gpa, data, _executable in _image_runs():
+        chain.add_run(gpa, data)
+    chain.add_page(VMSA_GPA, PageType.VMSA, vmsa_page(_image().entry, MEMORY, level))
+    return chain.digest
 
 
 # -- the operations -------------------------------------------------------------------------
@@ -320,7 +348,8 @@ def op_launch(s: Session) -> None:
 def launch(s: Session, level: Level, finalize: bool = True) -> int | None:
     """The honest launch of the counter guest with a planted secret and a marker page
     (stopped before FINALIZE if not ``finalize``); the VM id, or None if CREATE_VM was
-    refused."""
+    refused.  One launch in four binds the secret to another level's digest, as a host
+    spending the owner's blob on a downgrade would: FINALIZE must refuse it."""
     secret = struct.pack("<Q", 100) + s.rng.randbytes(24)  # counter counts to 100
     marker = s.rng.randbytes(PAGE)
     reply = s.call(CreateVm(level, MEMORY, SHARED_BASE, SHARED_SIZE, DEFAULT_POLICY))
@@ -329,7 +358,11 @@ def launch(s: Session, level: Level, finalize: bool = True) -> int | None:
     vm = reply.value
     s.info[vm] = VmInfo(level, secret, marker)
     image, runs = _image(), _image_runs()
-    blob = wrap_any(secret, s.platform.launch_public_key, s.rng)
+    bound = level  # now and then the owner's blob for another level: a downgrade
+    if not s.c.chance(3, 4):  # (an input that ran out launches honestly)
+        bound = s.c.pick([other for other in Level if other != level])
+        s.info[vm].unbound.append(secret)
+    blob = wrap_any(secret, s.platform.launch_public_key, s.rng, launch_digest(bound, marker))
     s.call(AddPages(vm, BOOT_INFO_GPA, PageType.CPUID, 1))
     s.call(AddPages(vm, SECRETS_GPA, PageType.SECRETS, 1, blob))
     s.call(AddPages(vm, MARKER_GPA, PageType.NORMAL, 1, marker))
@@ -369,7 +402,11 @@ def op_add_pages(s: Session) -> None:
     k = c.below(6)
     if page_type == PageType.SECRETS and k < 4:
         length = c.pick((0, 8, 32, 4088, 4089, 4096, 6000))
-        data = wrap_any(s.rng.randbytes(length), s.platform.launch_public_key, s.rng)
+        secret = s.rng.randbytes(length)
+        data = wrap_any(secret, s.platform.launch_public_key, s.rng)
+        info = s.info.get(vm)
+        if info is not None and length >= 32:  # bound to a random digest: never installed
+            info.unbound.append(secret)
         if k == 3:
             data = bytearray(data)
             data[c.below(len(data))] ^= 0x40
