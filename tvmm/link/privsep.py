@@ -119,9 +119,19 @@ def sandbox_files(scratch: list[str], hide: list[str], writable: list[str] = ())
         _check(libc.mount(where.encode(), where.encode(), None, _MS_BIND, None),
                f"bind {where}")
         _mount_attr(libc, where, 0, _MountAttr(0, _MOUNT_ATTR_RDONLY, 0, 0))
+    # The code this process runs may lie in a scratch directory (a clone and its venv under
+    # /tmp, as CI makes them): opened before the tmpfs covers it, put back read-only.
+    code = _code_dirs([s for s in scratch if os.path.isdir(s)])
+    held = [(d, os.open(d, os.O_PATH | os.O_DIRECTORY)) for d in code]
     for where in scratch:
         if os.path.isdir(where):
             _tmpfs(libc, where, "1777")
+    for where, fd in held:
+        os.makedirs(where, exist_ok=True)  # in the fresh tmpfs
+        _check(libc.mount(f"/proc/self/fd/{fd}".encode(), where.encode(), None,
+                          _MS_BIND | _MS_REC, None), f"bind {where} back")
+        _mount_attr(libc, where, _AT_RECURSIVE, _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0))
+        os.close(fd)
     for where in hide:
         if any(_under(where, s) for s in scratch):
             continue  # gone already, with the scratch directory above it
@@ -130,6 +140,22 @@ def sandbox_files(scratch: list[str], hide: list[str], writable: list[str] = ())
         if not os.path.isdir(where):
             raise SeparationError(0, f"{where} is not a directory: it cannot be hidden")
         _tmpfs(libc, where, "0700")
+
+
+def _code_dirs(scratch: list[str]) -> list[str]:
+    """The directories of this interpreter and its import path that lie under a scratch
+    directory, outermost only (a path inside another is put back with it)."""
+    found = set()
+    for p in (*sys.path, sys.prefix, sys.base_prefix, sys.exec_prefix):
+        if p and os.path.isdir(p):
+            real = os.path.realpath(p)
+            for top in scratch:
+                top_real = os.path.realpath(top)
+                if real != top_real and _under(real, top_real):
+                    # the directory just below the scratch root: the clone or the venv
+                    rel = os.path.relpath(real, top_real).split(os.sep)[0]
+                    found.add(os.path.join(top_real, rel))
+    return sorted(found)
 
 
 def _under(path: str, top: str) -> bool:
