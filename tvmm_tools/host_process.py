@@ -106,13 +106,19 @@ class NoteWriter:
 
 
 def take_files(job: dict, own: Path) -> dict:
-    """The job with the files it carries as bytes (the victim's image, a user's attack
-    file) written to ``own`` and named by path there, as a job naming paths reads."""
+    """The job with the files it carries as bytes (the victim's image, its source and
+    declaration, a user's attack file) written to ``own`` and named by path there, as a job naming paths reads."""
     job = dict(job)
     if job.get("image_data"):
         path = own / (Path(job["image"]).name or "guest.elf")
         path.write_bytes(base64.b64decode(job.pop("image_data")))
         job["image"] = str(path)
+    if job.get("guest_data"):  # the victim's source and its owner's declaration
+        where = own / "victim"
+        where.mkdir()
+        for name, data in job.pop("guest_data").items():
+            (where / Path(name).name).write_bytes(base64.b64decode(data))
+        job["guest"] = str(where / Path(job["guest"]).name)
     if job.get("file_data"):  # the attack's file and the Python files beside it
         where = own / "attack"
         where.mkdir()

@@ -102,7 +102,7 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
         session.start_job({
             "job": "attack", "attack": name, **attack_file(file),
             "image": str(image.path), "image_data": _b64(image.path.read_bytes()),
-            "guest": guest, "level": level.value,
+            "guest": guest, **victim_files(guest), "level": level.value,
             "memory": memory, "rng_seed": public_rng_seed(seed),
             "receipt": receipt.hex() if receipt is not None else None})
         start = time.perf_counter()
@@ -126,6 +126,18 @@ def run_attack(name: str | None, kind: str, guest: str, level: Level, *, seed: i
         fence.close()
         session.close()
         ledger_dir.cleanup()
+
+
+def victim_files(guest: str) -> dict:
+    """A victim given by its source path goes along as bytes with its owner's public
+    declaration (``<name>.toml``): the attack reads what its size and form are, as any
+    reader of the victim can, where a separated host sees none of the user's files."""
+    source = Path(guest)
+    if source.suffix not in (".c", ".S", ".s") or not source.is_file():
+        return {}
+    files = [source, *([source.with_suffix(".toml")] if source.with_suffix(".toml").is_file()
+                       else [])]
+    return {"guest_data": {p.name: _b64(p.read_bytes()) for p in files}}
 
 
 def _b64(data: bytes) -> str:
