@@ -113,18 +113,14 @@ def take_files(job: dict, own: Path) -> dict:
         path = own / (Path(job["image"]).name or "guest.elf")
         path.write_bytes(base64.b64decode(job.pop("image_data")))
         job["image"] = str(path)
-    if job.get("guest_data"):  # the victim's source and its owner's declaration
-        where = own / "victim"
-        where.mkdir()
-        for name, data in job.pop("guest_data").items():
-            (where / Path(name).name).write_bytes(base64.b64decode(data))
-        job["guest"] = str(where / Path(job["guest"]).name)
-    if job.get("file_data"):  # the attack's file and the Python files beside it
-        where = own / "attack"
-        where.mkdir()
-        for name, data in job.pop("file_data").items():
-            (where / Path(name).name).write_bytes(base64.b64decode(data))
-        job["file"] = str(where / Path(job["file"]).name)
+    for key, data_key, folder in (("guest", "guest_data", "victim"),  # source, declaration
+                                  ("file", "file_data", "attack")):  # a file, its neighbours
+        if job.get(data_key):
+            where = own / folder
+            where.mkdir()
+            for name, data in job.pop(data_key).items():
+                (where / Path(name).name).write_bytes(base64.b64decode(data))
+            job[key] = str(where / Path(job[key]).name)
     return job
 
 

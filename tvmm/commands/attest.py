@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import random
-import shlex
 from pathlib import Path
 
 from cryptography import x509
@@ -23,14 +22,14 @@ from cryptography.hazmat.primitives import serialization
 from rich.table import Table
 
 from shim.launch import predict
-from tvmm import guestlinux
 from tvmm.abi.guest import NONCE_SIZE
 from tvmm.abi.key_release import KeyReleaseFormatError, report_data_for
 from tvmm.abi.report import AttestationReport
 from tvmm.abi.types import DEFAULT_POLICY, POLICY_DEBUG, Level
 from tvmm.commands.output import console, emit_json, fail
+from tvmm.commands.program import add_program_options, build_program
 from tvmm.guestbuild import GuestBuildError
-from tvmm.guestimage import GuestImageError, load_elf
+from tvmm.guestimage import GuestImageError
 from tvmm.harness.boot import boot
 from tvmm.harness.launcher import HarnessError
 from tvmm.hw.measurement import MEASUREMENT_VERSION, PageType
@@ -69,14 +68,7 @@ EVIDENCE_FILE = "evidence.json"
 def add(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("measure", help="predict a guest's launch digest without booting it")
     m.add_argument("guest", nargs="?", help="sample name, .c file or ELF")
-    m.add_argument("--program", type=Path, help="instead of a guest: a static Linux program "
-                   "in the Linux personality (tvmm run), with its files and arguments")
-    m.add_argument("--file", action="append", default=[], metavar="HOST:GUEST",
-                   help="with --program: a file of its root file system (repeatable)")
-    m.add_argument("--args", default="", metavar="'ARG ...'",
-                   help="with --program: its arguments, as a shell would split them")
-    m.add_argument("--heap", type=lambda s: int(s, 0), default=guestlinux.DEFAULT_HEAP,
-                   help="with --program: as tvmm run --heap")
+    add_program_options(m)
     m.add_argument("--memory", type=lambda s: int(s, 0), default=None,
                    help="guest memory in bytes (the initial RSP is measured; default 4 MiB, "
                    "with --program what tvmm run gives it)")
@@ -165,10 +157,7 @@ def run_measure(args: argparse.Namespace) -> int:
         return fail("measure a guest or a --program, one of them")
     try:
         if args.program is not None:
-            linux = guestlinux.build(args.program, shlex.split(args.args),
-                                     [guestlinux.FileSpec.parse(f) for f in args.file],
-                                     heap=args.heap)
-            image = load_elf(linux.path, args.program.name)
+            linux, image = build_program(args)
             args.memory = args.memory or linux.memory
         else:
             image, _sample = resolve(args.guest)

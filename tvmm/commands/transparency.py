@@ -34,8 +34,9 @@ from tvmm.abi.state_dir import default_state_dir
 from tvmm.abi.types import Level
 from tvmm.commands.ledger_remote import is_remote, ledger_key, remote
 from tvmm.commands.output import console, emit_json, fail, writable_file
+from tvmm.commands.program import add_program_options, build_program, program_argv_files
 from tvmm.guestbuild import GuestBuildError, build_inputs
-from tvmm.guestimage import GuestImage, GuestImageError, load_elf
+from tvmm.guestimage import GuestImage, GuestImageError
 from tvmm.guestlinux import LinuxImageError
 from tvmm.launch_plan import plan_launch
 from tvmm.machine import DEFAULT_MEMORY
@@ -65,14 +66,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     i.set_defaults(run=run_init)
     c = verbs.add_parser("claim", help="build and measure a guest, sign a statement about it")
     c.add_argument("guest", nargs="?", help="sample name or .c file")
-    c.add_argument("--program", type=Path, help="instead of a guest: a static Linux program "
-                   "in the Linux personality (tvmm run), with its files and arguments")
-    c.add_argument("--file", action="append", default=[], metavar="HOST:GUEST",
-                   help="with --program: a file of its root file system (repeatable)")
-    c.add_argument("--args", default="", metavar="'ARG ...'",
-                   help="with --program: its arguments, as a shell would split them")
-    c.add_argument("--heap", type=lambda s: int(s, 0), default=guestlinux.DEFAULT_HEAP,
-                   help="with --program: as tvmm run --heap")
+    add_program_options(c)
     c.add_argument("--level", choices=[Level.SNP.value, Level.SHIM.value], default="snp")
     c.add_argument("--memory", type=lambda s: int(s, 0),
                    help="guest memory (default 4 MiB; with --program what tvmm run gives it)")
@@ -194,10 +188,8 @@ def _linux_build(args: argparse.Namespace) -> tuple[GuestImage, int, bytes, dict
     file system), its memory, and its build inputs: the personality's (compiler, flags,
     sources — the guest cache's key) and the root file system (program, files, argv),
     which is measured as part of the image."""
-    argv = shlex.split(args.args)
-    files = [guestlinux.FileSpec.parse(f) for f in args.file]
-    linux = guestlinux.build(args.program, argv, files, heap=args.heap)
-    image = load_elf(linux.path, args.program.name)
+    linux, image = build_program(args)
+    argv, files = program_argv_files(args)
     inputs = build_inputs(list(guestlinux.LIBOS_SOURCES))
     rootfs = guestlinux.pack_rootfs(args.program, argv, files)
     sources = hashlib.sha256(inputs.sources_digest + rootfs).digest()

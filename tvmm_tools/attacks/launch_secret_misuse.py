@@ -30,17 +30,12 @@ from tvmm.host.devices import InputDevice
 from tvmm.host.hypervisor import Devices, HonestHypervisor
 from tvmm.launch_plan import plan_launch
 from tvmm_tools.attacks.base import Attack, AttackContext, Outcome, not_applicable
+from tvmm_tools.attacks.memory_scan import secret_of_page
 from tvmm_tools.attacks.tampered_launch import MAX_EXITS, _RawConsole, tamper
 
 PUBLISHED = ("SEV's LAUNCH_SECRET comes after LAUNCH_MEASURE and is wrapped under that "
              "launch's session keys: a packet opens in no other launch (AMD SEV API, "
              "LAUNCH_SECRET); docs/attacks.md, launch secrets")
-
-
-def _secret_in(page: bytes) -> bytes | None:
-    """The secret a secrets page holds (u64 length ‖ secret), or None if it is empty."""
-    length = int.from_bytes(page[:8], "little")
-    return bytes(page[8 : 8 + length]) if 0 < length <= len(page) - 8 else None
 
 
 class LaunchSecretDowngrade(Attack):
@@ -65,13 +60,13 @@ class LaunchSecretDowngrade(Attack):
         for step in plan.steps:
             client.add_pages(vm, step.gpa, step.page_type, step.count, step.data,
                              step.executable)
-        before = _secret_in(client.read_page(vm, SECRETS_GPA))  # added, not finalized
+        before = secret_of_page(client.read_page(vm, SECRETS_GPA))  # added, not finalized
         try:
             client.finalize(vm, plan.entry)
             finalize = "finalized"
         except HostCallError as exc:
             finalize = f"FINALIZE refused: {exc.result.name} ({exc.operand})"
-        after = _secret_in(client.read_page(vm, SECRETS_GPA))
+        after = secret_of_page(client.read_page(vm, SECRETS_GPA))
         guess = after or before
         return Outcome(guess=guess, notes={
             "vm": vm, "finalize": finalize,

@@ -37,7 +37,7 @@ class MemoryScan(Attack):
         ctx.record("scan", pages=ctx.memory // PAGE_SIZE)
         pages = {gpa: ctx.client.read_page(host.vm, gpa)
                  for gpa in range(0, ctx.memory, PAGE_SIZE)}
-        guess = _secrets_page(pages[SECRETS_GPA])
+        guess = secret_of_page(pages[SECRETS_GPA])
         where = [gpa for gpa, page in pages.items() if guess and guess in page]
         detail = (f"secret found in {len(where)} page(s): "
                   + ", ".join(f"{gpa:#x}" for gpa in where[:8]) if guess is not None else
@@ -47,7 +47,7 @@ class MemoryScan(Attack):
                               "found_in": [hex(g) for g in where]})
 
 
-def _secrets_page(page: bytes) -> bytes | None:
+def secret_of_page(page: bytes) -> bytes | None:
     """The secret if ``page`` parses as a plaintext secrets page, else None."""
     (length,) = _WORD.unpack_from(page)
     if not 0 < length <= PAGE_SIZE - 8 or any(page[8 + length :]):
