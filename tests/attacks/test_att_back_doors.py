@@ -27,6 +27,9 @@ def test_no_back_door_reaches_the_secret_across_the_boundary(level):
     assert verdict.leaked_bits == 0 and verdict.bits_correct <= verdict.n_bits
 
 
+# in this process the back doors walk pytest's own objects too: getattr on its mark
+# generator makes a mark of every attribute name it tries
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")
 @pytest.mark.parametrize("level", [Level.PLAIN, Level.SHIM])
 def test_the_same_back_doors_find_the_secret_in_process(level):
     verdict = run_in_process(BackDoors(), "modexp", level, seed=0)

@@ -95,3 +95,22 @@ def test_campaign_benchmark_block_shows_cpu_and_cores_used_per_side():
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")][1:]
     assert [float(r[5]) for r in rows] == list(per_side.values())
     assert "--min-seconds 60 --rounds 2" in text
+
+
+def test_matrix_benchmark_block_states_the_goal_its_figures_meet():
+    """docs/performance.md's matrix time is bench_matrix's output: the figures in it and
+    the goal's verdict agree (under 10 minutes and no cell in error is "met")."""
+    from tvmm_tools import bench_matrix
+
+    body = _block((DOCS / "performance.md").read_text(), bench_matrix.BLOCK)
+    found = re.search(r"\| (\d+) \| ([\d.]+) s \([\d.]+ min\) \| ([\d.]+) s \| (\d+) \| "
+                      r"< 10 min, no error: (met|missed) \|", body)
+    assert found, body
+    cells, wall, _cpu, errors, verdict = found.groups()
+    assert int(cells) > 200
+    assert verdict == ("met" if float(wall) < bench_matrix.GOAL_S and int(errors) == 0
+                       else "missed")
+    result = {"cells": int(cells), "wall_s": float(wall), "cpu_s": 1.0, "errors": 1,
+              "seed": 0, "load_before": 0.0, "load_after": 0.0, "cpus": 2,
+              "commit": "x", "date": "d"}
+    assert "no error: missed" in bench_matrix.block(result)

@@ -128,6 +128,11 @@ def test_a_killed_campaign_resumes_without_redoing_a_cell(tmp_path, capsys):
     final = _snapshot(store)
     assert len(final) == 6 and {k: final[k] for k in second} == second
     _check([(k, v) for k, (v, _) in final.items()])
+    # 4. once more: nothing left to run, and it says so (not "0.00 cells/s")
+    assert main(["campaign", "--store", str(store), "--seeds", "3", *ARGS]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "nothing to run: all 6 cells were stored before, in" in out and "s.sqlite" in out
+    assert _snapshot(store) == final
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
                    "cells": report.aggregates_json(rows)})
         return 0
     console.print(report.table(rows))
+    if not summary.ran:
+        console.print(f"nothing to run: all {summary.skipped} cells were stored before, in "
+                      f"{args.store}")
+        return 0
     console.print(f"{summary.ran} cells run in {summary.wall_s:.1f} s on {where} "
                   f"({summary.cells_per_s:.2f} cells/s); {summary.skipped} were stored "
                   f"before, in {args.store}")
