@@ -45,6 +45,7 @@ struct ehdr {
     u32 flags; u16 ehsize, phentsize, phnum, shentsize, shnum, shstrndx;
 };
 struct phdr { u32 type, flags; u64 offset, vaddr, paddr, filesz, memsz, align; };
+#define PF_X 1
 #define PT_LOAD 1
 #define PT_INTERP 3
 #define PT_PHDR 6
@@ -52,6 +53,17 @@ struct phdr { u32 type, flags; u64 offset, vaddr, paddr, filesz, memsz, align; }
 #define ET_DYN 3
 
 struct loaded { u64 entry, phdr, phnum, end; };
+
+/* Tell the modeled CPU that code was written at [start, start + len) (a model-specific
+ * CPUID leaf, docs/linux.md): it traps the RDTSCs there as it trapped the measured
+ * code's at launch, so the program reads the virtual TSC, never the host's clock. */
+#define CODE_LOADED_LEAF 0x40000F00u
+static void code_loaded(u64 start, u64 len)
+{
+    u64 a = CODE_LOADED_LEAF, b = start, c = len, d;
+    __asm__ volatile("cpuid" : "+a"(a), "+b"(b), "+c"(c), "=d"(d) : : "memory");
+    if (a == 0xFFFFFFFFu) die("the CPU refused to trap the program's code: ", "program");
+}
 
 static struct loaded load_program(const struct rfs_entry *e)
 {
@@ -77,6 +89,7 @@ static struct loaded load_program(const struct rfs_entry *e)
         if (va < lo) { lo = va; first_off = ph[i].offset; }
         copy((void *)va, rfs_bytes(e->data + ph[i].offset, ph[i].filesz), ph[i].filesz);
         zero((void *)(va + ph[i].filesz), ph[i].memsz - ph[i].filesz);
+        if ((ph[i].flags & PF_X) && ph[i].filesz) code_loaded(va, ph[i].filesz);
         if (end > out.end) out.end = end;
     }
     if (!out.end) die("nothing to load: ", "program");

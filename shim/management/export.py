@@ -199,6 +199,7 @@ def head_of(vm: Vm, session: Session) -> dict:
         "memory": vm.memory.size, "shared": [vm.memory.shared.start, vm.memory.shared.stop],
         "policy": vm.policy, "digest": vm.launch_digest.hex(), "entry": vm.entry,
         "code": [[gpa, code.hex()] for gpa, code in vm.code_ranges],
+        "rdtsc": list(vm.vcpu.loaded_rdtsc),
     }
 
 

@@ -25,7 +25,7 @@ from shim.management.stream import Kind, StreamError, parse_header, unpack_pages
 from shim.vm import BounceRecord, Pending, PendingKind, Vm
 from tvmm.abi.types import Device, Level
 from tvmm.hw.code_traps import sweep
-from tvmm.hw.vcpu import PAGE
+from tvmm.hw.vcpu import MAX_LOADED_TRAPS, PAGE
 
 if TYPE_CHECKING:
     from shim.platform import Tee
@@ -45,6 +45,7 @@ class Importer:
         self.last: Kind | None = None
         self.pages = 0
         self.traps: tuple[list[int], list[int]] = ([], [])  # (hlt, rdtsc), from HEAD
+        self.loaded: list[int] = []  # the RDTSC traps of code the guest loaded, from HEAD
 
     def feed(self, tee: Tee, session: Session, data: bytes) -> tuple[int, bytes]:
         """(vm id when the stream ended else 0, the host's state blob when it ended)."""
@@ -96,6 +97,7 @@ class Importer:
             # The measured code travels in HEAD: its traps are found now, while the
             # pages stream, not in the final (downtime) window.
             self.traps = sweep(vm.code_ranges)
+            self.loaded = _loaded_traps(head.get("rdtsc", ()), vm.memory.size)  # absent: older
         elif kind == Kind.STATE:
             self._restore(payload)
         else:
@@ -147,7 +149,7 @@ class Importer:
 
     def _finish(self, tee: Tee, session: Session) -> tuple[int, bytes]:
         vm = self.vm
-        vm.vcpu.install_code_traps(*self.traps)
+        vm.vcpu.install_code_traps(*self.traps, loaded=self.loaded)
         session.done = True
         state(tee).awaiting_commit.add(vm.id)
         ctx = vm.vcpus[0]
@@ -169,3 +171,12 @@ def _pending(raw: dict | None) -> Pending | None:
     rec = raw["record"]
     record = None if rec is None else BounceRecord(Device(int(rec[0])), *(int(v) for v in rec[1:]))
     return Pending(PendingKind(int(raw["kind"])), int(raw["advance"]), int(raw["size"]), record)
+
+
+def _loaded_traps(value: object, memory: int) -> list[int]:
+    """HEAD's traps of loaded code: addresses in guest RAM, at most MAX_LOADED_TRAPS."""
+    if not isinstance(value, list | tuple) or len(value) > MAX_LOADED_TRAPS:
+        raise ValueError(f"rdtsc traps: a list of at most {MAX_LOADED_TRAPS} addresses")
+    if not all(type(a) is int and 0 <= a < memory for a in value):
+        raise ValueError("rdtsc traps: an address outside guest memory")
+    return list(value)

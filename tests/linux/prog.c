@@ -1,6 +1,7 @@
 /* A program of our own for the Linux personality's tests: plain libc, built with
  * musl-gcc -static (and gcc -static).  Exercises argv, stdin, a tmpfs file, a large
- * malloc (mmap), the owner's secret as a file, and an unsupported call. */
+ * malloc (mmap), the owner's secret as a file, and an unsupported call; `prog rdtsc` reads
+ * the time-stamp counter twice and exits. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -10,8 +11,20 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+static unsigned long long rdtsc(void)
+{
+    unsigned lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return (unsigned long long)hi << 32 | lo;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "rdtsc") == 0) {
+        unsigned long long a = rdtsc(), b = rdtsc();
+        printf("tsc %llu %llu\n", a, b);
+        return 0;
+    }
     printf("argc=%d", argc);
     for (int i = 1; i < argc; i++) printf(" [%s]", argv[i]);
     printf("\n");

@@ -147,6 +147,20 @@ def test_musl_program(musl_prog, tmp_path):
     assert (report.how, report.status) == ("exit", 9)
 
 
+@pytest.mark.parametrize("level", [Level.PLAIN, Level.SHIM])
+def test_the_program_s_rdtsc_reads_the_virtual_counter(musl_prog, level):
+    """The program's code is copied into place by the personality after launch, so the
+    launch sweep never saw its RDTSC: the personality tells the CPU (CODE_LOADED_LEAF) and
+    the program reads the TEE's virtual counter — the same on every run — not the host's
+    clock (before: two runs printed ~10^13 and differed)."""
+    first, _ = run(musl_prog, ["rdtsc"], level)
+    again, _ = run(musl_prog, ["rdtsc"], level)
+    assert (first.how, first.status) == ("exit", 0)
+    assert first.console == again.console
+    a, b = map(int, first.console.split()[1:])
+    assert 0 < a < b < 1_000
+
+
 def test_glibc_static_pie(tmp_path):
     prog = _compile("gcc", tmp_path / "prog", "-static-pie")
     report, _ = run(prog, [], Level.SHIM)
@@ -358,6 +372,7 @@ def test_live_migration_of_a_running_busybox_gives_the_same_output(busybox, tmp_
     vm2, state = import_stream(cb, 7, Level.SHIM, image.memory, bundles,
                                a.tee.vms[host.vm].policy)
     assert management.activate(b.tee, vm2)
+    loaded = a.tee.vms[host.vm].vcpu.loaded_rdtsc
     management.destroy_frozen(a.tee, host.vm)
     # import_stream's empty VM has all its memory mapped, as launch does (the stream
     # carries only the pages that are not zero, the program goes on to touch fresh ones,
@@ -368,6 +383,8 @@ def test_live_migration_of_a_running_busybox_gives_the_same_output(busybox, tmp_
     assert (result.how, result.status) == ("exit", 0), result.detail
     assert host.devices.console.text + moved.devices.console.text == text.replace("x", "yz")
     assert host.devices.console.text and moved.devices.console.text  # moved mid-output
+    # the traps of the program's RDTSCs (glibc's tempname has one) moved with it
+    assert loaded and b.tee.vms[vm2].vcpu.loaded_rdtsc == loaded
 
 
 def test_a_linux_program_is_claimed_registered_and_released_by_ledger(musl_prog, tmp_path,
@@ -402,3 +419,36 @@ def test_a_linux_program_is_claimed_registered_and_released_by_ledger(musl_prog,
     refused = cli(*run_args)  # nothing presented
     assert refused["key_release"]["refusal"] == "transparency"
     assert "no secret\n" in refused["output"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(start=st.integers(-8, 3 * 4096), length=st.integers(-8, 3 * 4096),
+       code=st.binary(min_size=0, max_size=64))
+def test_code_loaded_leaf_traps_every_0f31_in_ram_and_refuses_the_rest(start, length, code):
+    """The guest's notice is a hostile-input border of the CPU model: a range outside guest
+    RAM (or empty) is refused and changes nothing; inside, every 0F 31 gets one trap, and a
+    second notice of the same range adds none."""
+    from tvmm.hw import cpuid
+    from tvmm.hw.vcpu import CODE_LOADED_REFUSED, Vcpu
+
+    vcpu = Vcpu(2 * 4096, cpuid.serve)
+    vcpu.mem_write(100, code + b"\x0f\x31")
+    ram = bytes(vcpu.mem_read(0, 2 * 4096))
+    found = vcpu.trap_loaded_code(start, length)
+    if length <= 0 or start < 0 or start + length > 2 * 4096:
+        assert found == CODE_LOADED_REFUSED and vcpu.loaded_rdtsc == []
+        return
+    window = ram[start:start + length]
+    expect = [start + i for i in range(len(window) - 1) if window[i:i + 2] == b"\x0f\x31"]
+    assert found == len(expect) and sorted(vcpu.loaded_rdtsc) == expect
+    assert vcpu.trap_loaded_code(start, length) == 0
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ({"a": 1}, "a list"), ([1, "2"], "outside guest memory"), ([1 << 40], "outside"),
+    ([True], "outside"), (list(range(5000)), "at most")])
+def test_a_stream_s_loaded_traps_are_checked(value, why):
+    from shim.management.importer import _loaded_traps
+
+    with pytest.raises(ValueError, match=why):
+        _loaded_traps(value, 1 << 20)

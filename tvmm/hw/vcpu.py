@@ -152,6 +152,15 @@ class Stop:
 
 CpuidServer = Callable[[int, int], tuple[int, int, int, int]]
 
+# A model-specific CPUID leaf: "code was written at [RBX, RBX + RCX)" — the loader's
+# notice, as an instruction-cache flush is on other architectures, so that the RDTSCs of
+# code loaded after launch (a Linux program the personality copies into place) are
+# trapped like the measured code's.  EAX answers how many new traps, or CODE_LOADED_REFUSED.
+CODE_LOADED_LEAF = 0x4000_0F00
+CODE_LOADED_REFUSED = 0xFFFF_FFFF
+MAX_LOADED_TRAPS = 4096  # a guest cannot make the vCPU hook without bound
+_RDTSC = b"\x0f\x31"
+
 
 class Vcpu:
     """One x86-64 vCPU over guest-physical memory [0, ram_size), identity mapped."""
@@ -178,6 +187,7 @@ class Vcpu:
         self._pending_in: Stop | None = None
         self._traps_installed = False
         self._hlt: frozenset[int] = frozenset()
+        self.loaded_rdtsc: list[int] = []  # traps set by CODE_LOADED_LEAF (they migrate)
         self._timed = False  # whether the last run had the instruction timer armed
         self.tsc = 0  # virtual TSC: advanced by the platform, never by host time
         self._ids = (ctypes.c_int * NREGS)(*_REG_IDS)
@@ -268,7 +278,8 @@ class Vcpu:
         )
         u.hook_add(uc_mod.UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
 
-    def install_code_traps(self, hlt: Iterable[int], rdtsc: Iterable[int]) -> None:
+    def install_code_traps(self, hlt: Iterable[int], rdtsc: Iterable[int],
+                           loaded: Iterable[int] = ()) -> None:
         """Know the HLTs and trap the RDTSCs that a sweep of the executable pages found.
 
         Unicorn can hook neither.  HLT stops emulation by itself; a stop with no other
@@ -276,13 +287,42 @@ class Vcpu:
         overlapping instructions), which tells it from the timer without a code hook: any
         UC_HOOK_CODE makes every instruction pay in count mode.  RDTSC would leak host time
         into a deterministic run, so it is trapped by address.  Called once, before the
-        first run."""
+        first run; ``loaded``: the traps an earlier run set for code it loaded (an
+        incoming migration's)."""
         if self._traps_installed:
             raise RuntimeError("code traps are installed once, before the first run")
         self._hlt = frozenset(hlt)
         for addr in rdtsc:
             self._uc.hook_add(uc_mod.UC_HOOK_CODE, self._on_rdtsc, None, addr, addr)
+        for addr in loaded:
+            self._trap_loaded(addr)
         self._traps_installed = True
+
+    def trap_loaded_code(self, start: int, length: int) -> int:
+        """Trap the RDTSCs of code written at run time in [start, start + length): the
+        new traps' count, or CODE_LOADED_REFUSED for a range outside guest RAM or past
+        MAX_LOADED_TRAPS.  Every 0F 31 in the range gets a trap, instruction start or
+        not: a code hook fires only where an instruction starts, and there 0F 31 is
+        RDTSC, so a trap inside another instruction never fires (and ``_on_rdtsc``
+        checks the bytes).  HLT is left to the launch sweep: a stray F4 byte would turn a
+        timer stop into a HLT."""
+        if not (0 < length <= self.ram_size and 0 <= start <= self.ram_size - length):
+            return CODE_LOADED_REFUSED
+        code = self._ram[start:start + length]
+        found, at = [], code.find(_RDTSC)
+        while at >= 0:
+            found.append(start + at)
+            at = code.find(_RDTSC, at + 1)
+        new = sorted(set(found) - set(self.loaded_rdtsc))
+        if len(self.loaded_rdtsc) + len(new) > MAX_LOADED_TRAPS:
+            return CODE_LOADED_REFUSED
+        for addr in new:
+            self._trap_loaded(addr)
+        return len(new)
+
+    def _trap_loaded(self, addr: int) -> None:
+        self._uc.hook_add(uc_mod.UC_HOOK_CODE, self._on_rdtsc, None, addr, addr)
+        self.loaded_rdtsc.append(addr)
 
     def _halt(self, stop: Stop) -> None:
         self._stop = stop
@@ -301,8 +341,12 @@ class Vcpu:
     def _on_cpuid(self, uc, _data) -> int:
         try:
             leaf = uc.reg_read(X.UC_X86_REG_EAX)
-            sub = uc.reg_read(X.UC_X86_REG_ECX)
-            a, b, c, d = self._cpuid(leaf, sub)
+            if leaf == CODE_LOADED_LEAF:
+                found = self.trap_loaded_code(uc.reg_read(X.UC_X86_REG_RBX),
+                                              uc.reg_read(X.UC_X86_REG_RCX))
+                a, b, c, d = found, 0, 0, 0
+            else:
+                a, b, c, d = self._cpuid(leaf, uc.reg_read(X.UC_X86_REG_ECX))
             uc.reg_write(X.UC_X86_REG_RAX, a)
             uc.reg_write(X.UC_X86_REG_RBX, b)
             uc.reg_write(X.UC_X86_REG_RCX, c)
@@ -372,6 +416,8 @@ class Vcpu:
         return False
 
     def _on_rdtsc(self, uc, address: int, size: int, _data) -> None:
+        if self._ram[address:address + 2] != _RDTSC:  # code rewritten since it was trapped
+            return
         self.tsc += 1
         uc.reg_write(X.UC_X86_REG_RAX, self.tsc & 0xFFFFFFFF)
         uc.reg_write(X.UC_X86_REG_RDX, self.tsc >> 32)
