@@ -14,7 +14,7 @@ single-step on password and on modexp; benign modexp under a fine-tick host (tim
 kvstore under a host with a 10,000-instruction tick.  The fault policy is relaxed in this
 sweep (budget and TDX rule out of reach) so that the step policy alone is measured.
 
-Fault sweep (fault_budget and fault_same_rip with pinning off, data_fault_budget,
+Fault sweep (fault_budget and fault_same_rip with pinning and the data-fault budget off, then data_fault_budget,
 pin_working_set): attack page-fault on modexp (and the constant-time control); benign
 modexp and kvstore under the honest host (all memory mapped at launch), timed against no
 fault policy at all, and modexp under a demand-paging host that maps nothing up front and
@@ -155,9 +155,11 @@ def step_settings() -> list[Setting]:
 
 
 def fault_settings() -> list[Setting]:
-    """The budgets and the TDX rule with pinning off (pinning refuses the attack's first
-    entry whatever they are), the policy before the data-fault budget, and the default."""
-    base = replace(PolicyConfig(), pin_working_set=False)
+    """The budgets and the TDX rule with pinning and the data-fault budget off (pinning
+    refuses the attack's first entry, and the data-fault budget ends the VM at its first
+    fault on a data page, whatever they are), then the data-fault budget added, and the
+    default."""
+    base = replace(PolicyConfig(), pin_working_set=False, data_fault_budget=OFF)
     rows = []
     for b in (8, 16, 32, 64, 128, 256, OFF):
         label = "fault_budget off" if b == OFF else f"fault_budget {b}"
@@ -167,8 +169,8 @@ def fault_settings() -> list[Setting]:
         label = "fault_same_rip off" if r == OFF else f"fault_same_rip {r}"
         rows.append(Setting(label + ", pinning off", "fault_same_rip", r,
                             replace(base, fault_same_rip=r)))
-    rows.append(Setting("data_fault_budget off, pinning off", "", None,
-                        replace(base, data_fault_budget=OFF)))
+    rows.append(Setting("data_fault_budget on, pinning off", "", None,
+                        replace(PolicyConfig(), pin_working_set=False)))
     rows.append(Setting("default (pinning)", "", None, PolicyConfig()))
     return rows
 
@@ -411,7 +413,7 @@ average {m["load"]}, commit {m["commit"] or "?"}); CPU time, median of {d["reps"
 | defence | exit round trip | compute | launches refused |
 |---|---|---|---|
 | no count at a timer exit | nothing to do: a field left out of the record | none; the honest host counts the quanta it asked for, {d["count_shortfall"]} instructions a timer exit short of what ran (the jitter, 0..32; kvstore, tick {COARSE_TICK}, {d["timer_exits"]} timer exits) | none |
-| data-fault budget (pinning off) | {us("data-fault budget (pinning off)")}, against {us("none of them")} with no fault policy | time × of the fault table's "data_fault_budget off" row against the default's | a host that demand-pages is killed at its first data fault (the fault table's last column) |
+| data-fault budget (pinning off) | {us("data-fault budget (pinning off)")}, against {us("none of them")} with no fault policy | time × of the fault table's "data_fault_budget on, pinning off" row | a host that demand-pages is killed at its first data fault (the fault table's last column) |
 | pinning (default) | {us("default (pinning)")}, against {us("none of them")} (two scans of a byte a page at each entry) | time × of the fault table's "default (pinning)" row | a host that demand-pages: its first entry is refused |
 | ciphertext hiding | READ_PAGE of a private page {d["read_page_us"]["hidden"]:.1f} µs hidden, {d["read_page_us"]["ciphertext"]:.1f} µs as ciphertext | none: no honest host reads a private page (a migration's pages leave sealed, by the TEE) | none |
 | launch budget (owner: 3 per 3600 s) | none | none | an honest host that launches once and restarts the VM evenly within the hour — {refused} |
@@ -536,7 +538,10 @@ def document(data: dict) -> str:
     fault_rows = [row_from_dict(r) for r in data["fault"]]
     seeds, reps, region, m = data["seeds"], data["reps"], data["region"], data["meta"]
     pf_unpinned = next(r.leaks["page-fault/modexp"] for r in fault_rows
-                       if r.setting.config == replace(PolicyConfig(), pin_working_set=False))
+                       if r.setting.config == replace(PolicyConfig(), pin_working_set=False,
+                                                      data_fault_budget=OFF))
+    pf_data = next(r.leaks["page-fault/modexp"] for r in fault_rows
+                   if r.setting.config == replace(PolicyConfig(), pin_working_set=False))
     pf_default = next(r.leaks["page-fault/modexp"] for r in fault_rows
                       if r.setting.config == PolicyConfig())
     return f"""# Policy trade-off: leakage against cost
@@ -570,8 +575,10 @@ timer (the honest default) never meets the step policy at all.
 ## Fault policy
 
 Attacks: `page-fault` on `modexp` and on the constant-time control `modexp-ct`.  The step
-policy is at its default.  The budgets and the TDX rule are swept with pinning off (with it
-on, the attack's first entry with a page unmapped is refused whatever they are).  Benign:
+policy is at its default.  The budgets and the TDX rule are swept with pinning and the
+data-fault budget off (with pinning on, the attack's first entry with a page unmapped is
+refused, and with the data-fault budget on, its first fault on a data page ends the VM,
+whatever they are); the last two rows add the data-fault budget, then pinning.  Benign:
 modexp and kvstore under the honest host, which maps all memory at launch ("time ×" here
 divides by the same run with no fault policy at all: the cost of each defence on the exit
 path), and modexp under a demand-paging host (nothing mapped up front; each page mapped on
@@ -591,7 +598,10 @@ its first fault), which the data-fault budget and pinning rule out by design.
   `main`, but its response — refuse entry until the listed pages are mapped — costs the
   attacker nothing, since it maps the faulting page anyway.  What limits it there is the
   fault budget, which kills the VM: at 64 faults the judge scores what it read of the top
-  bits before the kill at {pf_unpinned:.0f} b (mean).  Pinning (the default: entry refused
+  bits before the kill at {pf_unpinned:.0f} b (mean).  The data-fault budget (on by
+  default) ends the VM at the attack's first fault on a data page: {pf_data:.0f} b with it
+  and pinning off (an attacker who has read docs/policies.md leaves data pages mapped:
+  the `fault-budget` attack, docs/policies.md's residuals).  Pinning (the default: entry refused
   while any private page is unmapped) leaves it {pf_default:.0f} b: its first entry with a
   page unmapped is refused, so no fault is ever taken.  Its cost is demand paging: a host
   that maps memory lazily is refused (the demand-paging column), as on SEV-SNP and TDX
