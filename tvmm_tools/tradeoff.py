@@ -540,6 +540,10 @@ def document(data: dict) -> str:
     pf_unpinned = next(r.leaks["page-fault/modexp"] for r in fault_rows
                        if r.setting.config == replace(PolicyConfig(), pin_working_set=False,
                                                       data_fault_budget=OFF))
+    pf_no_rip = next(r.leaks["page-fault/modexp"] for r in fault_rows
+                     if r.setting.config == replace(PolicyConfig(), pin_working_set=False,
+                                                    data_fault_budget=OFF,
+                                                    fault_same_rip=OFF))
     pf_data = next(r.leaks["page-fault/modexp"] for r in fault_rows
                    if r.setting.config == replace(PolicyConfig(), pin_working_set=False))
     pf_default = next(r.leaks["page-fault/modexp"] for r in fault_rows
@@ -593,15 +597,15 @@ its first fault), which the data-fault budget and pinning rule out by design.
   OS.  Bits an attack did not read count as unknown, not as guessed; a blind guess that
   claims every bit scores about 1 b on average.
 - "Detected" means the shim recorded a violation the owner can read (a refused entry is
-  one); it does not mean the attack was stopped.  With pinning off, the TDX rule (more
-  than `fault_same_rip` faults at one RIP) trips on the page-fault attack's returns into
-  `main`, but its response — refuse entry until the listed pages are mapped — costs the
-  attacker nothing, since it maps the faulting page anyway.  What limits it there is the
-  fault budget, which kills the VM: at 64 faults the judge scores what it read of the top
-  bits before the kill at {pf_unpinned:.0f} b (mean).  The data-fault budget (on by
-  default) ends the VM at the attack's first fault on a data page: {pf_data:.0f} b with it
-  and pinning off (an attacker who has read docs/policies.md leaves data pages mapped:
-  the `fault-budget` attack, docs/policies.md's residuals).  Pinning (the default: entry refused
+  one); it does not mean the attack was stopped.  With pinning and the data-fault budget
+  off, two rules bound the page-fault attack: the TDX rule (more than `fault_same_rip`
+  faults at one RIP refuse entry until the listed pages are mapped; it trips on the
+  attack's returns into `main`) and the fault budget, which kills the VM.  At their
+  defaults ({PolicyConfig().fault_same_rip} at one RIP, {PolicyConfig().fault_budget} in all) the judge scores what it read of the top bits before
+  the kill at {pf_unpinned:.0f} b (mean); without the TDX rule, {pf_no_rip:.0f} b.  The
+  data-fault budget (on by default) ends the VM at the attack's first fault on a data page:
+  {pf_data:.0f} b with it and pinning off (an attacker who has read docs/policies.md leaves
+  data pages mapped: the `fault-budget` attack, docs/policies.md's residuals).  Pinning (the default: entry refused
   while any private page is unmapped) leaves it {pf_default:.0f} b: its first entry with a
   page unmapped is refused, so no fault is ever taken.  Its cost is demand paging: a host
   that maps memory lazily is refused (the demand-paging column), as on SEV-SNP and TDX
