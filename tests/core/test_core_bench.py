@@ -101,6 +101,8 @@ def test_every_ratio_of_tvmm_bench_has_one_wording_and_a_legend(capsys):
     assert [r.rsplit("|", 2)[-2].strip() for r in block.splitlines() if r.startswith("| ")
             and not r.startswith("| measure")] == ["2.00×", "3.00×", "4.00×", "3.00×"]
     assert "lower is better" in block
+    timed = doc_block({**rows, "seconds_per_side": 2.0, "rounds": 3})
+    assert "for 2 s a round, 3 rounds" in " ".join(timed.split())
 
 
 def test_bench_tells_each_figure_before_measuring_it(monkeypatch, capsys):

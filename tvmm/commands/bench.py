@@ -132,6 +132,10 @@ def doc_block(results: dict) -> str:
                         f"{time_ratio(value):.2f}× |")
     head = (f"Written by `tvmm bench --write-docs` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
             f", {os.cpu_count()} CPUs, load average {_load()} when it ended.")
+    if "seconds_per_side" in results:
+        head += (f"  Compute rows: each side run again and again for "
+                 f"{results['seconds_per_side']:g} s a round, {results['rounds']} rounds "
+                 "taking turns, medians (the time shown is one run's).")
     return "\n".join([head, "", *rows, "", LEGEND[0].upper() + LEGEND[1:] + "."])
 
 
