@@ -86,6 +86,12 @@ class BounceBuffers:
                 return Completion(host_value if host_value >= -4095 else -5, True, "host error")
             if host_value > record.length:
                 return Completion(-5, False, f"host length {host_value} > requested {record.length}")
+            if record.device == Device.CONSOLE and host_value < record.length:
+                # The console takes a write whole or fails it: a short count would have the
+                # guest write the tail again (glibc does), so the host could repeat any
+                # suffix of the guest's output.
+                return Completion(-5, False, f"host took {host_value} of {record.length} "
+                                             "console bytes (whole or an error)")
             if record.device in (Device.CONSOLE, Device.BLOCK_WRITE):
                 return Completion(host_value, True)
             data = self.memory.read(record.slot_gpa, host_value)  # the one fetch

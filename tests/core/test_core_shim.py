@@ -295,6 +295,25 @@ def test_any_host_answer_to_a_device_read_is_checked(launch, value, garbage):
     assert v.vm.bounce.in_use() == 0
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(value=st.integers(-(1 << 63), (1 << 63) - 1))
+def test_a_console_write_is_taken_whole_or_failed(launch, value):
+    """An outside red team acknowledged every console write one byte short: the program's
+    libc wrote the tail again, so the host could repeat any suffix of the output, unnoticed.
+    Any count but the whole write is now a violation and an I/O error for the guest; a host
+    error (negative, in range) passes as before."""
+    v = launch("hello", "shim")
+    rec = run_to_first(v, ExitReason.HYPERCALL)
+    assert rec.get(Field.DEVICE) == Device.CONSOLE
+    length = rec.get(Field.LENGTH)
+    v.client.complete_io(v.vm_id, value)
+    v.host.run()
+    refused = [r for r in v.vm.policies.violations if r.policy == "bounce"]
+    assert bool(refused) == (value >= 0 and value != length), v.vm.policies.violations
+    assert v.vm.bounce.in_use() == 0
+
+
 def test_benign_suite_has_zero_violations(tmp_path):
     reports = [
         boot("kvstore", Level.SHIM, disk=tmp_path / "kv.img"),
