@@ -114,3 +114,45 @@ def test_a_separated_host_changes_no_trusted_file(tmp_path):
     verdict = run_across(None, "?", "modexp", Level.PLAIN, seed=0, file=attack)
     assert not verdict.notes.get("error"), verdict.detail
     assert verdict.notes["wrote"] == [] and not target.exists()
+
+
+PEEK = '''
+import os, sys
+from tvmm.link import privsep
+privsep.separate({"caps": True})
+if sys.argv[1] == "wait":
+    print(os.getpid(), flush=True)
+    sys.stdin.read()
+else:
+    for name in ("mem", "environ", "maps", "fd/0"):
+        path = f"/proc/{sys.argv[1]}/{name}"
+        try:
+            if name.startswith("fd/"):
+                os.readlink(path)  # where the descriptor leads (the mailbox's memfd)
+            else:
+                with open(path, "rb") as f:
+                    f.read(1)
+            print("read", name)
+        except OSError:
+            print("refused", name)
+'''
+
+
+@root
+def test_a_separated_host_cannot_read_another_separated_host():
+    """An outside red team's host read other runs' hosts (uid 0 without capabilities, as it
+    was): /proc/PID/maps, environ, its descriptors (the mailbox) and mem.  Each host is now
+    not dumpable, so another one is refused all of them."""
+    import subprocess
+    import sys
+
+    waiting = subprocess.Popen([sys.executable, "-c", PEEK, "wait"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(waiting.stdout.readline())
+        peek = subprocess.run([sys.executable, "-c", PEEK, str(pid)], capture_output=True,
+                              text=True, timeout=60)
+    finally:
+        waiting.communicate("", timeout=60)
+    assert peek.stdout.split("\n")[:-1] == [f"refused {n}" for n in
+                                            ("mem", "environ", "maps", "fd/0")], peek

@@ -21,7 +21,9 @@ and this module, before importing MODULE, does what SPEC (JSON) asks:
   permitted, inheritable and ambient sets cleared, the securebits locked so that no
   exec as uid 0 gives them back, and no_new_privs (no setuid binary either).  A process
   without CAP_SYS_PTRACE cannot read the memory of a process that holds capabilities it
-  lacks (the TEE, the launcher) nor of a non-dumpable one.
+  lacks (the TEE, the launcher) nor of a non-dumpable one — and the host itself is made
+  non-dumpable, so that the hosts of other runs (a campaign's other cells) cannot read
+  it either.
 
 The process keeps uid 0: the interpreter and its libraries may live where only root can
 read (a pyenv under /root), and read-only mounts take away what uid 0 could write.  Any
@@ -47,7 +49,7 @@ _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = (
 _SYS_MOUNT_SETATTR = 442  # the same number on every architecture (a syscall of 5.12)
 _AT_FDCWD, _AT_RECURSIVE = -100, 0x8000
 _MOUNT_ATTR_RDONLY = 1
-_PR_CAPBSET_DROP, _PR_SET_SECUREBITS, _PR_CAP_AMBIENT = 24, 28, 47
+_PR_SET_DUMPABLE, _PR_CAPBSET_DROP, _PR_SET_SECUREBITS, _PR_CAP_AMBIENT = 4, 24, 28, 47
 _PR_CAP_AMBIENT_CLEAR_ALL, _PR_SET_NO_NEW_PRIVS = 4, 38
 # SECBIT_NOROOT and its lock, KEEP_CAPS locked off, NO_CAP_AMBIENT_RAISE and its lock
 _SECUREBITS = 0x01 | 0x02 | 0x20 | 0x40 | 0x80
@@ -189,6 +191,10 @@ def separate(spec: dict) -> None:
                       list(spec.get("writable", [])))
     if spec.get("caps"):
         drop_capabilities()
+        # Other runs' hosts (a campaign runs several at once, all uid 0 without
+        # capabilities) could otherwise read this one's /proc/PID/mem, maps, environ and
+        # descriptors — its mailbox — and change another cell's result.
+        _check(_libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "not dumpable")
 
 
 def main(argv: list[str]) -> int:
