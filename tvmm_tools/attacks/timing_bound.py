@@ -21,7 +21,11 @@ measured on the attacker's own copy at ``plain`` with no secret).  Where the pla
 shows the count and does not jitter (up to ``snp``) a single round settles each ``q``.
 
 Each launch costs one owner launch secret and allows the victim's own attempt limit; the
-attack relaunches (up to ``MAX_LAUNCHES``) until it has the secret.  No fault, no short
+attack relaunches (up to ``MAX_LAUNCHES``) until it has the secret.  Neither the answer nor
+the limit is needed by the method: the guest's next input request ends an attempt as well
+as a console write does, and a victim that reads lines until the input ends allows any
+number in one launch (an outside red team read a 128-bit key that way; docs/policies.md,
+"red team 3").  No fault, no short
 entry: what it measures is how long the guest computes between two I/O events, which a
 host always learns (on hardware, by its wall clock).  The answer is the guest's:
 constant-time code (modexp-ct's row).
