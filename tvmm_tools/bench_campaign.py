@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from tvmm.campaign.run import grid, run_campaign
 from tvmm.campaign.store import Store
 from tvmm.campaign.version import code_version, git_commit
 from tvmm.harness import launcher
+from tvmm_tools.cpu_time import cpu_seconds
 from tvmm_tools.doc_block import write_block
 
 BLOCK = "bench-campaign"
@@ -56,30 +56,23 @@ def cells(n: int) -> list:
     return keys[:n]
 
 
-def _cpu_here() -> float:
-    """CPU seconds of this process and of its children that have ended."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def _worker_cpu() -> float:
     """On a Dask worker: end its zygotes (so their runs count in its children), then its
     CPU seconds and its ended children's."""
     launcher.cool()
-    return _cpu_here()
+    return cpu_seconds()
 
 
 def timed(keys: list, client: object | None = None, **executor: object) -> dict:
     """One side: ``keys`` run on ``executor`` into a fresh store; its cells/s, wall time,
     CPU time and cores used."""
-    cpu0 = _cpu_here()
+    cpu0 = cpu_seconds()
     remote0 = sum(client.run(_worker_cpu).values()) if client is not None else 0.0
     with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "bench.sqlite") as store:
         summary = run_campaign(keys, store, **executor)
         assert summary.ran == len(keys)
     remote = sum(client.run(_worker_cpu).values()) - remote0 if client is not None else 0.0
-    cpu = _cpu_here() - cpu0 + remote
+    cpu = cpu_seconds() - cpu0 + remote
     return {"cells_per_s": summary.cells_per_s, "wall_s": summary.wall_s, "cpu_s": cpu,
             "cores": cpu / summary.wall_s}
 

@@ -17,31 +17,24 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import sys
 from collections import Counter
 from pathlib import Path
 
 from tvmm import matrix
 from tvmm.campaign.version import git_commit
+from tvmm_tools.cpu_time import cpu_seconds
 from tvmm_tools.doc_block import write_block
 
 BLOCK = "bench-matrix"
 GOAL_S = 600.0
 
 
-def _cpu_s() -> float:
-    """CPU seconds of this process and of its children that have ended."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def measure(seed: int = 0) -> dict:
     load_before = os.getloadavg()[0]
-    cpu0 = _cpu_s()
+    cpu0 = cpu_seconds()
     verdicts, wall = matrix.timed_matrix(seed=seed)
-    cpu = _cpu_s() - cpu0
+    cpu = cpu_seconds() - cpu0
     classes = Counter(matrix.outcome_class(v) for v in verdicts)
     return {
         "cells": len(verdicts), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),

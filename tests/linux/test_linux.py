@@ -444,6 +444,18 @@ def test_code_loaded_leaf_traps_every_0f31_in_ram_and_refuses_the_rest(start, le
     assert vcpu.trap_loaded_code(start, length) == 0
 
 
+def test_code_the_launch_sweep_trapped_is_not_trapped_twice():
+    """A notice over measured code adds no second trap to an RDTSC the launch sweep
+    trapped (two would count one read twice)."""
+    from tvmm.hw import cpuid
+    from tvmm.hw.vcpu import Vcpu
+
+    vcpu = Vcpu(2 * 4096, cpuid.serve)
+    vcpu.mem_write(16, b"\x0f\x31\x90\x0f\x31")
+    vcpu.install_code_traps([], [16])
+    assert vcpu.trap_loaded_code(0, 4096) == 1 and vcpu.loaded_rdtsc == [19]
+
+
 @pytest.mark.parametrize(("value", "why"), [
     ({"a": 1}, "a list"), ([1, "2"], "outside guest memory"), ([1 << 40], "outside"),
     ([True], "outside"), (list(range(5000)), "at most")])

@@ -22,7 +22,6 @@ every VM the run created — detections and kills, kept after DESTROY — has ev
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import socket
@@ -37,7 +36,7 @@ from tvmm.abi import codec
 from tvmm.abi.messages import Reply
 from tvmm.abi.trace_events import EventKind, NullRecorder, TraceHeader
 from tvmm.abi.types import Result
-from tvmm.link import ends
+from tvmm.link import ends, privsep
 from tvmm.link.errors import FrameError, LinkError, PeerGone
 from tvmm.link.frames import LENGTH, recv_frame, send_frame
 from tvmm.link.lifetime import end_with_parent
@@ -45,7 +44,6 @@ from tvmm.trace.recorder import TraceRecorder
 
 NOTE_LIMIT = 1 << 20
 NOTE_PIPE_SIZE = 1 << 20
-_PR_SET_DUMPABLE = 4
 
 
 def vm_record(vm: Vm) -> dict:
@@ -183,9 +181,10 @@ class TeeServer:
 
 def _not_dumpable() -> None:
     """No core dumps, and no /proc/PID/mem for other processes of the same user (root and
-    CAP_SYS_PTRACE still can: the model runs every party as one user)."""
+    CAP_SYS_PTRACE still can: the model runs every party as one user).  Best effort: a
+    system without prctl runs the TEE all the same."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+        privsep.make_undumpable()
     except (OSError, AttributeError):
         pass
 

@@ -188,6 +188,7 @@ class Vcpu:
         self._traps_installed = False
         self._hlt: frozenset[int] = frozenset()
         self.loaded_rdtsc: list[int] = []  # traps set by CODE_LOADED_LEAF (they migrate)
+        self._rdtsc_at: set[int] = set()  # every trapped RDTSC: the launch sweep's and loaded
         self._timed = False  # whether the last run had the instruction timer armed
         self.tsc = 0  # virtual TSC: advanced by the platform, never by host time
         self._ids = (ctypes.c_int * NREGS)(*_REG_IDS)
@@ -293,7 +294,7 @@ class Vcpu:
             raise RuntimeError("code traps are installed once, before the first run")
         self._hlt = frozenset(hlt)
         for addr in rdtsc:
-            self._uc.hook_add(uc_mod.UC_HOOK_CODE, self._on_rdtsc, None, addr, addr)
+            self._trap_rdtsc(addr)
         for addr in loaded:
             self._trap_loaded(addr)
         self._traps_installed = True
@@ -313,16 +314,24 @@ class Vcpu:
         while at >= 0:
             found.append(start + at)
             at = code.find(_RDTSC, at + 1)
-        new = sorted(set(found) - set(self.loaded_rdtsc))
+        new = sorted(set(found) - self._rdtsc_at)  # one trap an address, whoever set it
         if len(self.loaded_rdtsc) + len(new) > MAX_LOADED_TRAPS:
             return CODE_LOADED_REFUSED
         for addr in new:
             self._trap_loaded(addr)
         return len(new)
 
-    def _trap_loaded(self, addr: int) -> None:
+    def _trap_rdtsc(self, addr: int) -> bool:
+        """Trap the RDTSC at ``addr``; False if it is trapped already."""
+        if addr in self._rdtsc_at:
+            return False
         self._uc.hook_add(uc_mod.UC_HOOK_CODE, self._on_rdtsc, None, addr, addr)
-        self.loaded_rdtsc.append(addr)
+        self._rdtsc_at.add(addr)
+        return True
+
+    def _trap_loaded(self, addr: int) -> None:
+        if self._trap_rdtsc(addr):
+            self.loaded_rdtsc.append(addr)
 
     def _halt(self, stop: Stop) -> None:
         self._stop = stop

@@ -194,7 +194,13 @@ def separate(spec: dict) -> None:
         # Other runs' hosts (a campaign runs several at once, all uid 0 without
         # capabilities) could otherwise read this one's /proc/PID/mem, maps, environ and
         # descriptors — its mailbox — and change another cell's result.
-        _check(_libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "not dumpable")
+        make_undumpable()
+
+
+def make_undumpable() -> None:
+    """No core dumps, and none of this process's /proc/PID entries (mem, maps, environ,
+    fd) for a process of the same user without CAP_SYS_PTRACE."""
+    _check(_libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "not dumpable")
 
 
 def main(argv: list[str]) -> int:
